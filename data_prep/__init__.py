@@ -1,0 +1,1 @@
+"""Command-line data preparation: ``python -m data_prep.<tool>``."""

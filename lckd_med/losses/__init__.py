@@ -1,0 +1,1 @@
+"""lckd_med.losses."""
