@@ -105,7 +105,7 @@ def mask_to_subset(mask: Sequence[bool] | np.ndarray) -> str:
     flags = [bool(v) for v in np.asarray(mask).reshape(-1).tolist()]
     if len(flags) != NUM_MODALITIES:
         raise ValueError(f"availability mask must have {NUM_MODALITIES} entries, got {len(flags)}")
-    return subset_name([m for m, f in zip(MODALITIES, flags) if f])
+    return subset_name([m for m, f in zip(MODALITIES, flags, strict=True) if f])
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,48 @@
-"""lckd_med.engines."""
+"""Training engines and handlers: the LCKD trainer, teacher election, checkpoints, progress, bundle glue."""
+
+from __future__ import annotations
+
+from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
+from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpointHandler
+from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elect_teachers, single_modality_dice
+from lckd_med.engines.progress import ProgressHandler
+from lckd_med.engines.trainer import LCKDTrainer, loss_terms
+from lckd_med.engines.workflow import (
+    DatasetNotFoundError,
+    bundle_dir,
+    datalist_meta,
+    ensure_synthetic,
+    epochs_for,
+    load_split,
+    make_optimizer,
+    pick_device,
+    prepare_datalist,
+    recipe_of,
+    setup_logging,
+)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DatasetNotFoundError",
+    "LCKDTrainer",
+    "ProgressHandler",
+    "TeacherElectionHandler",
+    "TeacherState",
+    "TrainingCheckpointHandler",
+    "build_network",
+    "bundle_dir",
+    "datalist_meta",
+    "ensure_synthetic",
+    "recipe_of",
+    "elect_teachers",
+    "epochs_for",
+    "load_checkpoint",
+    "load_split",
+    "loss_terms",
+    "make_optimizer",
+    "pick_device",
+    "prepare_datalist",
+    "save_checkpoint",
+    "setup_logging",
+    "single_modality_dice",
+]

@@ -1,1 +1,48 @@
-"""lckd_med.inference."""
+"""lckd_med.inference: sliding-window subset sweeps, geometry checks and batch inference on user scans."""
+
+from __future__ import annotations
+
+from lckd_med.inference.batch import (
+    MANIFEST_COLUMNS,
+    REPORT_COLUMNS,
+    REPORT_NAME,
+    BatchInference,
+    InferenceCase,
+    discover_inference_cases,
+    exit_on_failure,
+    match_sequence_file,
+    read_manifest,
+)
+from lckd_med.inference.geometry import (
+    REFERENCE_PRIORITY,
+    GeometryError,
+    VolumeGeometry,
+    check_and_align,
+    compare_geometry,
+    read_volume,
+    reference_modality,
+)
+from lckd_med.inference.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
+
+__all__ = [
+    "sweep_subsets",
+    "subset_masks",
+    "SubsetSweepPredictor",
+    "autocast_context",
+    "check_and_align",
+    "compare_geometry",
+    "read_volume",
+    "reference_modality",
+    "GeometryError",
+    "VolumeGeometry",
+    "REFERENCE_PRIORITY",
+    "BatchInference",
+    "InferenceCase",
+    "discover_inference_cases",
+    "read_manifest",
+    "match_sequence_file",
+    "exit_on_failure",
+    "MANIFEST_COLUMNS",
+    "REPORT_COLUMNS",
+    "REPORT_NAME",
+]

@@ -1,1 +1,25 @@
-"""lckd_med.networks."""
+"""lckd_med.networks: the LCKD network and its building blocks.
+
+Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
+"""
+
+from __future__ import annotations
+
+from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder, default_strides
+from lckd_med.networks.fusion import ModalityFusion, check_mask, mean_fill
+from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
+
+__all__ = [
+    "LCKDNet",
+    "UNetEncoder",
+    "ModalityFusion",
+    "mean_fill",
+    "check_mask",
+    "SafeInstanceNorm",
+    "SAFE_INSTANCE_NORM",
+    "DEFAULT_NORM",
+    "DEFAULT_ACT",
+    "DEFAULT_FILTERS",
+    "default_strides",
+]

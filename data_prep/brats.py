@@ -1,0 +1,174 @@
+"""Scan a BraTS dataset folder, validate every case and write the datalist JSON with cross-validation splits.
+
+Usage::
+
+    python -m data_prep.brats --dataset_dir /data/MICCAI_BraTS_2018_Data_Training --output datalist.json \\
+        [--folds 5] [--seed 0] [--test_fold 0|none] [--val_fold 1] [--layout auto|brats2018|flat|brats2023] \\
+        [--release YEAR] [--workers N] [--allow_unlabelled]
+
+The layout (and from it the label convention: ET = 4 up to 2022, 3 from 2023) is detected unless given.
+Every case is checked (readable NIfTI, 3-D, same shape and affine, finite non-empty images, valid labels); a
+broken case is listed under ``rejected`` with its file and reason and never stops the run. A missing sequence
+leaves the case usable with that sequence ``null``. Exit status: 0 when at least one case is usable, 1 when
+none is (or the folder holds no BraTS case), 2 for a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from lckd_med.data.datalist import check_split_args, make_datalist, split_counts, write_datalist
+from lckd_med.data.layouts import LAYOUT_PATTERNS, LAYOUTS, LayoutError, discover_cases, parse_release
+from lckd_med.data.validation import validate_cases
+
+__all__ = ["build_parser", "main", "default_workers"]
+
+EXIT_OK = 0
+EXIT_NO_DATA = 1
+EXIT_BAD_ARGS = 2
+
+
+def default_workers() -> int:
+    """Default validation processes: ``min(4, cpu count)``."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _fold_or_none(text: str) -> int | None:
+    if text.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or 'none', got {text!r}") from None
+
+
+def _release(text: str) -> int:
+    try:
+        return parse_release(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``python -m data_prep.brats``."""
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.brats",
+        description="Validate a BraTS dataset folder and write a datalist JSON with cross-validation splits.",
+        epilog="Layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUT_PATTERNS.items()),
+    )
+    p.add_argument("--dataset_dir", required=True, help="BraTS dataset folder")
+    p.add_argument("--output", required=True, help="datalist JSON file to write")
+    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
+    p.add_argument(
+        "--test_fold", type=_fold_or_none, default=0, help="fold held out for testing, or 'none' (default 0)"
+    )
+    p.add_argument("--val_fold", type=int, default=1, help="fold used for validation (default 1)")
+    p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="folder layout (default auto)")
+    p.add_argument(
+        "--release", type=_release, default=None, help="BraTS year forcing the label convention (2023+: ET=3)"
+    )
+    p.add_argument("--workers", type=int, default=default_workers(), help="validation processes (default min(4, cpus))")
+    p.add_argument("--allow_unlabelled", action="store_true", help="keep cases without a segmentation (label null)")
+    return p
+
+
+def _err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _no_case_message(detail: str) -> str:
+    layouts = "\n".join(f"  {k:<10} {v}" for k, v in LAYOUT_PATTERNS.items())
+    return (
+        f"{detail}\nExpected layouts:\n{layouts}\n"
+        "No BraTS data at hand? Make a small synthetic dataset with "
+        "`python -m data_prep.synthetic --out DIR --cases 12` (see its --help) and point --dataset_dir at DIR."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the tool; returns the exit status (0 ok, 1 no usable case, 2 bad argument)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on errors; report as a status instead
+        return int(exc.code or 0)
+    try:
+        check_split_args(args.folds, args.seed, args.test_fold, args.val_fold)
+    except (TypeError, ValueError) as err:
+        _err(str(err))
+        return EXIT_BAD_ARGS
+    if args.workers < 1:
+        _err(f"--workers must be >= 1, got {args.workers}")
+        return EXIT_BAD_ARGS
+    if os.path.isdir(args.output):
+        _err(f"--output is a folder, expected a JSON file path: {args.output}")
+        return EXIT_BAD_ARGS
+
+    try:
+        found = discover_cases(args.dataset_dir, layout=args.layout, release=args.release)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        _err(f"{err}. Give the folder holding the BraTS cases with --dataset_dir.")
+        return EXIT_NO_DATA
+    except LayoutError as err:
+        _err(_no_case_message(str(err)))
+        return EXIT_NO_DATA
+
+    print(f"dataset:    {found.root}")
+    print(f"layout:     {found.layout}{' (detected)' if args.layout == 'auto' else ''}")
+    print(f"release:    {found.release} (label convention {found.convention.name}, ET = {found.convention.et})")
+    for issue in found.problems:
+        print(f"  note: {issue}")
+    if not found.cases:
+        _err(_no_case_message(f"no BraTS case found under {found.root} with layout {found.layout}."))
+        return EXIT_NO_DATA
+
+    checks = validate_cases(
+        found.cases, found.convention, require_label=not args.allow_unlabelled, workers=args.workers
+    )
+    usable = [c for c in checks if c.ok]
+    partial = [c for c in usable if c.missing_modalities]
+    rejected = [c for c in checks if not c.ok]
+    print(f"cases found: {len(checks)}")
+    print(f"usable:      {len(usable)}")
+    print(f"usable with missing sequences: {len(partial)}")
+    for c in partial:
+        print(f"  {c.case.case_id}: missing {', '.join(c.missing_modalities)}")
+    print(f"rejected:    {len(rejected)}")
+    for c in rejected:
+        for issue in c.reasons:
+            print(f"  {c.case.case_id}: {issue.file or '-'}: {issue.reason}")
+    for c in checks:
+        for issue in c.warnings:
+            print(f"  warning {c.case.case_id}: {issue}")
+    if not usable:
+        _err(f"no usable case among the {len(checks)} found under {found.root}; no datalist written.")
+        return EXIT_NO_DATA
+
+    d = make_datalist(
+        checks,
+        folds=args.folds,
+        seed=args.seed,
+        test_fold=args.test_fold,
+        val_fold=args.val_fold,
+        release=found.release,
+        layout=found.layout,
+        dataset_dir=found.root,
+        convention=found.convention,
+    )
+    out = write_datalist(d, args.output)
+    print(f"splits (folds={args.folds}, seed={args.seed}, test_fold={args.test_fold}, val_fold={args.val_fold}):")
+    for split, counts in split_counts(d).items():
+        by_grade = ", ".join(f"{g} {n}" for g, n in counts.items() if g != "total")
+        print(f"  {split:<10} {counts['total']:>5}  ({by_grade})")
+        if counts["total"] == 0 and not (split == "testing" and args.test_fold is None):
+            print(f"  warning: {split} split is empty: too few usable cases for {args.folds} folds")
+    print(f"datalist written: {out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""Datalist JSON: cross-validation folds of the usable cases, and the rejected ones with their reasons.
+
+Format (MONAI decathlon-style, written by ``python -m data_prep.brats``)::
+
+    {"meta": {"release": 2018, "label_convention": "brats2018", "modalities": ["flair", "t1", "t1ce", "t2"],
+              "regions": ["ET", "TC", "WT"], "folds": 5, "seed": 0, "test_fold": 0, "val_fold": 1,
+              "dataset_dir": "<abs>", "layout": "brats2018", "tool": "data_prep.brats", "version": "0.1.0"},
+     "training": [entry, ...], "validation": [entry, ...], "testing": [entry, ...],
+     "rejected": [{"case_id": str, "file": str | None, "reason": str}, ...]}
+    entry = {"case_id": str, "flair": path | None, "t1": ..., "t1ce": ..., "t2": ..., "label": path | None,
+             "grade": "HGG" | "LGG" | None, "fold": int}
+
+Folds: usable cases are sorted by ``case_id``, grouped by grade (HGG, LGG, unknown), shuffled within each
+group by a hash of ``seed`` and the case id, then dealt to folds in turn. Each grade is thus spread evenly over
+the folds and fold sizes differ by at most one. ``testing`` = fold ``test_fold`` (none when ``None``),
+``validation`` = fold ``val_fold``, ``training`` = every other fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lckd_med import __version__
+from lckd_med.constants import MODALITIES, REGIONS, LabelConvention, label_convention
+from lckd_med.data.layouts import GRADES, LAYOUTS, parse_release
+from lckd_med.data.validation import CaseCheck
+
+__all__ = [
+    "SPLITS",
+    "ENTRY_KEYS",
+    "TOOL_NAME",
+    "check_split_args",
+    "assign_folds",
+    "make_datalist",
+    "validate_datalist",
+    "write_datalist",
+    "read_datalist",
+    "load_datalist",
+    "split_counts",
+]
+
+#: Split names of a datalist holding case entries, in file order.
+SPLITS: tuple[str, ...] = ("training", "validation", "testing")
+#: Keys of one case entry, in file order.
+ENTRY_KEYS: tuple[str, ...] = ("case_id", *MODALITIES, "label", "grade", "fold")
+TOOL_NAME = "data_prep.brats"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_split_args(folds: int, seed: int, test_fold: int | None, val_fold: int) -> None:
+    """Validate fold arguments.
+
+    Rules: ``folds`` is an int >= 2 (>= 3 when there is a test fold, so training keeps a fold); ``seed`` is
+    an int >= 0; ``val_fold`` and ``test_fold`` lie in ``[0, folds)`` and differ; ``test_fold`` may be
+    ``None`` (no testing split).
+
+    Raises:
+        TypeError: a value of the wrong type.
+        ValueError: a value out of range, naming the argument.
+    """
+    if not _is_int(folds):
+        raise TypeError(f"folds must be an int, got {folds!r}")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not _is_int(val_fold):
+        raise TypeError(f"val_fold must be an int, got {val_fold!r}")
+    if test_fold is not None and not _is_int(test_fold):
+        raise TypeError(f"test_fold must be an int or None, got {test_fold!r}")
+    min_folds = 2 if test_fold is None else 3
+    if folds < min_folds:
+        need = (
+            "a validation fold and training folds"
+            if test_fold is None
+            else "a test fold, a validation fold and training folds"
+        )
+        raise ValueError(f"folds must be >= {min_folds} to hold {need}, got {folds}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= val_fold < folds:
+        raise ValueError(f"val_fold must be in [0, {folds - 1}], got {val_fold}")
+    if test_fold is not None and not 0 <= test_fold < folds:
+        raise ValueError(f"test_fold must be in [0, {folds - 1}] or None, got {test_fold}")
+    if test_fold is not None and test_fold == val_fold:
+        raise ValueError(f"test_fold and val_fold must differ (both {val_fold}): validation would be the test set")
+
+
+def assign_folds(grades: Mapping[str, str | None], folds: int, seed: int = 0) -> dict[str, int]:
+    """Stratified, balanced, order-independent fold of each case.
+
+    Args:
+        grades: case id -> ``"HGG"``, ``"LGG"`` or ``None`` (unknown grade is its own stratum).
+        folds: number of folds (>= 1).
+        seed: seed of the shuffle; the same seed and case set always give the same folds.
+
+    Returns:
+        case id -> fold in ``[0, folds)``.
+    """
+    if not _is_int(folds) or folds < 1:
+        raise ValueError(f"folds must be an int >= 1, got {folds!r}")
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    strata = sorted(set(grades.values()), key=lambda g: (g is None, g or ""))
+    order: list[str] = []
+    for grade in strata:
+        members = [cid for cid, g in grades.items() if g == grade]
+        # a keyed hash, not an RNG stream: the shuffle is the same on any machine and library version
+        order.extend(sorted(members, key=lambda cid: (hashlib.sha256(f"{seed}:{cid}".encode()).hexdigest(), cid)))
+    # dealing the concatenated strata in turn balances each stratum and the fold sizes at once
+    return {cid: k % folds for k, cid in enumerate(order)}
+
+
+def _entry(check: CaseCheck, fold: int) -> dict[str, Any]:
+    case = check.case
+    entry: dict[str, Any] = {"case_id": case.case_id}
+    for m in MODALITIES:
+        p = case.paths.get(m)
+        entry[m] = None if p is None else str(Path(p).resolve())
+    entry["label"] = None if case.label is None else str(Path(case.label).resolve())
+    entry["grade"] = case.grade
+    entry["fold"] = int(fold)
+    return entry
+
+
+def make_datalist(
+    checks: Iterable[CaseCheck],
+    folds: int = 5,
+    seed: int = 0,
+    test_fold: int | None = 0,
+    val_fold: int = 1,
+    *,
+    release: int | str,
+    layout: str,
+    dataset_dir: str | os.PathLike,
+    convention: int | str | LabelConvention | None = None,
+) -> dict[str, Any]:
+    """Datalist dictionary of validated cases (see the module docstring for the format).
+
+    Usable cases (``check.ok``) are split by :func:`assign_folds`; every reason of a rejected case becomes
+    one ``rejected`` record. Rejected cases take no fold, so folds depend only on the usable cases.
+
+    Args:
+        checks: results of :func:`lckd_med.data.validation.validate_case`, in any order.
+        folds, seed, test_fold, val_fold: see :func:`check_split_args`.
+        release: BraTS release year written to ``meta``.
+        layout: layout id written to ``meta``.
+        dataset_dir: dataset folder written to ``meta`` (made absolute).
+        convention: label convention; default: that of ``release``.
+
+    Raises:
+        TypeError / ValueError: bad argument, or a case id given twice.
+    """
+    check_split_args(folds, seed, test_fold, val_fold)
+    year = parse_release(release)
+    conv = label_convention(year if convention is None else convention)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    checks = list(checks)
+    for c in checks:
+        if not isinstance(c, CaseCheck):
+            raise TypeError(f"checks must hold CaseCheck objects, got {type(c).__name__}")
+    dupes = sorted(cid for cid, n in Counter(c.case.case_id for c in checks).items() if n > 1)
+    if dupes:
+        raise ValueError(f"case ids given more than once: {dupes}")
+
+    usable = sorted((c for c in checks if c.ok), key=lambda c: c.case.case_id)
+    fold_of = assign_folds({c.case.case_id: c.case.grade for c in usable}, folds, seed)
+    out: dict[str, Any] = {
+        "meta": {
+            "release": year,
+            "label_convention": conv.name,
+            "modalities": list(MODALITIES),
+            "regions": list(REGIONS),
+            "folds": int(folds),
+            "seed": int(seed),
+            "test_fold": None if test_fold is None else int(test_fold),
+            "val_fold": int(val_fold),
+            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+            "layout": layout,
+            "tool": TOOL_NAME,
+            "version": __version__,
+        },
+        "training": [],
+        "validation": [],
+        "testing": [],
+        "rejected": [],
+    }
+    for c in usable:
+        fold = fold_of[c.case.case_id]
+        split = "testing" if fold == test_fold else "validation" if fold == val_fold else "training"
+        out[split].append(_entry(c, fold))
+    for c in sorted((c for c in checks if not c.ok), key=lambda c: c.case.case_id):
+        for issue in c.reasons:
+            out["rejected"].append({"case_id": c.case.case_id, "file": issue.file, "reason": issue.reason})
+    return out
+
+
+def validate_datalist(d: Any, source: str = "datalist") -> None:
+    """Check a datalist dictionary against the format.
+
+    Raises:
+        ValueError: naming ``source`` and what is wrong (missing meta, wrong modality order, bad entry,
+            case in two splits, ...).
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: top level must be a JSON object, got {type(d).__name__}")
+    meta = d.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source}: missing 'meta' object")
+    if meta.get("modalities") != list(MODALITIES):
+        raise ValueError(
+            f"{source}: meta.modalities must be {list(MODALITIES)} (channel order), got {meta.get('modalities')!r}"
+        )
+    if "regions" in meta and meta["regions"] != list(REGIONS):
+        raise ValueError(f"{source}: meta.regions must be {list(REGIONS)}, got {meta['regions']!r}")
+    if "label_convention" in meta:
+        try:
+            label_convention(meta["label_convention"])
+        except ValueError as err:
+            raise ValueError(f"{source}: meta.label_convention: {err}") from None
+    # other top-level keys (decathlon 'name', 'description', ...) are allowed and ignored
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        entries = d.get(split, [])
+        if not isinstance(entries, list):
+            raise ValueError(f"{source}: '{split}' must be a list")
+        for i, e in enumerate(entries):
+            where = f"{source}: {split}[{i}]"
+            if not isinstance(e, dict):
+                raise ValueError(f"{where} must be an object")
+            cid = e.get("case_id")
+            if not isinstance(cid, str) or not cid:
+                raise ValueError(f"{where}: 'case_id' must be a non-empty string")
+            where = f"{source}: {split} case {cid}"
+            missing = [k for k in (*MODALITIES, "label") if k not in e]
+            if missing:
+                raise ValueError(f"{where}: missing keys {missing} (every entry needs {list(MODALITIES)} and 'label')")
+            for k in (*MODALITIES, "label"):
+                if e[k] is not None and not (isinstance(e[k], str) and e[k]):
+                    raise ValueError(f"{where}: '{k}' must be a path string or null, got {e[k]!r}")
+            if all(e[m] is None for m in MODALITIES):
+                raise ValueError(f"{where}: no sequence path (all of {list(MODALITIES)} are null)")
+            if e.get("grade") not in (None, *GRADES):
+                raise ValueError(f"{where}: 'grade' must be one of {list(GRADES)} or null, got {e.get('grade')!r}")
+            if "fold" in e and not _is_int(e["fold"]):
+                raise ValueError(f"{where}: 'fold' must be an int, got {e['fold']!r}")
+            if cid in seen:
+                raise ValueError(f"{where}: case also listed in '{seen[cid]}' (splits must not overlap)")
+            seen[cid] = split
+    rejected = d.get("rejected", [])
+    if not isinstance(rejected, list) or not all(
+        isinstance(r, dict) and "case_id" in r and "reason" in r for r in rejected
+    ):
+        raise ValueError(f"{source}: 'rejected' must be a list of objects with 'case_id', 'file' and 'reason'")
+
+
+def write_datalist(d: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Validate and write a datalist atomically (temporary file in the same folder, then ``os.replace``).
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        ValueError: the datalist does not follow the format.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    d = dict(d)
+    validate_datalist(d)
+    out = Path(path).expanduser().resolve()
+    if out.is_dir():
+        raise IsADirectoryError(f"datalist output is a folder, expected a file path: {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(d, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out
+
+
+def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a whole datalist file; relative paths in entries resolve against its folder.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, or not a valid datalist (message names the file).
+    """
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise FileNotFoundError(f"datalist file not found: {src}")
+    try:
+        d = json.loads(src.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{src}: not a valid JSON file ({err})") from None
+    validate_datalist(d, source=str(src))
+    base = src.resolve().parent
+    for split in SPLITS:
+        for e in d.get(split, []):
+            for k in (*MODALITIES, "label"):
+                if e[k] is not None and not os.path.isabs(e[k]):
+                    e[k] = str((base / e[k]).resolve())
+    return d
+
+
+def load_datalist(path: str | os.PathLike, split: str) -> list[dict[str, Any]]:
+    """Entries of one split of a datalist file (validated; see :func:`read_datalist`).
+
+    Args:
+        path: datalist JSON file.
+        split: one of :data:`SPLITS`.
+
+    Returns:
+        Entry dictionaries with keys ``case_id``, the modality keys (in :data:`MODALITIES` order), ``label``,
+        ``grade`` and ``fold``; missing sequences are ``None``.
+
+    Raises:
+        ValueError: unknown split, split absent from the file, or an invalid file.
+        FileNotFoundError: no such file.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    d = read_datalist(path)
+    if split not in d:
+        raise ValueError(f"{path}: datalist has no '{split}' split")
+    return [dict(e) for e in d[split]]
+
+
+def split_counts(d: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per split: number of cases by grade (``HGG``, ``LGG``, ``unknown``) and ``total``."""
+    out: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        counts = {g: 0 for g in (*GRADES, "unknown")}
+        for e in d.get(split, []):
+            counts[e.get("grade") or "unknown"] += 1
+        counts["total"] = sum(counts.values())
+        out[split] = counts
+    return out

@@ -1,0 +1,761 @@
+"""MONAI transforms specific to multi-sequence BraTS data with missing sequences.
+
+Conventions (from :mod:`lckd_med.constants`):
+
+* ``image``: ``(4, H, W, D)`` float32, channel ``i`` holds ``MODALITIES[i]`` (flair, t1, t1ce, t2); a missing
+  sequence is an all-zero channel.
+* ``modality_mask``: ``(4,)`` torch.bool, True where the sequence is available (same order); ``(B, 4)`` batched.
+* ``label`` after :class:`LabelToRegionsd`: ``(3, H, W, D)`` in ``REGIONS`` order (ET, TC, WT).
+
+Every dictionary transform ``XXXd`` has an array twin ``XXX``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+from itertools import combinations
+from typing import Any
+
+import monai.data
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import (
+    ConvertToMultiChannelBasedOnBratsClasses,
+    LoadImage,
+    MapTransform,
+    RandomizableTransform,
+    Transform,
+)
+from monai.utils import TransformBackends
+
+from lckd_med.constants import (
+    MODALITIES,
+    NUM_MODALITIES,
+    REGIONS,
+    LabelConvention,
+    label_convention,
+    parse_subset,
+    subset_name,
+)
+
+__all__ = [
+    "IMAGE_KEY",
+    "LABEL_KEY",
+    "MASK_KEY",
+    "CASE_KEY",
+    "DROPOUT_DISTRIBUTIONS",
+    "LoadModalities",
+    "LoadModalitiesd",
+    "LabelToRegions",
+    "LabelToRegionsd",
+    "ModalityDropout",
+    "ModalityDropoutd",
+    "MaskMissingModalities",
+    "MaskMissingModalitiesd",
+    "drop_modalities_batch",
+    "mask_to_code",
+    "code_to_mask",
+]
+
+#: Sample-dict keys shared by every pipeline.
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+MASK_KEY = "modality_mask"
+CASE_KEY = "case_id"
+
+#: Named subset distributions understood by :class:`ModalityDropout` (a mapping of weights is also accepted).
+DROPOUT_DISTRIBUTIONS: tuple[str, ...] = ("uniform", "uniform_size")
+
+# Channel order of MONAI's ConvertToMultiChannelBasedOnBratsClasses output.
+_MONAI_BRATS_ORDER: tuple[str, ...] = ("TC", "WT", "ET")
+# A subset is encoded as an int with bit i set when MODALITIES[i] is kept: 2**4 codes, 0 = empty.
+_NUM_CODES = 1 << NUM_MODALITIES
+
+
+def _is_missing_path(path: Any) -> bool:
+    return path is None or (isinstance(path, str) and not path.strip())
+
+
+def _case_prefix(case_id: Any) -> str:
+    return f"case {case_id!r}: " if case_id not in (None, "") else ""
+
+
+def mask_to_code(mask: Sequence[bool] | np.ndarray | torch.Tensor) -> int:
+    """Integer code of a ``(4,)`` availability mask (bit ``i`` set when ``MODALITIES[i]`` is available)."""
+    flags = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool).reshape(-1)
+    if flags.size != NUM_MODALITIES:
+        raise ValueError(f"availability mask must have {NUM_MODALITIES} entries, got {flags.size}")
+    return int(sum(1 << i for i, f in enumerate(flags) if f))
+
+
+def code_to_mask(code: int) -> np.ndarray:
+    """``(4,)`` boolean mask (modality order) of a subset code; inverse of :func:`mask_to_code`."""
+    if not 0 <= int(code) < _NUM_CODES:
+        raise ValueError(f"subset code must be in [0, {_NUM_CODES - 1}], got {code}")
+    return np.array([(int(code) >> i) & 1 == 1 for i in range(NUM_MODALITIES)], dtype=bool)
+
+
+def _zero_channels(img: NdarrayOrTensor, keep: np.ndarray | torch.Tensor) -> NdarrayOrTensor:
+    """Zero channels (dim 0) of ``img`` where ``keep`` is False; NaN/inf in dropped channels become 0 too."""
+    if isinstance(img, torch.Tensor):
+        keep_t = torch.as_tensor(keep, dtype=torch.bool, device=img.device).reshape(-1, *([1] * (img.ndim - 1)))
+        return img.masked_fill(~keep_t, 0)
+    keep_np = np.asarray(keep, dtype=bool).reshape(-1, *([1] * (img.ndim - 1)))
+    return np.where(keep_np, img, np.zeros((), dtype=img.dtype))
+
+
+def _check_channels(img: NdarrayOrTensor, what: str = "image") -> None:
+    if img.ndim < 2 or img.shape[0] != NUM_MODALITIES:
+        raise ValueError(
+            f"{what} must be channel-first with {NUM_MODALITIES} channels {MODALITIES}, got shape {tuple(img.shape)}"
+        )
+
+
+def _as_bool_mask(mask: Any, img: NdarrayOrTensor | None = None) -> torch.Tensor:
+    """``(4,)`` torch.bool mask; when ``mask`` is None it is derived from the non-zero channels of ``img``."""
+    if mask is None:
+        if img is None:
+            raise ValueError("need a modality mask or an image to derive it from")
+        flat = torch.as_tensor(img).reshape(NUM_MODALITIES, -1)
+        return (flat != 0).any(dim=1).cpu()
+    out = torch.as_tensor(mask).reshape(-1)
+    if out.numel() != NUM_MODALITIES:
+        raise ValueError(f"modality mask must have {NUM_MODALITIES} entries ({MODALITIES}), got {out.numel()}")
+    return out.to(dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_reader(reader: Any) -> ImageReader:
+    if isinstance(reader, ImageReader):
+        return reader
+    if isinstance(reader, str):
+        cls = getattr(monai.data, reader, None)
+        if isinstance(cls, type) and issubclass(cls, ImageReader):
+            return cls()
+        raise ValueError(f"unknown image reader {reader!r}; give an ImageReader class name from monai.data")
+    raise TypeError(f"reader must be an ImageReader or its class name, got {type(reader).__name__}")
+
+
+# Own transform: MONAI LoadImage stacks files but cannot fill absent sequences with zeros or report availability.
+class LoadModalities(Transform):
+    """Load the four sequences of one case into a ``(4, H, W, D)`` MetaTensor plus a ``(4,)`` availability mask.
+
+    Each file is read with MONAI ``LoadImage`` (nibabel reader, channel first). Channels follow ``MODALITIES``;
+    a sequence that is missing (``None``, ``""`` or absent) is an all-zero channel and False in the mask. Affine
+    and metadata are those of the first present sequence, so spatial transforms applied afterwards can be inverted
+    with ``Invertd``.
+
+    Args:
+        allow_missing: accept cases with missing sequences (at least one must be present); False raises instead.
+        dtype: floating dtype of the image.
+        reader: MONAI ``ImageReader`` instance or class name in ``monai.data`` (e.g. ``"NibabelReader"``); it is
+            the only reader tried, so a corrupt file fails fast with that reader's message.
+    """
+
+    def __init__(self, allow_missing: bool = True, dtype: torch.dtype = torch.float32, reader: Any = "NibabelReader"):
+        if not isinstance(allow_missing, bool):
+            raise TypeError(f"allow_missing must be a bool, got {type(allow_missing).__name__}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.allow_missing = allow_missing
+        self.dtype = dtype
+        self.reader = _resolve_reader(reader)
+        self.loader = LoadImage(reader=self.reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def read(self, path: str, case_id: Any = None, what: str = "image", loader: LoadImage | None = None) -> MetaTensor:
+        """Read one 3D volume as a ``(1, H, W, D)`` MetaTensor, raising ValueError naming case and file."""
+        prefix = _case_prefix(case_id)
+        if not os.path.isfile(path):
+            raise ValueError(f"{prefix}{what} file does not exist: {path}")
+        try:
+            # runtime reader: LoadImage would otherwise retry every installed reader (slow, vague error)
+            img = (loader or self.loader)(path, reader=self.reader)
+        except Exception as e:  # any reader failure becomes one clear error naming the file
+            raise ValueError(f"{prefix}cannot read {what} file {path}: {type(e).__name__}: {e}") from e
+        if img.ndim != 4 or img.shape[0] != 1:
+            raise ValueError(f"{prefix}{what} file {path} is not a single 3D volume (loaded shape {tuple(img.shape)})")
+        if not isinstance(img, MetaTensor):
+            img = MetaTensor(img)
+        return img
+
+    def __call__(
+        self, paths: Mapping[str, str | None] | Sequence[str | None], case_id: Any = None
+    ) -> tuple[MetaTensor, torch.Tensor]:
+        """Load one case.
+
+        Args:
+            paths: modality key -> path (keys from ``MODALITIES``), or a sequence of 4 paths in modality order.
+            case_id: used in error messages only.
+
+        Returns:
+            ``(image, mask)``: MetaTensor ``(4, H, W, D)`` and torch.bool ``(4,)``, both in modality order.
+        """
+        prefix = _case_prefix(case_id)
+        if isinstance(paths, Mapping):
+            unknown = [k for k in paths if k not in MODALITIES]
+            if unknown:
+                raise ValueError(f"{prefix}unknown modality keys {unknown}; expected keys from {MODALITIES}")
+            ordered = [paths.get(m) for m in MODALITIES]
+        elif isinstance(paths, Sequence) and not isinstance(paths, str):
+            if len(paths) != NUM_MODALITIES:
+                raise ValueError(f"{prefix}expected {NUM_MODALITIES} paths in order {MODALITIES}, got {len(paths)}")
+            ordered = list(paths)
+        else:
+            raise TypeError(f"{prefix}paths must be a mapping or a sequence of paths, got {type(paths).__name__}")
+
+        missing = [m for m, p in zip(MODALITIES, ordered, strict=True) if _is_missing_path(p)]
+        if len(missing) == NUM_MODALITIES:
+            raise ValueError(f"{prefix}no sequence present (all of {MODALITIES} missing)")
+        if missing and not self.allow_missing:
+            raise ValueError(f"{prefix}missing sequence(s) {missing} and allow_missing=False")
+
+        loaded: dict[int, MetaTensor] = {}
+        for i, (mod, path) in enumerate(zip(MODALITIES, ordered, strict=True)):
+            if _is_missing_path(path):
+                continue
+            if not isinstance(path, (str, os.PathLike)):
+                raise TypeError(f"{prefix}path of {mod} must be a string, got {type(path).__name__}")
+            loaded[i] = self.read(os.fspath(path), case_id, what=mod)
+
+        first_i = min(loaded)
+        ref = loaded[first_i]
+        ref_path = ordered[first_i]
+        for i, img in loaded.items():
+            if img.shape[1:] != ref.shape[1:]:
+                raise ValueError(
+                    f"{prefix}shape mismatch: {MODALITIES[i]} file {ordered[i]} has shape {tuple(img.shape[1:])} "
+                    f"but {MODALITIES[first_i]} file {ref_path} has {tuple(ref.shape[1:])}"
+                )
+            if not torch.allclose(img.affine, ref.affine, atol=1e-3):
+                warnings.warn(
+                    f"{prefix}affine of {MODALITIES[i]} file {ordered[i]} differs from {ref_path}; "
+                    f"using the affine of {MODALITIES[first_i]}",
+                    stacklevel=2,
+                )
+
+        data = torch.zeros((NUM_MODALITIES, *ref.shape[1:]), dtype=self.dtype)
+        for i, img in loaded.items():
+            data[i] = img.as_tensor()[0]
+        mask = torch.zeros(NUM_MODALITIES, dtype=torch.bool)
+        mask[list(loaded)] = True
+        meta = dict(ref.meta)
+        meta["affine"] = ref.affine.clone()
+        image = MetaTensor(data, meta=meta)
+        return image, mask
+
+
+class LoadModalitiesd(MapTransform):
+    """Dictionary version of :class:`LoadModalities`, optionally loading the label as well.
+
+    Reads the path keys (``MODALITIES`` by default) and writes ``image_key`` (MetaTensor ``(4, H, W, D)``) and
+    ``mask_key`` (torch.bool ``(4,)``). Missing path values are normalised to ``""``, and with ``none_to_empty``
+    every other top-level None value (e.g. the datalist's ``"grade": null``) too, because PyTorch's collate
+    cannot batch None.
+    With ``label_key`` set, that path is loaded too as a ``(1, H, W, D)`` MetaTensor in its on-disk dtype and
+    must match the image shape.
+
+    Args:
+        keys: modality path keys, in ``MODALITIES`` order (a subset of it is allowed; absent ones count as missing).
+        image_key: output key of the stacked image.
+        mask_key: output key of the availability mask.
+        label_key: key of the label path to load, or None to leave any label untouched.
+        case_key: key whose value names the case in error messages.
+        allow_missing: see :class:`LoadModalities`.
+        reader: MONAI image reader.
+        none_to_empty: replace None values of all keys by ``""`` (see above).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = MODALITIES,
+        image_key: str = IMAGE_KEY,
+        mask_key: str = MASK_KEY,
+        label_key: str | None = LABEL_KEY,
+        case_key: str = CASE_KEY,
+        allow_missing: bool = True,
+        reader: Any = "NibabelReader",
+        none_to_empty: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        unknown = [k for k in self.keys if k not in MODALITIES]
+        if unknown:
+            raise ValueError(f"LoadModalitiesd keys must be modality keys from {MODALITIES}, got {unknown}")
+        self.image_key = image_key
+        self.mask_key = mask_key
+        self.label_key = label_key
+        self.case_key = case_key
+        self.none_to_empty = bool(none_to_empty)
+        self.loader = LoadModalities(allow_missing=allow_missing, reader=reader)
+        self.label_loader = LoadImage(reader=self.loader.reader, image_only=True, ensure_channel_first=True, dtype=None)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case_id = d.get(self.case_key)
+        paths = {k: d.get(k) for k in self.keys}
+        image, mask = self.loader(paths, case_id=case_id)
+        for k in self.keys:
+            if _is_missing_path(d.get(k)):
+                d[k] = ""
+        if self.none_to_empty:
+            d.update({k: "" for k, v in d.items() if v is None and k != self.label_key})
+        d[self.image_key] = image
+        d[self.mask_key] = mask
+        if self.label_key is not None:
+            path = d.get(self.label_key)
+            if _is_missing_path(path):
+                raise ValueError(f"{_case_prefix(case_id)}no label path under key {self.label_key!r}")
+            if isinstance(path, (str, os.PathLike)):
+                label = self.loader.read(os.fspath(path), case_id, what="label", loader=self.label_loader)
+                if label.shape[1:] != image.shape[1:]:
+                    raise ValueError(
+                        f"{_case_prefix(case_id)}label file {path} has shape {tuple(label.shape[1:])} but the "
+                        f"image has {tuple(image.shape[1:])}"
+                    )
+                d[self.label_key] = label
+        return d
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Labels
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LabelToRegions(Transform):
+    """BraTS label map ``(1, H, W, D)`` (or ``(H, W, D)``) -> region masks ``(3, H, W, D)`` in ``REGIONS`` order.
+
+    Wraps MONAI ``ConvertToMultiChannelBasedOnBratsClasses`` (output TC, WT, ET) and reorders its channels to
+    ``REGIONS`` (ET, TC, WT). MetaTensor metadata is kept.
+
+    Args:
+        convention: label convention, BraTS release year or convention name (ET=4 up to 2022, ET=3 from 2023).
+        dtype: output dtype (float32 by default; uint8/bool save memory when caching).
+        check_values: raise ValueError when the label holds values outside ``convention.labels`` (catches an
+            ET=3 label read with the legacy convention and vice versa).
+    """
+
+    backend = ConvertToMultiChannelBasedOnBratsClasses.backend
+
+    def __init__(
+        self,
+        convention: int | str | LabelConvention = "brats2018",
+        dtype: torch.dtype = torch.float32,
+        check_values: bool = True,
+    ) -> None:
+        self.convention = label_convention(convention)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
+        self.dtype = dtype
+        self.check_values = bool(check_values)
+        self.converter = ConvertToMultiChannelBasedOnBratsClasses(et_label=self.convention.et)
+        self.order = [_MONAI_BRATS_ORDER.index(r) for r in REGIONS]
+
+    def __call__(self, label: NdarrayOrTensor, case_id: Any = None) -> NdarrayOrTensor:
+        """Convert one label map; ``case_id`` is only used in error messages."""
+        if not (label.ndim == 3 or (label.ndim == 4 and label.shape[0] == 1)):
+            raise ValueError(
+                f"{_case_prefix(case_id)}label must be (1, H, W, D) or (H, W, D), got shape {tuple(label.shape)}"
+            )
+        lab = label if isinstance(label, torch.Tensor) else torch.as_tensor(label)
+        if self.check_values:
+            allowed = torch.tensor(self.convention.labels, dtype=lab.dtype, device=lab.device)
+            bad = ~torch.isin(lab.as_tensor() if isinstance(lab, MetaTensor) else lab, allowed)
+            if bool(bad.any()):
+                values = sorted({float(v) for v in torch.unique(lab[bad]).tolist()})
+                raise ValueError(
+                    f"{_case_prefix(case_id)}label values {values} are not in convention {self.convention.name!r} "
+                    f"(allowed {self.convention.labels})"
+                )
+        out = self.converter(lab)[self.order].to(self.dtype)
+        return out if isinstance(label, torch.Tensor) else out.numpy()
+
+
+class LabelToRegionsd(MapTransform):
+    """Dictionary version of :class:`LabelToRegions`.
+
+    Args:
+        keys: label keys.
+        convention, dtype, check_values: see :class:`LabelToRegions`.
+        case_key: key naming the case in error messages.
+        allow_missing_keys: skip keys absent from the data.
+    """
+
+    backend = LabelToRegions.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection = LABEL_KEY,
+        convention: int | str | LabelConvention = "brats2018",
+        dtype: torch.dtype = torch.float32,
+        check_values: bool = True,
+        case_key: str = CASE_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = LabelToRegions(convention=convention, dtype=dtype, check_values=check_values)
+        self.case_key = case_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key], case_id=d.get(self.case_key))
+        return d
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modality dropout and masking
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _subset_code(name: str) -> int:
+    mods = parse_subset(name)
+    return int(sum(1 << MODALITIES.index(m) for m in mods))
+
+
+def _build_table(distribution: str | Mapping[str, float], max_kept: int) -> np.ndarray:
+    """Probability table ``P[a, c]``: chance of keeping subset code ``c`` when the available subset is ``a``.
+
+    Rows with no feasible subset are all zero.
+    """
+    table = np.zeros((_NUM_CODES, _NUM_CODES), dtype=np.float64)
+    weights: dict[int, float] | None = None
+    if not isinstance(distribution, str):
+        weights = {_subset_code(k): float(v) for k, v in distribution.items()}
+    for avail in range(1, _NUM_CODES):
+        idx = [i for i in range(NUM_MODALITIES) if (avail >> i) & 1]
+        n_max = min(len(idx), max_kept)
+        for k in range(1, n_max + 1):
+            for combo in combinations(idx, k):
+                code = sum(1 << i for i in combo)
+                if weights is not None:
+                    table[avail, code] = weights.get(code, 0.0)
+                elif distribution == "uniform":
+                    table[avail, code] = 1.0
+                else:  # uniform_size: size uniform over 1..n_max, then a uniform subset of that size
+                    table[avail, code] = 1.0 / (n_max * math.comb(len(idx), k))
+        total = table[avail].sum()
+        if total > 0:
+            table[avail] /= total
+    return table
+
+
+def _cdf_table(table: np.ndarray) -> np.ndarray:
+    """Row-wise CDF with the last feasible entry (and beyond) pinned to 1 so that ``u < 1`` always lands."""
+    cdf = np.cumsum(table, axis=1)
+    for a in range(table.shape[0]):
+        nz = np.flatnonzero(table[a] > 0)
+        if nz.size:
+            cdf[a, nz[-1] :] = 1.0
+        else:
+            cdf[a, :] = 1.0  # infeasible row: never sampled (guarded by the feasibility table)
+    return cdf
+
+
+# Own transform: MONAI's channel dropouts (e.g. RandCoarseDropout) do not draw modality subsets under availability.
+class ModalityDropout(RandomizableTransform):
+    """Randomly drop available sequences of one sample (array version).
+
+    With probability ``prob`` the availability is replaced by a random non-empty subset of the available
+    sequences, drawn from ``distribution``; dropped channels are zeroed. The returned mask is the AND of the input
+    mask and the kept subset.
+
+    Distributions (all restricted to subsets of the available sequences with at most ``max_kept`` members):
+
+    * ``"uniform"``: uniform over the feasible non-empty subsets;
+    * ``"uniform_size"``: number kept uniform over ``1..min(n_available, max_kept)``, then a uniform subset of
+      that size;
+    * a mapping ``{subset_name: weight}`` (names such as ``"t1ce+t2"``), renormalised over the feasible subsets;
+      a sample whose availability admits none of them raises ValueError.
+
+    Random draws: two uniforms per sample (fire?, which subset), so a batch helper call with seed ``s`` reproduces
+    sequential single-sample calls with seed ``s``.
+
+    Args:
+        prob: probability of dropping, in [0, 1].
+        distribution: ``"uniform"``, ``"uniform_size"`` or a mapping of subset names to non-negative weights.
+        max_kept: at most this many sequences are kept (1..4); None means no limit. ``max_kept=3`` guarantees at
+            least one sequence is dropped when all four are available (the "1 to 3 kept" recipe).
+    """
+
+    def __init__(
+        self,
+        prob: float = 0.5,
+        distribution: str | Mapping[str, float] = "uniform",
+        max_kept: int | None = None,
+    ) -> None:
+        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be a number in [0, 1], got {prob!r}")
+        if max_kept is not None and (
+            isinstance(max_kept, bool) or not isinstance(max_kept, int) or not 1 <= max_kept <= NUM_MODALITIES
+        ):
+            raise ValueError(f"max_kept must be None or an int in [1, {NUM_MODALITIES}], got {max_kept!r}")
+        super().__init__(prob=float(prob))
+        self.max_kept = NUM_MODALITIES if max_kept is None else max_kept
+        self.distribution = self._validate_distribution(distribution, self.max_kept)
+        self.table = _build_table(self.distribution, self.max_kept)
+        self.cdf = _cdf_table(self.table)
+        self.feasible = self.table.sum(axis=1) > 0
+        self._u = 0.0
+        self._kept_code = 0
+        self._device_tables: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _validate_distribution(distribution: Any, max_kept: int) -> str | dict[str, float]:
+        if isinstance(distribution, str):
+            if distribution not in DROPOUT_DISTRIBUTIONS:
+                raise ValueError(
+                    f"unknown dropout distribution {distribution!r}; use one of {DROPOUT_DISTRIBUTIONS} "
+                    "or a mapping {subset_name: weight}"
+                )
+            return distribution
+        if not isinstance(distribution, Mapping):
+            raise TypeError(
+                f"distribution must be a name from {DROPOUT_DISTRIBUTIONS} or a mapping, "
+                f"got {type(distribution).__name__}"
+            )
+        if not distribution:
+            raise ValueError("distribution mapping is empty; give at least one {subset_name: weight}")
+        out: dict[str, float] = {}
+        for name, weight in distribution.items():
+            try:
+                canon = subset_name(parse_subset(name))
+            except ValueError as e:
+                raise ValueError(f"unknown subset name {name!r} in dropout distribution: {e}") from None
+            if canon in out:
+                raise ValueError(f"subset {canon!r} appears twice in the dropout distribution")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"weight of subset {name!r} must be a finite number, got {weight!r}")
+            if weight < 0:
+                raise ValueError(f"weight of subset {name!r} must be >= 0, got {weight}")
+            out[canon] = float(weight)
+        usable = [k for k, w in out.items() if w > 0 and len(parse_subset(k)) <= max_kept]
+        if not usable:
+            raise ValueError(
+                f"no subset in the dropout distribution has a positive weight and at most max_kept={max_kept} "
+                f"sequences: {out}"
+            )
+        return out
+
+    def probabilities(self, available: Sequence[bool] | np.ndarray | torch.Tensor) -> dict[str, float]:
+        """Subset name -> probability of being kept given the availability mask, when dropout fires."""
+        row = self.table[mask_to_code(available)]
+        return {
+            subset_name(m for m, f in zip(MODALITIES, code_to_mask(c), strict=True) if f): float(row[c])
+            for c in range(1, _NUM_CODES)
+            if row[c] > 0
+        }
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to fire and which subset to keep; ``data`` is the ``(4,)`` availability mask."""
+        fire_u, self._u = self.R.rand(2)
+        self._do_transform = bool(fire_u < self.prob)
+        if data is None:
+            return
+        avail = mask_to_code(data)
+        if not self._do_transform:
+            self._kept_code = avail
+            return
+        if not self.feasible[avail]:
+            raise ValueError(self._infeasible_message(avail))
+        self._kept_code = int(np.searchsorted(self.cdf[avail], self._u, side="right"))
+
+    def _infeasible_message(self, avail: int) -> str:
+        mods = [m for m, f in zip(MODALITIES, code_to_mask(avail), strict=True) if f]
+        if not mods:
+            return "modality dropout: no sequence available in this sample"
+        return (
+            f"modality dropout: no subset of the available sequences {mods} is allowed by distribution "
+            f"{self.distribution!r} with max_kept={self.max_kept}"
+        )
+
+    def __call__(
+        self, img: NdarrayOrTensor, mask: Any = None, randomize: bool = True
+    ) -> tuple[NdarrayOrTensor, torch.Tensor]:
+        """Drop sequences of one sample.
+
+        Args:
+            img: ``(4, ...)`` image in modality order.
+            mask: ``(4,)`` availability; None derives it from the non-zero channels.
+            randomize: draw a new subset (False reuses the last draw, e.g. for a second key).
+
+        Returns:
+            ``(image, mask)``: image with dropped channels zeroed and the torch.bool ``(4,)`` updated mask.
+        """
+        _check_channels(img)
+        avail = _as_bool_mask(mask, img)
+        if randomize:
+            self.randomize(avail)
+        if not self._do_transform:
+            return img, avail
+        kept = torch.from_numpy(code_to_mask(self._kept_code)).to(avail.device) & avail
+        return _zero_channels(img, kept), kept
+
+    def device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """CDF ``(16, 16)`` and feasibility ``(16,)`` tables on ``device`` (cached)."""
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        key = (str(device), dtype)
+        if key not in self._device_tables:
+            self._device_tables[key] = (
+                torch.as_tensor(self.cdf, dtype=dtype, device=device),
+                torch.as_tensor(self.feasible, dtype=torch.bool, device=device),
+            )
+        return self._device_tables[key]
+
+
+class ModalityDropoutd(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`ModalityDropout`.
+
+    One subset is drawn per sample and applied to every image key; the updated mask is written to ``mask_key``
+    (derived from the non-zero channels when absent).
+
+    Args:
+        keys: image keys (``(4, ...)``, modality order).
+        prob, distribution, max_kept: see :class:`ModalityDropout`.
+        mask_key: availability mask key.
+        case_key: key naming the case in error messages.
+        allow_missing_keys: skip image keys absent from the data.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = IMAGE_KEY,
+        prob: float = 0.5,
+        distribution: str | Mapping[str, float] = "uniform",
+        max_kept: int | None = None,
+        mask_key: str = MASK_KEY,
+        case_key: str = CASE_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.dropper = ModalityDropout(prob=prob, distribution=distribution, max_kept=max_kept)
+        RandomizableTransform.__init__(self, prob=self.dropper.prob)
+        self.mask_key = mask_key
+        self.case_key = case_key
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        """Seed this transform and its array twin (which draws all random numbers)."""
+        super().set_random_state(seed, state)
+        self.dropper.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw fire/subset on the array twin; ``data`` is the availability mask."""
+        self.dropper.randomize(data)
+        self._do_transform = self.dropper._do_transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        mask = d.get(self.mask_key)
+        avail = _as_bool_mask(mask, d[keys[0]])
+        try:
+            self.randomize(avail)
+        except ValueError as e:
+            raise ValueError(f"{_case_prefix(d.get(self.case_key))}{e}") from None
+        kept = avail
+        for key in keys:
+            d[key], kept = self.dropper(d[key], avail, randomize=False)
+        d[self.mask_key] = kept
+        return d
+
+
+def drop_modalities_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    transform: ModalityDropout | ModalityDropoutd,
+    check: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply modality dropout to a batch on its own device (e.g. GPU, inside a training step).
+
+    Random numbers come from ``transform``'s host RNG (two per sample, the same stream as sequential
+    single-sample calls) and are sampled against device-side CDF tables, so no device-to-host copy is needed.
+
+    Args:
+        images: ``(B, 4, ...)`` in modality order.
+        masks: ``(B, 4)`` availability (bool or 0/1) on any device.
+        transform: the configured dropout transform.
+        check: raise ValueError when a sample that drew "drop" has no feasible subset (costs one host sync);
+            with False such samples are left unchanged.
+
+    Returns:
+        ``(images, masks)``: new tensors, dropped channels zeroed, masks torch.bool ``(B, 4)`` on ``images.device``.
+    """
+    dropper = transform.dropper if isinstance(transform, ModalityDropoutd) else transform
+    if not isinstance(dropper, ModalityDropout):
+        raise TypeError(f"transform must be ModalityDropout or ModalityDropoutd, got {type(transform).__name__}")
+    if images.ndim < 3 or images.shape[1] != NUM_MODALITIES:
+        raise ValueError(f"images must be (B, {NUM_MODALITIES}, ...), got shape {tuple(images.shape)}")
+    if masks.shape != images.shape[:2]:
+        raise ValueError(f"masks must be (B, {NUM_MODALITIES}) matching images, got shape {tuple(masks.shape)}")
+    device = images.device
+    avail = masks.to(device=device, dtype=torch.bool)
+    batch = images.shape[0]
+    draws = dropper.R.rand(batch, 2)
+    fire_host = draws[:, 0] < dropper.prob
+    if not fire_host.any():
+        return images, avail
+    cdf, feasible = dropper.device_tables(device)
+    bits = 1 << torch.arange(NUM_MODALITIES, device=device)
+    codes = (avail.long() * bits).sum(dim=1)
+    u = torch.as_tensor(draws[:, 1], dtype=cdf.dtype).to(device, non_blocking=True)
+    fire = torch.as_tensor(fire_host).to(device, non_blocking=True)
+    chosen = (cdf[codes] <= u[:, None]).sum(dim=1)  # index of the first CDF entry above u
+    ok = feasible[codes]
+    if check and bool((fire & ~ok).any()):
+        bad = torch.nonzero(fire & ~ok).flatten().tolist()
+        raise ValueError(
+            f"modality dropout: batch rows {bad} have no subset allowed by distribution {dropper.distribution!r} "
+            f"with max_kept={dropper.max_kept} among their available sequences"
+        )
+    new_codes = torch.where(fire & ok, chosen, codes)
+    new_masks = ((new_codes[:, None] & bits) > 0) & avail
+    # rows that did not fire are returned untouched (as in the single-sample path)
+    keep = (new_masks | ~(fire & ok)[:, None]).reshape(batch, NUM_MODALITIES, *([1] * (images.ndim - 2)))
+    return images.masked_fill(~keep, 0), new_masks
+
+
+# Own transform: no MONAI transform zeroes channels from a per-sample boolean vector.
+class MaskMissingModalities(Transform):
+    """Re-zero channels whose availability is False (e.g. after intensity augmentation shifted them).
+
+    ``__call__(img (4, ...), mask (4,)) -> img`` with unavailable channels set to 0.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __call__(self, img: NdarrayOrTensor, mask: Any) -> NdarrayOrTensor:
+        _check_channels(img)
+        return _zero_channels(img, _as_bool_mask(mask))
+
+
+class MaskMissingModalitiesd(MapTransform):
+    """Dictionary version of :class:`MaskMissingModalities`; a sample without ``mask_key`` is returned unchanged.
+
+    Args:
+        keys: image keys (``(4, ...)``).
+        mask_key: availability mask key.
+        allow_missing_keys: skip image keys absent from the data.
+    """
+
+    def __init__(self, keys: KeysCollection = IMAGE_KEY, mask_key: str = MASK_KEY, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.masker = MaskMissingModalities()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if d.get(self.mask_key) is None:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.masker(d[key], d[self.mask_key])
+        return d

@@ -1,0 +1,258 @@
+"""Checks that a discovered BraTS case can be trained or evaluated on.
+
+:func:`validate_case` reads every present file once and never raises for a bad case: it returns a
+:class:`CaseCheck` listing every reason (each naming its file), so one corrupt case never stops a dataset
+scan. A missing sequence is not an error (the case is usable with that channel null / all-zero); a
+sequence file that is present but broken is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from lckd_med.constants import MODALITIES, LabelConvention, label_convention
+from lckd_med.data.layouts import BratsCase, Issue
+
+__all__ = ["AFFINE_ATOL_MM", "Issue", "CaseCheck", "validate_case", "validate_cases"]
+
+#: Largest difference between affine entries (mm) still counted as "same grid".
+AFFINE_ATOL_MM: float = 1e-3
+
+
+@dataclass(frozen=True)
+class CaseCheck:
+    """Outcome of :func:`validate_case`.
+
+    Attributes:
+        case: the case checked.
+        ok: ``True`` when the case is usable (``reasons`` is empty).
+        reasons: why the case is rejected, one :class:`Issue` per problem, each naming its file.
+        missing_modalities: modality keys with no file, in modality order (not a rejection reason).
+        warnings: notes that do not reject the case (squeezed 4-D file, empty segmentation).
+        shape: common ``(H, W, D)`` of the volumes, or ``None`` when no file could be read.
+    """
+
+    case: BratsCase
+    ok: bool
+    reasons: tuple[Issue, ...]
+    missing_modalities: tuple[str, ...]
+    warnings: tuple[Issue, ...] = field(default=())
+    shape: tuple[int, int, int] | None = None
+
+
+def _fmt_err(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "no details"
+    if isinstance(err, (zlib.error, gzip.BadGzipFile)):
+        return f"corrupt gzip data: {text}"
+    return f"{type(err).__name__}: {text}"
+
+
+def _check_intensities(path: Path, data: np.ndarray, reasons: list[Issue]) -> None:
+    nonfinite = 0
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        n_inf = int(np.count_nonzero(np.isinf(data)))
+        nonfinite = n_nan + n_inf
+        reasons.append(Issue(str(path), f"non-finite intensities: {n_nan} NaN and {n_inf} Inf voxels"))
+    # NaN and Inf count as non-zero, so remove them before judging "all zero"
+    if int(np.count_nonzero(data)) - nonfinite == 0:
+        reasons.append(Issue(str(path), "image is all zero (empty volume)"))
+
+
+def _check_label(
+    path: Path, data: np.ndarray, convention: LabelConvention, reasons: list[Issue], warnings: list[Issue]
+) -> None:
+    if np.issubdtype(data.dtype, np.floating):
+        finite = np.isfinite(data)
+        if not finite.all():
+            reasons.append(
+                Issue(str(path), f"segmentation has {int(data.size - np.count_nonzero(finite))} non-finite voxels")
+            )
+            return
+        if not np.array_equal(data, np.round(data)):
+            reasons.append(Issue(str(path), "segmentation has non-integer values"))
+            return
+    elif not (np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_):
+        reasons.append(Issue(str(path), f"segmentation has unsupported data type {data.dtype}"))
+        return
+    values = np.unique(data.astype(np.int64, copy=False))
+    bad = sorted(int(v) for v in values if int(v) not in convention.labels)
+    if bad:
+        hint = ""
+        if convention.et == 4 and bad == [3]:
+            hint = " (label 3 is ET from BraTS 2023 on: pass release 2023)"
+        elif convention.et == 3 and bad == [4]:
+            hint = " (label 4 is ET up to BraTS 2022: pass the case's release year)"
+        reasons.append(
+            Issue(
+                str(path),
+                f"segmentation values {bad} not allowed by convention {convention.name} "
+                f"(allowed {list(convention.labels)}){hint}",
+            )
+        )
+    elif values.size == 1 and int(values[0]) == 0:
+        warnings.append(Issue(str(path), "segmentation is empty (no tumour voxel)"))
+
+
+def validate_case(
+    case: BratsCase,
+    convention: int | str | LabelConvention = "brats2018",
+    require_label: bool = True,
+    *,
+    affine_atol: float = AFFINE_ATOL_MM,
+) -> CaseCheck:
+    """Check that every file of a case is a readable, consistent 3-D NIfTI volume.
+
+    Checks, each failure becoming one reason naming its file: the file loads with nibabel (corrupt gzip,
+    truncated data, not a NIfTI); it is 3-D (a 4-D file with a trailing singleton is accepted and
+    squeezed, with a warning); all sequences and the segmentation share one shape and one affine (within
+    ``affine_atol`` mm); intensities are finite and not all zero; segmentation values belong to
+    ``convention.labels``; at least one sequence is present; the segmentation is present when
+    ``require_label``. Each file's data is read once.
+
+    Args:
+        case: a discovered case.
+        convention: label convention (or release year) the segmentation must follow.
+        require_label: reject the case when it has no segmentation file.
+        affine_atol: tolerance on affine entries, in mm.
+
+    Returns:
+        The :class:`CaseCheck`; never raises for a bad case.
+
+    Raises:
+        TypeError: ``case`` is not a :class:`BratsCase`.
+        ValueError: unknown ``convention`` or negative ``affine_atol``.
+    """
+    if not isinstance(case, BratsCase):
+        raise TypeError(f"case must be a BratsCase, got {type(case).__name__}")
+    convention = label_convention(convention)
+    if not affine_atol >= 0:
+        raise ValueError(f"affine_atol must be >= 0 mm, got {affine_atol}")
+    reasons: list[Issue] = []
+    warnings: list[Issue] = []
+    if not case.present_modalities:
+        reasons.append(Issue(None, f"no MRI sequence found in {case.dir} (expected any of {list(MODALITIES)})"))
+    if case.label is None and require_label:
+        reasons.append(Issue(None, f"segmentation file missing in {case.dir}"))
+
+    files: list[tuple[str, Path]] = [(m, case.paths[m]) for m in case.present_modalities]
+    if case.label is not None:
+        files.append(("label", case.label))
+    ref: tuple[Path, tuple[int, ...], np.ndarray] | None = None
+    for key, path in files:
+        try:
+            img = nib.load(str(path))
+        except Exception as err:  # any loader failure is a reason, never a crash
+            reasons.append(Issue(str(path), f"cannot read as NIfTI ({_fmt_err(err)})"))
+            continue
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            reasons.append(Issue(str(path), f"not a NIfTI image (read as {type(img).__name__})"))
+            continue
+        shape = tuple(int(s) for s in img.shape)
+        squeeze = len(shape) == 4 and shape[3] == 1
+        if squeeze:
+            warnings.append(Issue(str(path), f"4-D file with a single volume {shape}: squeezed to 3-D"))
+            shape = shape[:3]
+        elif len(shape) != 3:
+            reasons.append(Issue(str(path), f"expected a 3-D volume, got shape {shape}"))
+            continue
+        affine = np.asarray(img.affine, dtype=float)
+        if not np.isfinite(affine).all():
+            reasons.append(Issue(str(path), "affine has non-finite entries"))
+            continue
+        if ref is None:
+            ref = (path, shape, affine)
+        else:
+            ref_path, ref_shape, ref_affine = ref
+            if shape != ref_shape:
+                reasons.append(Issue(str(path), f"shape {shape} differs from {ref_shape} of {ref_path.name}"))
+            elif not np.allclose(affine, ref_affine, rtol=0.0, atol=affine_atol):
+                diff = float(np.abs(affine - ref_affine).max())
+                reasons.append(
+                    Issue(
+                        str(path),
+                        f"affine differs from {ref_path.name} by up to {diff:.4g} mm (tolerance {affine_atol})",
+                    )
+                )
+        try:
+            data = np.asanyarray(img.dataobj)
+        except Exception as err:  # truncated/corrupt data is a reason, never a crash
+            reasons.append(Issue(str(path), f"cannot read image data, file truncated or corrupt ({_fmt_err(err)})"))
+            continue
+        if squeeze:
+            data = data[..., 0]
+        if key == "label":
+            _check_label(path, data, convention, reasons, warnings)
+        else:
+            _check_intensities(path, data, reasons)
+        del data, img
+    return CaseCheck(
+        case=case,
+        ok=not reasons,
+        reasons=tuple(reasons),
+        missing_modalities=case.missing_modalities,
+        warnings=tuple(warnings),
+        shape=None if ref is None else tuple(ref[1]),  # type: ignore[arg-type]
+    )
+
+
+def _crashed(case: BratsCase, err: BaseException) -> CaseCheck:
+    return CaseCheck(
+        case=case,
+        ok=False,
+        reasons=(Issue(str(case.dir), f"validation crashed ({_fmt_err(err)})"),),
+        missing_modalities=case.missing_modalities,
+    )
+
+
+def validate_cases(
+    cases: Iterable[BratsCase],
+    convention: int | str | LabelConvention = "brats2018",
+    require_label: bool = True,
+    workers: int = 1,
+    progress: Callable[[CaseCheck], None] | None = None,
+) -> list[CaseCheck]:
+    """Validate many cases, optionally in a process pool; results keep the input order.
+
+    Args:
+        cases: cases to check.
+        convention: label convention (or release year).
+        require_label: passed to :func:`validate_case`.
+        workers: processes to use (1 = in this process).
+        progress: called with each result as it completes.
+
+    Raises:
+        ValueError: ``workers`` < 1.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, got {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    convention = label_convention(convention)
+    todo: Sequence[BratsCase] = list(cases)
+    results: list[CaseCheck | None] = [None] * len(todo)
+    if workers == 1 or len(todo) < 2:
+        for i, case in enumerate(todo):
+            results[i] = validate_case(case, convention, require_label)
+            if progress is not None:
+                progress(results[i])  # type: ignore[arg-type]
+        return results  # type: ignore[return-value]
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(validate_case, case, convention, require_label) for case in todo]
+        for i, fut in enumerate(futures):
+            try:
+                results[i] = fut.result()
+            except Exception as err:  # a dead worker must not stop the scan
+                results[i] = _crashed(todo[i], err)
+            if progress is not None:
+                progress(results[i])  # type: ignore[arg-type]
+    return results  # type: ignore[return-value]

@@ -1,0 +1,169 @@
+"""Self-describing, atomically written checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts -- no pickled objects -- so
+it can be opened safely and the network rebuilt from it without any config:
+
+``format``            ``"lckd_med.checkpoint/1"``
+``network``           ``{"name": str, "hparams": dict}`` (rebuilds the network, see :func:`build_network`)
+``model``             network ``state_dict`` (DDP / compile wrappers removed)
+``modalities``        channel order, ``regions`` output order, ``label_convention`` name
+``teachers``          elected teacher modality keys, ``election_history`` rows of the election record
+``iteration``/``epoch``/``phase``  training progress; ``optimizer``/``scheduler``/``rng`` for resuming
+``subset_dice``       per-subset validation Dice ``{subset: {region: dice}}`` once evaluation has stored it
+``method``            ``"lckd"`` or ``"omd"``; ``train_config`` a JSON-able dict of the recipe
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lckd_med.constants import MODALITIES, REGIONS
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "unwrap_model",
+    "rng_state",
+    "set_rng_state",
+    "build_network",
+    "NETWORK_REGISTRY",
+]
+
+CHECKPOINT_FORMAT = "lckd_med.checkpoint/1"
+_REQUIRED_KEYS = ("format", "network", "model", "modalities", "regions", "label_convention")
+
+
+def unwrap_model(net: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(net, "module") and isinstance(net.module, torch.nn.Module):
+            net = net.module
+        elif hasattr(net, "_orig_mod") and isinstance(net._orig_mod, torch.nn.Module):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as weights-only-loadable values (lists and tensors)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "numpy": {
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states saved by :func:`rng_state` (missing entries are left alone)."""
+    if "python" in state:
+        internal, version, gauss = state["python"]
+        random.setstate((int(version), tuple(int(v) for v in internal), gauss))
+    if "numpy" in state:
+        n = state["numpy"]
+        keys = np.asarray(n["keys"].cpu().numpy() if torch.is_tensor(n["keys"]) else n["keys"], dtype=np.uint32)
+        np.random.set_state(("MT19937", keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    A crash while writing leaves the previous checkpoint intact and no partial file behind.
+
+    Raises:
+        ValueError: the payload lacks a required key.
+    """
+    missing = [k for k in _REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks required keys {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message says how to make one).
+        ValueError: the file is not an lckd_med checkpoint, or its modality/region order differs from ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; train first (python -m monai.bundle run training ...) "
+            "or point ckpt_dir at the folder holding model.pt"
+        )
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt file or pickled objects: both are refused
+        raise ValueError(f"{path}: not a readable lckd_med checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an lckd_med checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks keys {missing}")
+    if tuple(ckpt["modalities"]) != MODALITIES or tuple(ckpt["regions"]) != REGIONS:
+        raise ValueError(
+            f"{path}: checkpoint channel order {ckpt['modalities']} / region order {ckpt['regions']} "
+            f"differs from this lckd_med ({list(MODALITIES)} / {list(REGIONS)})"
+        )
+    return ckpt
+
+
+def _lckd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
+    from lckd_med.networks import LCKDNet
+
+    return LCKDNet.from_hparams(dict(hparams))
+
+
+#: Network name stored in a checkpoint -> builder from its hyper-parameters. Methods register theirs here.
+NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net}
+
+
+def build_network(ckpt: Mapping[str, Any], load_weights: bool = True) -> torch.nn.Module:
+    """Rebuild the network described in a checkpoint (and load its weights).
+
+    Raises:
+        ValueError: unknown network name.
+    """
+    spec = ckpt["network"]
+    name = spec.get("name")
+    if name not in NETWORK_REGISTRY:
+        raise ValueError(f"checkpoint network {name!r} is unknown; known: {sorted(NETWORK_REGISTRY)}")
+    net = NETWORK_REGISTRY[name](spec.get("hparams", {}))
+    if load_weights:
+        net.load_state_dict(ckpt["model"])
+    return net

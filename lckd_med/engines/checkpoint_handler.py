@@ -1,0 +1,168 @@
+"""Ignite handler that saves the self-describing ``model.pt`` and resumes training from it.
+
+MONAI's ``CheckpointSaver`` names files by ignite's conventions and stores only ``state_dict`` objects; the
+product needs one fixed ``<ckpt_dir>/model.pt`` that also carries the network hyper-parameters, label
+convention, teachers and election record, loadable with ``weights_only=True``. Hence this handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.constants import label_convention as _convention
+from lckd_med.engines.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap_model,
+)
+from lckd_med.engines.election import TeacherState
+
+__all__ = ["TrainingCheckpointHandler", "CHECKPOINT_NAME"]
+
+CHECKPOINT_NAME = "model.pt"
+logger = logging.getLogger(__name__)
+
+
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class TrainingCheckpointHandler:
+    """Save ``<ckpt_dir>/model.pt`` every ``save_every`` epochs and at the end; resume from it at start.
+
+    Checkpoints are written at epoch boundaries only, so a resumed run continues exactly at the next epoch
+    with the same optimizer, scheduler, phase, teachers and RNG state.
+
+    Args:
+        ckpt_dir: folder of ``model.pt``.
+        network_name: registry name stored in the checkpoint (``"LCKDNet"``).
+        teacher_state: teachers and election record to save and restore.
+        scheduler: learning-rate scheduler to save and restore (optional).
+        label_convention: ``"brats2018"``/``"brats2023"`` or a release year.
+        method: ``"lckd"`` or ``"omd"``.
+        train_config: JSON-able recipe stored for the record.
+        save_every: epochs between saves (>= 1).
+        resume: load ``model.pt`` at start when it exists (a finished run is not re-run).
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        network_name: str,
+        teacher_state: TeacherState | None = None,
+        scheduler: Any = None,
+        label_convention: str | int = "brats2018",
+        method: str = "lckd",
+        train_config: Mapping[str, Any] | None = None,
+        save_every: int = 1,
+        resume: bool = True,
+    ) -> None:
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1 epoch, got {save_every}")
+        self.path = Path(ckpt_dir) / CHECKPOINT_NAME
+        self.network_name = network_name
+        self.teacher_state = teacher_state
+        self.scheduler = scheduler
+        self.label_convention = _convention(label_convention).name
+        self.method = method
+        self.train_config = dict(train_config or {})
+        self.save_every = int(save_every)
+        self.resume = resume
+
+    def attach(self, engine: Engine) -> None:
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def payload(self, engine: Engine) -> dict[str, Any]:
+        net = unwrap_model(engine.network)
+        hparams = getattr(net, "hparams", None)
+        if hparams is None:
+            raise TypeError(f"{type(net).__name__} has no hparams; the checkpoint could not rebuild it")
+        teachers = self.teacher_state.state_dict() if self.teacher_state else {"teachers": [], "history": []}
+        out: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "method": self.method,
+            "network": {"name": self.network_name, "hparams": dict(hparams)},
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "modalities": list(MODALITIES),
+            "regions": list(REGIONS),
+            "label_convention": self.label_convention,
+            "teachers": teachers["teachers"],
+            "election_history": teachers["history"],
+            "iteration": int(engine.state.iteration),
+            "epoch": int(engine.state.epoch),
+            "max_epochs": int(engine.state.max_epochs or 0),
+            "epoch_length": int(engine.state.epoch_length or 0),
+            "phase": int(getattr(engine.state, "phase", 1)),
+            "optimizer": engine.optimizer.state_dict(),
+            "rng": rng_state(),
+            "train_config": self.train_config,
+        }
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler.state_dict()
+        return out
+
+    def save(self, engine: Engine) -> None:
+        if not _is_rank0():
+            return
+        # a checkpoint resumed with the same epoch count must not overwrite the evaluation's stored results
+        previous = {}
+        if self.path.is_file():
+            try:
+                previous = load_checkpoint(self.path)
+            except ValueError:
+                previous = {}
+        payload = self.payload(engine)
+        if "subset_dice" in previous and previous.get("iteration") == payload["iteration"]:
+            payload["subset_dice"] = previous["subset_dice"]
+        save_checkpoint(self.path, payload)
+        logger.info("saved %s (iteration %d, epoch %d)", self.path, payload["iteration"], payload["epoch"])
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.is_file():
+            return
+        ckpt = load_checkpoint(self.path, map_location="cpu")
+        if ckpt.get("network", {}).get("name") != self.network_name:
+            raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {self.network_name}")
+        net = unwrap_model(engine.network)
+        if dict(ckpt["network"]["hparams"]) != dict(net.hparams):
+            raise ValueError(
+                f"{self.path} was trained with network {ckpt['network']['hparams']}, the config builds "
+                f"{net.hparams}; use another ckpt_dir or the same network settings to resume"
+            )
+        net.load_state_dict(ckpt["model"])
+        if "optimizer" in ckpt:
+            engine.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and "scheduler" in ckpt:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.teacher_state is not None:
+            self.teacher_state.load_state_dict({"teachers": ckpt["teachers"], "history": ckpt["election_history"]})
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        epoch = int(ckpt["epoch"])
+        if epoch >= int(engine.state.max_epochs or 0):
+            logger.info("%s is already trained to epoch %d of %d; nothing to resume", self.path, epoch, epoch)
+        engine.state.epoch = min(epoch, int(engine.state.max_epochs or epoch))
+        engine.state.iteration = engine.state.epoch * int(engine.state.epoch_length or 0)
+        engine.state.phase = int(ckpt.get("phase", 1))
+        logger.info(
+            "resumed from %s at iteration %d (epoch %d, phase %d, teachers %s)",
+            self.path,
+            engine.state.iteration,
+            engine.state.epoch,
+            engine.state.phase,
+            "+".join(ckpt["teachers"]) or "-",
+        )

@@ -1,0 +1,133 @@
+"""The LCKD training iteration as a MONAI ``SupervisedTrainer`` (ignite engine).
+
+MONAI's ``SupervisedTrainer`` computes ``loss(pred, label)`` from one forward pass; LCKD also needs the
+availability mask, the per-modality features and the current teachers, and a phase-dependent modality
+dropout. The subclass keeps MONAI's engine, events and handlers and replaces only ``_iteration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from lckd_med.data.transforms import IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDropout, drop_modalities_batch
+from lckd_med.engines.election import TeacherState
+from lckd_med.inference.sweep import autocast_context
+
+__all__ = ["LCKDTrainer", "loss_terms"]
+
+
+def loss_terms(output: dict[str, Any]) -> dict[str, float]:
+    """Scalars of one iteration's output for ``StatsHandler``/``TensorBoardStatsHandler``."""
+    return {k: float(output[k]) for k in ("loss", "seg_loss", "kd_loss") if k in output}
+
+
+class LCKDTrainer(SupervisedTrainer):
+    """One iteration = (phase 2: modality dropout) -> forward with features -> Dice+BCE + w * KD -> step.
+
+    Args:
+        device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers: as in
+            :class:`monai.engines.SupervisedTrainer`. Batches carry ``image`` ``(B, 4, *S)`` (modality order),
+            region ``label`` ``(B, 3, *S)`` (ET, TC, WT) and ``modality_mask`` ``(B, 4)``.
+        seg_loss: segmentation loss on logits ``(B, 3, *S)`` (``lckd_med.losses.segmentation_loss()``: Dice + BCE).
+        kd_loss: feature distillation loss ``(features, mask, teachers) -> scalar``; ``None`` disables KD.
+        kd_weight: weight of the distillation term (0.1 in the paper; 0 gives plain modality dropout).
+        kd_levels: encoder levels distilled (``-1`` = bottleneck).
+        teacher_state: shared current teachers (updated by the election handler).
+        phase1_iterations: iterations with all modalities before modality dropout starts.
+        dropout: the modality dropout drawn per sample in phase 2.
+        amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        teacher_state: TeacherState,
+        dropout: ModalityDropout,
+        phase1_iterations: int,
+        kd_loss: Callable[..., torch.Tensor] | None = None,
+        kd_weight: float = 0.1,
+        kd_levels: Sequence[int] = (-1,),
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if kd_weight < 0:
+            raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
+        if phase1_iterations < 0:
+            raise ValueError(f"phase1_iterations must be >= 0, got {phase1_iterations}")
+        if not kd_levels:
+            raise ValueError("kd_levels needs at least one level index")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=seg_loss,
+            epoch_length=epoch_length,
+            train_handlers=train_handlers,
+            amp=False,  # autocast handled here: MONAI's amp path adds a GradScaler, useless with bf16
+            decollate=False,  # handlers read the loss terms from one batch-level output dict
+            **kwargs,
+        )
+        self.use_bf16 = amp
+        self.kd_loss = kd_loss
+        self.kd_weight = float(kd_weight)
+        self.kd_levels = [int(v) for v in kd_levels]
+        self.teacher_state = teacher_state
+        self.dropout = dropout
+        self.phase1_iterations = int(phase1_iterations)
+        self.state.phase = 1
+        self.state.teachers = "+".join(teacher_state.teachers)
+
+    def phase_of(self, iteration: int) -> int:
+        """1 while all modalities are used (iterations ``<= phase1_iterations``), 2 afterwards."""
+        return 1 if iteration <= self.phase1_iterations else 2
+
+    def _iteration(self, engine: LCKDTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = engine.state.device
+        image = torch.as_tensor(batchdata[IMAGE_KEY]).to(device, non_blocking=engine.non_blocking)
+        label = torch.as_tensor(batchdata[LABEL_KEY]).to(device, non_blocking=engine.non_blocking)
+        mask = torch.as_tensor(batchdata[MASK_KEY]).to(device, dtype=torch.bool)
+        phase = self.phase_of(engine.state.iteration)
+        if phase == 2:
+            image, mask = drop_modalities_batch(image, mask, self.dropout)
+        engine.state.phase = phase
+        engine.state.teachers = "+".join(self.teacher_state.teachers)
+        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast_context(device, self.use_bf16):
+            logits, feats = engine.network(image, mask, return_features=True)
+            engine.state.output[Keys.PRED] = logits
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            seg = engine.loss_function(logits.float(), label).mean()
+            if self.kd_loss is not None and self.kd_weight > 0:
+                levels = [feats[i].float() for i in self.kd_levels]
+                kd = self.kd_loss(levels, mask, self.teacher_state.mask(device))
+            else:
+                kd = torch.zeros((), device=seg.device)
+            loss = seg + self.kd_weight * kd
+        engine.state.output.update({Keys.LOSS: loss, "seg_loss": seg.detach(), "kd_loss": kd.detach()})
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.state.output[Keys.LOSS] = loss.detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

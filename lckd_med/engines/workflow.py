@@ -1,0 +1,208 @@
+"""Glue the bundle configs call: locating the bundle, preparing the datalist, optimizers, logging set-up.
+
+Kept in Python so the JSON configs stay declarative and every ``$`` expression stays a one-liner.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "bundle_dir",
+    "prepare_datalist",
+    "load_split",
+    "datalist_meta",
+    "recipe_of",
+    "ensure_synthetic",
+    "make_optimizer",
+    "epochs_for",
+    "pick_device",
+    "setup_logging",
+    "DatasetNotFoundError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No usable BraTS data where the config points; the message names both ways out."""
+
+
+def bundle_dir(name: str) -> str:
+    """Folder of ``bundles/<name>`` in the repository this package was installed from (editable install),
+    else ``./bundles/<name>`` under the working directory."""
+    repo = Path(__file__).resolve().parents[2] / "bundles" / name
+    if repo.is_dir():
+        return str(repo)
+    return str(Path.cwd() / "bundles" / name)
+
+
+def _no_data_message(dataset_dir: str | os.PathLike, why: str) -> str:
+    return (
+        f"{why}: {dataset_dir}\n"
+        "Two ways out:\n"
+        "  1. real data: point dataset_dir at a BraTS folder as distributed, e.g.\n"
+        "       python -m monai.bundle run training --config_file bundles/lckd/train.json "
+        "--dataset_dir /data/MICCAI_BraTS_2018_Data_Training\n"
+        "  2. synthetic data: make a BraTS-layout folder first, e.g.\n"
+        f"       python -m data_prep.synthetic --out {dataset_dir} --cases 24 --spacing 2\n"
+        "(a datalist made beforehand with `python -m data_prep.brats --dataset_dir D --output F` can be "
+        "passed as --datalist F)"
+    )
+
+
+def prepare_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike,
+    folds: int = 5,
+    seed: int = 0,
+    test_fold: int = 0,
+    val_fold: int = 1,
+) -> str:
+    """Path of a usable datalist: ``datalist`` when it exists, else one made from ``dataset_dir`` there.
+
+    Making it runs the same code as ``python -m data_prep.brats`` (discovery, validation, stratified folds)
+    and prints its summary.
+
+    Raises:
+        DatasetNotFoundError: no datalist and ``dataset_dir`` missing, empty or without a usable case.
+    """
+    datalist = Path(datalist)
+    if datalist.is_file():
+        return str(datalist)
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir does not exist"))
+    if not any(dataset_dir.iterdir()):
+        raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir is empty"))
+    from data_prep.brats import main as brats_main
+
+    argv = ["--dataset_dir", str(dataset_dir), "--output", str(datalist), "--folds", str(folds), "--seed", str(seed)]
+    argv += ["--test_fold", str(test_fold), "--val_fold", str(val_fold)]
+    code = brats_main(argv)
+    if code != 0 or not datalist.is_file():
+        raise DatasetNotFoundError(_no_data_message(dataset_dir, "no usable BraTS case found in dataset_dir"))
+    return str(datalist)
+
+
+def load_split(datalist: str | os.PathLike, split: str, max_cases: int | None = None) -> list[dict[str, Any]]:
+    """Entries of one split (``training``/``validation``/``testing``) of a datalist, optionally the first
+    ``max_cases``.
+
+    Raises:
+        ValueError: the split is empty (the message says which split and file).
+    """
+    from lckd_med.data.datalist import load_datalist
+
+    entries = load_datalist(datalist, split)
+    if max_cases is not None:
+        if max_cases < 1:
+            raise ValueError(f"max_cases must be >= 1, got {max_cases}")
+        entries = entries[:max_cases]
+    if not entries:
+        raise ValueError(f"the {split!r} split of {datalist} has no case; regenerate it with more cases or folds")
+    return entries
+
+
+def datalist_meta(datalist: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta`` block of a datalist (release, label convention, folds, seed, ...)."""
+    import json
+
+    with open(datalist) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or "meta" not in data:
+        raise ValueError(f"{datalist} has no 'meta' block; regenerate it with python -m data_prep.brats")
+    return dict(data["meta"])
+
+
+def recipe_of(
+    roi_size: Iterable[int],
+    batch_size: int,
+    num_iterations: int,
+    phase1_iterations: int,
+    optimizer: str,
+    learning_rate: float,
+    kd_weight: float,
+    election_interval: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The training recipe as a JSON-able dict, stored in the checkpoint for the record."""
+    return {
+        "roi_size": [int(v) for v in roi_size],
+        "batch_size": int(batch_size),
+        "num_iterations": int(num_iterations),
+        "phase1_iterations": int(phase1_iterations),
+        "optimizer": str(optimizer),
+        "learning_rate": float(learning_rate),
+        "kd_weight": float(kd_weight),
+        "election_interval": int(election_interval),
+        "seed": int(seed),
+    }
+
+
+def ensure_synthetic(
+    dataset_dir: str | os.PathLike, cases: int = 24, spacing: float = 2.0, seed: int = 0, release: int = 2018
+) -> str:
+    """``dataset_dir``, after writing a synthetic BraTS-layout dataset there if it does not exist yet.
+
+    Used by the demo overlays only; real data is never touched (an existing folder is returned as is).
+    """
+    path = Path(dataset_dir)
+    if path.is_dir() and any(path.iterdir()):
+        return str(path)
+    from lckd_med.data.synthetic import write_dataset
+
+    logger.info("writing %d synthetic BraTS%d cases at %g mm to %s", cases, release, spacing, path)
+    write_dataset(path, cases, seed=seed, spacing=spacing, release=release)
+    return str(path)
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    momentum: float = 0.99,
+    weight_decay: float = 3e-5,
+    nesterov: bool = True,
+) -> torch.optim.Optimizer:
+    """SGD (``"sgd"``, Nesterov by default, the reference recipe) or AdamW (``"adamw"``)."""
+    if lr <= 0:
+        raise ValueError(f"learning rate must be positive, got {lr}")
+    key = name.lower()
+    if key == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+
+
+def epochs_for(num_iterations: int, epoch_length: int) -> int:
+    """Number of ignite epochs of ``epoch_length`` iterations covering ``num_iterations``."""
+    if num_iterations < 1 or epoch_length < 1:
+        raise ValueError(f"num_iterations and epoch_length must be >= 1, got {num_iterations}, {epoch_length}")
+    return math.ceil(num_iterations / epoch_length)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available (local rank under torchrun), else CPU; or the device named."""
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Route lckd_med and MONAI loggers to the console once (the bundle's logging.conf does the same)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("lckd_med", "monai", "ignite"):
+        logging.getLogger(name).setLevel(level)

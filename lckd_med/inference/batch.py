@@ -1,0 +1,517 @@
+"""Segment a folder of NIfTI cases, each with any non-empty subset of the four MRI sequences.
+
+Input: ``input_dir/<case_id>/`` folders holding BraTS-named files (2018-2021 ``<case>_{flair,t1,t1ce,t2}.nii.gz``
+or 2023 ``<case>-{t2f,t1n,t1c,t2w}.nii.gz``; the prefix may differ from the folder name), or a CSV manifest
+``case_id,flair,t1,t1ce,t2`` (an empty cell is a missing sequence; relative paths are resolved against the
+manifest's folder).
+
+Output: ``output_dir/<case_id>.nii.gz`` label maps (uint8, labels of the checkpoint's convention: 0, 1 NCR,
+2 ED, 4 or 3 ET) on the grid, affine, qform and sform of the case's reference sequence (see
+:mod:`lckd_med.inference.geometry`), and ``output_dir/inference_report.csv`` with one row per case. A case that
+fails is reported (status ``error``, message naming the file and the reason) and leaves no file; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd
+from tqdm.auto import tqdm
+
+from lckd_med.constants import (
+    MODALITIES,
+    REGIONS,
+    RELEASE_FILE_SUFFIXES,
+    SEGMENTATION_SUFFIX,
+    LabelConvention,
+    subset_name,
+)
+from lckd_med.constants import label_convention as to_label_convention
+from lckd_med.data.pipelines import eval_transforms, normalize_roi_size
+from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
+from lckd_med.engines.checkpoint import build_network, load_checkpoint
+from lckd_med.inference.geometry import check_and_align, reference_modality
+from lckd_med.inference.sweep import sweep_subsets
+
+__all__ = [
+    "NIFTI_EXTENSIONS",
+    "MANIFEST_COLUMNS",
+    "REPORT_COLUMNS",
+    "REPORT_NAME",
+    "InferenceCase",
+    "match_sequence_file",
+    "discover_inference_cases",
+    "read_manifest",
+    "BatchInference",
+    "exit_on_failure",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+#: Columns a manifest CSV must have (modality columns in ``MODALITIES`` order).
+MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", *MODALITIES)
+#: Columns of ``inference_report.csv``, in order.
+REPORT_COLUMNS: tuple[str, ...] = (
+    "case_id",
+    "modalities",
+    "status",
+    "message",
+    "seconds",
+    *(f"expected_dice_{r}" for r in REGIONS),
+    "output",
+)
+REPORT_NAME = "inference_report.csv"
+_PRED_KEY = "pred"
+_SEPARATORS = ("_", "-")
+
+
+@dataclass
+class InferenceCase:
+    """One case to segment.
+
+    Attributes:
+        case_id: output file stem (folder name or manifest ``case_id``).
+        paths: modality key -> file, None when the sequence is missing; all four keys, ``MODALITIES`` order.
+        error: why the case cannot be run (e.g. ``"no sequences"``), None when it can.
+        source: the case folder, or the manifest file.
+    """
+
+    case_id: str
+    paths: dict[str, Path | None] = field(default_factory=lambda: dict.fromkeys(MODALITIES))
+    error: str | None = None
+    source: Path | None = None
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """Keys of the sequences present, in ``MODALITIES`` order."""
+        return tuple(m for m in MODALITIES if self.paths.get(m) is not None)
+
+    @property
+    def subset(self) -> str:
+        """Canonical subset name of the present sequences (``""`` when none)."""
+        return subset_name(self.present) if self.present else ""
+
+
+def _strip_nifti(name: str) -> str | None:
+    lower = name.lower()
+    for ext in NIFTI_EXTENSIONS:
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+# suffix (lower case) -> modality key, over both naming schemes
+_SUFFIX_TO_MODALITY: dict[str, str] = {
+    suffix.lower(): mod for scheme in RELEASE_FILE_SUFFIXES.values() for mod, suffix in scheme.items()
+}
+
+
+def match_sequence_file(filename: str) -> str | None:
+    """Modality key of a BraTS-named sequence file, or None (segmentations and other files).
+
+    Matches on the suffix only, so the prefix may differ from the case folder name: ``X_flair.nii.gz`` and
+    ``X-t2f.nii.gz`` are FLAIR, ``X_t1ce.nii`` and ``X-t1c.nii.gz`` T1ce; ``_`` and ``-`` are both accepted
+    as separator, case is ignored. ``*_seg`` / ``*-seg`` files give None.
+    """
+    stem = _strip_nifti(filename)
+    if stem is None or filename.startswith("."):
+        return None
+    for sep in _SEPARATORS:
+        if sep in stem:
+            suffix = stem.rsplit(sep, 1)[1].lower()
+            if suffix == SEGMENTATION_SUFFIX:
+                return None
+            if suffix in _SUFFIX_TO_MODALITY:
+                return _SUFFIX_TO_MODALITY[suffix]
+    return None
+
+
+def _scan_case_folder(folder: Path) -> InferenceCase:
+    case = InferenceCase(case_id=folder.name, source=folder)
+    found: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            mod = match_sequence_file(f.name)
+            if mod is not None:
+                found.setdefault(mod, []).append(f)
+    doubles = {m: fs for m, fs in found.items() if len(fs) > 1}
+    if doubles:
+        case.error = "; ".join(f"several {m} files: {', '.join(str(f) for f in fs)}" for m, fs in doubles.items())
+    for m in MODALITIES:
+        if m in found:
+            case.paths[m] = found[m][0]
+    if not found:
+        names = " or ".join(
+            "<case>" + sep + "{" + ",".join(s.values()) + "}.nii.gz"
+            for sep, s in zip(_SEPARATORS, RELEASE_FILE_SUFFIXES.values(), strict=True)
+        )
+        case.error = f"no sequences in {folder} (expected files named {names})"
+    return case
+
+
+def _check_case_id(case_id: str, where: str) -> str:
+    case_id = case_id.strip()
+    if not case_id:
+        raise ValueError(f"{where}: empty case_id")
+    if case_id in (".", "..") or any(c in case_id for c in ("/", "\\", os.sep)):
+        raise ValueError(f"{where}: case_id {case_id!r} must be a plain file name (it names the output file)")
+    return case_id
+
+
+def read_manifest(manifest: str | os.PathLike) -> list[InferenceCase]:
+    """Cases of a CSV manifest with columns ``case_id,flair,t1,t1ce,t2`` (other columns are ignored).
+
+    An empty cell is a missing sequence; relative paths are resolved against the manifest's folder. A row with
+    no sequence, or naming a file that does not exist, becomes a case with an ``error``.
+
+    Raises:
+        FileNotFoundError: no manifest file.
+        ValueError: missing columns, empty or repeated ``case_id``, or a ``case_id`` that is not a file name.
+    """
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} does not exist")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(
+                f"manifest {manifest} lacks column(s) {missing}; expected header {','.join(MANIFEST_COLUMNS)} "
+                f"(found {header or 'no header'})"
+            )
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    base = manifest.resolve().parent
+    cases: list[InferenceCase] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=2):  # line 1 is the header
+        case_id = _check_case_id(row.get("case_id", ""), f"manifest {manifest} line {i}")
+        if case_id in seen:
+            raise ValueError(f"manifest {manifest} line {i}: case_id {case_id!r} appears twice")
+        seen.add(case_id)
+        case = InferenceCase(case_id=case_id, source=manifest)
+        for m in MODALITIES:
+            cell = row.get(m, "")
+            if cell:
+                p = Path(cell).expanduser()
+                case.paths[m] = p if p.is_absolute() else base / p
+        if not case.present:
+            case.error = f"no sequences: manifest {manifest} line {i} has no path in columns {list(MODALITIES)}"
+        cases.append(case)
+    return cases
+
+
+def discover_inference_cases(
+    input_dir: str | os.PathLike | None, manifest: str | os.PathLike | None = None
+) -> list[InferenceCase]:
+    """Cases to segment: the manifest's rows when given, else every sub-folder of ``input_dir``.
+
+    Each sub-folder (hidden ones skipped) is a case named after the folder; its sequence files are recognised by
+    :func:`match_sequence_file`. A folder without any recognised sequence, or with two files of one sequence, is a
+    case with an ``error`` (so it appears in the report). Cases are sorted by ``case_id`` (folders).
+
+    Raises:
+        FileNotFoundError: ``input_dir`` is not a folder (when no manifest is given).
+        ValueError: neither ``input_dir`` nor ``manifest``; a bad manifest (see :func:`read_manifest`).
+    """
+    if manifest is not None:
+        return read_manifest(manifest)
+    if input_dir is None:
+        raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input_dir {root} is not a folder")
+    return [_scan_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return dev
+
+
+def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            df.to_csv(f, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save_label_map(labels: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
+    """Write uint8 ``labels`` atomically with the reference's affine, qform, sform and their codes."""
+    img = nib.Nifti1Image(labels.astype(np.uint8, copy=False), reference.affine)
+    q, q_code = reference.header.get_qform(coded=True)
+    s, s_code = reference.header.get_sform(coded=True)
+    img.header.set_qform(q, int(q_code) if q is not None else None)
+    img.header.set_sform(s, int(s_code) if s is not None else None)
+    img.header.set_xyzt_units(*reference.header.get_xyzt_units())
+    img.header.set_data_dtype(np.uint8)
+    # suffix .nii.gz so nibabel compresses the temporary file too
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len('.nii.gz')]}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class BatchInference:
+    """Segment every case of a folder (or manifest) with one checkpoint, whatever sequences each case has.
+
+    Per case: :func:`~lckd_med.inference.geometry.check_and_align` -> ``eval_transforms(with_label=False)`` ->
+    :func:`~lckd_med.inference.sweep.sweep_subsets` on the subset of present sequences -> sigmoid > ``threshold``
+    -> ``Invertd`` back to the input grid -> ``LabelConvention.regions_to_labels(ET, TC, WT)`` -> uint8 NIfTI.
+
+    Args:
+        ckpt_path: checkpoint written by :func:`lckd_med.engines.checkpoint.save_checkpoint` (loaded once).
+        input_dir: folder of case folders (may be None when ``manifest`` is given).
+        output_dir: where label maps and ``inference_report.csv`` go (created).
+        manifest: optional CSV ``case_id,flair,t1,t1ce,t2`` used instead of scanning ``input_dir``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        amp: bf16 autocast on CUDA.
+        roi_size: sliding-window size; None takes ``ckpt["train_config"]["roi_size"]``.
+        overlap: sliding-window overlap in [0, 1).
+        threshold: sigmoid probability above which a voxel belongs to a region, in (0, 1).
+        progress: show a tqdm bar over cases.
+        label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
+            checkpoint's.
+        sw_batch_size: windows per network call.
+
+    Raises:
+        FileNotFoundError / ValueError: bad checkpoint, missing ``input_dir``, or an invalid argument.
+    """
+
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike,
+        input_dir: str | os.PathLike | None,
+        output_dir: str | os.PathLike,
+        manifest: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+        roi_size: int | Sequence[int] | None = None,
+        overlap: float = 1 / 3,
+        threshold: float = 0.5,
+        progress: bool = True,
+        label_convention: int | str | LabelConvention | None = None,
+        sw_batch_size: int = 1,
+    ) -> None:
+        for name, flag in (("amp", amp), ("progress", progress)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be a number in [0, 1), got {overlap!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
+        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
+        if input_dir is None and manifest is None:
+            raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
+        if manifest is None and not Path(input_dir).is_dir():  # type: ignore[arg-type]
+            raise FileNotFoundError(f"input_dir {input_dir} is not a folder")
+        if manifest is not None and not Path(manifest).is_file():
+            raise FileNotFoundError(f"manifest {manifest} does not exist")
+        self.ckpt_path = Path(ckpt_path)
+        self.input_dir = Path(input_dir) if input_dir is not None else None
+        self.output_dir = Path(output_dir)
+        self.manifest = Path(manifest) if manifest is not None else None
+        self.device = _resolve_device(device)
+        self.amp = amp
+        self.overlap = float(overlap)
+        self.threshold = float(threshold)
+        self.progress = progress
+        self.sw_batch_size = sw_batch_size
+
+        self.ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
+        if roi_size is None:
+            roi_size = (self.ckpt.get("train_config") or {}).get("roi_size")
+            if roi_size is None:
+                raise ValueError(f"{self.ckpt_path}: checkpoint has no train_config.roi_size; pass roi_size")
+            if isinstance(roi_size, list):
+                roi_size = tuple(roi_size)
+        self.roi_size = normalize_roi_size(roi_size)
+        self.convention = to_label_convention(
+            self.ckpt["label_convention"] if label_convention is None else label_convention
+        )
+        self.network = build_network(self.ckpt).eval().to(self.device)
+        divisor = getattr(self.network, "size_divisor", None)
+        if divisor is not None and any(r % int(d) for r, d in zip(self.roi_size, divisor, strict=True)):
+            raise ValueError(f"roi_size {self.roi_size} must be divisible by the network's size divisor {divisor}")
+        self.subset_dice: Mapping[str, Mapping[str, float]] = self.ckpt.get("subset_dice") or {}
+        self.transforms = eval_transforms(self.convention, with_label=False)
+        self.inverter = Invertd(
+            keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
+        )
+
+    # ---------------------------------------------------------------------------------------------------------
+    def cases(self) -> list[InferenceCase]:
+        """Cases to run (the output folder is skipped when it lies inside ``input_dir``)."""
+        cases = discover_inference_cases(self.input_dir, self.manifest)
+        out = self.output_dir.resolve()
+        return [c for c in cases if c.source is None or c.source.resolve() != out]
+
+    def _expected_dice(self, subset: str) -> dict[str, float | None]:
+        row = self.subset_dice.get(subset, {}) if subset else {}
+        return {f"expected_dice_{r}": (float(row[r]) if r in row and row[r] is not None else None) for r in REGIONS}
+
+    @torch.no_grad()
+    def predict_case(self, case: InferenceCase, work_dir: Path) -> tuple[np.ndarray, nib.Nifti1Image, list[str]]:
+        """Label map of one case on its reference grid.
+
+        Returns:
+            ``(labels, reference_image, notes)``: uint8 ``(H, W, D)`` labels, the nibabel image of the reference
+            sequence (whose grid and header the output takes) and the geometry notes.
+        """
+        aligned, notes = check_and_align(case.paths, work_dir=work_dir)
+        ref_mod = reference_modality(case.present)
+        ref_img = nib.load(aligned[ref_mod])  # header only: check_and_align has validated the voxels
+        ref_shape = tuple(int(s) for s in ref_img.shape[:3])
+        sample = {CASE_KEY: case.case_id, **{m: (str(aligned[m]) if aligned.get(m) else None) for m in MODALITIES}}
+        d = self.transforms(sample)
+        image, mask = d[IMAGE_KEY], d[MASK_KEY]
+        logits = sweep_subsets(
+            self.network,
+            image.as_tensor()[None],
+            self.roi_size,
+            subsets=[case.subset],
+            available=mask[None],
+            overlap=self.overlap,
+            sw_batch_size=self.sw_batch_size,
+            amp=self.amp,
+            sw_device=self.device,
+            device="cpu",
+        )
+        regions = (torch.sigmoid(logits[0, 0]) > self.threshold).float()  # (3, h, w, d), ET, TC, WT
+        d[_PRED_KEY] = MetaTensor(regions)
+        inverted = np.asarray(self.inverter(d)[_PRED_KEY].detach().cpu().numpy()) > 0.5
+        if inverted.shape[1:] != tuple(ref_shape):
+            raise RuntimeError(
+                f"prediction inverted to shape {inverted.shape[1:]} but reference {ref_mod} file "
+                f"{aligned[ref_mod]} has shape {tuple(ref_shape)}"
+            )
+        et, tc, wt = (inverted[REGIONS.index(r)] for r in ("ET", "TC", "WT"))
+        return self.convention.regions_to_labels(et, tc, wt), ref_img, notes
+
+    def run_case(self, case: InferenceCase) -> dict[str, Any]:
+        """Segment one case and write its label map; never raises for a bad case (the row says why)."""
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {
+            "case_id": case.case_id,
+            "modalities": case.subset,
+            "status": "error",
+            "message": "",
+            **self._expected_dice(case.subset),
+            "output": "",
+        }
+        target = self.output_dir / f"{case.case_id}.nii.gz"
+        try:
+            if case.error is not None:
+                raise ValueError(case.error)
+            with tempfile.TemporaryDirectory(prefix=".lckd_align_") as work:
+                labels, ref_img, notes = self.predict_case(case, Path(work))
+                _save_label_map(labels, ref_img, target)
+            row.update(status="ok", message="; ".join(notes), output=str(target))
+        except Exception as e:  # one bad case must not stop the batch: report it and go on
+            msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            if target.exists():  # a label map left by an earlier run would contradict this report
+                target.unlink()
+                msg += f" (removed stale output {target} from an earlier run)"
+            row["message"] = msg
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        return row
+
+    def run(self) -> pd.DataFrame:
+        """Segment all cases, write ``inference_report.csv`` and return it as a DataFrame (``REPORT_COLUMNS``).
+
+        Raises:
+            ValueError: no case found.
+        """
+        cases = self.cases()
+        if not cases:
+            where = self.manifest if self.manifest is not None else self.input_dir
+            raise ValueError(f"no cases found in {where}: expected one sub-folder per case or manifest rows")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        logger.info(
+            "segmenting %d case(s) from %s into %s on %s (roi %s, threshold %g, labels %s)",
+            len(cases),
+            self.manifest or self.input_dir,
+            self.output_dir,
+            self.device,
+            self.roi_size,
+            self.threshold,
+            self.convention.name,
+        )
+        rows = []
+        t0 = time.perf_counter()
+        for case in tqdm(cases, desc="inference", unit="case", disable=not self.progress):
+            row = self.run_case(case)
+            rows.append(row)
+            if row["status"] == "ok":
+                note = f" [{row['message']}]" if row["message"] else ""
+                logger.info(
+                    "%s: ok (%s) %.1f s -> %s%s", case.case_id, row["modalities"], row["seconds"], row["output"], note
+                )
+            else:
+                logger.error("%s: error: %s", case.case_id, row["message"])
+        df = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+        report = self.output_dir / REPORT_NAME
+        _atomic_write_csv(df, report)
+        n_ok = int((df["status"] == "ok").sum())
+        logger.info(
+            "done: %d/%d case(s) segmented, %d failed, %.1f s; report %s",
+            n_ok,
+            len(df),
+            len(df) - n_ok,
+            time.perf_counter() - t0,
+            report,
+        )
+        return df
+
+    def run_and_exit(self) -> pd.DataFrame:
+        """:meth:`run`, then :func:`exit_on_failure` (the last step of a bundle's inference run list)."""
+        return exit_on_failure(self.run())
+
+
+def exit_on_failure(report: pd.DataFrame) -> pd.DataFrame:
+    """Return ``report`` when every case succeeded; else raise ``SystemExit`` (exit status 1) naming the failures.
+
+    Raises:
+        SystemExit: some row's status is not ``"ok"``; the message lists the failed cases.
+    """
+    failed = report[report["status"] != "ok"]
+    if len(failed):
+        lines = "\n".join(f"  {r.case_id}: {r.message}" for r in failed.itertuples())
+        msg = f"inference failed for {len(failed)} of {len(report)} case(s):\n{lines}"
+        logger.error(msg)
+        sys.stderr.flush()
+        raise SystemExit(msg)
+    return report

@@ -1,0 +1,238 @@
+"""Evaluate a trained model under every modality subset and write the per-subset reports.
+
+For each case of the chosen split: one sliding-window pass that encodes every window once and decodes it for
+all subsets the case allows; predictions are inverted to the input's own grid (shape, affine, orientation),
+turned into BraTS labels, optionally saved, and scored against the ground-truth file with the legacy BraTS
+rules. Scoring the label map that is written (not the network-space masks) makes the CSV reproducible from the
+saved files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from monai.transforms import Invertd
+from tqdm import tqdm
+
+from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
+from lckd_med.data.pipelines import eval_transforms
+from lckd_med.data.transforms import IMAGE_KEY
+from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
+from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME
+from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
+from lckd_med.inference.sweep import sweep_subsets
+from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
+
+__all__ = ["SubsetEvaluator", "write_label_nifti", "voxel_spacing", "summary_table"]
+
+logger = logging.getLogger(__name__)
+_PRED_KEY = "pred"
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the three array axes of an affine."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+
+
+def write_label_nifti(labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Write a uint8 label map on ``reference``'s grid (affine, qform/sform codes) atomically.
+
+    The file appears under its final name only once complete: it is written to a temporary name in the same
+    folder, then renamed.
+    """
+    path = Path(path)
+    if tuple(labels.shape) != tuple(reference.shape[:3]):
+        raise ValueError(f"{path.name}: label shape {labels.shape} differs from the reference {reference.shape[:3]}")
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
+    img.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+    img.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def summary_table(output_dir: str | os.PathLike) -> str:
+    """The per-subset Markdown table of an evaluation's ``subset_summary.csv`` (what the demo prints)."""
+    return format_table(read_summary(Path(output_dir) / REPORT_FILES["summary_csv"]))
+
+
+class SubsetEvaluator:
+    """Sweep all 15 modality subsets over one split of a datalist and write the reports.
+
+    Args:
+        ckpt_dir: folder of ``model.pt`` (the network is rebuilt from it, whatever config trained it).
+        datalist: datalist JSON (``python -m data_prep.brats``).
+        output_dir: reports go here; predictions under ``predictions/<subset>/<case_id>.nii.gz``.
+        split: ``"testing"`` (held out, default), ``"validation"`` or ``"training"``.
+        save_predictions: write every subset's prediction as a NIfTI label file.
+        subsets: subset names to evaluate (default all 15, canonical order).
+        roi_size: sliding-window size; ``None`` uses the training crop stored in the checkpoint.
+        overlap: sliding-window overlap (1/3 as the reference recipe).
+        threshold: sigmoid threshold of each region channel.
+        postprocess_min_et: ET post-processing threshold (voxels) reported beside the raw scores; 0 disables.
+        store_in_checkpoint: store the per-subset mean Dice in ``model.pt`` (``subset_dice``) so inference can
+            tell users what to expect for the sequences they have.
+        max_cases: evaluate only the first cases of the split (smoke runs).
+        device: ``"auto"`` (CUDA when available) or a device name; ``amp``: bf16 autocast on CUDA.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike,
+        datalist: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        split: str = "testing",
+        save_predictions: bool = False,
+        subsets: Sequence[str] = SUBSET_NAMES,
+        roi_size: Sequence[int] | None = None,
+        overlap: float = 1 / 3,
+        threshold: float = 0.5,
+        postprocess_min_et: int = 500,
+        store_in_checkpoint: bool = True,
+        max_cases: int | None = None,
+        device: str = "auto",
+        amp: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if split not in ("training", "validation", "testing"):
+            raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
+        subsets = list(subsets)
+        if not subsets:
+            raise ValueError("subsets must name at least one subset")
+        for s in subsets:
+            if "+".join(parse_subset(s)) != s:
+                raise ValueError(f"subset {s!r} is not a canonical name; use one of {SUBSET_NAMES}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if postprocess_min_et < 0:
+            raise ValueError(f"postprocess_min_et must be >= 0, got {postprocess_min_et}")
+        self.ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME
+        self.datalist = Path(datalist)
+        self.output_dir = Path(output_dir)
+        self.split = split
+        self.save_predictions = bool(save_predictions)
+        self.subsets = subsets
+        self.roi_size = None if roi_size is None else [int(v) for v in roi_size]
+        self.overlap = overlap
+        self.threshold = threshold
+        self.postprocess_min_et = int(postprocess_min_et)
+        self.store_in_checkpoint = store_in_checkpoint
+        self.max_cases = max_cases
+        self.device = pick_device(device)
+        self.amp = amp
+        self.progress = progress
+
+    def _case_subsets(self, entry: dict[str, Any]) -> list[str]:
+        present = {m for m in MODALITIES if entry.get(m)}
+        return [s for s in self.subsets if set(parse_subset(s)) <= present]
+
+    def run(self) -> pd.DataFrame:
+        """Evaluate, write ``subset_metrics.csv``, ``subset_summary.{csv,md}``, the heat map; return the rows."""
+        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
+        net = build_network(ckpt).to(self.device).eval()
+        roi = self.roi_size or ckpt.get("train_config", {}).get("roi_size")
+        if not roi:
+            raise ValueError(f"{self.ckpt_path} stores no training roi_size; pass roi_size")
+        conv = label_convention(datalist_meta(self.datalist).get("label_convention", ckpt["label_convention"]))
+        entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
+        transform = eval_transforms(convention=conv, with_label=False)
+        inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
+        rows: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        t_start = time.perf_counter()
+        for entry in tqdm(entries, desc=f"evaluate {self.split}", unit="case", disable=not self.progress):
+            case_id = entry["case_id"]
+            if not entry.get("label"):
+                skipped.append(f"{case_id}: no label file")
+                continue
+            subsets = self._case_subsets(entry)
+            if not subsets:
+                skipped.append(f"{case_id}: none of the requested subsets is available")
+                continue
+            sample = transform({k: entry.get(k) for k in (*MODALITIES, "case_id")})
+            image = sample[IMAGE_KEY].unsqueeze(0).to(self.device)
+            logits = sweep_subsets(
+                net, image, roi, subsets=subsets, overlap=self.overlap, amp=self.amp, device=torch.device("cpu")
+            )
+            pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
+            k = len(subsets)
+            sample[_PRED_KEY] = pred.reshape(k * NUM_REGIONS, *pred.shape[2:])
+            inverted = inverter(sample)[_PRED_KEY]
+            inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
+            inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
+            gt_img = nib.load(entry["label"])
+            gt = region_masks_from_labels(np.asarray(gt_img.dataobj), conv)
+            spacing = voxel_spacing(gt_img.affine)
+            ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
+            if inverted.shape[2:] != gt.shape[1:]:
+                raise RuntimeError(f"{case_id}: inverted prediction {inverted.shape[2:]} != label {gt.shape[1:]}")
+            for i, subset in enumerate(subsets):
+                regions = dict(zip(REGIONS, inverted[i], strict=True))
+                labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
+                if self.save_predictions:
+                    write_label_nifti(labels, ref, self.output_dir / "predictions" / subset / f"{case_id}.nii.gz")
+                scored = region_masks_from_labels(labels, conv)  # exactly what the saved file holds
+                metrics = case_region_metrics(scored, gt, spacing)
+                metrics_pp = None
+                if self.postprocess_min_et > 0:
+                    metrics_pp = case_region_metrics(postprocess_et(scored, self.postprocess_min_et), gt, spacing)
+                rows.extend(rows_from_case_metrics(case_id, subset, metrics, metrics_pp))
+        for why in skipped:
+            logger.warning("skipped %s", why)
+        if not rows:
+            raise RuntimeError(f"no case of the {self.split!r} split of {self.datalist} could be evaluated")
+        df = pd.DataFrame(rows)
+        elapsed = time.perf_counter() - t_start
+        n_cases = df["case_id"].nunique()
+        caption = (
+            f"{n_cases} case(s) of the {self.split} split of {self.datalist.name}; checkpoint at iteration "
+            f"{ckpt.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
+            "(legacy BraTS rules for empty regions); ET post-processed: predicted ET < "
+            f"{self.postprocess_min_et} voxels relabelled NCR."
+        )
+        write_reports(df, self.output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
+        if self.store_in_checkpoint:
+            self._store(ckpt, df)
+        logger.info(
+            "evaluated %d case(s) x %d subset(s) in %.1f s -> %s", n_cases, len(self.subsets), elapsed, self.output_dir
+        )
+        return df
+
+    def _store(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
+        summary = summarize(df, allow_partial=True)
+        subset_dice = {}
+        for _, row in summary.iterrows():
+            name = row["subset"]
+            if name in SUBSET_NAMES and row["n_cases"] > 0:
+                subset_dice[name] = {r: float(row[f"{r}_dice_mean"]) for r in REGIONS}
+        ckpt["subset_dice"] = subset_dice
+        ckpt["subset_dice_source"] = {
+            "split": self.split,
+            "datalist": str(self.datalist),
+            "n_cases": int(df["case_id"].nunique()),
+            "iteration": int(ckpt.get("iteration", 0)),
+        }
+        save_checkpoint(self.ckpt_path, ckpt)

@@ -1,0 +1,134 @@
+"""Missing-modality feature filling and fusion (LCKD's "mean of the available features" rule).
+
+Features of all modalities are stacked on dim 1: ``(B, M, C, H, W, D)`` with ``M`` in
+:data:`~lckd_med.constants.MODALITIES` order; availability masks are ``(B, M)`` booleans in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from torch import nn
+
+from lckd_med.constants import NUM_MODALITIES
+from lckd_med.networks.encoder import DEFAULT_ACT, check_layer_spec
+from lckd_med.networks.norm import DEFAULT_NORM
+
+__all__ = ["mean_fill", "check_mask", "ModalityFusion"]
+
+
+def check_mask(mask: torch.Tensor, batch: int, num_modalities: int, *, require_any: bool = True) -> torch.Tensor:
+    """Validated availability mask of shape ``(batch, num_modalities)``.
+
+    A ``(num_modalities,)`` or ``(1, num_modalities)`` mask is broadcast to every sample.
+
+    Args:
+        mask: boolean tensor, ``True`` where the modality is available.
+        batch: expected batch size.
+        num_modalities: expected number of modalities.
+        require_any: raise when a sample has no available modality.
+
+    Raises:
+        TypeError: ``mask`` is not a boolean tensor.
+        ValueError: wrong shape, or (``require_any``) a sample without any available modality.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"availability mask must be a torch.bool tensor (use mask.bool()), got {kind}")
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 2 or mask.shape[1] != num_modalities or mask.shape[0] not in (1, batch):
+        raise ValueError(
+            f"availability mask must have shape ({batch}, {num_modalities}) (or ({num_modalities},)), "
+            f"got {tuple(mask.shape)}"
+        )
+    mask = mask.expand(batch, num_modalities)
+    if require_any and not bool(mask.any(dim=1).all()):
+        empty = torch.nonzero(~mask.any(dim=1)).flatten().tolist()
+        raise ValueError(f"samples {empty} have no available modality; at least one is needed")
+    return mask
+
+
+def mean_fill(features: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """Replace each missing modality's feature by the mean of the available modalities' features, per sample.
+
+    Available features pass through unchanged (same values, same gradient path). The missing entries are
+    *replaced*, never combined with their old values, so whatever the encoder produced for a missing input
+    (even non-finite values) cannot leak into the output.
+
+    Args:
+        features: ``(B, M, C, *S)`` features, modality on dim 1.
+        mask: ``(B, M)`` bool, ``True`` where available (``(M,)`` broadcasts to every sample).
+        validate: check ``mask``; callers that already did may skip the device sync.
+
+    Returns:
+        ``(B, M, C, *S)`` tensor.
+
+    Raises:
+        ValueError: ``features`` has fewer than 3 dims, ``mask`` has the wrong shape, or a sample has no
+            available modality.
+        TypeError: ``mask`` is not boolean.
+    """
+    if features.dim() < 3:
+        raise ValueError(f"features must be (B, M, C, *spatial), got shape {tuple(features.shape)}")
+    batch, num_mod = features.shape[:2]
+    if validate:
+        mask = check_mask(mask, batch, num_mod)
+    else:
+        mask = mask.reshape(-1, num_mod).expand(batch, num_mod)
+    mask = mask.to(features.device)
+    m = mask.view(batch, num_mod, *([1] * (features.dim() - 2)))
+    count = mask.sum(dim=1).to(features.dtype).view(batch, 1, *([1] * (features.dim() - 2)))
+    mean = torch.where(m, features, torch.zeros((), dtype=features.dtype, device=features.device)).sum(
+        dim=1, keepdim=True
+    ) / count.clamp_min(1)
+    return torch.where(m, features, mean)
+
+
+class ModalityFusion(nn.Module):
+    """Mean-fill the missing modalities, then fuse the ``M`` feature maps into one.
+
+    Fusion = concatenate the ``M`` filled maps on channels (modality slots keep their order, so the weights are
+    modality-specific) and apply a MONAI ``Convolution`` ``1x1x1`` conv -> norm -> act to ``C`` channels.
+
+    Args:
+        channels: channels ``C`` of each modality's feature map (and of the output).
+        num_modalities: ``M``.
+        norm: MONAI normalisation spec.
+        act: MONAI activation spec.
+
+    Raises:
+        ValueError: ``channels`` or ``num_modalities`` not a positive int.
+        TypeError: bad ``norm`` / ``act`` spec.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_modalities: int = NUM_MODALITIES,
+        norm: str | tuple = DEFAULT_NORM,
+        act: str | tuple = DEFAULT_ACT,
+    ) -> None:
+        super().__init__()
+        for name, value in (("channels", channels), ("num_modalities", num_modalities)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.channels = channels
+        self.num_modalities = num_modalities
+        self.fuse = Convolution(
+            3,
+            num_modalities * channels,
+            channels,
+            kernel_size=1,
+            norm=check_layer_spec(norm, "norm"),
+            act=check_layer_spec(act, "act"),
+        )
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """Fuse ``(B, M, C, H, W, D)`` features under a ``(B, M)`` bool mask into ``(B, C, H, W, D)``."""
+        if features.dim() != 6 or features.shape[1:3] != (self.num_modalities, self.channels):
+            raise ValueError(
+                f"features must be (B, {self.num_modalities}, {self.channels}, H, W, D), got {tuple(features.shape)}"
+            )
+        filled = mean_fill(features, mask, validate=validate)
+        return self.fuse(filled.flatten(1, 2))

@@ -1,0 +1,200 @@
+"""``python -m data_prep.brats`` end to end on tiny NIfTI trees built on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data_prep.brats import main
+from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES, brats_affine
+from lckd_med.data.datalist import SPLITS, load_datalist
+
+SHAPE = (16, 16, 10)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_case(folder: Path, sep: str = "_", scheme: str = "legacy", et: int = 4, skip: tuple[str, ...] = ()) -> None:
+    """One tiny valid case in ``folder`` (its name is the case id)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(folder.name))
+    for key, suffix in RELEASE_FILE_SUFFIXES[scheme].items():
+        if key not in skip:
+            data = rng.random(SHAPE, dtype=np.float32) + 0.1
+            nib.save(nib.Nifti1Image(data, brats_affine()), str(folder / f"{folder.name}{sep}{suffix}.nii.gz"))
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[4:10, 4:10, 3:7] = 2
+    lab[6:8, 6:8, 4:6] = et
+    nib.save(nib.Nifti1Image(lab, brats_affine()), str(folder / f"{folder.name}{sep}seg.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def brats2018(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 HGG + 4 LGG cases; one corrupt, one without T1/T2."""
+    root = tmp_path_factory.mktemp("brats18") / "MICCAI_BraTS_2018_Data_Training"
+    for grade, n in (("HGG", 8), ("LGG", 4)):
+        for i in range(n):
+            write_case(
+                root / grade / f"Brats18_{grade}_{i:02d}_1", skip=("t1", "t2") if (grade, i) == ("LGG", 0) else ()
+            )
+    (root / "HGG" / "Brats18_HGG_03_1" / "Brats18_HGG_03_1_t1ce.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    (root / "survival_data.csv").write_text("BraTS18ID,Age\n")
+    (root / "stray.bin").write_bytes(b"x")
+    return root
+
+
+def run(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+def test_end_to_end_brats2018(brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", brats2018, "--output", out, "--workers", "1") == 0
+    text = capsys.readouterr().out
+    assert "layout:     brats2018 (detected)" in text and "cases found: 11" not in text
+    assert "cases found: 12" in text and "usable:      11" in text and "rejected:    1" in text
+    assert "usable with missing sequences: 1" in text and "Brats18_LGG_00_1: missing t1, t2" in text
+    assert "Brats18_HGG_03_1_t1ce.nii.gz" in text and "stray.bin" in text
+    d = json.loads(out.read_text())
+    assert d["meta"]["layout"] == "brats2018" and d["meta"]["release"] == 2018
+    assert d["meta"]["dataset_dir"] == str(brats2018.resolve())
+    assert sum(len(d[s]) for s in SPLITS) == 11
+    assert [r["case_id"] for r in d["rejected"]] == ["Brats18_HGG_03_1"]
+    assert d["rejected"][0]["file"].endswith("Brats18_HGG_03_1_t1ce.nii.gz")
+    partial = next(e for s in SPLITS for e in d[s] if e["case_id"] == "Brats18_LGG_00_1")
+    assert partial["t1"] is None and partial["t2"] is None and partial["grade"] == "LGG"
+    assert {e["grade"] for e in load_datalist(out, "training")} == {"HGG", "LGG"}
+    for split in SPLITS:
+        assert f"  {split:<10}" in text
+
+
+def test_same_seed_same_splits_and_workers_do_not_matter(brats2018: Path, tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    assert run("--dataset_dir", brats2018, "--output", a, "--workers", "1", "--seed", "3") == 0
+    assert run("--dataset_dir", brats2018, "--output", b, "--workers", "2", "--seed", "3") == 0
+    assert run("--dataset_dir", brats2018, "--output", c, "--workers", "1", "--seed", "4") == 0
+    da, db, dc = (json.loads(p.read_text()) for p in (a, b, c))
+    assert da == db
+    assert {s: [e["case_id"] for e in da[s]] for s in SPLITS} != {s: [e["case_id"] for e in dc[s]] for s in SPLITS}
+
+
+def test_no_test_fold(brats2018: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dl.json"
+    assert (
+        run("--dataset_dir", brats2018, "--output", out, "--test_fold", "none", "--val_fold", "0", "--workers", "1")
+        == 0
+    )
+    d = json.loads(out.read_text())
+    assert d["testing"] == [] and d["meta"]["test_fold"] is None and len(d["validation"]) > 0
+
+
+def test_brats2023_layout_and_label_convention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "gli"
+    for i in range(3):
+        write_case(root / f"BraTS-GLI-{i:05d}-000", sep="-", scheme="2023", et=3)
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", root, "--output", out, "--workers", "1") == 0
+    assert "ET = 3" in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert (d["meta"]["layout"], d["meta"]["label_convention"], d["meta"]["release"]) == (
+        "brats2023",
+        "brats2023",
+        2023,
+    )
+    entry = d["training"][0] if d["training"] else d["validation"][0]
+    assert entry["flair"].endswith("-t2f.nii.gz") and entry["t1ce"].endswith("-t1c.nii.gz")
+
+
+def test_release_override_rejects_other_convention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "flat"
+    for i in range(3):
+        write_case(root / f"BraTS2021_{i:05d}")
+    assert run("--dataset_dir", root, "--output", tmp_path / "dl.json", "--release", "2023", "--workers", "1") == 1
+    captured = capsys.readouterr()
+    assert "not allowed by convention brats2023" in captured.out and "no usable case" in captured.err
+    assert not (tmp_path / "dl.json").exists()
+
+
+def test_subprocess_module_entry_point(brats2018: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dl.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "data_prep.brats", "--dataset_dir", str(brats2018), "--output", str(out)]
+    proc = subprocess.run(cmd + ["--workers", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "datalist written" in proc.stdout
+    assert len(load_datalist(out, "testing")) > 0
+
+
+def test_missing_dataset_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--dataset_dir", tmp_path / "nope", "--output", tmp_path / "dl.json") == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_empty_dataset_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run("--dataset_dir", tmp_path / "empty", "--output", tmp_path / "dl.json") == 1
+    err = capsys.readouterr().err
+    assert "no BraTS case found" in err and "brats2018" in err and "brats2023" in err
+    assert "python -m data_prep.synthetic" in err
+    assert not (tmp_path / "dl.json").exists()
+
+
+def test_forced_layout_without_cases(brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--dataset_dir", brats2018, "--output", tmp_path / "dl.json", "--layout", "brats2023") == 1
+    assert "no BraTS case found" in capsys.readouterr().err
+
+
+def test_all_cases_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "bad"
+    write_case(root / "BraTS2021_00000")
+    (root / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz").unlink()
+    assert run("--dataset_dir", root, "--output", tmp_path / "dl.json", "--workers", "1") == 1
+    captured = capsys.readouterr()
+    assert "segmentation file missing" in captured.out and "no usable case" in captured.err
+    assert run("--dataset_dir", root, "--output", tmp_path / "dl.json", "--allow_unlabelled", "--workers", "1") == 0
+    d = json.loads((tmp_path / "dl.json").read_text())
+    assert [e["label"] for s in SPLITS for e in d[s]] == [None]
+
+
+BAD_ARGS = [
+    ("folds_one", ["--folds", "1"], "folds must be >= 3"),
+    ("folds_not_int", ["--folds", "five"], "invalid int value"),
+    ("seed_negative", ["--seed", "-1"], "seed must be >= 0"),
+    ("test_fold_out_of_range", ["--test_fold", "5"], "test_fold must be in"),
+    ("test_fold_not_int", ["--test_fold", "first"], "fold number or 'none'"),
+    ("val_fold_out_of_range", ["--val_fold", "9"], "val_fold must be in"),
+    ("test_equals_val", ["--test_fold", "1", "--val_fold", "1"], "must differ"),
+    ("layout_unknown", ["--layout", "brats2016"], "invalid choice"),
+    ("release_unknown", ["--release", "latest"], "release must be a BraTS year"),
+    ("workers_zero", ["--workers", "0"], "--workers must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("extra, match", [c[1:] for c in BAD_ARGS], ids=[c[0] for c in BAD_ARGS])
+def test_bad_argument(
+    brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], match: str
+) -> None:
+    assert run("--dataset_dir", brats2018, "--output", tmp_path / "dl.json", *extra) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "dl.json").exists()
+
+
+def test_missing_required_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--output", tmp_path / "dl.json") == 2
+    assert "--dataset_dir" in capsys.readouterr().err
+
+
+def test_output_is_a_folder(brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--dataset_dir", brats2018, "--output", tmp_path) == 2
+    assert "--output is a folder" in capsys.readouterr().err
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "brats2023" in capsys.readouterr().out and all(m in MODALITIES for m in ("flair", "t1ce"))

@@ -1,0 +1,193 @@
+"""CrossModalDistillationLoss (hand-computed values, per-sample pairs, gradients) and segmentation_loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss
+
+from lckd_med.losses import CrossModalDistillationLoss, DiceBCELoss, segmentation_loss, teacher_mask
+
+# features (B=2, M=4, C=1, S=2), modality order flair, t1, t1ce, t2
+FEATS = torch.tensor(
+    [
+        [[[1.0, 2.0]], [[9.0, 9.0]], [[0.0, 4.0]], [[3.0, 3.0]]],
+        [[[5.0, 5.0]], [[2.0, 0.0]], [[1.0, 1.0]], [[7.0, 7.0]]],
+    ]
+)
+MASK = torch.tensor([[True, False, True, True], [False, True, True, False]])
+
+
+def _feats() -> torch.Tensor:
+    return FEATS.clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize(
+    ("teachers", "distance", "expected"),
+    [
+        # t1ce teaches: sample 0 -> flair |1-0|,|2-4| = 1.5 ; t2 |3-0|,|3-4| = 2 ; sample 1 -> t1 |2-1|,|0-1| = 1
+        (["t1ce"], "l1", (1.5 + 2.0 + 1.0) / 3),
+        (["t1ce"], "mse", ((1 + 4) / 2 + (9 + 1) / 2 + (1 + 1) / 2) / 3),
+        # flair teaches only in sample 0: t1ce |0-1|,|4-2| = 1.5 ; t2 |3-1|,|3-2| = 1.5 ; t1ce teaches as above
+        (["flair", "t1ce"], "l1", (1.5 + 1.5 + 1.5 + 2.0 + 1.0) / 5),
+        # t1 present only in sample 1, with t1ce: |1-2|,|1-0| = 1
+        (["t1"], "l1", 1.0),
+    ],
+)
+def test_hand_computed_values(teachers, distance, expected):
+    loss = CrossModalDistillationLoss(distance=distance)(_feats(), MASK, teachers)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sum_reduction():
+    loss = CrossModalDistillationLoss(reduction="sum")(_feats(), MASK, ["t1ce"])
+    assert loss.item() == pytest.approx(1.5 + 2.0 + 1.0)
+
+
+@pytest.mark.parametrize(
+    ("mask", "teachers"),
+    [
+        (MASK, torch.tensor([False, False, False, False])),  # no teacher elected
+        (torch.tensor([[True, True, False, True], [True, True, False, True]]), ["t1ce"]),  # teacher absent
+        (torch.tensor([[False, False, True, False], [False, False, True, False]]), ["t1ce"]),  # teacher alone
+        (MASK, []),
+    ],
+)
+def test_zero_and_zero_gradient_without_pairs(mask, teachers):
+    feats = _feats()
+    loss = CrossModalDistillationLoss()(feats, mask, teachers)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(feats.grad, torch.zeros_like(feats))
+
+
+def test_gradient_reaches_students_not_teacher():
+    feats = _feats()
+    CrossModalDistillationLoss()(feats, MASK, ["t1ce"]).backward()
+    per_slot = feats.grad.abs().sum(dim=(2, 3))
+    assert torch.equal(per_slot[:, 2], torch.zeros(2))  # teacher detached
+    assert (per_slot[MASK & ~torch.tensor([False, False, True, False])] > 0).all()  # present students
+    assert torch.equal(per_slot[~MASK], torch.zeros_like(per_slot[~MASK]))  # missing modalities
+
+
+def test_missing_modality_content_does_not_leak():
+    poisoned = FEATS.clone()
+    poisoned[~MASK] = float("nan")
+    loss = CrossModalDistillationLoss()(poisoned, MASK, ["t1ce"])
+    assert loss.item() == pytest.approx((1.5 + 2.0 + 1.0) / 3)
+
+
+def test_list_of_levels_is_mean_of_levels():
+    torch.manual_seed(0)
+    levels = [torch.randn(2, 4, 3, 4, 4, 4), torch.randn(2, 4, 5, 2, 2, 2)]
+    kd = CrossModalDistillationLoss()
+    expected = (kd(levels[0], MASK, ["t1ce"]) + kd(levels[1], MASK, ["t1ce"])) / 2
+    torch.testing.assert_close(kd(levels, MASK, ["t1ce"]), expected)
+
+
+@pytest.mark.parametrize(
+    "teachers",
+    [
+        ["t1ce", "flair"],
+        ("flair", "t1ce"),
+        torch.tensor([True, False, True, False]),
+        np.array([True, False, True, False]),
+        [True, False, True, False],
+    ],
+)
+def test_teacher_formats_agree(teachers):
+    assert torch.equal(teacher_mask(teachers, 4), torch.tensor([True, False, True, False]))
+
+
+def test_mask_broadcast_from_one_dim():
+    kd = CrossModalDistillationLoss()
+    one = kd(_feats(), torch.tensor([True, False, True, True]), ["t1ce"])
+    full = kd(_feats(), torch.tensor([[True, False, True, True]] * 2), ["t1ce"])
+    torch.testing.assert_close(one, full)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"distance": "l2"}, "distance"), ({"reduction": "none"}, "reduction")])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CrossModalDistillationLoss(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("features", "mask", "teachers", "error", "match"),
+    [
+        (FEATS, MASK, "t1ce", TypeError, "one string"),
+        (FEATS, MASK, ["t5"], ValueError, "distinct keys"),
+        (FEATS, MASK, ["t1", "t1"], ValueError, "distinct keys"),
+        (FEATS, MASK, torch.tensor([True, False]), ValueError, r"shape \(4,\)"),
+        (FEATS, MASK, torch.tensor([1, 0, 1, 0]), TypeError, "bool"),
+        (FEATS, MASK, [1, 2], TypeError, "teachers"),
+        (FEATS[:, :3], MASK[:, :3], ["t1"], ValueError, "need 4 modalities"),
+        (FEATS, MASK.int(), ["t1"], TypeError, "bool"),
+        (FEATS, MASK[:, :3], ["t1"], ValueError, "shape"),
+        (FEATS[0, 0], MASK, ["t1"], ValueError, "features"),
+        ([], MASK, ["t1"], ValueError, "non-empty list"),
+    ],
+)
+def test_bad_forward_input(features, mask, teachers, error, match):
+    with pytest.raises(error, match=match):
+        CrossModalDistillationLoss()(features, mask, teachers)
+
+
+# --- segmentation_loss (lckd_med.losses) -------------------------------------------------------------------------
+
+
+def _logits_target():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 6)
+    target = torch.rand(2, 3, 6, 6, 6) > 0.6
+    return logits, target
+
+
+def test_segmentation_loss_is_dice_plus_bce():
+    logits, target = _logits_target()
+    expected = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5)(logits, target.float())
+    expected = expected + F.binary_cross_entropy_with_logits(logits, target.float())
+    torch.testing.assert_close(segmentation_loss()(logits, target), expected)
+
+
+def test_segmentation_loss_is_not_monai_dice_ce_softmax():
+    """Guards the reason for DiceBCELoss: MONAI's DiceCELoss uses softmax CE for 3 channels."""
+    logits, target = _logits_target()
+    ours = segmentation_loss()(logits, target)
+    monai_dce = DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5)(logits, target.float())
+    assert not torch.allclose(ours, monai_dce)
+
+
+def test_segmentation_loss_overrides_and_weights():
+    logits, target = _logits_target()
+    loss = segmentation_loss(batch=True, lambda_dice=0.0, lambda_bce=2.0)
+    assert loss.dice.batch is True
+    torch.testing.assert_close(loss(logits, target), 2 * F.binary_cross_entropy_with_logits(logits, target.float()))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"softmax": True},
+        {"sigmoid": False},
+        {"to_onehot_y": True},
+        {"include_background": False},
+        {"other_act": torch.tanh},
+    ],
+)
+def test_segmentation_loss_refuses_non_sigmoid_settings(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        segmentation_loss(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"lambda_dice": -1.0}, {"lambda_bce": -0.5}])
+def test_dice_bce_negative_weight(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        DiceBCELoss(**kwargs)
+
+
+def test_dice_bce_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        DiceBCELoss()(torch.randn(1, 3, 2, 2, 2), torch.ones(1, 1, 2, 2, 2))

@@ -1,0 +1,242 @@
+"""LCKDNet: shapes for the 15 subsets, sweep == separate forwards, batch 1 on 1x1x1, hparams, validation."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, subset_to_mask
+from lckd_med.networks.lckd_net import LCKDNet
+
+FILTERS = (4, 8, 16)
+SIZE = 16
+ALL_MASKS = torch.tensor([subset_to_mask(s).tolist() for s in SUBSET_NAMES])  # (15, 4), canonical order
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["separate", "shared"])
+def net(request):
+    torch.manual_seed(0)
+    return LCKDNet(filters=FILTERS, share_encoder=request.param).train()
+
+
+@pytest.fixture(scope="module")
+def x():
+    torch.manual_seed(1)
+    return torch.randn(2, NUM_MODALITIES, SIZE, SIZE, SIZE)
+
+
+def test_sweep_equals_separate_forwards_for_all_subsets(net, x):
+    """forward(x with garbage in the missing channels, mask) == decode(encode(x_full), mask) == sweep slice."""
+    with torch.no_grad():
+        features = net.encode(x)
+        sweep = net.decode_subsets(features, ALL_MASKS)
+        assert sweep.shape == (2, len(SUBSET_NAMES), NUM_REGIONS, SIZE, SIZE, SIZE)
+        for k, name in enumerate(SUBSET_NAMES):
+            mask = ALL_MASKS[k].expand(2, -1)
+            garbage = x.clone()
+            garbage[:, ~ALL_MASKS[k]] = torch.randn_like(garbage[:, ~ALL_MASKS[k]]) * 7
+            out = net(garbage, mask)
+            assert out.shape == (2, NUM_REGIONS, SIZE, SIZE, SIZE), name
+            torch.testing.assert_close(out, sweep[:, k], rtol=0, atol=1e-5, msg=name)
+            if k in (0, 7, 14):
+                torch.testing.assert_close(out, net.decode(features, mask), rtol=0, atol=1e-5, msg=name)
+
+
+def test_sweep_chunking_does_not_change_result(net, x):
+    with torch.no_grad():
+        features = net.encode(x)
+        full = net.decode_subsets(features, ALL_MASKS[:5])
+        looped = net.decode_subsets(features, ALL_MASKS[:5], chunk_size=1)
+        chunked = net.decode_subsets(features, ALL_MASKS[:5], chunk_size=2)
+    torch.testing.assert_close(looped, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)
+
+
+def test_automatic_chunk_size_respects_voxel_budget(monkeypatch):
+    net = LCKDNet(filters=(2, 2))
+    features = net.encode(torch.randn(2, 4, 4, 4, 4))
+    widths = []
+    decode = net._decode
+    monkeypatch.setattr(net, "_decode", lambda f, m, deep: widths.append(len(m)) or decode(f, m, deep))
+    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS", 3 * 2 * 4**3)  # three masks of a (2, 4^3) batch per pass
+    assert net.decode_subsets(features, ALL_MASKS).shape == (2, 15, 3, 4, 4, 4)
+    assert widths == [3 * 2] * 5
+    widths.clear()
+    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS", 1)  # smaller than one window: plain loop
+    net.decode_subsets(features, ALL_MASKS[:4])
+    assert widths == [2] * 4
+
+
+def test_mixed_subset_batch_is_per_sample(net, x):
+    masks = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    with torch.no_grad():
+        batched = net(x, masks)
+        for b in range(2):
+            # batch size changes the CPU conv kernels, hence a float32 round-off tolerance
+            torch.testing.assert_close(batched[b : b + 1], net(x[b : b + 1], masks[b]), rtol=1e-4, atol=1e-4)
+
+
+def test_each_encoder_sees_only_its_channel(net, x):
+    changed = x.clone()
+    changed[:, 2] += 1.0
+    with torch.no_grad():
+        a, b = net.encode(x), net.encode(changed)
+    for fa, fb in zip(a, b, strict=True):
+        assert torch.equal(fa[:, [0, 1, 3]], fb[:, [0, 1, 3]])
+        assert not torch.allclose(fa[:, 2], fb[:, 2])
+
+
+def test_return_features_shapes_and_missing_are_zero(net, x):
+    mask = torch.tensor([[True, True, False, False], [False, True, False, True]])
+    with torch.no_grad():
+        logits, features = net(x, mask, return_features=True)
+    assert logits.shape == (2, NUM_REGIONS, SIZE, SIZE, SIZE)
+    sizes = [SIZE, SIZE // 2, SIZE // 4]
+    assert [tuple(f.shape) for f in features] == [
+        (2, NUM_MODALITIES, c, s, s, s) for c, s in zip(FILTERS, sizes, strict=True)
+    ]
+    for f in features:
+        assert torch.equal(f[~mask], torch.zeros_like(f[~mask]))
+        assert f[mask].abs().sum() > 0
+
+
+def test_batch_one_training_with_1x1x1_bottleneck(net):
+    x = torch.randn(1, NUM_MODALITIES, 4, 4, 4)
+    logits, features = net(x, torch.tensor([True, False, True, True]), return_features=True)
+    assert features[-1].shape[-3:] == (1, 1, 1)
+    logits.sum().backward()
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    net.zero_grad(set_to_none=True)
+
+
+def test_metatensor_input(net, x):
+    with torch.no_grad():
+        out = net(MetaTensor(x), ALL_MASKS[-1])
+        torch.testing.assert_close(out, net(x), rtol=0, atol=1e-6)
+
+
+def test_shared_encoder_has_one_parameter_set():
+    separate = LCKDNet(filters=FILTERS)
+    shared = LCKDNet(filters=FILTERS, share_encoder=True)
+    assert len(separate.encoders) == NUM_MODALITIES and len(shared.encoders) == 1
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(separate) - count(shared) == (NUM_MODALITIES - 1) * count(shared.encoders[0])
+
+
+def test_deep_supervision_outputs():
+    net = LCKDNet(filters=(2, 4, 8, 8), deep_supervision=True).train()
+    outs = net(torch.randn(1, NUM_MODALITIES, 8, 8, 8))
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 8, 8, 8), (1, 3, 4, 4, 4), (1, 3, 2, 2, 2)]
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, NUM_MODALITIES, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+
+
+def test_defaults():
+    net = LCKDNet()
+    assert net.strides == ((1, 1, 1),) + ((2, 2, 2),) * 4
+    assert net.size_divisor == (16, 16, 16)
+    assert net.hparams["filters"] == [32, 64, 128, 256, 320]
+
+
+def test_hparams_round_trip_through_json():
+    net = LCKDNet(
+        filters=(2, 4, 6),
+        strides=(1, (2, 2, 1), 2),
+        kernel_size=(3, 3, 1),
+        share_encoder=True,
+        deep_supervision=True,
+        dropout=0.1,
+        act=("prelu", {"init": 0.2}),
+    )
+    hparams = json.loads(json.dumps(net.hparams))
+    assert hparams == net.hparams
+    assert set(hparams) == set(inspect.signature(LCKDNet.__init__).parameters) - {"self"}
+    rebuilt = LCKDNet.from_hparams(hparams)
+    assert rebuilt.hparams == net.hparams
+    rebuilt.load_state_dict(net.state_dict())  # strict: same architecture
+    x = torch.randn(1, NUM_MODALITIES, 4, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), net.eval()(x))
+
+
+def test_from_hparams_rejects_unknown_key_and_non_mapping():
+    with pytest.raises(ValueError, match="unknown LCKDNet hparams"):
+        LCKDNet.from_hparams({"filters": [2, 4], "depth": 3})
+    with pytest.raises(TypeError, match="mapping"):
+        LCKDNet.from_hparams([("filters", [2, 4])])
+
+
+@pytest.mark.parametrize(
+    ("inp", "mask", "error", "match"),
+    [
+        (torch.randn(1, 4, 14, 16, 16), None, ValueError, r"size_divisor=\(4, 4, 4\)"),
+        (torch.randn(1, 3, 16, 16, 16), None, ValueError, r"\(B, 4, H, W, D\)"),
+        (torch.randn(4, 16, 16, 16), None, ValueError, r"\(B, 4, H, W, D\)"),
+        (torch.randn(1, 4, 16, 16, 16), torch.zeros(1, 4, dtype=torch.bool), ValueError, "no available modality"),
+        (torch.randn(1, 4, 16, 16, 16), torch.ones(1, 4), TypeError, "bool"),
+        (torch.randn(2, 4, 16, 16, 16), torch.ones(3, 4, dtype=torch.bool), ValueError, "shape"),
+    ],
+)
+def test_forward_bad_input(inp, mask, error, match):
+    with pytest.raises(error, match=match):
+        LCKDNet(filters=FILTERS)(inp, mask)
+
+
+@pytest.mark.parametrize(
+    ("masks", "chunk_size", "match"),
+    [
+        (ALL_MASKS.int(), None, "bool"),
+        (ALL_MASKS[0], None, "bool"),
+        (ALL_MASKS[:, :3], None, "shape"),
+        (torch.zeros(0, 4, dtype=torch.bool), None, "shape"),
+        (torch.tensor([[True, False, False, False], [False] * 4]), None, "at least one"),
+        (ALL_MASKS, 0, "chunk_size"),
+    ],
+)
+def test_decode_subsets_bad_input(masks, chunk_size, match):
+    net = LCKDNet(filters=(2, 2))
+    features = net.encode(torch.randn(1, 4, 2, 2, 2))
+    with pytest.raises(ValueError, match=match):
+        net.decode_subsets(features, masks, chunk_size=chunk_size)
+
+
+def test_decode_bad_features():
+    net = LCKDNet(filters=(2, 2))
+    features = net.encode(torch.randn(1, 4, 2, 2, 2))
+    with pytest.raises(ValueError, match="2 levels"):
+        net.decode(features[:1], ALL_MASKS[-1])
+    with pytest.raises(ValueError, match=r"features\[1\]"):
+        net.decode([features[0], features[1][:, :3]], ALL_MASKS[-1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_modalities": 0}, ValueError, "in_modalities"),
+        ({"out_channels": 0}, ValueError, "out_channels"),
+        ({"filters": (4,)}, ValueError, "at least 2 levels"),
+        ({"filters": ()}, ValueError, "filters"),
+        ({"filters": (4, -8)}, ValueError, "filters"),
+        ({"filters": (4, 8), "strides": (1, 2, 2)}, ValueError, "strides"),
+        ({"filters": (4, 8), "strides": (1, 0)}, ValueError, "strides"),
+        ({"filters": (4, 8), "kernel_size": 4}, ValueError, "kernel_size"),
+        ({"filters": (4, 8), "kernel_size": 1, "strides": (1, 3)}, ValueError, "too large"),
+        ({"filters": (4, 8), "share_encoder": "yes"}, TypeError, "share_encoder"),
+        ({"filters": (4, 8), "deep_supervision": 1}, TypeError, "deep_supervision"),
+        ({"filters": (4, 8), "dropout": 1.5}, ValueError, "dropout"),
+        ({"filters": (4, 8), "norm": 3}, TypeError, "norm"),
+        ({"filters": (4, 8), "act": None}, TypeError, "act"),
+        ({"filters": (4, 8), "norm": "nosuchnorm"}, ValueError, "nosuchnorm|NOSUCHNORM"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LCKDNet(**kwargs)
