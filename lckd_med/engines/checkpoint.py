@@ -29,6 +29,7 @@ from lckd_med.constants import MODALITIES, REGIONS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
     "save_checkpoint",
     "load_checkpoint",
     "unwrap_model",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "lckd_med.checkpoint/1"
+#: File name of the checkpoint inside ``ckpt_dir``.
+CHECKPOINT_NAME = "model.pt"
 _REQUIRED_KEYS = ("format", "network", "model", "modalities", "regions", "label_convention")
 
 
@@ -149,8 +152,14 @@ def _lckd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
     return LCKDNet.from_hparams(dict(hparams))
 
 
+def _omd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
+    from lckd_med.networks import OMDNet
+
+    return OMDNet.from_hparams(dict(hparams))
+
+
 #: Network name stored in a checkpoint -> builder from its hyper-parameters. Methods register theirs here.
-NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net}
+NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net, "OMDNet": _omd_net}
 
 
 def build_network(ckpt: Mapping[str, Any], load_weights: bool = True) -> torch.nn.Module:

@@ -20,6 +20,7 @@ from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.constants import label_convention as _convention
 from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -30,7 +31,6 @@ from lckd_med.engines.election import TeacherState
 
 __all__ = ["TrainingCheckpointHandler", "CHECKPOINT_NAME"]
 
-CHECKPOINT_NAME = "model.pt"
 logger = logging.getLogger(__name__)
 
 
@@ -147,15 +147,17 @@ class TrainingCheckpointHandler:
         if "optimizer" in ckpt:
             engine.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and "scheduler" in ckpt:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self._load_scheduler(ckpt["scheduler"])
         if self.teacher_state is not None:
             self.teacher_state.load_state_dict({"teachers": ckpt["teachers"], "history": ckpt["election_history"]})
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
         epoch = int(ckpt["epoch"])
-        if epoch >= int(engine.state.max_epochs or 0):
-            logger.info("%s is already trained to epoch %d of %d; nothing to resume", self.path, epoch, epoch)
-        engine.state.epoch = min(epoch, int(engine.state.max_epochs or epoch))
+        max_epochs = int(engine.state.max_epochs or 0)
+        if epoch >= max_epochs:
+            logger.info("%s is already trained to epoch %d (%d asked); nothing to resume", self.path, epoch, max_epochs)
+        # not clipped to max_epochs: a shorter rerun trains nothing and must not re-save the model as less trained
+        engine.state.epoch = epoch
         engine.state.iteration = engine.state.epoch * int(engine.state.epoch_length or 0)
         engine.state.phase = int(ckpt.get("phase", 1))
         logger.info(
@@ -165,4 +167,33 @@ class TrainingCheckpointHandler:
             engine.state.epoch,
             engine.state.phase,
             "+".join(ckpt["teachers"]) or "-",
+        )
+
+    def _load_scheduler(self, saved: Mapping[str, Any]) -> None:
+        """Restore the scheduler's progress; the schedule itself (e.g. ``total_iters``) comes from the config.
+
+        Restoring the saved ``total_iters`` would keep a run resumed with more iterations at the old schedule's
+        final learning rate (0 for the polynomial decay): the config's schedule is kept and, when it differs, the
+        learning rate is recomputed for the current step from the scheduler's closed form.
+        """
+        configured = self.scheduler.state_dict()
+        self.scheduler.load_state_dict(dict(saved))
+        # public, non-progress entries define the schedule (total_iters, power, T_max, step_size, gamma, ...)
+        changed = [
+            k
+            for k, v in configured.items()
+            if not k.startswith("_") and k not in ("last_epoch", "base_lrs") and saved.get(k) != v
+        ]
+        if not changed:
+            return
+        for k in changed:
+            setattr(self.scheduler, k, configured[k])
+        closed_form = getattr(self.scheduler, "_get_closed_form_lr", None)  # PolynomialLR, StepLR, ... have one
+        if closed_form is not None:
+            for group, lr in zip(self.scheduler.optimizer.param_groups, closed_form(), strict=True):
+                group["lr"] = lr
+            self.scheduler._last_lr = [group["lr"] for group in self.scheduler.optimizer.param_groups]
+        logger.info(
+            "learning-rate schedule changed since the checkpoint (%s); continuing on the configured schedule",
+            ", ".join(f"{k}: {saved.get(k)} -> {configured[k]}" for k in changed),
         )

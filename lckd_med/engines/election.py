@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS, SINGLE_SUBSETS
+from lckd_med.engines.checkpoint import unwrap_model
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import legacy_dice
 
@@ -207,7 +208,8 @@ class TeacherElectionHandler:
             self(engine)
 
     def __call__(self, engine: Engine) -> dict[str, str]:
-        network = engine.network
+        # encode/decode_subsets live on the bare module, not on a DistributedDataParallel wrapper
+        network = unwrap_model(engine.network)
         device = engine.state.device
         sums, n = single_modality_dice(
             network, self.val_loader, self.roi_size, device, overlap=self.overlap, amp=self.amp

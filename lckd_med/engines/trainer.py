@@ -11,8 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.transforms import Randomizable
 from monai.utils import CommonKeys as Keys
 
 from lckd_med.data.transforms import IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDropout, drop_modalities_batch
@@ -40,7 +42,8 @@ class LCKDTrainer(SupervisedTrainer):
         kd_levels: encoder levels distilled (``-1`` = bottleneck).
         teacher_state: shared current teachers (updated by the election handler).
         phase1_iterations: iterations with all modalities before modality dropout starts.
-        dropout: the modality dropout drawn per sample in phase 2.
+        dropout: the modality dropout drawn per sample in phase 2; when not seeded by the caller it is seeded
+            from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
     """
 
@@ -88,6 +91,13 @@ class LCKDTrainer(SupervisedTrainer):
         self.kd_levels = [int(v) for v in kd_levels]
         self.teacher_state = teacher_state
         self.dropout = dropout
+        dropper = getattr(dropout, "dropper", dropout)  # ModalityDropoutd draws through its array twin
+        if dropper.R is Randomizable.R:
+            # MONAI's shared class-level RandomState is seeded from OS entropy and set_determinism does not reach
+            # it: seed the dropout from torch's global generator so seeded runs draw the same subsets (ranks of a
+            # distributed run share that generator's seed, hence the rank offset)
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            dropout.set_random_state(seed=(int(torch.randint(0, 2**31 - 1, ()).item()) + rank) % 2**31)
         self.phase1_iterations = int(phase1_iterations)
         self.state.phase = 1
         self.state.teachers = "+".join(teacher_state.teachers)

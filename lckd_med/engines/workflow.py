@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "bundle_dir",
     "prepare_datalist",
+    "bundle_datalist",
     "load_split",
     "datalist_meta",
     "recipe_of",
@@ -90,6 +91,22 @@ def prepare_datalist(
     if code != 0 or not datalist.is_file():
         raise DatasetNotFoundError(_no_data_message(dataset_dir, "no usable BraTS case found in dataset_dir"))
     return str(datalist)
+
+
+def bundle_datalist(
+    dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike,
+    folds: int = 5,
+    seed: int = 0,
+    test_fold: int = 0,
+    val_fold: int = 1,
+) -> str:
+    """:func:`prepare_datalist` for bundle configs: a missing dataset ends the run with just the message
+    (``SystemExit``) instead of a long traceback through the config parser."""
+    try:
+        return prepare_datalist(dataset_dir, datalist, folds=folds, seed=seed, test_fold=test_fold, val_fold=val_fold)
+    except DatasetNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def load_split(datalist: str | os.PathLike, split: str, max_cases: int | None = None) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from lckd_med.inference.batch import (
     match_sequence_file,
     read_manifest,
 )
+from lckd_med.inference.evaluation import SubsetEvaluator, summary_table, voxel_spacing, write_label_nifti
 from lckd_med.inference.geometry import (
     REFERENCE_PRIORITY,
     GeometryError,
@@ -36,6 +37,10 @@ __all__ = [
     "GeometryError",
     "VolumeGeometry",
     "REFERENCE_PRIORITY",
+    "SubsetEvaluator",
+    "summary_table",
+    "voxel_spacing",
+    "write_label_nifti",
     "BatchInference",
     "InferenceCase",
     "discover_inference_cases",

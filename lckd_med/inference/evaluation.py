@@ -21,14 +21,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Invertd
 from tqdm import tqdm
 
 from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
-from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
-from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME
+from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
@@ -179,7 +179,8 @@ class SubsetEvaluator:
             )
             pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
             k = len(subsets)
-            sample[_PRED_KEY] = pred.reshape(k * NUM_REGIONS, *pred.shape[2:])
+            # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
+            sample[_PRED_KEY] = MetaTensor(pred.reshape(k * NUM_REGIONS, *pred.shape[2:]))
             inverted = inverter(sample)[_PRED_KEY]
             inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
             inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
@@ -198,7 +199,10 @@ class SubsetEvaluator:
                 metrics = case_region_metrics(scored, gt, spacing)
                 metrics_pp = None
                 if self.postprocess_min_et > 0:
-                    metrics_pp = case_region_metrics(postprocess_et(scored, self.postprocess_min_et), gt, spacing)
+                    processed = postprocess_et(scored, self.postprocess_min_et)
+                    # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
+                    unchanged = np.array_equal(processed, scored)
+                    metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing)
                 rows.extend(rows_from_case_metrics(case_id, subset, metrics, metrics_pp))
         for why in skipped:
             logger.warning("skipped %s", why)

@@ -119,5 +119,6 @@ def sweep_subsets(
         sw_device=sw_device,
         device=device,
     )
-    out = torch.as_tensor(out)  # drop MetaTensor wrapping: callers index by subset
+    # drop MetaTensor wrapping (torch.as_tensor keeps the subclass): callers index by subset
+    out = torch.as_tensor(out).as_subclass(torch.Tensor)
     return out.reshape(image.shape[0], len(subsets), NUM_REGIONS, *out.shape[2:])

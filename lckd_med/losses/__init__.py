@@ -16,6 +16,7 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
+from lckd_med.losses.adaptation import FeatureMMDLoss, MultiKernelMMDLoss, TemperatureKLLoss, gaussian_mmd
 from lckd_med.losses.distillation import CrossModalDistillationLoss, teacher_mask
 
 __all__ = [
@@ -24,6 +25,10 @@ __all__ = [
     "DiceBCELoss",
     "segmentation_loss",
     "SEGMENTATION_LOSS_DEFAULTS",
+    "gaussian_mmd",
+    "MultiKernelMMDLoss",
+    "FeatureMMDLoss",
+    "TemperatureKLLoss",
 ]
 
 #: Defaults of :func:`segmentation_loss` (MONAI ``DiceLoss`` arguments). Chosen as MONAI's BraTS recipe, except

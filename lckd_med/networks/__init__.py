@@ -9,6 +9,7 @@ from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder,
 from lckd_med.networks.fusion import ModalityFusion, check_mask, mean_fill
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
+from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
 
 __all__ = [
     "LCKDNet",
@@ -22,4 +23,9 @@ __all__ = [
     "DEFAULT_ACT",
     "DEFAULT_FILTERS",
     "default_strides",
+    "OMDNet",
+    "OMDOutput",
+    "OMDFusion",
+    "ModalityRestoration",
+    "CrossTranslation",
 ]

@@ -1,0 +1,130 @@
+"""The omd bundle: same files, keys, commands and outputs as the lckd bundle; tiny train -> evaluate via the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lckd_med.constants import SUBSET_NAMES
+from lckd_med.data.synthetic import write_dataset
+from lckd_med.engines.checkpoint import load_checkpoint
+from lckd_med.engines.workflow import bundle_dir
+from lckd_med.reports import REPORT_FILES
+
+OMD = Path(bundle_dir("omd"))
+LCKD = Path(bundle_dir("lckd"))
+# keys of lckd/train.json that only make sense with teacher election / feature distillation
+LCKD_ONLY = {
+    "kd_weight",
+    "kd_distance",
+    "kd_levels",
+    "kd_loss",
+    "default_teachers",
+    "election_interval",
+    "teacher_state",
+    "val_max_cases",
+    "sw_overlap",
+    "validate",
+}
+
+
+def _files(bundle: Path) -> set[str]:
+    return {p.name for p in bundle.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_same_files_as_the_lckd_bundle():
+    assert _files(OMD) == _files(LCKD)
+    assert {"train.json", "demo.json", "evaluate.json", "inference.json", "multi_gpu_train.json"} <= _files(OMD)
+
+
+@pytest.mark.parametrize("name", ["evaluate.json", "inference.json"])
+def test_evaluate_and_inference_configs_match_lckd_except_the_bundle(name):
+    omd, lckd = _json(OMD / name), _json(LCKD / name)
+    assert omd.pop("bundle_root") == "$lckd_med.engines.bundle_dir('omd')"
+    lckd.pop("bundle_root")
+    assert omd == lckd
+
+
+@pytest.mark.parametrize("name", ["train.json", "demo.json", "multi_gpu_train.json"])
+def test_config_keys_match_lckd(name):
+    omd, lckd = _json(OMD / name), _json(LCKD / name)
+    missing = set(lckd) - set(omd) - LCKD_ONLY - {"validate#sampler", "validate#dataloader#sampler"}
+    assert missing == set()
+    for key in ("dataset_dir", "output_dir", "ckpt_dir", "datalist", "datalist_file", "label_convention"):
+        if key in lckd:
+            assert omd[key] == lckd[key], key
+    if name == "train.json":
+        assert omd["run"] == lckd["run"] and omd["training"] == "%run"
+        assert omd["network_def"]["_target_"] == "lckd_med.networks.OMDNet"
+        assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.OMDTrainer"
+        assert omd["phase1_iterations"] == 0  # one stage
+        handler = omd["train"]["handlers"][0]
+        assert handler["network_name"] == "OMDNet" and handler["method"] == "omd"
+
+
+def test_import_lines_stay_pure():
+    """MONAI raises on a ``$`` expression holding both the word ``import`` and an ``@`` reference."""
+
+    def expressions(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from expressions(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from expressions(v)
+        elif isinstance(node, str) and node.startswith("$"):
+            yield node
+
+    for path in OMD.glob("*.json"):
+        bad = [e for e in expressions(_json(path)) if "import" in e and "@" in e]
+        assert bad == [], path.name
+
+
+def test_metadata_describes_omd():
+    meta = _json(OMD / "metadata.json")
+    assert "2309.08204" in " ".join(meta["references"])
+    assert meta["network_data_format"] == _json(LCKD / "metadata.json")["network_data_format"]
+
+
+@pytest.mark.slow
+def test_tiny_training_then_evaluation_through_the_cli(tmp_path):
+    write_dataset(tmp_path / "data", 5, seed=3, spacing=4.0, release=2018, lgg_fraction=0.2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
+    common += ["--ckpt_dir", str(tmp_path / "models")]
+    train = [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(OMD / "train.json"), *common,
+        "--filters", "[4,8,16]", "--roi_size", "[32,32,32]", "--num_iterations", "2", "--epoch_length", "1",
+        "--num_workers", "0", "--log_every", "1", "--amp", "False", "--mmd_max_samples", "64",
+    ]  # fmt: skip
+    proc = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "iter 2/2" in log and "kd_loss=" in log
+    ckpt = load_checkpoint(tmp_path / "models" / "model.pt")
+    assert ckpt["network"]["name"] == "OMDNet" and ckpt["method"] == "omd" and ckpt["iteration"] == 2
+    assert ckpt["train_config"]["roi_size"] == [32, 32, 32] and ckpt["train_config"]["kl_temperature"] == 2.0
+    assert ckpt["teachers"] == []
+    assert (tmp_path / "out" / "tensorboard").is_dir()
+
+    evaluate = [
+        sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file", str(OMD / "evaluate.json"), *common,
+        "--max_cases", "1", "--amp", "False",
+    ]  # fmt: skip
+    proc = subprocess.run(evaluate, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in REPORT_FILES.values():
+        assert (tmp_path / "out" / name).is_file(), name
+    summary = pd.read_csv(tmp_path / "out" / REPORT_FILES["summary_csv"])
+    assert summary["subset"].tolist() == [*SUBSET_NAMES, "mean"]
+    assert set(load_checkpoint(tmp_path / "models" / "model.pt")["subset_dice"]) == set(SUBSET_NAMES)

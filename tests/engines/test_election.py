@@ -1,0 +1,246 @@
+"""Teacher election: the per-region rule, single-modality Dice on a network of known behaviour, the handler."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS
+from lckd_med.engines.election import (
+    ELECTION_COLUMNS,
+    TeacherElectionHandler,
+    TeacherState,
+    elect_teachers,
+    single_modality_dice,
+)
+
+SIZE = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class ThresholdNet(torch.nn.Module):
+    """A network with a known rule: every region is predicted where the mean of the available channels > 0.5.
+
+    ``encode`` keeps the raw channels as the only feature level, ``decode_subsets`` averages the channels of each
+    mask's modalities; with one modality available each region's prediction is that channel thresholded.
+    """
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.unsqueeze(2)]  # (B, M, 1, *S)
+
+    def decode_subsets(self, features: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        x = features[0][:, :, 0]  # (B, M, *S)
+        w = masks.to(x.dtype)  # (K, M)
+        mean = torch.einsum("km,bm...->bk...", w, x) / w.sum(dim=1).view(1, -1, *([1] * (x.dim() - 2)))
+        logits = 20.0 * (mean - 0.5)  # (B, K, *S)
+        return logits.unsqueeze(2).expand(-1, -1, NUM_REGIONS, *([-1] * (x.dim() - 2)))
+
+
+def _regions() -> torch.Tensor:
+    """Nested ET < TC < WT boxes of 8, 27 and 64 voxels, ``(3, S, S, S)`` in REGIONS order."""
+    et = torch.zeros(SIZE, SIZE, SIZE, dtype=torch.bool)
+    et[3:5, 3:5, 3:5] = True
+    tc = torch.zeros_like(et)
+    tc[2:5, 2:5, 2:5] = True
+    wt = torch.zeros_like(et)
+    wt[1:5, 1:5, 1:5] = True
+    return torch.stack([et, tc, wt])
+
+
+def _case() -> dict[str, torch.Tensor]:
+    """FLAIR shows WT, T1 nothing, T1ce ET, T2 TC: each region has exactly one perfect modality."""
+    et, tc, wt = _regions()
+    image = torch.stack([wt, torch.zeros_like(wt), et, tc]).float()[None]
+    return {"image": image, "label": _regions().float()[None]}
+
+
+def _expected_mean_dice() -> torch.Tensor:
+    """Hand-computed legacy Dice (4, 3): prediction = the channel's box, every region non-empty."""
+    sizes = {"ET": 8, "TC": 27, "WT": 64}
+    shows = {"flair": "WT", "t1": None, "t1ce": "ET", "t2": "TC"}
+    out = torch.zeros(NUM_MODALITIES, NUM_REGIONS, dtype=torch.float64)
+    for m, mod in enumerate(MODALITIES):
+        for r, region in enumerate(REGIONS):
+            shown = shows[mod]
+            if shown is None:
+                continue  # empty prediction, non-empty truth: 0
+            # nested boxes: the intersection is the smaller one
+            inter = min(sizes[shown], sizes[region])
+            out[m, r] = 2 * inter / (sizes[shown] + sizes[region])
+    return out
+
+
+# ------------------------------------------------------------------------------------------ elect_teachers
+def test_elect_teachers_best_per_region():
+    dice = torch.tensor([[0.1, 0.2, 0.9], [0.2, 0.1, 0.1], [0.8, 0.3, 0.5], [0.3, 0.7, 0.4]])
+    assert elect_teachers(dice) == {"ET": "t1ce", "TC": "t2", "WT": "flair"}
+    assert list(elect_teachers(dice)) == list(REGIONS)
+
+
+@pytest.mark.parametrize(
+    "column, winner",
+    [([0.5, 0.5, 0.5, 0.5], "flair"), ([0.1, 0.6, 0.6, 0.2], "t1"), ([0.0, 0.0, 0.3, 0.3], "t1ce")],
+    ids=["all_equal", "t1_t1ce", "t1ce_t2"],
+)
+def test_elect_teachers_ties_go_to_first_modality(column, winner):
+    dice = torch.tensor(column, dtype=torch.float64)[:, None].repeat(1, NUM_REGIONS)
+    assert set(elect_teachers(dice).values()) == {winner}
+
+
+@pytest.mark.parametrize(
+    "dice, match",
+    [
+        (torch.zeros(3, 3), "must be"),
+        (torch.zeros(4, 4), "must be"),
+        (torch.zeros(12), "must be"),
+        (torch.tensor([[0.1, 0.2, float("nan")]] * 4), "non-finite"),
+        (torch.tensor([[0.1, float("inf"), 0.2]] * 4), "non-finite"),
+    ],
+    ids=["3_rows", "4_cols", "flat", "nan", "inf"],
+)
+def test_elect_teachers_bad_input(dice, match):
+    with pytest.raises(ValueError, match=match):
+        elect_teachers(dice)
+
+
+# ------------------------------------------------------------------------------------------ TeacherState
+def test_teacher_state_order_mask_and_round_trip():
+    state = TeacherState(default=["t2", "flair"])
+    assert state.teachers == ["flair", "t2"]  # modality order whatever the config order
+    assert state.mask().tolist() == [True, False, False, True]
+    state.history.append({"iteration": 4, "modality": "t1", "region": "ET", "dice": 0.5, "elected": "true"})
+    other = TeacherState()
+    other.load_state_dict(state.state_dict())
+    assert other.teachers == ["flair", "t2"] and other.history == state.history
+
+
+def test_teacher_state_rejects_unknown_modality():
+    with pytest.raises(ValueError, match="T1Gd"):
+        TeacherState(default=["T1Gd"])
+
+
+# ------------------------------------------------------------------------------------------ single_modality_dice
+def test_single_modality_dice_matches_hand_computation():
+    net = ThresholdNet().train()
+    loader = [_case(), _case()]
+    sums, n = single_modality_dice(net, loader, roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    assert n == 2 and sums.shape == (NUM_MODALITIES, NUM_REGIONS) and sums.dtype == torch.float64
+    torch.testing.assert_close(sums / n, _expected_mean_dice(), rtol=0, atol=1e-6)
+    assert elect_teachers(sums / n) == {"ET": "t1ce", "TC": "t2", "WT": "flair"}
+    assert net.training  # mode restored
+
+
+def test_single_modality_dice_empty_regions_follow_legacy_rules():
+    """A case without tumour: modalities predicting nothing score 1, the others 0."""
+    case = _case()
+    case["label"] = torch.zeros_like(case["label"])
+    sums, n = single_modality_dice(ThresholdNet(), [case], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    expected = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)[:, None].repeat(1, NUM_REGIONS)
+    torch.testing.assert_close(sums, expected)
+
+
+# ------------------------------------------------------------------------------------------ the handler
+def _engine(net: torch.nn.Module) -> Engine:
+    engine = Engine(lambda e, b: None)
+    engine.network = net
+
+    @engine.on(Events.STARTED)
+    def _device(e: Engine) -> None:
+        e.state.device = torch.device("cpu")
+
+    return engine
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_handler_elects_on_schedule_and_writes_csv(tmp_path):
+    state = TeacherState(default=["t1"])
+    handler = TeacherElectionHandler(
+        state,
+        [_case()],
+        roi_size=(SIZE,) * 3,
+        interval=4,
+        output_dir=tmp_path,
+        phase_switch_iteration=3,
+        amp=False,
+        elect_at_end=True,
+    )
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    seen = []  # teachers after each iteration's handlers (the election's included)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(list(state.teachers)))
+    engine.run(range(8), max_epochs=1)
+
+    assert state.teachers == ["flair", "t1ce", "t2"]
+    # elections at the phase switch (3) and every 4 iterations (4, 8); none extra at the end (8 done already)
+    assert sorted({r["iteration"] for r in state.history}) == [3, 4, 8]
+    assert seen[1] == ["t1"] and seen[2] == ["flair", "t1ce", "t2"]  # updated from iteration 3 on
+    header, rows = _read_csv(tmp_path / "teacher_election.csv")
+    assert header == list(ELECTION_COLUMNS) == ["iteration", "modality", "region", "dice", "elected"]
+    assert len(rows) == 3 * NUM_MODALITIES * NUM_REGIONS
+    expected = _expected_mean_dice()
+    winners = {"ET": "t1ce", "TC": "t2", "WT": "flair"}
+    for row in rows:
+        m, r = MODALITIES.index(row["modality"]), REGIONS.index(row["region"])
+        assert float(row["dice"]) == pytest.approx(float(expected[m, r]), abs=1e-6)
+        assert row["elected"] == ("true" if winners[row["region"]] == row["modality"] else "false")
+    assert [f.name for f in tmp_path.iterdir()] == ["teacher_election.csv"]  # atomic write left no temp file
+
+
+def test_handler_unwraps_data_parallel_network(tmp_path):
+    """DistributedDataParallel / DataParallel hide ``encode``: the election must use the bare module."""
+    state = TeacherState()
+    handler = TeacherElectionHandler(state, [_case()], roi_size=(SIZE,) * 3, interval=1, output_dir=tmp_path, amp=False)
+    engine = _engine(torch.nn.DataParallel(ThresholdNet()))
+    handler.attach(engine)
+    engine.run(range(1), max_epochs=1)
+    assert state.teachers == ["flair", "t1ce", "t2"]
+
+
+def test_handler_elects_at_end_when_schedule_missed_it(tmp_path):
+    state = TeacherState()
+    handler = TeacherElectionHandler(
+        state, [_case()], roi_size=(SIZE,) * 3, interval=0, output_dir=tmp_path, amp=False, elect_at_end=True
+    )
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    engine.run(range(5), max_epochs=1)
+    assert {r["iteration"] for r in state.history} == {5}
+
+
+def test_handler_without_validation_cases_raises(tmp_path):
+    handler = TeacherElectionHandler(TeacherState(), [], roi_size=(SIZE,) * 3, interval=1, output_dir=tmp_path)
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    with pytest.raises(RuntimeError, match="no validation cases"):
+        engine.run(range(1), max_epochs=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"interval": -1}, "interval"),
+        ({"phase_switch_iteration": -2}, "phase_switch_iteration"),
+        ({"overlap": 1.0}, "overlap"),
+        ({"overlap": -0.1}, "overlap"),
+    ],
+    ids=["interval", "phase_switch", "overlap_1", "overlap_negative"],
+)
+def test_handler_bad_arguments(tmp_path, kwargs, match):
+    args = {"interval": 4, "output_dir": tmp_path, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TeacherElectionHandler(TeacherState(), [], roi_size=(SIZE,) * 3, **args)

@@ -1,0 +1,214 @@
+"""SubsetEvaluator: reports, saved predictions on the input grid, Dice reproducible from the saved files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
+from lckd_med.data.synthetic import write_dataset
+from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from lckd_med.engines.workflow import prepare_datalist
+from lckd_med.inference.evaluation import SubsetEvaluator, summary_table, voxel_spacing, write_label_nifti
+from lckd_med.metrics import legacy_dice, region_masks_from_labels
+from lckd_med.networks import LCKDNet
+from lckd_med.reports import REPORT_FILES
+
+CONV = label_convention("brats2018")
+ROI = [16, 16, 16]
+MISSING = "t1"  # dropped from the second testing case
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _checkpoint(ckpt_dir: Path, roi: list[int] | None = ROI) -> Path:
+    torch.manual_seed(0)
+    net = LCKDNet(filters=(4, 8, 16))
+    with torch.no_grad():  # bias the logits towards ~50 % foreground so every region gets predictions
+        net.head.conv.conv.bias.fill_(0.0)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "network": {"name": "LCKDNet", "hparams": net.hparams},
+        "model": net.state_dict(),
+        "modalities": list(MODALITIES),
+        "regions": list(REGIONS),
+        "label_convention": "brats2018",
+        "iteration": 8,
+        "train_config": {} if roi is None else {"roi_size": roi},
+    }
+    return save_checkpoint(ckpt_dir / "model.pt", payload)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("evaluation")
+    write_dataset(root / "data", 6, seed=11, spacing=4.0, release=2018, lgg_fraction=1 / 3)
+    datalist = Path(prepare_datalist(root / "data", root / "datalist.json"))
+    data = json.loads(datalist.read_text())
+    assert len(data["testing"]) == 2
+    data["testing"][1][MISSING] = None  # a held-out case without T1: only the 7 subsets without it
+    datalist.write_text(json.dumps(data))
+    _checkpoint(root / "models")
+    evaluator = SubsetEvaluator(
+        root / "models",
+        datalist,
+        root / "out",
+        split="testing",
+        save_predictions=True,
+        device="cpu",
+        amp=False,
+        progress=False,
+    )
+    df = evaluator.run()
+    return {"root": root, "datalist": datalist, "entries": data["testing"], "df": df, "out": root / "out"}
+
+
+def _expected_subsets(entry: dict) -> list[str]:
+    return [s for s in SUBSET_NAMES if all(entry.get(m) for m in parse_subset(s))]
+
+
+def test_report_files_exist(setup):
+    for name in REPORT_FILES.values():
+        assert (setup["out"] / name).is_file(), name
+    rows = [line for line in summary_table(setup["out"]).splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 15 + 1 and rows[-1].startswith("| Mean |")  # header, subsets, mean
+
+
+def test_metrics_rows_per_case_subset_region(setup):
+    metrics = pd.read_csv(setup["out"] / REPORT_FILES["metrics_csv"])
+    assert list(metrics.columns[:5]) == ["case_id", "subset", "region", "dice", "hd95"]
+    expected = {(e["case_id"], s, r) for e in setup["entries"] for s in _expected_subsets(e) for r in REGIONS}
+    got = set(zip(metrics["case_id"], metrics["subset"], metrics["region"], strict=True))
+    assert got == expected and len(metrics) == len(expected) == (15 + 7) * NUM_REGIONS
+    assert metrics["dice"].between(0, 1).all() and (metrics["hd95"] >= 0).all()
+
+
+def test_summary_has_15_subsets_and_mean(setup):
+    summary = pd.read_csv(setup["out"] / REPORT_FILES["summary_csv"])
+    assert list(summary["subset"]) == [*SUBSET_NAMES, "mean"]
+    n_cases = dict(zip(summary["subset"], summary["n_cases"], strict=True))
+    for s in SUBSET_NAMES:
+        assert n_cases[s] == (1 if MISSING in parse_subset(s) else 2), s
+    metrics = pd.read_csv(setup["out"] / REPORT_FILES["metrics_csv"])
+    for s in ("t1ce", "flair+t1+t1ce+t2"):
+        for r in REGIONS:
+            mean = metrics[(metrics["subset"] == s) & (metrics["region"] == r)]["dice"].mean()
+            row = summary[summary["subset"] == s].iloc[0]
+            assert row[f"{r}_dice_mean"] == pytest.approx(mean, abs=1e-9)
+
+
+def test_predictions_on_the_input_grid(setup):
+    n_files = 0
+    for entry in setup["entries"]:
+        ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
+        for s in SUBSET_NAMES:
+            path = setup["out"] / "predictions" / s / f"{entry['case_id']}.nii.gz"
+            if s not in _expected_subsets(entry):
+                assert not path.exists(), path
+                continue
+            img = nib.load(path)
+            assert img.shape == ref.shape
+            np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+            assert img.get_data_dtype() == np.uint8
+            assert set(np.unique(np.asarray(img.dataobj)).tolist()) <= set(CONV.labels)
+            n_files += 1
+    assert n_files == 15 + 7
+    leftovers = [p for p in (setup["out"] / "predictions").rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_dice_equals_legacy_dice_of_the_saved_files(setup):
+    metrics = pd.read_csv(setup["out"] / REPORT_FILES["metrics_csv"])
+    labels = {e["case_id"]: e["label"] for e in setup["entries"]}
+    non_trivial = 0
+    for (case_id, subset), rows in metrics.groupby(["case_id", "subset"]):
+        pred = nib.load(setup["out"] / "predictions" / subset / f"{case_id}.nii.gz")
+        pred_regions = region_masks_from_labels(np.asarray(pred.dataobj), CONV)
+        gt_regions = region_masks_from_labels(np.asarray(nib.load(labels[case_id]).dataobj), CONV)
+        for _, row in rows.iterrows():
+            r = REGIONS.index(row["region"])
+            assert row["dice"] == pytest.approx(legacy_dice(pred_regions[r], gt_regions[r]), abs=1e-6)
+            non_trivial += 0 < row["dice"] < 1
+    assert non_trivial > 0  # the random network predicts partial overlaps, not only empty masks
+
+
+def test_subset_dice_stored_in_checkpoint(setup):
+    ckpt = load_checkpoint(setup["root"] / "models" / "model.pt")
+    summary = pd.read_csv(setup["out"] / REPORT_FILES["summary_csv"]).set_index("subset")
+    assert list(ckpt["subset_dice"]) == list(SUBSET_NAMES)
+    for s, scores in ckpt["subset_dice"].items():
+        for r in REGIONS:
+            assert scores[r] == pytest.approx(summary.loc[s, f"{r}_dice_mean"], abs=1e-9)
+    assert ckpt["subset_dice_source"]["split"] == "testing" and ckpt["subset_dice_source"]["n_cases"] == 2
+    assert ckpt["iteration"] == 8  # the rest of the checkpoint is kept
+
+
+def test_roi_size_must_come_from_somewhere(setup, tmp_path):
+    _checkpoint(tmp_path / "models", roi=None)
+    evaluator = SubsetEvaluator(
+        tmp_path / "models",
+        setup["datalist"],
+        tmp_path / "out",
+        max_cases=1,
+        subsets=["t2"],
+        device="cpu",
+        progress=False,
+        store_in_checkpoint=False,
+    )
+    with pytest.raises(ValueError, match="roi_size"):
+        evaluator.run()
+    evaluator.roi_size = ROI
+    df = evaluator.run()
+    assert set(df["subset"]) == {"t2"} and df["case_id"].nunique() == 1
+    assert "subset_dice" not in load_checkpoint(tmp_path / "models" / "model.pt")
+
+
+def test_missing_checkpoint_says_how_to_make_one(setup, tmp_path):
+    evaluator = SubsetEvaluator(tmp_path, setup["datalist"], tmp_path / "out", device="cpu")
+    with pytest.raises(FileNotFoundError, match="train first"):
+        evaluator.run()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"split": "test"}, "split"),
+        ({"subsets": []}, "at least one subset"),
+        ({"subsets": ["t2+flair"]}, "canonical"),
+        ({"overlap": 1.0}, "overlap"),
+        ({"threshold": 0.0}, "threshold"),
+        ({"postprocess_min_et": -1}, "postprocess_min_et"),
+    ],
+    ids=["split", "no_subsets", "non_canonical", "overlap", "threshold", "postprocess"],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SubsetEvaluator(tmp_path, tmp_path / "dl.json", tmp_path / "out", **kwargs)
+
+
+def test_write_label_nifti_keeps_reference_grid(tmp_path):
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])
+    affine[:3, 3] = [10, 20, -5]
+    ref = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine)
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1, 2, 3] = 4
+    path = write_label_nifti(labels, ref, tmp_path / "a" / "case.nii.gz")
+    img = nib.load(path)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), labels)
+    np.testing.assert_allclose(img.affine, affine)
+    assert voxel_spacing(img.affine) == (2.0, 2.0, 2.0)
+    assert [p.name for p in path.parent.iterdir()] == ["case.nii.gz"]
+    with pytest.raises(ValueError, match="differs from the reference"):
+        write_label_nifti(labels[:3], ref, tmp_path / "b.nii.gz")

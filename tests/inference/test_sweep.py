@@ -1,0 +1,131 @@
+"""Subset sweep: one encoding per window decoded under 15 masks == 15 separate sliding-window forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+
+from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, subset_to_mask
+from lckd_med.inference.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
+from lckd_med.networks import LCKDNet
+
+ROI = (16, 16, 16)
+SHAPE = (24, 20, 28)  # larger than the ROI on every axis: windows overlap and get blended
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # the 15-mask decodes are small: with threads competing for 2 busy cores they run many times slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def net() -> LCKDNet:
+    torch.manual_seed(0)
+    return LCKDNet(filters=(4, 8, 16)).eval()
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(1, NUM_MODALITIES, *SHAPE)
+
+
+@pytest.fixture(scope="module")
+def swept(net, image) -> torch.Tensor:
+    return sweep_subsets(net, image, ROI, amp=False)
+
+
+def test_subset_masks_canonical_order():
+    masks = subset_masks()
+    assert masks.shape == (15, NUM_MODALITIES) and masks.dtype == torch.bool
+    for k, name in enumerate(SUBSET_NAMES):
+        assert masks[k].tolist() == subset_to_mask(name).tolist()
+    with pytest.raises(ValueError, match="at least one subset"):
+        subset_masks([])
+
+
+def test_sweep_equals_separate_forward_passes(net, image, swept):
+    assert swept.shape == (1, len(SUBSET_NAMES), NUM_REGIONS, *SHAPE) and swept.dtype == torch.float32
+    assert type(swept) is torch.Tensor
+    for k, name in enumerate(SUBSET_NAMES):
+        mask = torch.from_numpy(subset_to_mask(name))
+        with torch.no_grad():
+            single = sliding_window_inference(
+                image * mask[None, :, None, None, None],
+                roi_size=ROI,
+                sw_batch_size=1,
+                predictor=lambda w, m=mask: net(w, m[None].expand(w.shape[0], -1)),
+                overlap=1 / 3,
+                mode="gaussian",
+            )
+        torch.testing.assert_close(swept[:, k], torch.as_tensor(single), rtol=0, atol=1e-5, msg=name)
+
+
+def test_sweep_subset_selection_and_order(net, image, swept):
+    chosen = ["t2", "flair+t1ce", "flair+t1+t1ce+t2"]
+    part = sweep_subsets(net, image, ROI, subsets=chosen, amp=False)
+    batched = sweep_subsets(net, image, ROI, subsets=chosen, amp=False, sw_batch_size=3)
+    assert part.shape == batched.shape == (1, 3, NUM_REGIONS, *SHAPE)
+    for i, name in enumerate(chosen):
+        torch.testing.assert_close(part[:, i], swept[:, SUBSET_NAMES.index(name)], rtol=0, atol=1e-5, msg=name)
+    # batching windows changes only the round-off of the batched convolutions
+    torch.testing.assert_close(batched, part, rtol=0, atol=1e-4)
+
+
+def test_sweep_returns_plain_tensor_for_meta_tensor_input(net, image, swept):
+    out = sweep_subsets(net, MetaTensor(image, affine=torch.eye(4)), ROI, subsets=["t1ce"], amp=False)
+    assert type(out) is torch.Tensor
+    torch.testing.assert_close(out[:, 0], swept[:, SUBSET_NAMES.index("t1ce")], rtol=0, atol=1e-5)
+
+
+def test_available_mask_refuses_subsets_needing_absent_sequences(net, image):
+    available = torch.tensor([[True, False, True, True]])
+    ok = sweep_subsets(net, image, ROI, subsets=["flair+t1ce", "t2"], available=available, amp=False)
+    assert ok.shape[1] == 2
+    with pytest.raises(ValueError, match=r"sample 0 has only flair\+t1ce\+t2.*\['t1', 'flair\+t1'\]"):
+        sweep_subsets(net, image, ROI, subsets=["t1", "flair+t1", "t2"], available=available, amp=False)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 3, 16, 16, 16), (4, 16, 16, 16), (1, 4, 16, 16)], ids=["three_channels", "no_batch", "2d"]
+)
+def test_sweep_rejects_bad_image(net, shape):
+    with pytest.raises(ValueError, match="image must have shape"):
+        sweep_subsets(net, torch.zeros(shape), ROI)
+
+
+@pytest.mark.parametrize(
+    "masks, match",
+    [
+        (torch.ones(3, 3, dtype=torch.bool), "shape"),
+        (torch.ones(4, dtype=torch.bool), "shape"),
+        (torch.tensor([[True, False, False, False], [False] * 4]), "at least one modality"),
+    ],
+    ids=["three_modalities", "one_dim", "empty_row"],
+)
+def test_predictor_rejects_bad_masks(net, masks, match):
+    with pytest.raises(ValueError, match=match):
+        SubsetSweepPredictor(net, masks)
+
+
+def test_predictor_output_is_subset_major(net):
+    torch.manual_seed(2)
+    window = torch.randn(2, NUM_MODALITIES, *ROI)
+    masks = subset_masks(["t1", "flair+t2"])
+    with torch.no_grad():
+        out = SubsetSweepPredictor(net, masks, amp=False)(window)
+        assert out.shape == (2, 2 * NUM_REGIONS, *ROI)
+        torch.testing.assert_close(out[:, 3:], net(window, masks[1].expand(2, -1)), rtol=0, atol=1e-5)
+
+
+def test_autocast_is_a_no_op_on_cpu():
+    with autocast_context("cpu", amp=True):
+        assert not torch.is_autocast_enabled("cpu")
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == torch.float32
