@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from lckd_med import __version__
 from lckd_med.constants import MODALITIES, REGIONS, LabelConvention, label_convention
 from lckd_med.data.layouts import GRADES, LAYOUTS, parse_release
 from lckd_med.data.validation import CaseCheck
+from lckd_med.utils.io import write_text_atomic
 
 __all__ = [
     "SPLITS",
@@ -280,19 +280,7 @@ def write_datalist(d: Mapping[str, Any], path: str | os.PathLike) -> Path:
     out = Path(path).expanduser().resolve()
     if out.is_dir():
         raise IsADirectoryError(f"datalist output is a folder, expected a file path: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(d, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(out, json.dumps(d, indent=2) + "\n")
     return out
 
 

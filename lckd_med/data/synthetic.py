@@ -25,7 +25,6 @@ Layouts written by :func:`write_dataset`:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from lckd_med.constants import (
     file_suffixes,
     label_convention,
 )
+from lckd_med.utils.io import save_nifti_atomic
 
 __all__ = [
     "GRADES",
@@ -407,21 +407,13 @@ def generate_case(
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Save with qform = sform (codes 1) via a temporary file in the same directory and an atomic rename."""
+    """Save with qform = sform (codes 1), atomically."""
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_data_dtype(array.dtype)
     img.header.set_xyzt_units("mm", "sec")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[: -len('.nii.gz')]}.", suffix=".tmp.nii.gz")
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    save_nifti_atomic(img, path)
 
 
 def _case_dir(out_dir: Path, release: int, case_id: str, grade: str) -> Path:

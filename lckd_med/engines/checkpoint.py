@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.utils.io import atomic_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -101,18 +101,10 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     if missing:
         raise ValueError(f"checkpoint payload lacks required keys {missing}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(payload), f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -9,9 +9,9 @@ Ties go to the modality that comes first in ``MODALITIES`` so every rank and eve
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS,
 from lckd_med.engines.checkpoint import unwrap_model
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import legacy_dice
+from lckd_med.utils.io import write_text_atomic
 
 __all__ = [
     "ELECTION_COLUMNS",
@@ -128,19 +129,12 @@ def elect_teachers(mean_dice: torch.Tensor) -> dict[str, str]:
 
 
 def _write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(ELECTION_COLUMNS))
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: row[k] for k in ELECTION_COLUMNS})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ELECTION_COLUMNS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in ELECTION_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
 
 
 class TeacherElectionHandler:

@@ -13,7 +13,7 @@ from lckd_med.inference.batch import (
     match_sequence_file,
     read_manifest,
 )
-from lckd_med.inference.evaluation import SubsetEvaluator, summary_table, voxel_spacing, write_label_nifti
+from lckd_med.inference.evaluation import SubsetEvaluator, summary_table, voxel_spacing
 from lckd_med.inference.geometry import (
     REFERENCE_PRIORITY,
     GeometryError,
@@ -40,7 +40,6 @@ __all__ = [
     "SubsetEvaluator",
     "summary_table",
     "voxel_spacing",
-    "write_label_nifti",
     "BatchInference",
     "InferenceCase",
     "discover_inference_cases",

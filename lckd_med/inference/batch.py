@@ -46,6 +46,7 @@ from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.sweep import sweep_subsets
+from lckd_med.utils.io import save_label_map, write_text_atomic
 
 __all__ = [
     "NIFTI_EXTENSIONS",
@@ -251,39 +252,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            df.to_csv(f, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _save_label_map(labels: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
-    """Write uint8 ``labels`` atomically with the reference's affine, qform, sform and their codes."""
-    img = nib.Nifti1Image(labels.astype(np.uint8, copy=False), reference.affine)
-    q, q_code = reference.header.get_qform(coded=True)
-    s, s_code = reference.header.get_sform(coded=True)
-    img.header.set_qform(q, int(q_code) if q is not None else None)
-    img.header.set_sform(s, int(s_code) if s is not None else None)
-    img.header.set_xyzt_units(*reference.header.get_xyzt_units())
-    img.header.set_data_dtype(np.uint8)
-    # suffix .nii.gz so nibabel compresses the temporary file too
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len('.nii.gz')]}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class BatchInference:
     """Segment every case of a folder (or manifest) with one checkpoint, whatever sequences each case has.
 
@@ -438,7 +406,7 @@ class BatchInference:
                 raise ValueError(case.error)
             with tempfile.TemporaryDirectory(prefix=".lckd_align_") as work:
                 labels, ref_img, notes = self.predict_case(case, Path(work))
-                _save_label_map(labels, ref_img, target)
+                save_label_map(labels, ref_img, target)
             row.update(status="ok", message="; ".join(notes), output=str(target))
         except Exception as e:  # one bad case must not stop the batch: report it and go on
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
@@ -484,7 +452,7 @@ class BatchInference:
                 logger.error("%s: error: %s", case.case_id, row["message"])
         df = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
         report = self.output_dir / REPORT_NAME
-        _atomic_write_csv(df, report)
+        write_text_atomic(report, df.to_csv(index=False))
         n_ok = int((df["status"] == "ok").sum())
         logger.info(
             "done: %d/%d case(s) segmented, %d failed, %.1f s; report %s",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,8 +32,9 @@ from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
+from lckd_med.utils.io import save_label_map
 
-__all__ = ["SubsetEvaluator", "write_label_nifti", "voxel_spacing", "summary_table"]
+__all__ = ["SubsetEvaluator", "voxel_spacing", "summary_table"]
 
 logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
@@ -43,33 +43,6 @@ _PRED_KEY = "pred"
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along the three array axes of an affine."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
-
-
-def write_label_nifti(labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
-    """Write a uint8 label map on ``reference``'s grid (affine, qform/sform codes) atomically.
-
-    The file appears under its final name only once complete: it is written to a temporary name in the same
-    folder, then renamed.
-    """
-    path = Path(path)
-    if tuple(labels.shape) != tuple(reference.shape[:3]):
-        raise ValueError(f"{path.name}: label shape {labels.shape} differs from the reference {reference.shape[:3]}")
-    header = reference.header.copy()
-    header.set_data_dtype(np.uint8)
-    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
-    img.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-    img.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def summary_table(output_dir: str | os.PathLike) -> str:
@@ -194,7 +167,7 @@ class SubsetEvaluator:
                 regions = dict(zip(REGIONS, inverted[i], strict=True))
                 labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
                 if self.save_predictions:
-                    write_label_nifti(labels, ref, self.output_dir / "predictions" / subset / f"{case_id}.nii.gz")
+                    save_label_map(labels, ref, self.output_dir / "predictions" / subset / f"{case_id}.nii.gz")
                 scored = region_masks_from_labels(labels, conv)  # exactly what the saved file holds
                 metrics = case_region_metrics(scored, gt, spacing)
                 metrics_pp = None

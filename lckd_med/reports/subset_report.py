@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from lckd_med.constants import (
     SUBSET_SEPARATOR,
     parse_subset,
 )
+from lckd_med.utils.io import atomic_path, write_text_atomic
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -318,25 +318,6 @@ def format_table(summary: pd.DataFrame, title: str | None = None, caption: str |
     return "\n".join(lines) + "\n"
 
 
-def _temp_path(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the report the usual permissions
-    return Path(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    tmp = _temp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def plot_dice_heatmap(summary: pd.DataFrame, path: str | os.PathLike[str], title: str = _DEFAULT_TITLE) -> Path:
     """Save a heat map of mean Dice (%) by subset (rows, canonical order, then Mean) and region (ET, TC, WT).
 
@@ -370,12 +351,8 @@ def plot_dice_heatmap(summary: pd.DataFrame, path: str | os.PathLike[str], title
     fig.colorbar(image, ax=ax, label="Dice (%)", shrink=0.8)
     fig.suptitle(title, fontsize=11)
     ax.set_ylabel("available sequences")
-    tmp = _temp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -405,11 +382,11 @@ def write_reports(
     paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
     buf = io.StringIO()
     table.to_csv(buf, index=False)
-    _atomic_write_text(paths["metrics_csv"], buf.getvalue())
+    write_text_atomic(paths["metrics_csv"], buf.getvalue())
     buf = io.StringIO()
     summary.to_csv(buf, index=False)
-    _atomic_write_text(paths["summary_csv"], buf.getvalue())
-    _atomic_write_text(paths["summary_md"], format_table(summary, title=title, caption=caption))
+    write_text_atomic(paths["summary_csv"], buf.getvalue())
+    write_text_atomic(paths["summary_md"], format_table(summary, title=title, caption=caption))
     plot_dice_heatmap(summary, paths["heatmap_png"], title=title)
     return paths
 

@@ -1,0 +1,92 @@
+"""Atomic file writing: every file lckd_med writes appears under its final name only once complete.
+
+A file is written to a temporary name in the destination folder, flushed, then renamed over the target with
+``os.replace`` (atomic on one file system). On any error the temporary file is removed, so neither a partial
+output nor a stray temporary file is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["atomic_path", "write_text_atomic", "save_nifti_atomic", "save_label_map"]
+
+_MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in _MULTI_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` with the same suffix; rename it to ``path`` on success.
+
+    The suffix is kept so writers that pick the format from the name (nibabel's ``.nii.gz``, matplotlib's
+    ``.png``) write the right thing. The folder is created if needed; the file gets the usual permissions
+    (``mkstemp`` would leave it 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = _suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """``nib.save`` to ``path`` atomically (the temporary name keeps ``.nii.gz`` so it is compressed too)."""
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)
+
+
+def save_label_map(labels: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> Path:
+    """Write a uint8 label map on ``reference``'s grid atomically: its affine, qform, sform, their codes and
+    units, so the output overlays the input exactly.
+
+    Raises:
+        ValueError: ``labels`` does not have the reference's 3-D shape.
+    """
+    if tuple(labels.shape) != tuple(reference.shape[:3]):
+        raise ValueError(
+            f"{Path(path).name}: label shape {labels.shape} differs from the input's {reference.shape[:3]}"
+        )
+    img = nib.Nifti1Image(labels.astype(np.uint8, copy=False), reference.affine)
+    q, q_code = reference.header.get_qform(coded=True)
+    s, s_code = reference.header.get_sform(coded=True)
+    img.header.set_qform(q, int(q_code) if q is not None else None)
+    img.header.set_sform(s, int(s_code) if s is not None else None)
+    img.header.set_xyzt_units(*reference.header.get_xyzt_units())
+    img.header.set_data_dtype(np.uint8)
+    return save_nifti_atomic(img, path)
