@@ -32,7 +32,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +43,9 @@ import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
 from lckd_med.demo import bundle_command
+from lckd_med.engines.workflow import bundle_dir
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
+from lckd_med.utils.io import atomic_path, write_text_atomic
 
 __all__ = [
     "RunSpec",
@@ -63,9 +64,9 @@ COMPARISON_PNG = "comparison_dice.png"
 #: Budgets per preset (``auto`` picks ``gpu`` when CUDA is available, else ``cpu``).
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
-        "cases": 16,
+        "cases": 24,
         "spacing": 3.0,
-        "iterations": 150,
+        "iterations": 300,
         "roi": [32, 32, 32],
         "filters": [8, 16, 32, 64],
         "batch_size": 2,
@@ -242,30 +243,9 @@ def plot_comparison(
     axes[-1].set_xticks(x, labels=[subset_label(s) for s in rows], rotation=45, ha="right")
     axes[0].legend(ncols=len(names), loc="upper left", fontsize=9)
     fig.suptitle(title, fontsize=12)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_comparison(
@@ -278,7 +258,7 @@ def write_comparison(
     """Write ``comparison.md`` (title, table, caption) and ``comparison_dice.png`` into ``docs_dir``."""
     docs = Path(docs_dir)
     md = docs / COMPARISON_MD
-    _write_text(md, comparison_table(summaries, labels, caption=caption, title=title))
+    write_text_atomic(md, comparison_table(summaries, labels, caption=caption, title=title))
     png = plot_comparison(summaries, labels, docs / COMPARISON_PNG, title=title)
     return {"md": md, "png": png}
 
@@ -371,11 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     if args.dataset_dir:
         dataset = Path(args.dataset_dir)
-        data_note = f"data: {dataset}"
+        data_note = f"Data: {dataset}"
     else:
         dataset = work / "data"
         data_note = (
-            f"synthetic BraTS2018-layout data (`lckd_med.data.synthetic`, seed {args.seed}), {budget['cases']} cases "
+            f"Data: {budget['cases']} synthetic BraTS2018-layout cases (`lckd_med.data.synthetic`, seed {args.seed}) "
             f"at {budget['spacing']:g} mm"
         )
         if not args.dry_run:
@@ -441,19 +421,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (preset_name == "cpu")
         else ""
     )
+    omd = json.loads((Path(bundle_dir("omd")) / "train.json").read_text())
+    omd_recipe = (
+        f"MMD {float(omd['mmd_weight'])} + KL(T={float(omd['kl_temperature']):g}) {float(omd['kl_weight'])} + "
+        f"real-path segmentation {float(omd['real_seg_weight'])}"
+    )
     caption = (
         f"Mean Dice (%) over the {n_test} held-out test case(s) for each set of available sequences; bold = best "
         f"run per row and region. {data_note}; split {_split_counts(datalist)} (5 folds, seed {args.seed}). "
         f"Every run: {budget['iterations']} iterations, batch {budget['batch_size']}, crop "
         f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), filters {budget['filters']}, "
-        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with poly decay, seed {args.seed}. LCKD: first half all sequences, then random "
-        "missing sequences, teachers elected at the switch, KD 0.1; LCKD w/o KD: the same with KD 0; OMD: missing "
-        "sequences from the start, restoration + MMD 0.1 + KL(T=2) 1.0 + real-path segmentation 1.0; All-4 only: "
-        f"all sequences at every iteration. Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
+        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with poly "
+        f"decay, seed {args.seed}. LCKD: first half all sequences, then random missing sequences, teachers elected at "
+        "the switch, KD 0.1; LCKD w/o KD: the same with KD 0; OMD: missing sequences from the start, restoration + "
+        f"{omd_recipe}; All-4 only: all sequences at every iteration. Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
         f"(train + evaluate: {per_run}). Legacy BraTS rules for empty regions; ET not post-processed. "
         f"Command: `{command}`.{short}"
     )
-    paths = write_comparison(summaries, labels, docs, caption)
+    title = "LCKD vs OMD vs baselines: mean Dice (%) per available-sequence subset"
+    if preset_name == "cpu":
+        title += " (synthetic data, short CPU budget)"
+    paths = write_comparison(summaries, labels, docs, caption, title=title)
     print(f"\nwrote {paths['md']} and {paths['png']} in {wall / 60:.1f} min")
     print(paths["md"].read_text())
     return 0

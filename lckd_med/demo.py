@@ -37,7 +37,7 @@ def _run(cmd: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lckd_med.demo", description=__doc__)
-    parser.add_argument("--bundle", default="lckd", choices=["lckd"], help="which method's bundle to run")
+    parser.add_argument("--bundle", default="lckd", choices=["lckd", "omd"], help="which method's bundle to run")
     parser.add_argument("--fresh", action="store_true", help="delete the previous demo data, model and reports")
     args = parser.parse_args(argv)
 

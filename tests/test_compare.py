@@ -104,7 +104,7 @@ def test_dry_run_prints_the_bundle_commands_and_writes_nothing(tmp_path, capsys)
         assert any(f"--ckpt_dir {work / name / 'models'}" in c for c in commands), name
         assert any(f"--output_dir {work / name / 'output'}" in c for c in commands), name
     assert sum("bundles/omd/train.json" in c for c in commands) == 1
-    assert all("--num_iterations 150" in c for c in commands if "run training" in c)
+    assert all("--num_iterations 300" in c for c in commands if "run training" in c)
     assert not work.exists() and not (tmp_path / "docs").exists()
 
 

@@ -23,10 +23,8 @@ from numbers import Real
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.transforms import Randomizable
 from monai.utils import CommonKeys as Keys
 
 from lckd_med.data.transforms import (
@@ -38,6 +36,7 @@ from lckd_med.data.transforms import (
     drop_modalities_batch,
 )
 from lckd_med.engines.checkpoint import unwrap_model
+from lckd_med.engines.trainer import seed_if_unseeded
 from lckd_med.inference.sweep import autocast_context
 from lckd_med.losses.adaptation import FeatureMMDLoss, TemperatureKLLoss
 from lckd_med.networks.omd_net import OMDNet
@@ -193,11 +192,7 @@ class OMDTrainer(SupervisedTrainer):
         self.kl_loss = kl_loss if kl_loss is not None else TemperatureKLLoss()
         self.mmd_levels = levels
         self.dropout = dropout
-        if getattr(dropout, "dropper", dropout).R is Randomizable.R:
-            # MONAI's shared class-level RandomState is not reached by set_determinism: seed the dropout from
-            # torch's global generator (as LCKDTrainer does) so seeded runs draw the same subsets; ranks differ
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            dropout.set_random_state(seed=(int(torch.randint(0, 2**31 - 1, ()).item()) + rank) % 2**31)
+        seed_if_unseeded(dropout)
         self.phase1_iterations = int(phase1_iterations)
         self.state.phase = 1 if self.phase1_iterations > 0 else 2
         self.state.teachers = ""  # no teacher election in OMD (ProgressHandler prints "-")

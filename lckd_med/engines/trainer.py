@@ -21,7 +21,20 @@ from lckd_med.data.transforms import IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDro
 from lckd_med.engines.election import TeacherState
 from lckd_med.inference.sweep import autocast_context
 
-__all__ = ["LCKDTrainer", "loss_terms"]
+__all__ = ["LCKDTrainer", "loss_terms", "seed_if_unseeded"]
+
+
+def seed_if_unseeded(transform: Randomizable) -> None:
+    """Seed a MONAI randomizable transform from torch's global generator unless the caller seeded it.
+
+    MONAI's shared class-level ``RandomState`` is seeded from OS entropy and ``set_determinism`` does not reach
+    it, so without this two seeded runs would draw different subsets. Ranks of a distributed run share the
+    torch seed, hence the rank offset.
+    """
+    drawer = getattr(transform, "dropper", transform)  # ModalityDropoutd draws through its array twin
+    if drawer.R is Randomizable.R:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        transform.set_random_state(seed=(int(torch.randint(0, 2**31 - 1, ()).item()) + rank) % 2**31)
 
 
 def loss_terms(output: dict[str, Any]) -> dict[str, float]:
@@ -91,13 +104,7 @@ class LCKDTrainer(SupervisedTrainer):
         self.kd_levels = [int(v) for v in kd_levels]
         self.teacher_state = teacher_state
         self.dropout = dropout
-        dropper = getattr(dropout, "dropper", dropout)  # ModalityDropoutd draws through its array twin
-        if dropper.R is Randomizable.R:
-            # MONAI's shared class-level RandomState is seeded from OS entropy and set_determinism does not reach
-            # it: seed the dropout from torch's global generator so seeded runs draw the same subsets (ranks of a
-            # distributed run share that generator's seed, hence the rank offset)
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            dropout.set_random_state(seed=(int(torch.randint(0, 2**31 - 1, ()).item()) + rank) % 2**31)
+        seed_if_unseeded(dropout)
         self.phase1_iterations = int(phase1_iterations)
         self.state.phase = 1
         self.state.teachers = "+".join(teacher_state.teachers)

@@ -59,6 +59,7 @@ def _check_stacked(features: torch.Tensor, num_modalities: int, channels: int) -
         raise ValueError(f"features must be (B, {num_modalities}, {channels}, H, W, D), got {tuple(features.shape)}")
 
 
+# Own block (from MONAI Convolution layers): MONAI has no block restoring missing-modality features.
 class ModalityRestoration(nn.Module):
     """Restore every modality's feature map from the available ones (one restoration module per modality).
 
@@ -143,6 +144,7 @@ class ModalityRestoration(nn.Module):
         return torch.where(m, features, self.predict(features, mask, validate=False))
 
 
+# Own block (from MONAI Convolution layers): MONAI has no modality-shared cross-modal fusion block.
 class CrossTranslation(nn.Module):
     """Cross translation block: one set of parameters applied to every modality, then attention-weighted fusion.
 

@@ -1,9 +1,10 @@
-"""The omd bundle: same files, keys, commands and outputs as the lckd bundle; tiny train -> evaluate via the CLI."""
+"""The omd bundle: same files, keys, commands and outputs as the lckd bundle; tiny train -> evaluate -> inference."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,19 @@ def test_tiny_training_then_evaluation_through_the_cli(tmp_path):
     summary = pd.read_csv(tmp_path / "out" / REPORT_FILES["summary_csv"])
     assert summary["subset"].tolist() == [*SUBSET_NAMES, "mean"]
     assert set(load_checkpoint(tmp_path / "models" / "model.pt")["subset_dice"]) == set(SUBSET_NAMES)
+
+    # inference on a case that lacks its T1ce file
+    case = next(p for p in sorted((tmp_path / "data").glob("*/*")) if p.is_dir())
+    shutil.copytree(case, tmp_path / "in" / case.name)
+    for f in (tmp_path / "in" / case.name).glob("*_t1ce.nii.gz"):
+        f.unlink()
+    infer = [
+        sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(OMD / "inference.json"),
+        "--input_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "seg"),
+        "--ckpt_dir", str(tmp_path / "models"), "--amp", "False",
+    ]  # fmt: skip
+    proc = subprocess.run(infer, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = pd.read_csv(tmp_path / "seg" / "inference_report.csv")
+    assert report["status"].tolist() == ["ok"] and report["modalities"].tolist() == ["flair+t1+t2"]
+    assert (tmp_path / "seg" / f"{case.name}.nii.gz").is_file()
