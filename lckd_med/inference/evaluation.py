@@ -63,7 +63,8 @@ class SubsetEvaluator:
         roi_size: sliding-window size; ``None`` uses the training crop stored in the checkpoint.
         overlap: sliding-window overlap (1/3 as the reference recipe).
         threshold: sigmoid threshold of each region channel.
-        postprocess_min_et: ET post-processing threshold (voxels) reported beside the raw scores; 0 disables.
+        postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3; peers' 500), scaled to each
+            case's voxel size, reported beside the raw scores; 0 disables.
         store_in_checkpoint: store the per-subset mean Dice in ``model.pt`` (``subset_dice``) so inference can
             tell users what to expect for the sequences they have.
         max_cases: evaluate only the first cases of the split (smoke runs).
@@ -161,6 +162,8 @@ class SubsetEvaluator:
             gt = region_masks_from_labels(np.asarray(gt_img.dataobj), conv)
             spacing = voxel_spacing(gt_img.affine)
             ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
+            # the peers' threshold is in 1 mm voxels: keep the same physical size on coarser grids
+            min_et_voxels = max(1, round(self.postprocess_min_et / float(np.prod(spacing))))
             if inverted.shape[2:] != gt.shape[1:]:
                 raise RuntimeError(f"{case_id}: inverted prediction {inverted.shape[2:]} != label {gt.shape[1:]}")
             for i, subset in enumerate(subsets):
@@ -172,7 +175,7 @@ class SubsetEvaluator:
                 metrics = case_region_metrics(scored, gt, spacing)
                 metrics_pp = None
                 if self.postprocess_min_et > 0:
-                    processed = postprocess_et(scored, self.postprocess_min_et)
+                    processed = postprocess_et(scored, min_et_voxels)
                     # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
                     unchanged = np.array_equal(processed, scored)
                     metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing)
@@ -188,7 +191,7 @@ class SubsetEvaluator:
             f"{n_cases} case(s) of the {self.split} split of {self.datalist.name}; checkpoint at iteration "
             f"{ckpt.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
             "(legacy BraTS rules for empty regions); ET post-processed: predicted ET < "
-            f"{self.postprocess_min_et} voxels relabelled NCR."
+            f"{self.postprocess_min_et} mm^3 relabelled NCR."
         )
         write_reports(df, self.output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
         if self.store_in_checkpoint:
