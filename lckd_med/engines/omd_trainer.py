@@ -23,7 +23,6 @@ from numbers import Real
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
@@ -36,7 +35,7 @@ from lckd_med.data.transforms import (
     drop_modalities_batch,
 )
 from lckd_med.engines.checkpoint import unwrap_model
-from lckd_med.engines.trainer import seed_if_unseeded
+from lckd_med.engines.trainer import ModalityDropoutTrainer
 from lckd_med.inference.sweep import autocast_context
 from lckd_med.losses.adaptation import FeatureMMDLoss, TemperatureKLLoss
 from lckd_med.networks.omd_net import OMDNet
@@ -103,7 +102,7 @@ def _rows(logits: Any, idx: torch.Tensor) -> Any:
     return [t[idx] for t in logits] if isinstance(logits, (list, tuple)) else logits[idx]
 
 
-class OMDTrainer(SupervisedTrainer):
+class OMDTrainer(ModalityDropoutTrainer):
     """One iteration = modality dropout -> two-path forward -> seg + adaptation losses -> one optimizer step.
 
     Args:
@@ -158,8 +157,6 @@ class OMDTrainer(SupervisedTrainer):
         self.mmd_weight = _weight(mmd_weight, "mmd_weight")
         self.kl_weight = _weight(kl_weight, "kl_weight")
         self.real_seg_weight = _weight(real_seg_weight, "real_seg_weight")
-        if isinstance(phase1_iterations, bool) or not isinstance(phase1_iterations, int) or phase1_iterations < 0:
-            raise ValueError(f"phase1_iterations must be an int >= 0, got {phase1_iterations!r}")
         if mmd_levels is None:
             levels = list(range(bare.num_levels))
         else:
@@ -180,26 +177,18 @@ class OMDTrainer(SupervisedTrainer):
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
-            loss_function=seg_loss,
+            seg_loss=seg_loss,
+            dropout=dropout,
+            phase1_iterations=phase1_iterations,
             epoch_length=epoch_length,
             train_handlers=train_handlers,
-            amp=False,  # autocast handled here: MONAI's amp path adds a GradScaler, useless with bf16
-            decollate=False,  # handlers read the loss terms from one batch-level output dict
+            amp=amp,
             **kwargs,
         )
-        self.use_bf16 = amp
         self.mmd_loss = mmd_loss if mmd_loss is not None else FeatureMMDLoss()
         self.kl_loss = kl_loss if kl_loss is not None else TemperatureKLLoss()
         self.mmd_levels = levels
-        self.dropout = dropout
-        seed_if_unseeded(dropout)
-        self.phase1_iterations = int(phase1_iterations)
-        self.state.phase = 1 if self.phase1_iterations > 0 else 2
         self.state.teachers = ""  # no teacher election in OMD (ProgressHandler prints "-")
-
-    def phase_of(self, iteration: int) -> int:
-        """1 while all modalities are used (iterations ``<= phase1_iterations``), 2 (dropout) afterwards."""
-        return 1 if iteration <= self.phase1_iterations else 2
 
     def _iteration(self, engine: OMDTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         if batchdata is None:

@@ -21,7 +21,7 @@ from lckd_med.data.transforms import IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDro
 from lckd_med.engines.election import TeacherState
 from lckd_med.inference.sweep import autocast_context
 
-__all__ = ["LCKDTrainer", "loss_terms", "seed_if_unseeded"]
+__all__ = ["ModalityDropoutTrainer", "LCKDTrainer", "loss_terms", "seed_if_unseeded"]
 
 
 def seed_if_unseeded(transform: Randomizable) -> None:
@@ -42,7 +42,63 @@ def loss_terms(output: dict[str, Any]) -> dict[str, float]:
     return {k: float(output[k]) for k in ("loss", "seg_loss", "kd_loss") if k in output}
 
 
-class LCKDTrainer(SupervisedTrainer):
+class ModalityDropoutTrainer(SupervisedTrainer):
+    """What every lckd_med trainer shares: two phases (all sequences, then per-sample modality dropout),
+    bf16 autocast on CUDA without a gradient scaler, and one batch-level output dict for the handlers.
+
+    Subclasses implement ``_iteration``; :meth:`phase_of` tells which phase an iteration belongs to.
+
+    Args:
+        seg_loss: segmentation loss on logits ``(B, 3, *S)`` (passed to MONAI as ``loss_function``).
+        dropout: the modality dropout drawn per sample in phase 2; when not seeded by the caller it is seeded
+            from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
+        phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start).
+        amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
+        Other arguments as in :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Any,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        dropout: ModalityDropout,
+        phase1_iterations: int,
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(phase1_iterations, bool) or not isinstance(phase1_iterations, int) or phase1_iterations < 0:
+            raise ValueError(f"phase1_iterations must be an int >= 0, got {phase1_iterations!r}")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=seg_loss,
+            epoch_length=epoch_length,
+            train_handlers=train_handlers,
+            amp=False,  # autocast handled here: MONAI's amp path adds a GradScaler, useless with bf16
+            decollate=False,  # handlers read the loss terms from one batch-level output dict
+            **kwargs,
+        )
+        self.use_bf16 = amp
+        self.dropout = dropout
+        seed_if_unseeded(dropout)
+        self.phase1_iterations = int(phase1_iterations)
+        self.state.phase = 1 if self.phase1_iterations > 0 else 2
+
+    def phase_of(self, iteration: int) -> int:
+        """1 while all sequences are used (iterations ``<= phase1_iterations``), 2 (dropout) afterwards."""
+        return 1 if iteration <= self.phase1_iterations else 2
+
+
+class LCKDTrainer(ModalityDropoutTrainer):
     """One iteration = (phase 2: modality dropout) -> forward with features -> Dice+BCE + w * KD -> step.
 
     Args:
@@ -81,8 +137,6 @@ class LCKDTrainer(SupervisedTrainer):
     ) -> None:
         if kd_weight < 0:
             raise ValueError(f"kd_weight must be >= 0, got {kd_weight}")
-        if phase1_iterations < 0:
-            raise ValueError(f"phase1_iterations must be >= 0, got {phase1_iterations}")
         if not kd_levels:
             raise ValueError("kd_levels needs at least one level index")
         super().__init__(
@@ -91,27 +145,19 @@ class LCKDTrainer(SupervisedTrainer):
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
-            loss_function=seg_loss,
+            seg_loss=seg_loss,
+            dropout=dropout,
+            phase1_iterations=phase1_iterations,
             epoch_length=epoch_length,
             train_handlers=train_handlers,
-            amp=False,  # autocast handled here: MONAI's amp path adds a GradScaler, useless with bf16
-            decollate=False,  # handlers read the loss terms from one batch-level output dict
+            amp=amp,
             **kwargs,
         )
-        self.use_bf16 = amp
         self.kd_loss = kd_loss
         self.kd_weight = float(kd_weight)
         self.kd_levels = [int(v) for v in kd_levels]
         self.teacher_state = teacher_state
-        self.dropout = dropout
-        seed_if_unseeded(dropout)
-        self.phase1_iterations = int(phase1_iterations)
-        self.state.phase = 1
         self.state.teachers = "+".join(teacher_state.teachers)
-
-    def phase_of(self, iteration: int) -> int:
-        """1 while all modalities are used (iterations ``<= phase1_iterations``), 2 afterwards."""
-        return 1 if iteration <= self.phase1_iterations else 2
 
     def _iteration(self, engine: LCKDTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         if batchdata is None:

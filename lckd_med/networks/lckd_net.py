@@ -178,7 +178,7 @@ class LCKDNet(nn.Module):
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(set(hparams) - allowed)
         if unknown:
-            raise ValueError(f"unknown LCKDNet hparams {unknown}; allowed: {sorted(allowed)}")
+            raise ValueError(f"unknown {cls.__name__} hparams {unknown}; allowed: {sorted(allowed)}")
         return cls(**dict(hparams))
 
     @property

@@ -21,8 +21,7 @@ encoding.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -339,22 +338,6 @@ class OMDNet(LCKDNet):
             "restore_kernel_size": list(self.restore_kernel_size),
             "translate_kernel_size": list(self.translate_kernel_size),
         }
-
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> OMDNet:
-        """Rebuild a network (untrained) from :attr:`hparams`, e.g. as stored in a checkpoint.
-
-        Raises:
-            TypeError: ``hparams`` is not a mapping.
-            ValueError: unknown keys.
-        """
-        if not isinstance(hparams, Mapping):
-            raise TypeError(f"hparams must be a mapping, got {type(hparams).__name__}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(hparams) - allowed)
-        if unknown:
-            raise ValueError(f"unknown OMDNet hparams {unknown}; allowed: {sorted(allowed)}")
-        return cls(**dict(hparams))
 
     # ------------------------------------------------------------------ decoder
     def restore(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
