@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import MetaTensor
+from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Invertd
 from tqdm import tqdm
 
@@ -38,6 +38,11 @@ __all__ = ["SubsetEvaluator", "voxel_spacing", "summary_table"]
 
 logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
+
+
+def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate of a batch of one: the sample dict itself (Invertd needs its MetaTensors uncollated)."""
+    return batch[0]
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
@@ -69,6 +74,7 @@ class SubsetEvaluator:
             tell users what to expect for the sequences they have.
         max_cases: evaluate only the first cases of the split (smoke runs).
         device: ``"auto"`` (CUDA when available) or a device name; ``amp``: bf16 autocast on CUDA.
+        num_workers: loader processes preparing the next cases while one is swept (0: in the main process).
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class SubsetEvaluator:
         device: str = "auto",
         amp: bool = True,
         progress: bool = True,
+        num_workers: int = 2,
     ) -> None:
         if split not in ("training", "validation", "testing"):
             raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
@@ -101,6 +108,8 @@ class SubsetEvaluator:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if postprocess_min_et < 0:
             raise ValueError(f"postprocess_min_et must be >= 0, got {postprocess_min_et}")
         self.ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME
@@ -118,6 +127,7 @@ class SubsetEvaluator:
         self.device = pick_device(device)
         self.amp = amp
         self.progress = progress
+        self.num_workers = int(num_workers)
 
     def _case_subsets(self, entry: dict[str, Any]) -> list[str]:
         present = {m for m in MODALITIES if entry.get(m)}
@@ -136,17 +146,22 @@ class SubsetEvaluator:
         inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
         rows: list[dict[str, Any]] = []
         skipped: list[str] = []
-        t_start = time.perf_counter()
-        for entry in tqdm(entries, desc=f"evaluate {self.split}", unit="case", disable=not self.progress):
-            case_id = entry["case_id"]
+        todo = []
+        for entry in entries:
             if not entry.get("label"):
-                skipped.append(f"{case_id}: no label file")
-                continue
+                skipped.append(f"{entry['case_id']}: no label file")
+            elif not self._case_subsets(entry):
+                skipped.append(f"{entry['case_id']}: none of the requested subsets is available")
+            else:
+                todo.append({k: entry.get(k) for k in (*MODALITIES, "case_id")})
+        by_id = {e["case_id"]: e for e in entries}
+        # workers load and preprocess the next cases while the current one is swept
+        loader = DataLoader(Dataset(todo, transform), batch_size=1, num_workers=self.num_workers, collate_fn=_single)
+        t_start = time.perf_counter()
+        for sample in tqdm(loader, desc=f"evaluate {self.split}", unit="case", disable=not self.progress):
+            case_id = sample["case_id"]
+            entry = by_id[case_id]
             subsets = self._case_subsets(entry)
-            if not subsets:
-                skipped.append(f"{case_id}: none of the requested subsets is available")
-                continue
-            sample = transform({k: entry.get(k) for k in (*MODALITIES, "case_id")})
             image = sample[IMAGE_KEY].unsqueeze(0).to(self.device)
             logits = sweep_subsets(
                 net, image, roi, subsets=subsets, overlap=self.overlap, amp=self.amp, device=torch.device("cpu")

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 BUNDLE = Path(bundle_dir("lckd"))
 TINY = [
     "--filters", "[4,8,16]", "--roi_size", "[16,16,16]", "--num_iterations", "8", "--epoch_length", "4",
-    "--phase1_iterations", "4", "--election_interval", "4", "--num_workers", "0", "--cache_rate", "1.0",
+    "--phase1_iterations", "4", "--election_interval", "0", "--num_workers", "0", "--cache_rate", "1.0",
     "--log_every", "4", "--amp", "False",
 ]  # fmt: skip
 SUFFIX = file_suffixes(2018)
@@ -75,7 +75,11 @@ def test_training_writes_model_and_election_record(work, trained):
     assert ckpt["teachers"] and ckpt["label_convention"] == "brats2018"
     election = pd.read_csv(work / "out" / "teacher_election.csv")
     assert list(election.columns) == list(ELECTION_COLUMNS)
+    # elections at the phase switch (4) and at the end of training (8); the checkpoint holds the final one
     assert sorted(election["iteration"].unique()) == [4, 8] and len(election) == 2 * 12
+    last = election[(election["iteration"] == 8) & election["elected"]]
+    assert sorted(ckpt["teachers"]) == sorted(set(last["modality"]))
+    assert len(ckpt["election_history"]) == len(election)
     assert (work / "out" / "datalist.json").is_file() and any((work / "out" / "tensorboard").iterdir())
     assert not any((work / "cwd").iterdir())  # nothing written to the working directory
     assert "teacher election at iteration 4" in trained.stdout + trained.stderr
