@@ -56,37 +56,54 @@ def unwrap_model(net: torch.nn.Module) -> torch.nn.Module:
             return net
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as weights-only-loadable values (lists and tensors)."""
-    np_state = np.random.get_state()
+def _pack_numpy_state(np_state: tuple) -> dict[str, Any]:
+    return {
+        "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "pos": int(np_state[2]),
+        "has_gauss": int(np_state[3]),
+        "cached_gaussian": float(np_state[4]),
+    }
+
+
+def _unpack_numpy_state(n: Mapping[str, Any]) -> tuple:
+    keys = np.asarray(n["keys"].cpu().numpy() if torch.is_tensor(n["keys"]) else n["keys"], dtype=np.uint32)
+    return ("MT19937", keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"]))
+
+
+def rng_state(generators: Mapping[str, np.random.RandomState] | None = None) -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as weights-only-loadable values (lists and tensors).
+
+    Args:
+        generators: extra NumPy generators to save by name, e.g. a MONAI transform's ``R`` (the modality
+            dropout), so a resumed run draws what the uninterrupted run would have drawn.
+    """
     state: dict[str, Any] = {
         "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
+        "numpy": _pack_numpy_state(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["generators"] = {name: _pack_numpy_state(g.get_state()) for name, g in generators.items()}
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the states saved by :func:`rng_state` (missing entries are left alone)."""
+def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, np.random.RandomState] | None = None) -> None:
+    """Restore the states saved by :func:`rng_state` (missing entries are left alone), including the named
+    extra ``generators`` present in both."""
     if "python" in state:
         internal, version, gauss = state["python"]
         random.setstate((int(version), tuple(int(v) for v in internal), gauss))
     if "numpy" in state:
-        n = state["numpy"]
-        keys = np.asarray(n["keys"].cpu().numpy() if torch.is_tensor(n["keys"]) else n["keys"], dtype=np.uint32)
-        np.random.set_state(("MT19937", keys, int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+        np.random.set_state(_unpack_numpy_state(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    for name, g in (generators or {}).items():
+        if name in state.get("generators", {}):
+            g.set_state(_unpack_numpy_state(state["generators"][name]))
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:

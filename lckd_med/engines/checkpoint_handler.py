@@ -86,6 +86,13 @@ class TrainingCheckpointHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
+    @staticmethod
+    def _generators(engine: Engine) -> dict[str, Any]:
+        """The trainer's modality-dropout generator (its draws are not covered by the global RNGs)."""
+        dropout = getattr(engine, "dropout", None)
+        drawer = getattr(dropout, "dropper", dropout)  # ModalityDropoutd draws through its array twin
+        return {"modality_dropout": drawer.R} if drawer is not None and hasattr(drawer, "R") else {}
+
     def payload(self, engine: Engine) -> dict[str, Any]:
         net = unwrap_model(engine.network)
         hparams = getattr(net, "hparams", None)
@@ -108,7 +115,7 @@ class TrainingCheckpointHandler:
             "epoch_length": int(engine.state.epoch_length or 0),
             "phase": int(getattr(engine.state, "phase", 1)),
             "optimizer": engine.optimizer.state_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self._generators(engine)),
             "train_config": self.train_config,
         }
         if self.scheduler is not None:
@@ -151,7 +158,7 @@ class TrainingCheckpointHandler:
         if self.teacher_state is not None:
             self.teacher_state.load_state_dict({"teachers": ckpt["teachers"], "history": ckpt["election_history"]})
         if "rng" in ckpt:
-            set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"], self._generators(engine))
         epoch = int(ckpt["epoch"])
         max_epochs = int(engine.state.max_epochs or 0)
         if epoch >= max_epochs:

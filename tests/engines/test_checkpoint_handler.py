@@ -47,8 +47,15 @@ def _data() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _trainer(ckpt_dir: Path, max_epochs: int, total_iters: int | None = None, seed: int = 0, **handler_kwargs):
-    """Trainer + checkpoint handler + per-iteration polynomial LR; all modalities (phase 1), so runs are exact."""
+def _trainer(
+    ckpt_dir: Path,
+    max_epochs: int,
+    total_iters: int | None = None,
+    seed: int = 0,
+    phase1_iterations: int = 10**6,
+    **handler_kwargs,
+):
+    """Trainer + checkpoint handler + per-iteration polynomial LR; all modalities (phase 1) unless told."""
     torch.manual_seed(seed)
     net = LCKDNet(filters=(4, 8))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
@@ -75,7 +82,7 @@ def _trainer(ckpt_dir: Path, max_epochs: int, total_iters: int | None = None, se
         seg_loss=segmentation_loss(),
         teacher_state=state,
         dropout=dropout,
-        phase1_iterations=10**6,
+        phase1_iterations=phase1_iterations,
         kd_loss=CrossModalDistillationLoss(),
         epoch_length=EPOCH_LENGTH,
         amp=False,
@@ -146,6 +153,19 @@ def test_resume_continues_exactly(tmp_path):
     assert at_start["lr"] == pytest.approx(saved["optimizer"]["param_groups"][0]["lr"])
     _assert_same_weights(second.network.state_dict(), straight.network.state_dict())
     assert load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)["iteration"] == 4 * EPOCH_LENGTH
+
+
+def test_resume_in_phase_two_draws_the_same_subsets(tmp_path):
+    """The modality dropout's generator is checkpointed: a run resumed in phase 2 ends where an uninterrupted
+    one does (it would not if the dropout restarted from its seed)."""
+    straight = _trainer(tmp_path / "straight", max_epochs=4, phase1_iterations=1)
+    straight.run()
+    first = _trainer(tmp_path / "resumed", max_epochs=2, total_iters=4 * EPOCH_LENGTH, phase1_iterations=1)
+    first.run()
+    assert "modality_dropout" in load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME)["rng"]["generators"]
+    second = _trainer(tmp_path / "resumed", max_epochs=4, seed=1, phase1_iterations=1)
+    second.run()
+    _assert_same_weights(second.network.state_dict(), straight.network.state_dict())
 
 
 def test_finished_run_is_not_retrained(tmp_path):
