@@ -27,9 +27,6 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from lckd_med.data.transforms import (
-    IMAGE_KEY,
-    LABEL_KEY,
-    MASK_KEY,
     ModalityDropout,
     ModalityDropoutd,
     drop_modalities_batch,
@@ -191,13 +188,8 @@ class OMDTrainer(ModalityDropoutTrainer):
         self.state.teachers = ""  # no teacher election in OMD (ProgressHandler prints "-")
 
     def _iteration(self, engine: OMDTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
         device = engine.state.device
-        image = torch.as_tensor(batchdata[IMAGE_KEY]).to(device, non_blocking=engine.non_blocking)
-        label = torch.as_tensor(batchdata[LABEL_KEY]).to(device, non_blocking=engine.non_blocking)
-        available = torch.as_tensor(batchdata[MASK_KEY]).to(device, dtype=torch.bool)
-        phase = self.phase_of(engine.state.iteration)
+        image, label, available, phase = self.unpack_batch(batchdata)
         mask = available
         if phase == 2:
             # the zeroed image is discarded: the dropped channels' real features are the restoration targets

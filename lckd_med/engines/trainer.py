@@ -97,6 +97,16 @@ class ModalityDropoutTrainer(SupervisedTrainer):
         """1 while all sequences are used (iterations ``<= phase1_iterations``), 2 (dropout) afterwards."""
         return 1 if iteration <= self.phase1_iterations else 2
 
+    def unpack_batch(self, batchdata: dict[str, Any] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``(image (B, 4, *S), region label (B, 3, *S), availability (B, 4) bool, phase)`` on the engine's device."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        device = self.state.device
+        image = torch.as_tensor(batchdata[IMAGE_KEY]).to(device, non_blocking=self.non_blocking)
+        label = torch.as_tensor(batchdata[LABEL_KEY]).to(device, non_blocking=self.non_blocking)
+        mask = torch.as_tensor(batchdata[MASK_KEY]).to(device, dtype=torch.bool)
+        return image, label, mask, self.phase_of(self.state.iteration)
+
 
 class LCKDTrainer(ModalityDropoutTrainer):
     """One iteration = (phase 2: modality dropout) -> forward with features -> Dice+BCE + w * KD -> step.
@@ -160,13 +170,8 @@ class LCKDTrainer(ModalityDropoutTrainer):
         self.state.teachers = "+".join(teacher_state.teachers)
 
     def _iteration(self, engine: LCKDTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
         device = engine.state.device
-        image = torch.as_tensor(batchdata[IMAGE_KEY]).to(device, non_blocking=engine.non_blocking)
-        label = torch.as_tensor(batchdata[LABEL_KEY]).to(device, non_blocking=engine.non_blocking)
-        mask = torch.as_tensor(batchdata[MASK_KEY]).to(device, dtype=torch.bool)
-        phase = self.phase_of(engine.state.iteration)
+        image, label, mask, phase = self.unpack_batch(batchdata)
         if phase == 2:
             image, mask = drop_modalities_batch(image, mask, self.dropout)
         engine.state.phase = phase
