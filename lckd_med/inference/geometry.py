@@ -1,22 +1,29 @@
-"""Check that the sequences of one case are readable 3D NIfTI volumes on one voxel grid, and align near misses.
+"""Check that the sequences of one case are readable 3D NIfTI volumes, and put them on one voxel grid.
 
 The network stacks the sequences of a case voxel by voxel, so they must share one grid (shape and affine). Scans
-that users bring often do not quite: a sequence exported with a slightly different field of view or voxel size, a
-header rounded differently. :func:`check_and_align` accepts such near misses by resampling them onto one
-*reference* sequence and refuses everything else with a message naming the files and the difference.
+that users bring often do not: a sequence stored in another orientation (RAS instead of BraTS's LPS), acquired at
+another voxel size (1 x 1 x 1.5 mm), exported with a different field of view or a header rounded differently.
+Co-registration is a fact about *world* space (millimetres in scanner coordinates), not about voxel grids, so
+:func:`check_and_align` resamples every sequence whose field of view overlaps the reference sequence's in world
+space onto the reference grid, and refuses only sequences whose geometry is unrelated (fields of view that barely
+or never meet), with a message naming the files and the difference.
 
 Reference sequence: the first present of ``t1ce, flair, t2, t1`` (:data:`REFERENCE_PRIORITY`): T1ce carries the
 enhancing tumour and is the sequence most often acquired at the highest resolution; FLAIR is the next most
-informative for the whole tumour.
+informative for the whole tumour. Outputs are written on the reference grid.
 
-Rule for "close" grids (all must hold between a sequence and the reference):
+Rule (:func:`compare_geometry`), with the field of view of a volume taken as the world-space axis-aligned box
+around its voxels (voxel edges, i.e. centres +- half a voxel, mapped through the affine):
 
-* the same axis orientation codes (``nibabel.aff2axcodes``, e.g. ``("L", "P", "S")`` for BraTS files);
-* voxel sizes within :data:`SPACING_RTOL` (5 %) per axis, relative to the reference;
-* the physical centres of the two fields of view, or their origins (world position of voxel ``(0, 0, 0)``),
-  within ``tolerance_mm`` (default :data:`CENTRE_TOLERANCE_MM`, 3 mm).
+* ``"same"``: equal shapes and affines within :data:`AFFINE_ATOL` -- nothing to do;
+* ``"close"``: the two boxes overlap, after growing the reference's by ``tolerance_mm`` (default
+  :data:`CENTRE_TOLERANCE_MM`, 3 mm) on every side, over at least :data:`MIN_OVERLAP_FRACTION` (80 %) of the
+  smaller box's volume -- resampled, whatever the orientation, voxel size or shape;
+* ``"far"``: anything else -- refused.
 
-Grids whose shapes agree and whose affines agree within :data:`AFFINE_ATOL` are identical and left alone.
+Resampling is MONAI ``ResampleToMatch``, which maps voxels through both affines (orientation flips and
+permutations included), trilinear, zero outside the source field of view. A re-oriented copy of the reference
+(same world grid, other axis order or direction) is reproduced exactly.
 """
 
 from __future__ import annotations
@@ -31,19 +38,20 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import ResampleToMatch
+from monai.transforms import Orientation, ResampleToMatch
 
 from lckd_med.constants import MODALITIES
 
 __all__ = [
     "REFERENCE_PRIORITY",
     "AFFINE_ATOL",
-    "SPACING_RTOL",
     "CENTRE_TOLERANCE_MM",
+    "MIN_OVERLAP_FRACTION",
     "GeometryError",
     "VolumeGeometry",
     "read_volume",
     "reference_modality",
+    "overlap_fraction",
     "compare_geometry",
     "check_and_align",
 ]
@@ -52,13 +60,17 @@ __all__ = [
 REFERENCE_PRIORITY: tuple[str, ...] = ("t1ce", "flair", "t2", "t1")
 #: Two affines within this absolute tolerance (mm, per entry) describe the same grid.
 AFFINE_ATOL: float = 1e-3
-#: Largest relative voxel-size difference per axis for a grid to count as close.
-SPACING_RTOL: float = 0.05
-#: Largest distance (mm) between field-of-view centres or origins for a grid to count as close.
+#: Slack (mm) added on every side of the reference field of view before measuring the overlap, so fields of view
+#: that differ by a few millimetres (a rounded header, a slice more or less) count as fully overlapping.
 CENTRE_TOLERANCE_MM: float = 3.0
+#: Smallest share of the smaller field of view (by volume) that must lie inside the other for a grid to be
+#: resampled: co-registered sequences of one head overlap almost entirely, unrelated scans barely or not at all.
+MIN_OVERLAP_FRACTION: float = 0.8
 
 
 _NOISE_FRACTION = 1e-5
+# nibabel's world convention (RAS+): the affines handed to MONAI here are nibabel's
+_NIBABEL_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class GeometryError(ValueError):
@@ -99,6 +111,20 @@ class VolumeGeometry:
         """World position (mm) of the centre of the field of view, ``(3,)``."""
         mid = (np.asarray(self.shape, dtype=float) - 1.0) / 2.0
         return self.affine[:3, :3] @ mid + self.affine[:3, 3]
+
+    def world_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """World-space axis-aligned box ``(low, high)``, each ``(3,)`` mm, around the voxels (centres +- half a
+        voxel), whatever the orientation of the grid."""
+        corners = np.array(
+            [
+                [i, j, k]
+                for i in (-0.5, self.shape[0] - 0.5)
+                for j in (-0.5, self.shape[1] - 0.5)
+                for k in (-0.5, self.shape[2] - 0.5)
+            ]
+        )
+        world = corners @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return world.min(axis=0), world.max(axis=0)
 
     def describe(self) -> str:
         """One-line summary: shape, orientation, voxel size and origin."""
@@ -167,47 +193,64 @@ def reference_modality(modalities: Mapping[str, object] | list[str] | tuple[str,
     raise GeometryError(f"no sequences: expected at least one of {MODALITIES}")
 
 
+def overlap_fraction(moving: VolumeGeometry, reference: VolumeGeometry, tolerance_mm: float = 0.0) -> float:
+    """Share of the smaller world-space field of view that lies inside the other, in ``[0, 1]``.
+
+    The reference box is grown by ``tolerance_mm`` on every side first (see :attr:`VolumeGeometry.world_box`).
+    """
+    m_lo, m_hi = moving.world_box()
+    r_lo, r_hi = reference.world_box()
+    inter = np.clip(np.minimum(m_hi, r_hi + tolerance_mm) - np.maximum(m_lo, r_lo - tolerance_mm), 0.0, None)
+    smaller = min(float(np.prod(m_hi - m_lo)), float(np.prod(r_hi - r_lo)))
+    return float(min(1.0, np.prod(inter) / smaller)) if smaller > 0 else 0.0
+
+
 def compare_geometry(
     moving: VolumeGeometry,
     reference: VolumeGeometry,
     atol: float = AFFINE_ATOL,
-    spacing_rtol: float = SPACING_RTOL,
     tolerance_mm: float = CENTRE_TOLERANCE_MM,
+    min_overlap: float = MIN_OVERLAP_FRACTION,
 ) -> tuple[str, str]:
-    """Classify the grid of ``moving`` against ``reference``.
+    """Classify the grid of ``moving`` against ``reference`` (see the module rule).
+
+    Args:
+        moving, reference: the two grids.
+        atol: affine tolerance (mm per entry) of ``"same"``.
+        tolerance_mm: slack (mm) around the reference field of view.
+        min_overlap: smallest overlap share of the smaller field of view for ``"close"``, in ``(0, 1]``.
 
     Returns:
-        ``(verdict, reason)`` with verdict ``"same"`` (nothing to do), ``"close"`` (resample, see the module rule)
-        or ``"far"`` (refuse); ``reason`` describes the difference ("" when the same).
+        ``(verdict, reason)`` with verdict ``"same"`` (nothing to do), ``"close"`` (resample) or ``"far"``
+        (refuse); ``reason`` lists the differences and the overlap ("" when the same).
+
+    Raises:
+        ValueError: ``min_overlap`` outside ``(0, 1]`` or a negative ``tolerance_mm``.
     """
+    if not 0.0 < min_overlap <= 1.0:
+        raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap!r}")
+    if tolerance_mm < 0:
+        raise ValueError(f"tolerance_mm must be >= 0, got {tolerance_mm!r}")
     same_shape = moving.shape == reference.shape
     same_affine = bool(np.allclose(moving.affine, reference.affine, rtol=0.0, atol=atol))
     if same_shape and same_affine:
         return "same", ""
     diffs = []
+    if moving.axcodes != reference.axcodes:
+        diffs.append(f"orientation {''.join(moving.axcodes)} vs {''.join(reference.axcodes)}")
+    if not np.allclose(moving.spacing, reference.spacing, rtol=0.0, atol=atol):
+        diffs.append(
+            f"voxel size {np.round(moving.spacing, 3).tolist()} vs {np.round(reference.spacing, 3).tolist()} mm"
+        )
     if not same_shape:
         diffs.append(f"shape {moving.shape} vs {reference.shape}")
     if not same_affine:
         delta = float(np.abs(moving.affine - reference.affine).max())
         diffs.append(f"affines differ by up to {delta:.4g}")
-    problems = []
-    if moving.axcodes != reference.axcodes:
-        problems.append(f"orientation {''.join(moving.axcodes)} vs {''.join(reference.axcodes)}")
-    rel = np.abs(moving.spacing - reference.spacing) / reference.spacing
-    if bool((rel > spacing_rtol).any()):
-        problems.append(
-            f"voxel size {np.round(moving.spacing, 3).tolist()} vs {np.round(reference.spacing, 3).tolist()} mm "
-            f"(more than {spacing_rtol:.0%} apart)"
-        )
-    d_centre = float(np.linalg.norm(moving.centre - reference.centre))
-    d_origin = float(np.linalg.norm(moving.origin - reference.origin))
-    if min(d_centre, d_origin) > tolerance_mm:
-        problems.append(
-            f"field-of-view centres {d_centre:.1f} mm and origins {d_origin:.1f} mm apart "
-            f"(more than {tolerance_mm:g} mm)"
-        )
-    if problems:
-        return "far", "; ".join(diffs + problems)
+    share = overlap_fraction(moving, reference, tolerance_mm)
+    diffs.append(f"fields of view overlap {share:.0%} in world space")
+    if share < min_overlap:
+        return "far", "; ".join(diffs) + f" (less than {min_overlap:.0%} with {tolerance_mm:g} mm slack)"
     return "close", "; ".join(diffs)
 
 
@@ -226,25 +269,27 @@ def check_and_align(
     paths: Mapping[str, str | os.PathLike | None],
     work_dir: str | os.PathLike | None = None,
     tolerance_mm: float = CENTRE_TOLERANCE_MM,
-    spacing_rtol: float = SPACING_RTOL,
+    min_overlap: float = MIN_OVERLAP_FRACTION,
     atol: float = AFFINE_ATOL,
 ) -> tuple[dict[str, Path | None], list[str]]:
     """Validate the sequence files of one case and put them on one grid.
 
     Every present file is read (see :func:`read_volume`). Sequences on the reference grid are returned unchanged;
-    sequences on a close grid (see the module docstring) are resampled onto it with MONAI ``ResampleToMatch``
-    (trilinear, zero outside the source field of view) and written as float32 NIfTI files in ``work_dir``.
+    sequences whose field of view overlaps the reference's in world space (see the module docstring), whatever
+    their orientation, voxel size or shape, are resampled onto it with MONAI ``ResampleToMatch`` (trilinear, zero
+    outside the source field of view) and written as float32 NIfTI files in ``work_dir``.
 
     Args:
         paths: modality key (from ``MODALITIES``) -> file, or None when the sequence is missing.
         work_dir: folder for resampled files; the caller deletes it. None creates one with
             :func:`tempfile.mkdtemp` only when something is resampled (its path is the parent of the resampled
             files and is named in the notes).
-        tolerance_mm, spacing_rtol, atol: see :func:`compare_geometry`.
+        tolerance_mm, min_overlap, atol: see :func:`compare_geometry`.
 
     Returns:
         ``(aligned, notes)``: the same keys mapped to files on one grid (None kept for missing sequences), and
-        human-readable notes such as ``"resampled t2 onto t1ce grid (affines differ by up to 0.5)"``.
+        human-readable notes such as ``"resampled t2 onto t1ce grid (orientation RAS vs LPS; ...; fields of view
+        overlap 100% in world space; files in ...)"``.
 
     Raises:
         GeometryError: unknown modality key, no sequence, a bad file, or grids too far apart (the message names
@@ -266,7 +311,7 @@ def check_and_align(
         return VolumeGeometry(present[m], tuple(data.shape), np.asarray(img.affine, dtype=float))
 
     ref_geom = geometry(ref_mod)
-    verdicts = {m: compare_geometry(geometry(m), ref_geom, atol, spacing_rtol, tolerance_mm) for m in loaded}
+    verdicts = {m: compare_geometry(geometry(m), ref_geom, atol, tolerance_mm, min_overlap) for m in loaded}
     far = {m: reason for m, (verdict, reason) in verdicts.items() if verdict == "far"}
     if far:
         lines = [
@@ -274,7 +319,10 @@ def check_and_align(
             f"({ref_geom.describe()}): {reason}"
             for m, reason in far.items()
         ]
-        raise GeometryError("sequences are not on one voxel grid and too far apart to resample: " + " | ".join(lines))
+        raise GeometryError(
+            "sequences do not overlap in world space, too far apart to resample (not one co-registered case?): "
+            + " | ".join(lines)
+        )
 
     aligned: dict[str, Path | None] = {m: (present.get(m)) for m in paths}
     notes: list[str] = []
@@ -287,15 +335,24 @@ def check_and_align(
     ref_img, ref_data = loaded[ref_mod]
     dst = MetaTensor(torch.zeros((1, *ref_data.shape)), affine=torch.as_tensor(ref_geom.affine))
     resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=np.float32)
+    # flips and axis permutations first: exact voxel reordering, so a re-oriented copy of the reference (RAS vs
+    # LPS, same world grid) comes back bit-identical instead of through float32 interpolation
+    reorient = Orientation(axcodes="".join(ref_geom.axcodes), labels=_NIBABEL_AXIS_LABELS)
     for m in close:
         img, data = loaded[m]
-        src = MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(geometry(m).affine))
-        out = np.asarray(resampler(src, dst).detach().cpu().numpy()[0], dtype=np.float32)
-        # grid_sample's float32 coordinates leave ~1e-7-weighted bleed into background voxels, which would widen
-        # the brain box (voxels > 0) that the pipeline crops to: zero what is rounding noise
-        out[np.abs(out) < _NOISE_FRACTION * float(np.abs(data).max())] = 0.0
+        src = reorient(MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(geometry(m).affine)))
+        src_affine = np.asarray(src.affine, dtype=float)
+        if tuple(src.shape[1:]) == tuple(ref_data.shape) and np.allclose(src_affine, ref_geom.affine, 0.0, atol):
+            out = np.asarray(src.as_tensor().numpy()[0], dtype=np.float32)
+            how = "re-oriented (exact voxel reordering)"
+        else:
+            out = np.asarray(resampler(src, dst).detach().cpu().numpy()[0], dtype=np.float32)
+            # grid_sample's float32 coordinates leave ~1e-7-weighted bleed into background voxels, which would
+            # widen the brain box (voxels > 0) that the pipeline crops to: zero what is rounding noise
+            out[np.abs(out) < _NOISE_FRACTION * float(np.abs(data).max())] = 0.0
+            how = "resampled (trilinear)"
         target = out_dir / f"{m}_on_{ref_mod}_grid.nii.gz"
         _write_like(out, ref_img, target)
         aligned[m] = target
-        notes.append(f"resampled {m} onto {ref_mod} grid ({verdicts[m][1]}; files in {out_dir})")
+        notes.append(f"resampled {m} onto {ref_mod} grid: {how}, {verdicts[m][1]}; files in {out_dir}")
     return aligned, notes

@@ -15,6 +15,7 @@ from lckd_med.inference.geometry import (
     VolumeGeometry,
     check_and_align,
     compare_geometry,
+    overlap_fraction,
     read_volume,
     reference_modality,
 )
@@ -155,6 +156,12 @@ def test_reference_modality_none_present():
 REF = VolumeGeometry(Path("ref.nii.gz"), SHAPE, lps_affine())
 
 
+def ras_affine(spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """The LPS grid of :func:`lps_affine` with x and y reversed: same world voxel centres, RAS orientation."""
+    sx, sy, sz = spacing
+    return np.diag([sx, sy, sz, 1.0])
+
+
 @pytest.mark.parametrize(
     "shape, affine, verdict, reason",
     [
@@ -162,24 +169,55 @@ REF = VolumeGeometry(Path("ref.nii.gz"), SHAPE, lps_affine())
         (SHAPE, lps_affine(offset=(5e-4, 0, 0)), "same", ""),
         (SHAPE, lps_affine(offset=(1.0, 0, 0)), "close", "affines differ"),
         ((22, 18, 12), lps_affine(), "close", "shape"),  # same origin, larger field of view
-        (SHAPE, lps_affine(spacing=(1.04, 1.0, 1.0)), "close", "affines differ"),
-        (SHAPE, lps_affine(offset=(0, 0, 2.9)), "close", "affines differ"),
-        (SHAPE, lps_affine(offset=(0, 0, 3.5)), "far", "more than 3 mm"),
-        (SHAPE, lps_affine(offset=(50.0, 0, 0)), "far", "more than 3 mm"),
-        (SHAPE, lps_affine(spacing=(1.1, 1.0, 1.0)), "far", "more than 5%"),
-        (SHAPE, np.diag([1.0, -1.0, 1.0, 1.0]), "far", "orientation RPS vs LPS"),
+        (SHAPE, lps_affine(spacing=(1.04, 1.0, 1.0)), "close", "voxel size"),
+        (SHAPE, lps_affine(offset=(0, 0, 3.5)), "close", "overlap 96%"),  # 0.5 mm beyond the 3 mm slack
+        (SHAPE, ras_affine(), "close", "orientation RAS vs LPS"),  # same world grid, other orientation
+        ((20, 18, 8), lps_affine(spacing=(1.0, 1.0, 1.5)), "close", "voxel size [1.0, 1.0, 1.5]"),
+        ((12, 20, 18), lps_affine()[:, [2, 0, 1, 3]], "close", "orientation SLP vs LPS"),  # axes permuted
+        (SHAPE, lps_affine(offset=(0, 0, 8.0)), "far", "overlap 58%"),  # slab shifted by 2/3 of its thickness
+        (SHAPE, lps_affine(offset=(50.0, 0, 0)), "far", "overlap 0%"),
+        (SHAPE, np.diag([1.0, -1.0, 1.0, 1.0]), "far", "overlap"),  # mirrored along x: a different place
+        (SHAPE, lps_affine(spacing=(3.0, 3.0, 3.0)), "close", "voxel size [3.0, 3.0, 3.0]"),  # coarse, covers ref
     ],
 )
 def test_compare_geometry(shape, affine, verdict, reason):
     got, why = compare_geometry(VolumeGeometry(Path("m.nii.gz"), shape, affine), REF)
-    assert got == verdict
+    assert got == verdict, why
     assert reason in why
 
 
-def test_compare_geometry_tolerance_is_configurable():
-    moving = VolumeGeometry(Path("m.nii.gz"), SHAPE, lps_affine(offset=(0, 0, 5.0)))
+def test_compare_geometry_tolerance_and_overlap_are_configurable():
+    moving = VolumeGeometry(Path("m.nii.gz"), SHAPE, lps_affine(offset=(0, 0, 8.0)))
     assert compare_geometry(moving, REF)[0] == "far"
     assert compare_geometry(moving, REF, tolerance_mm=6.0)[0] == "close"
+    assert compare_geometry(moving, REF, min_overlap=0.5)[0] == "close"
+
+
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        ({"min_overlap": 0.0}, "min_overlap"),
+        ({"min_overlap": 1.5}, "min_overlap"),
+        ({"tolerance_mm": -1.0}, "tolerance_mm"),
+    ],
+)
+def test_compare_geometry_bad_arguments(kw, expected):
+    with pytest.raises(ValueError, match=expected):
+        compare_geometry(REF, REF, **kw)
+
+
+@pytest.mark.parametrize(
+    "shape, affine, expected",
+    [
+        (SHAPE, lps_affine(), 1.0),
+        (SHAPE, ras_affine(), 1.0),
+        (SHAPE, lps_affine(offset=(0, 0, 6.0)), 0.5),  # half of the 12 mm slab
+        (SHAPE, lps_affine(offset=(100.0, 0, 0)), 0.0),
+        ((10, 9, 6), lps_affine(offset=(-5.0, -4.0, 3.0)), 1.0),  # a small box inside the reference
+    ],
+)
+def test_overlap_fraction(shape, affine, expected):
+    assert overlap_fraction(VolumeGeometry(Path("m.nii.gz"), shape, affine), REF) == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------------------------------------- check_and_align
@@ -241,7 +279,7 @@ def test_check_and_align_default_work_dir_is_created(tmp_path):
     [
         ((30, 30, 20), lps_affine(offset=(40.0, 0, 0)), "shape"),
         (SHAPE, lps_affine(offset=(0, 0, 30.0)), "affines differ"),
-        (SHAPE, np.diag([1.0, 1.0, 1.0, 1.0]), "orientation"),
+        (SHAPE, ras_affine() + np.array([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 100.0], [0, 0, 0, 0]]), "orientation"),
     ],
 )
 def test_check_and_align_refuses_far_grids(tmp_path, t2_shape, t2_affine, expected):
@@ -276,3 +314,96 @@ def test_check_and_align_bad_file_names_it(tmp_path):
 def test_check_and_align_bad_arguments(paths, expected):
     with pytest.raises(GeometryError, match=expected):
         check_and_align(paths)
+
+
+def test_check_and_align_reorients_exactly_and_resamples_coarse_grid(tmp_path):
+    ref_data = volume(seed=1)
+    ras = nib.as_closest_canonical(nib.Nifti1Image(volume(seed=2), lps_affine()))
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    paths = {
+        "t1ce": write(tmp_path / "a_t1ce.nii.gz", ref_data),
+        "flair": write(tmp_path / "a_flair.nii.gz", np.asarray(ras.dataobj, np.float32), ras.affine),
+    }
+    aligned, notes = check_and_align(paths, work_dir=tmp_path / "work")
+    assert "re-oriented (exact voxel reordering)" in notes[0] and "orientation RAS vs LPS" in notes[0]
+    np.testing.assert_array_equal(nib.load(aligned["flair"]).get_fdata(), volume(seed=2))
+
+
+# ---------------------------------------------------------------------------------------------- inference end to end
+
+E2E_SHAPE = (22, 20, 13)  # 13 slices: 0..12 mm, which a 1.5 mm grid of 9 slices spans exactly
+
+
+def e2e_affine(spacing_z: float = 1.0) -> np.ndarray:
+    aff = np.diag([-1.0, -1.0, spacing_z, 1.0])
+    aff[:3, 3] = [E2E_SHAPE[0] - 1 + 4.0, E2E_SHAPE[1] - 1 - 2.0, -6.0]
+    return aff
+
+
+def e2e_volume(seed: int, z: np.ndarray) -> np.ndarray:
+    """Brain-box texture in x, y times a linear ramp along world z (mm): trilinear interpolation of a function
+    linear in z reproduces it exactly (up to float rounding) at any z inside the sampled range."""
+    g = np.zeros(E2E_SHAPE[:2], np.float32)
+    g[3:18, 4:16] = np.random.default_rng(seed).uniform(1.0, 3.0, size=(15, 12))
+    return (g[:, :, None] * (1.0 + 0.1 * np.asarray(z, np.float32))[None, None, :]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory) -> Path:
+    """A tiny randomly initialised LCKDNet: its logits straddle 0, so the labels depend on every input voxel."""
+    import torch
+
+    from lckd_med.constants import MODALITIES, REGIONS
+    from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from lckd_med.networks import LCKDNet
+
+    torch.manual_seed(3)
+    net = LCKDNet(filters=(4, 8, 16))
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "network": {"name": "LCKDNet", "hparams": net.hparams},
+        "model": net.state_dict(),
+        "modalities": list(MODALITIES),
+        "regions": list(REGIONS),
+        "label_convention": "brats2018",
+        "train_config": {"roi_size": [16, 16, 16]},
+    }
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", payload)
+
+
+def test_inference_on_mixed_orientation_and_spacing_matches_all_lps_run(random_ckpt, tmp_path):
+    """t1ce LPS (reference), flair the same volume re-oriented to RAS, t2 on a 1 x 1 x 1.5 mm grid: the label
+    map is on the t1ce grid and equals the all-LPS 1 mm run of the same case voxel for voxel."""
+    import torch
+
+    from lckd_med.inference.batch import BatchInference
+
+    z1 = np.arange(E2E_SHAPE[2], dtype=np.float32)  # world z offsets (mm) of the 1 mm slices
+    z15 = np.arange(9, dtype=np.float32) * 1.5  # and of the 1.5 mm slices, same 0..12 mm span
+    vols = {m: e2e_volume(i, z1) for i, m in enumerate(("flair", "t1ce", "t2"))}
+    lps, mixed = tmp_path / "lps" / "case", tmp_path / "mixed" / "case"
+    for m, v in vols.items():
+        write(lps / f"case_{m}.nii.gz", v, e2e_affine())
+    write(mixed / "case_t1ce.nii.gz", vols["t1ce"], e2e_affine())
+    ras = nib.as_closest_canonical(nib.Nifti1Image(vols["flair"], e2e_affine()))
+    write(mixed / "case_flair.nii.gz", np.asarray(ras.dataobj, np.float32), ras.affine)
+    t2_coarse = e2e_volume(2, z15)
+    write(mixed / "case_t2.nii.gz", t2_coarse, e2e_affine(spacing_z=1.5))
+
+    torch.set_num_threads(1)
+    results = {}
+    for name in ("lps", "mixed"):
+        df = BatchInference(random_ckpt, tmp_path / name, tmp_path / f"out_{name}", device="cpu", progress=False).run()
+        assert df["status"].tolist() == ["ok"], df["message"].tolist()
+        results[name] = (nib.load(tmp_path / f"out_{name}" / "case.nii.gz"), df["message"][0])
+    out_lps, msg_lps = results["lps"]
+    out_mixed, msg_mixed = results["mixed"]
+    assert msg_lps == ""
+    assert "resampled flair onto t1ce grid: re-oriented" in msg_mixed and "orientation RAS vs LPS" in msg_mixed
+    assert "resampled t2 onto t1ce grid: resampled (trilinear)" in msg_mixed and "1.5" in msg_mixed
+    ref = nib.load(mixed / "case_t1ce.nii.gz")
+    assert out_mixed.shape == ref.shape
+    np.testing.assert_array_equal(out_mixed.affine, ref.affine)
+    labels_lps, labels_mixed = np.asarray(out_lps.dataobj), np.asarray(out_mixed.dataobj)
+    assert len(np.unique(labels_lps)) >= 3  # the network's output depends on the input: a meaningful comparison
+    np.testing.assert_array_equal(labels_mixed, labels_lps)
