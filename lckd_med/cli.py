@@ -1,0 +1,296 @@
+"""``lckd-med``: the toolkit's commands for people who do not want to write a bundle config.
+
+Each sub-command is a thin wrapper over the library call the bundles use:
+
+* ``lckd-med predict``: one case from its sequence files -> one label map (:class:`lckd_med.inference.BatchInference`
+  on a one-row manifest, so geometry checks, resampling, missing sequences and the output header are the batch's);
+* ``lckd-med prepare``: ``python -m data_prep.brats`` (discover, validate, write the datalist with splits);
+* ``lckd-med evaluate-folder``: score a folder of label maps against BraTS labels
+  (:func:`lckd_med.reports.folder_scores.score_folder`);
+* ``lckd-med export-safetensors`` / ``import-safetensors``: network weights of ``model.pt`` to and from a
+  ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`).
+
+Declared in ``pyproject.toml`` (``[project.scripts] lckd-med = "lckd_med.cli:main"``); ``python -m lckd_med.cli``
+is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from lckd_med.constants import MODALITIES
+
+__all__ = ["build_parser", "main", "default_checkpoint", "predict", "evaluate_folder", "prepare"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS = 0, 1, 2
+_PROG = "lckd-med"
+
+
+def default_checkpoint() -> Path:
+    """``model.pt`` where the lckd bundle's training writes it (``bundles/lckd/runs/models/model.pt``)."""
+    from lckd_med.engines.workflow import bundle_dir
+
+    return Path(bundle_dir("lckd")) / "runs" / "models" / "model.pt"
+
+
+def _err(msg: str) -> None:
+    print(f"{_PROG}: error: {msg}", file=sys.stderr)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+PREDICT_EXAMPLE = """example:
+  lckd-med predict --flair BraTS2021_00008_flair.nii.gz --t1ce BraTS2021_00008_t1ce.nii.gz \\
+      -o BraTS2021_00008_seg.nii.gz --ckpt bundles/lckd/runs/models/model.pt --device cuda
+
+Give any non-empty subset of the four sequences; the others count as missing. Sequences stored in another
+orientation or voxel size of the same world space are resampled onto the reference sequence (t1ce, else flair,
+t2, t1), whose grid and header the label map takes, so it overlays that input.
+Labels: 1 NCR, 2 ED, 4 ET (3 for BraTS 2023+ checkpoints or --label_convention brats2023)."""
+
+EVALUATE_EXAMPLE = """example:
+  lckd-med evaluate-folder --pred_dir runs/seg --labels /data/MICCAI_BraTS_2018_Data_Training -o runs/scores
+
+--labels is a BraTS dataset folder (any edition's layout) or a folder of <case_id>[_seg].nii.gz files.
+Predictions are <case_id>.nii.gz; batch inference's inference_report.csv beside them gives each case's subset.
+Writes subset_metrics.csv, subset_summary.csv, subset_summary.md and subset_dice_heatmap.png."""
+
+PREPARE_EXAMPLE = """example:
+  lckd-med prepare --dataset_dir /data/BraTS --output bundles/lckd/runs/output/datalist.json
+
+Same options as python -m data_prep.brats (listed above)."""
+
+EXPORT_EXAMPLE = """example:
+  lckd-med export-safetensors --ckpt bundles/lckd/runs/models/model.pt -o bundles/lckd/runs/models/model.safetensors
+  lckd-med import-safetensors --weights model.safetensors --ckpt model.pt -o model_from_safetensors.pt
+
+The .safetensors file holds the network weights and, as text metadata, the network name and hyper-parameters,
+modality/region order and label convention: enough to rebuild the network, and no code can ride along."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lckd-med`` parser with its sub-commands."""
+    p = argparse.ArgumentParser(
+        prog=_PROG,
+        description="lckd_med: brain-tumour segmentation with missing MRI sequences (LCKD, OMD).",
+        formatter_class=_formatter,
+        epilog="example:\n  lckd-med predict --flair F.nii.gz --t1ce C.nii.gz -o seg.nii.gz\n"
+        "Run 'lckd-med <command> --help' for each command's options.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="<command>")
+
+    pr = sub.add_parser(
+        "predict",
+        help="segment one case from its sequence files",
+        description="Segment one case from whichever of its four MRI sequences you have.",
+        epilog=PREDICT_EXAMPLE,
+        formatter_class=_formatter,
+    )
+    for m in MODALITIES:
+        pr.add_argument(f"--{m}", metavar="FILE", default=None, help=f"{m} NIfTI file (optional)")
+    pr.add_argument("-o", "--output", required=True, metavar="FILE", help="label map to write (.nii.gz or .nii)")
+    pr.add_argument("--ckpt", metavar="FILE", default=None, help="checkpoint (default: the lckd bundle's model.pt)")
+    pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    pr.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
+    pr.add_argument("--overlap", type=float, default=1 / 3, help="sliding-window overlap (default 1/3)")
+    pr.add_argument("--threshold", type=float, default=0.5, help="sigmoid threshold per region (default 0.5)")
+    pr.add_argument("--roi_size", type=int, nargs=3, default=None, metavar="N", help="window (default: training's)")
+    pr.add_argument(
+        "--label_convention", default=None, help="brats2018 (ET=4) or brats2023 (ET=3); default: the checkpoint's"
+    )
+
+    sub.add_parser(
+        "prepare",
+        help="validate a BraTS folder and write the datalist (python -m data_prep.brats)",
+        add_help=False,
+    )
+
+    ev = sub.add_parser(
+        "evaluate-folder",
+        help="score a folder of label maps against BraTS labels",
+        description="Dice and HD95 (legacy BraTS rules) of every prediction in a folder, per-subset reports.",
+        epilog=EVALUATE_EXAMPLE,
+        formatter_class=_formatter,
+    )
+    ev.add_argument("--pred_dir", required=True, help="folder of <case_id>.nii.gz label maps")
+    ev.add_argument("--labels", required=True, help="BraTS dataset folder or folder of label files")
+    ev.add_argument("-o", "--output_dir", required=True, help="folder for the reports")
+    ev.add_argument("--subset", default=None, help="subset of the predictions, e.g. t1ce+t2 (default: all four)")
+    ev.add_argument("--release", default=None, help="BraTS year of the labels (2023+: ET=3); default: detected")
+    ev.add_argument("--postprocess_min_et", type=int, default=None, help="ET post-processing threshold, mm^3")
+    ev.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser(
+        "export-safetensors",
+        help="write the network weights of model.pt as .safetensors",
+        description="Export the network weights of an lckd_med checkpoint to a safetensors file.",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=_formatter,
+    )
+    ex.add_argument("--ckpt", required=True, help="checkpoint (model.pt)")
+    ex.add_argument("-o", "--output", default=None, help="file to write (default: beside --ckpt, .safetensors)")
+    im = sub.add_parser(
+        "import-safetensors",
+        help="make an inference checkpoint from a .safetensors file",
+        description="Write an lckd_med checkpoint (model.pt) from a safetensors file made by export-safetensors.",
+        epilog=EXPORT_EXAMPLE,
+        formatter_class=_formatter,
+    )
+    im.add_argument("--weights", required=True, help=".safetensors file")
+    im.add_argument("-o", "--output", required=True, help="checkpoint to write (model.pt)")
+    return p
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``lckd-med predict``: one case through :class:`~lckd_med.inference.BatchInference`, written to ``-o``."""
+    from lckd_med.inference.batch import BatchInference
+    from lckd_med.utils.io import save_nifti_atomic
+
+    paths = {m: getattr(args, m) for m in MODALITIES}
+    if not any(paths.values()):
+        _err("give at least one sequence: --flair, --t1, --t1ce and/or --t2")
+        return EXIT_BAD_ARGS
+    out = Path(args.output).expanduser()
+    if not out.name.lower().endswith((".nii.gz", ".nii")):
+        _err(f"--output must end in .nii.gz or .nii, got {out}")
+        return EXIT_BAD_ARGS
+    if out.is_dir():
+        _err(f"--output is a folder, expected a file name: {out}")
+        return EXIT_BAD_ARGS
+    ckpt = Path(args.ckpt).expanduser() if args.ckpt else default_checkpoint()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the temporary folder sits beside the output so the final rename is atomic
+    with tempfile.TemporaryDirectory(prefix=".lckd_predict_", dir=out.parent) as tmp:
+        manifest = Path(tmp) / "case.csv"
+        with open(manifest, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["case_id", *MODALITIES])
+            w.writerow(["case", *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
+        try:
+            engine = BatchInference(
+                ckpt,
+                None,
+                Path(tmp) / "out",
+                manifest=manifest,
+                device=args.device,
+                amp=not args.no_amp,
+                roi_size=tuple(args.roi_size) if args.roi_size else None,
+                overlap=args.overlap,
+                threshold=args.threshold,
+                progress=False,
+                label_convention=args.label_convention,
+            )
+        except (FileNotFoundError, ValueError, TypeError) as e:
+            _err(str(e))
+            return EXIT_FAILED
+        (case,) = engine.cases()
+        (Path(tmp) / "out").mkdir()
+        row = engine.run_case(case)
+        if row["status"] != "ok":
+            _err(f"could not segment the case: {row['message']}")
+            return EXIT_FAILED
+        if out.name.lower().endswith(".nii.gz"):
+            os.replace(row["output"], out)
+        else:
+            import nibabel as nib
+
+            save_nifti_atomic(nib.Nifti1Image.from_image(nib.load(row["output"])), out)
+    print(f"wrote {out} ({row['modalities']}, {row['seconds']:.1f} s)")
+    if row["message"]:
+        print(f"note: {row['message']}")
+    expected = {
+        k[len("expected_dice_") :]: v for k, v in row.items() if k.startswith("expected_dice_") and v is not None
+    }
+    if expected:
+        print("validation Dice of this subset at training: " + ", ".join(f"{r} {v:.3f}" for r, v in expected.items()))
+    return EXIT_OK
+
+
+def evaluate_folder(args: argparse.Namespace) -> int:
+    """``lckd-med evaluate-folder``: :func:`~lckd_med.reports.folder_scores.score_folder`, summary to stdout."""
+    from lckd_med.constants import ET_MIN_VOXELS
+    from lckd_med.reports.folder_scores import score_folder
+
+    try:
+        res = score_folder(
+            args.pred_dir,
+            args.labels,
+            args.output_dir,
+            subset=args.subset,
+            release=args.release,
+            postprocess_min_et=ET_MIN_VOXELS if args.postprocess_min_et is None else args.postprocess_min_et,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+    for p in res.problems:
+        print(f"left out: {p}")
+    print(res.reports["summary_md"].read_text(encoding="utf-8"))
+    print(f"{res.metrics['case_id'].nunique()} case(s) scored; reports in {args.output_dir}")
+    return EXIT_OK
+
+
+def prepare(argv: Sequence[str]) -> int:
+    """``lckd-med prepare``: ``python -m data_prep.brats`` with the same options."""
+    from data_prep import brats
+
+    if any(a in ("-h", "--help") for a in argv):
+        parser = brats.build_parser()
+        parser.prog = f"{_PROG} prepare"
+        parser.formatter_class = _formatter
+        parser.epilog = PREPARE_EXAMPLE + "\n\n" + (parser.epilog or "")
+        parser.print_help()
+        return EXIT_OK
+    return brats.main(list(argv))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lckd_med.engines.safetensors_io import export_safetensors, import_safetensors
+
+    try:
+        if args.command == "export-safetensors":
+            out = export_safetensors(args.ckpt, args.output)
+        else:
+            out = import_safetensors(args.weights, args.output)
+    except (FileNotFoundError, ValueError) as e:
+        _err(str(e))
+        return EXIT_FAILED
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lckd-med``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "prepare":
+        return prepare(argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2)
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_ARGS
+    if args.command == "predict":
+        return predict(args)
+    if args.command == "evaluate-folder":
+        return evaluate_folder(args)
+    return _export(args)
+
+
+def _run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _run()

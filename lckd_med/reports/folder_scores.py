@@ -1,0 +1,211 @@
+"""Score a folder of predicted label maps against ground truth: the per-subset reports of the evaluate bundle.
+
+Input:
+
+* ``pred_dir``: ``<case_id>.nii.gz`` (or ``.nii``) label maps, e.g. the output of batch inference or
+  ``lckd-med predict``, or any other tool's, in the labels of one BraTS convention. When batch inference's
+  ``inference_report.csv`` sits beside them, each case is reported under the subset of sequences it was
+  segmented from (its ``modalities`` column); otherwise under ``subset`` (default all four).
+* ``labels``: a BraTS dataset folder in any layout :mod:`lckd_med.data.layouts` discovers (the segmentation of each
+  case), or a plain folder of ``<case_id>.nii.gz`` / ``<case_id>_seg.nii.gz`` / ``<case_id>-seg.nii.gz`` files.
+
+Each prediction must overlay its label (same shape, affines within :data:`AFFINE_ATOL_MM`). Metrics are
+:func:`lckd_med.metrics.brats.case_region_metrics` (legacy BraTS empty-region rules, HD95 with the label's voxel
+size), plus ET post-processing as in the evaluate bundle; tables and the heat map are
+:func:`lckd_med.reports.subset_report.write_reports`. A case that cannot be scored is listed in
+:attr:`FolderScores.problems` and never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from lckd_med.constants import ET_MIN_VOXELS, MODALITIES, SUBSET_NAMES, LabelConvention, label_convention, subset_name
+from lckd_med.data.layouts import LayoutError, discover_cases
+from lckd_med.metrics.brats import case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
+from lckd_med.utils.progress import progress_bar
+
+__all__ = ["AFFINE_ATOL_MM", "INFERENCE_REPORT", "FolderScores", "find_predictions", "find_labels", "score_folder"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest difference between affine entries (mm) for a prediction to count as overlaying its label.
+AFFINE_ATOL_MM: float = 1e-3
+#: Report written by batch inference beside its label maps (gives each case's subset).
+INFERENCE_REPORT = "inference_report.csv"
+_EXTENSIONS = (".nii.gz", ".nii")
+_LABEL_SUFFIXES = ("", "_seg", "-seg")
+
+
+@dataclass(frozen=True)
+class FolderScores:
+    """What :func:`score_folder` did.
+
+    Attributes:
+        metrics: long table ``case_id, subset, region, dice, hd95, dice_pp, hd95_pp`` (three rows per case).
+        problems: ``"<case_id>: reason"`` for every prediction or label left out.
+        reports: report name -> file written (empty when no ``output_dir`` was given).
+    """
+
+    metrics: pd.DataFrame
+    problems: tuple[str, ...]
+    reports: dict[str, Path]
+
+
+def _stem(name: str) -> str | None:
+    low = name.lower()
+    for ext in _EXTENSIONS:
+        if low.endswith(ext) and not name.startswith("."):
+            return name[: -len(ext)]
+    return None
+
+
+def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
+    """``case_id -> file`` of the label maps directly in ``pred_dir`` (``.nii.gz`` preferred over ``.nii``).
+
+    Raises:
+        FileNotFoundError: ``pred_dir`` is not a folder.
+    """
+    root = Path(pred_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"prediction folder {root} does not exist or is not a folder")
+    out: dict[str, Path] = {}
+    for f in sorted(root.iterdir(), key=lambda p: (not p.name.lower().endswith(".nii.gz"), p.name)):
+        stem = _stem(f.name)
+        if f.is_file() and stem is not None and stem not in out:
+            out[stem] = f
+    return out
+
+
+def find_labels(labels: str | os.PathLike) -> tuple[dict[str, Path], LabelConvention | None]:
+    """``case_id -> segmentation file`` and the dataset's label convention (None when not known).
+
+    A BraTS dataset folder (any layout) gives each discovered case's segmentation and the release's convention;
+    any other folder is read as flat ``<case_id>[_seg|-seg].nii.gz`` files.
+
+    Raises:
+        FileNotFoundError: ``labels`` is not a folder.
+    """
+    root = Path(labels)
+    if not root.is_dir():
+        raise FileNotFoundError(f"label folder {root} does not exist or is not a folder")
+    try:
+        found = discover_cases(root)
+    except LayoutError:
+        found = None
+    if found is not None and any(c.label is not None for c in found.cases):
+        return {c.case_id: c.label for c in found.cases if c.label is not None}, found.convention
+    out: dict[str, Path] = {}
+    for f in sorted(root.iterdir(), key=lambda p: (not p.name.lower().endswith(".nii.gz"), p.name)):
+        stem = _stem(f.name)
+        if not f.is_file() or stem is None:
+            continue
+        for suffix in sorted(_LABEL_SUFFIXES, key=len, reverse=True):
+            if suffix and stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        out.setdefault(stem, f)
+    return out, None
+
+
+def _case_subsets(pred_dir: Path, default: str) -> dict[str, str]:
+    report = pred_dir / INFERENCE_REPORT
+    if not report.is_file():
+        return {}
+    df = pd.read_csv(report, dtype=str, keep_default_na=False)
+    if not {"case_id", "modalities"} <= set(df.columns):
+        return {}
+    return {r.case_id: r.modalities for r in df.itertuples() if r.modalities in SUBSET_NAMES}
+
+
+def _convention_of(values: set[int], given: LabelConvention | None) -> LabelConvention:
+    if given is not None:
+        return given
+    # ET is the only label that differs between conventions (4 up to 2022, 3 from 2023)
+    return label_convention(2023 if 3 in values and 4 not in values else 2018)
+
+
+def score_folder(
+    pred_dir: str | os.PathLike,
+    labels: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    subset: str | None = None,
+    release: int | str | None = None,
+    postprocess_min_et: int = ET_MIN_VOXELS,
+    progress: bool = True,
+) -> FolderScores:
+    """Score every prediction of ``pred_dir`` that has a label (see the module docstring) and write the reports.
+
+    Args:
+        pred_dir: folder of ``<case_id>.nii.gz`` label maps.
+        labels: BraTS dataset folder, or folder of ``<case_id>[_seg].nii.gz`` label files.
+        output_dir: where ``subset_metrics.csv``, ``subset_summary.{csv,md}`` and the heat map go; None writes
+            nothing.
+        subset: subset the predictions were made from (canonical name such as ``"t1ce+t2"``), used for cases
+            without a row in ``inference_report.csv``; default all four sequences.
+        release: BraTS year of the labels (2023+: ET = 3); None takes the dataset's, else reads the label values.
+        postprocess_min_et: ET post-processing threshold in mm^3 (0 disables the ``*_pp`` columns' change).
+        progress: progress bar over cases (see :mod:`lckd_med.utils.progress`).
+
+    Raises:
+        FileNotFoundError: a folder is missing.
+        ValueError: bad ``subset`` or ``release``; no prediction could be scored (the message lists why).
+    """
+    default = subset_name(MODALITIES) if subset is None else subset
+    if default not in SUBSET_NAMES:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSET_NAMES}")
+    if isinstance(postprocess_min_et, bool) or not isinstance(postprocess_min_et, int) or postprocess_min_et < 0:
+        raise ValueError(f"postprocess_min_et must be an int >= 0, got {postprocess_min_et!r}")
+    given = label_convention(release) if release is not None else None
+    preds = find_predictions(pred_dir)
+    gts, dataset_convention = find_labels(labels)
+    given = given or dataset_convention
+    subsets = _case_subsets(Path(pred_dir), default)
+    problems = [f"{cid}: no label in {labels}" for cid in preds if cid not in gts]
+    problems += [f"{cid}: no prediction in {pred_dir}" for cid in gts if cid not in preds]
+    rows: list[dict[str, object]] = []
+    todo = [cid for cid in preds if cid in gts]
+    for cid in progress_bar(todo, desc="score", enabled=progress):
+        try:
+            p_img, g_img = nib.load(preds[cid]), nib.load(gts[cid])
+            if p_img.shape[:3] != g_img.shape[:3] or not np.allclose(p_img.affine, g_img.affine, 0.0, AFFINE_ATOL_MM):
+                raise ValueError(
+                    f"prediction {preds[cid]} (shape {p_img.shape}) does not overlay label {gts[cid]} "
+                    f"(shape {g_img.shape}): different grid"
+                )
+            p_arr = np.asarray(p_img.dataobj).reshape(p_img.shape[:3])
+            g_arr = np.asarray(g_img.dataobj).reshape(g_img.shape[:3])
+            conv = _convention_of(set(np.unique(p_arr).tolist()) | set(np.unique(g_arr).tolist()), given)
+            pred, gt = region_masks_from_labels(p_arr, conv), region_masks_from_labels(g_arr, conv)
+            spacing = tuple(float(s) for s in np.sqrt((g_img.affine[:3, :3] ** 2).sum(axis=0)))
+            metrics = case_region_metrics(pred, gt, spacing)
+            min_voxels = max(1, round(postprocess_min_et / float(np.prod(spacing)))) if postprocess_min_et else 0
+            processed = postprocess_et(pred, min_voxels)
+            metrics_pp = metrics if np.array_equal(processed, pred) else case_region_metrics(processed, gt, spacing)
+            rows.extend(rows_from_case_metrics(cid, subsets.get(cid, default), metrics, metrics_pp))
+        except Exception as e:  # one unreadable or mismatched case must not stop the scoring
+            problems.append(f"{cid}: {e}")
+    for p in problems:
+        logger.warning("left out %s", p)
+    if not rows:
+        raise ValueError(
+            f"no prediction in {pred_dir} could be scored against {labels}: " + ("; ".join(problems) or "no files")
+        )
+    df = pd.DataFrame(rows)
+    reports: dict[str, Path] = {}
+    if output_dir is not None:
+        n = df["case_id"].nunique()
+        caption = (
+            f"{n} case(s) of {Path(pred_dir).name} scored against {Path(labels).name}. Dice in %, HD95 in mm (legacy "
+            f"BraTS rules for empty regions); ET post-processed: predicted ET < {postprocess_min_et} mm^3 relabelled NCR."
+        )
+        reports = write_reports(df, output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
+    return FolderScores(metrics=df, problems=tuple(problems), reports=reports)

@@ -1,0 +1,229 @@
+"""Tests of lckd_med.cli (``lckd-med``): every command's --help, predict on a two-sequence case, evaluate-folder,
+safetensors export/import, and the pyproject entry point."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lckd_med.cli import main
+from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.networks import LCKDNet
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (24, 22, 16)
+COMMANDS = ("predict", "prepare", "evaluate-folder", "export-safetensors", "import-safetensors")
+
+
+def lps_affine() -> np.ndarray:
+    aff = np.diag([-1.0, -1.0, 1.0, 1.0])
+    aff[:3, 3] = [SHAPE[0] - 1 + 3.0, SHAPE[1] - 1 - 8.0, -4.0]
+    return aff
+
+
+def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    affine = lps_affine() if affine is None else affine
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, 1)
+    img.header.set_sform(affine, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+def volume(seed: int) -> np.ndarray:
+    data = np.zeros(SHAPE, np.float32)
+    data[3:20, 4:18, 2:13] = np.random.default_rng(seed).uniform(1.0, 3.0, size=(17, 14, 11))
+    return data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = LCKDNet(filters=(4, 8, 16))
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "network": {"name": "LCKDNet", "hparams": net.hparams},
+        "model": net.state_dict(),
+        "modalities": list(MODALITIES),
+        "regions": list(REGIONS),
+        "label_convention": "brats2018",
+        "train_config": {"roi_size": [16, 16, 16]},
+        "subset_dice": {"flair+t1ce": {"ET": 0.5, "TC": 0.6, "WT": 0.7}},
+    }
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", payload)
+
+
+# ---------------------------------------------------------------------------------------------- help and entry point
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert f"lckd-med {command}" in text and "example:" in text and f"lckd-med {command} --" in text
+
+
+def test_top_level_help_lists_commands(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(c in text for c in COMMANDS)
+    assert main([]) == 2
+
+
+def test_pyproject_entry_point_is_main_and_module_runs():
+    # tomllib is 3.11+ and the project supports 3.10: read the one line of the [project.scripts] table
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    module, func = re.search(r'^lckd-med\s*=\s*"([\w.]+):(\w+)"', section, re.MULTILINE).groups()
+    assert getattr(importlib.import_module(module), func) is main
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lckd_med.cli", "predict", "--help"], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert done.returncode == 0 and "lckd-med predict" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def test_predict_two_sequences_overlays_the_reference_input(ckpt, tmp_path, capsys):
+    flair = write(tmp_path / "in" / "x_flair.nii.gz", volume(1))
+    t1ce = write(tmp_path / "in" / "x_t1ce.nii.gz", volume(2))
+    out = tmp_path / "seg" / "x_seg.nii.gz"
+    rc = main(
+        ["predict", "--flair", str(flair), "--t1ce", str(t1ce), "-o", str(out), "--ckpt", str(ckpt), "--device", "cpu"]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert f"wrote {out} (flair+t1ce" in text and "ET 0.500" in text
+    seg, ref = nib.load(out), nib.load(t1ce)
+    assert seg.shape == ref.shape and seg.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(seg.affine, ref.affine)
+    assert int(seg.header["sform_code"]) == int(ref.header["sform_code"])
+    labels = np.asarray(seg.dataobj)
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
+    assert not labels[volume(2) == 0].any()  # nothing outside the brain box
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x_seg.nii.gz"]  # no temporary leftovers
+
+
+def test_predict_writes_uncompressed_nifti(ckpt, tmp_path):
+    t2 = write(tmp_path / "t2.nii.gz", volume(3))
+    out = tmp_path / "seg.nii"
+    assert main(["predict", "--t2", str(t2), "-o", str(out), "--ckpt", str(ckpt), "--device", "cpu"]) == 0
+    assert nib.load(out).shape == SHAPE
+
+
+@pytest.mark.parametrize(
+    "args, rc, expected",
+    [
+        (["-o", "seg.nii.gz"], 2, "at least one sequence"),
+        (["--t1", "T1", "-o", "seg.png"], 2, "must end in .nii.gz"),
+        (["--t1", "T1", "-o", "seg.nii.gz", "--ckpt", "missing.pt"], 1, "no checkpoint"),
+        (["--t1", "missing_t1.nii.gz", "-o", "seg.nii.gz", "--ckpt", "CKPT"], 1, "does not exist"),
+        (["--t1", "T1", "-o", "seg.nii.gz", "--ckpt", "CKPT", "--threshold", "2"], 1, "threshold"),
+    ],
+)
+def test_predict_bad_input(ckpt, tmp_path, capsys, args, rc, expected):
+    t1 = write(tmp_path / "t1.nii.gz", volume(4))
+    subst = {"T1": str(t1), "CKPT": str(ckpt)}
+    args = [subst.get(a, a) for a in args]
+    args = [str(tmp_path / a) if a.endswith((".nii.gz", ".png", ".pt")) and not os.path.isabs(a) else a for a in args]
+    assert main(["predict", "--device", "cpu", *args]) == rc
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+# ---------------------------------------------------------------------------------------------- evaluate-folder
+
+
+def test_evaluate_folder_scores_predictions(tmp_path, capsys):
+    labels, preds = tmp_path / "labels", tmp_path / "preds"
+    gt = np.zeros(SHAPE, np.uint8)
+    gt[5:15, 5:15, 3:10] = 2
+    gt[8:12, 8:12, 5:8] = 4
+    for cid in ("a", "b"):
+        write(labels / f"{cid}_seg.nii.gz", gt)
+    write(preds / "a.nii.gz", gt)  # perfect
+    half = gt.copy()
+    half[half == 4] = 1  # ET called necrosis: ET Dice 0, TC and WT perfect
+    write(preds / "b.nii.gz", half)
+    write(preds / "stray.nii.gz", gt)  # no label: left out, reported
+    rc = main(
+        [
+            "evaluate-folder",
+            "--pred_dir",
+            str(preds),
+            "--labels",
+            str(labels),
+            "-o",
+            str(tmp_path / "r"),
+            "--no_progress",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0 and "left out: stray: no label" in text and "2 case(s) scored" in text
+    df = pd.read_csv(tmp_path / "r" / "subset_metrics.csv").set_index(["case_id", "region"])
+    assert df.loc[("a", "ET"), "dice"] == 1.0 and df.loc[("a", "WT"), "hd95"] == 0.0
+    assert df.loc[("b", "ET"), "dice"] == 0.0 and df.loc[("b", "TC"), "dice"] == 1.0
+    assert set(df["subset"]) == {"flair+t1+t1ce+t2"}
+    assert (tmp_path / "r" / "subset_dice_heatmap.png").is_file()
+
+
+def test_evaluate_folder_nothing_to_score(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "l").mkdir()
+    assert (
+        main(
+            [
+                "evaluate-folder",
+                "--pred_dir",
+                str(tmp_path / "p"),
+                "--labels",
+                str(tmp_path / "l"),
+                "-o",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 1
+    )
+    assert "no prediction" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+
+
+def test_safetensors_round_trip_through_cli(ckpt, tmp_path, capsys):
+    from lckd_med.engines.checkpoint import build_network, load_checkpoint
+
+    st = tmp_path / "model.safetensors"
+    assert main(["export-safetensors", "--ckpt", str(ckpt), "-o", str(st)]) == 0
+    back = tmp_path / "back.pt"
+    assert main(["import-safetensors", "--weights", str(st), "-o", str(back)]) == 0
+    a, b = load_checkpoint(ckpt), load_checkpoint(back)
+    assert a["network"] == b["network"] and a["label_convention"] == b["label_convention"]
+    assert a["subset_dice"] == b["subset_dice"] and a["train_config"] == b["train_config"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(build_network(a).eval()(x), build_network(b).eval()(x), rtol=0, atol=0)
