@@ -21,7 +21,14 @@ import sys
 from collections.abc import Sequence
 
 from lckd_med.data.datalist import check_split_args, make_datalist, split_counts, write_datalist
-from lckd_med.data.layouts import LAYOUT_PATTERNS, LAYOUTS, LayoutError, discover_cases, parse_release
+from lckd_med.data.layouts import (
+    LAYOUT_PATTERNS,
+    LAYOUTS,
+    DatasetConflictError,
+    LayoutError,
+    discover_cases,
+    parse_release,
+)
 from lckd_med.data.validation import validate_cases
 
 __all__ = ["build_parser", "main", "default_workers"]
@@ -59,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a BraTS dataset folder and write a datalist JSON with cross-validation splits.",
         epilog="Layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUT_PATTERNS.items()),
     )
-    p.add_argument("--dataset_dir", required=True, help="BraTS dataset folder")
+    p.add_argument("--dataset_dir", required=True, help="BraTS dataset folder, or any folder above it")
     p.add_argument("--output", required=True, help="datalist JSON file to write")
     p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
@@ -116,10 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LayoutError as err:
         _err(_no_case_message(str(err)))
         return EXIT_NO_DATA
+    except DatasetConflictError as err:
+        _err(str(err))
+        return EXIT_NO_DATA
 
     print(f"dataset:    {found.root}")
     print(f"layout:     {found.layout}{' (detected)' if args.layout == 'auto' else ''}")
     print(f"release:    {found.release} (label convention {found.convention.name}, ET = {found.convention.et})")
+    for subtree in found.subtrees:
+        print(f"  found {subtree}")
     for issue in found.problems:
         print(f"  note: {issue}")
     if not found.cases:

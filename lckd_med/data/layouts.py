@@ -1,4 +1,4 @@
-"""Discovery of BraTS cases on disk for the three folder layouts the challenge has shipped.
+"""Discovery of BraTS cases on disk, anywhere below a folder, for the three folder layouts the challenge has shipped.
 
 Supported layouts (``<s>`` is one sequence suffix, files may be ``.nii.gz`` or ``.nii``):
 
@@ -9,10 +9,20 @@ Supported layouts (``<s>`` is one sequence suffix, files may be ``.nii.gz`` or `
 * ``"brats2023"`` (2023+ GLI): ``<root>/<case>/<case>-<s>.nii.gz`` with ``<s>`` in ``t2f, t1n, t1c, t2w, seg``
   (t2f = FLAIR, t1n = T1, t1c = T1ce, t2w = T2).
 
-Discovery only looks at file names: a missing sequence is ``None`` and a stray file or folder is reported
-in :attr:`DiscoveryResult.problems`, never raised. Reading and checking the volumes is
-:mod:`lckd_med.data.validation`'s job. Modality keys everywhere are :data:`lckd_med.constants.MODALITIES`
-(``flair, t1, t1ce, t2``) in that order.
+The given folder may be the dataset itself or any folder above it: :func:`discover_cases` walks the tree (hidden
+folders skipped, at most :data:`MAX_DEPTH` levels, symbolic links followed once) and finds every case folder, i.e.
+a folder holding files named like one of the layouts. Each *sub-tree* (the folder holding the case folders, or
+the ``HGG``/``LGG`` folders) is reported with its layout, release and number of cases
+(:attr:`DiscoveryResult.subtrees`); everything else it met is reported in :attr:`DiscoveryResult.problems` with the
+reason it was ignored. Discovery refuses (:class:`DatasetConflictError`) only when the cases below the folder
+cannot form one dataset: sub-trees of two BraTS editions (their patients overlap and their labels may differ), or
+two different folders holding one case id. A folder reached twice (a symbolic link to a case folder already
+found) is the same data, not a copy: it is reported and skipped.
+
+Discovery only looks at file names: a missing sequence is ``None``; reading and checking the volumes is
+:mod:`lckd_med.data.validation`'s job. Every folder is listed by one function, :func:`scan_folder`, which is
+where unreadable folders and odd names are handled. Modality keys everywhere are
+:data:`lckd_med.constants.MODALITIES` (``flair, t1, t1ce, t2``) in that order.
 """
 
 from __future__ import annotations
@@ -40,8 +50,13 @@ __all__ = [
     "NIFTI_EXTENSIONS",
     "Issue",
     "BratsCase",
+    "MAX_DEPTH",
     "DiscoveryResult",
+    "Subtree",
+    "FolderScan",
     "LayoutError",
+    "DatasetConflictError",
+    "scan_folder",
     "detect_layout",
     "discover_cases",
     "guess_release",
@@ -73,8 +88,16 @@ _METADATA_EXTENSIONS = (".csv", ".xlsx", ".xls", ".txt", ".md", ".json", ".pdf")
 _RELEASE_IN_NAME = re.compile(r"^brats[-_]?(\d{2}|\d{4})(?!\d)", re.IGNORECASE)
 
 
+#: Deepest folder level below the given folder that discovery looks into.
+MAX_DEPTH: int = 8
+
+
 class LayoutError(ValueError):
     """The folder holds no case in any known layout (or none in the layout that was asked for)."""
+
+
+class DatasetConflictError(ValueError):
+    """The cases below the folder cannot form one dataset: two BraTS editions, or two copies of one case."""
 
 
 @dataclass(frozen=True)
@@ -126,16 +149,38 @@ class BratsCase:
 
 
 @dataclass(frozen=True)
+class Subtree:
+    """One dataset found below the given folder: the folder holding its case folders (or ``HGG``/``LGG``).
+
+    Attributes:
+        root: that folder.
+        layout: its layout id.
+        release: BraTS release guessed from its case names (or the layout's default).
+        case_ids: ids of the cases kept from it, sorted.
+    """
+
+    root: Path
+    layout: str
+    release: int
+    case_ids: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.root}: {len(self.case_ids)} case(s), layout {self.layout}, BraTS {self.release}"
+
+
+@dataclass(frozen=True)
 class DiscoveryResult:
     """What :func:`discover_cases` found.
 
     Attributes:
-        root: the dataset folder (absolute).
-        layout: layout id used.
+        root: the folder given (absolute).
+        layout: layout id of the cases (the most common one if sub-trees differ).
         release: BraTS release year (guessed from the case names or the layout, or given).
         convention: label convention of that release (ET = 4 up to 2022, 3 from 2023).
         cases: cases sorted by ``case_id``.
-        problems: stray files and folders, unrecognised or ambiguous files, duplicate case ids.
+        problems: what was ignored and why: stray files and folders, unrecognised or ambiguous files, folders
+            reached twice, unreadable folders.
+        subtrees: the datasets the cases come from, sorted by folder.
     """
 
     root: Path
@@ -144,6 +189,58 @@ class DiscoveryResult:
     convention: LabelConvention
     cases: tuple[BratsCase, ...]
     problems: tuple[Issue, ...]
+    subtrees: tuple[Subtree, ...] = ()
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The visible entries of one folder, as :func:`scan_folder` listed them.
+
+    Attributes:
+        path: the folder.
+        files: regular files (symbolic links to files included), sorted by name.
+        dirs: sub-folders that are not symbolic links, sorted by name.
+        links: symbolic links to folders, sorted by name (walked after the real folders, so that a case reached
+            both directly and through a link is kept at its real place).
+        error: why the folder could not be listed (then ``files`` and ``dirs`` are empty), else None.
+    """
+
+    path: Path
+    files: tuple[Path, ...] = ()
+    dirs: tuple[Path, ...] = ()
+    links: tuple[Path, ...] = ()
+    error: str | None = None
+
+
+def scan_folder(folder: Path) -> FolderScan:
+    """List one folder: hidden entries (``.*``) skipped, files and sub-folders apart, sorted by name.
+
+    The one place where a folder is read: an unreadable folder gives a scan with ``error`` set (reported by the
+    caller as ignored) instead of raising.
+    """
+    files: list[Path] = []
+    dirs: list[Path] = []
+    links: list[Path] = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    if e.is_dir():
+                        (links if e.is_symlink() else dirs).append(Path(e.path))
+                    elif e.is_file():
+                        files.append(Path(e.path))
+                except OSError:  # a dangling link or an entry that vanished while listing
+                    continue
+    except OSError as err:
+        return FolderScan(Path(folder), error=f"{type(err).__name__}: {err.strerror or err}")
+    return FolderScan(
+        Path(folder),
+        tuple(sorted(files, key=lambda p: p.name)),
+        tuple(sorted(dirs, key=lambda p: p.name)),
+        tuple(sorted(links, key=lambda p: p.name)),
+    )
 
 
 def _is_nifti(name: str) -> bool:
@@ -179,20 +276,28 @@ def _parse_name(name: str, layout: str) -> tuple[str, str] | None:
     return (prefix, key) if key is not None else None
 
 
-def _visible_entries(folder: Path) -> list[os.DirEntry]:
+def _real(path: Path) -> Path:
     try:
-        with os.scandir(folder) as it:
-            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
-    except OSError:
-        return []
+        return path.resolve()
+    except OSError:  # a link loop: keep the path as given
+        return path
 
 
-def _count_recognised(folder: Path, layout: str) -> int:
-    return sum(1 for e in _visible_entries(folder) if e.is_file() and _parse_name(e.name, layout) is not None)
+def _case_layout(scan: FolderScan) -> str | None:
+    """``"flat"`` or ``"brats2023"`` when the folder is a case folder of that naming scheme, else None.
 
-
-def _grade_dirs(root: Path) -> list[tuple[str, Path]]:
-    return [(e.name.upper(), Path(e.path)) for e in _visible_entries(root) if e.is_dir() and e.name.upper() in GRADES]
+    A case folder holds files named ``<prefix><sep><sequence>``: at least one whose prefix is the folder name (as
+    BraTS ships them), or at least two sharing one prefix (a renamed folder). A lone ``mni_t1.nii.gz`` in a
+    scratch folder is not a case.
+    """
+    best, best_n = None, 0
+    for layout in ("flat", "brats2023"):
+        prefixes = Counter(parsed[0] for f in scan.files if (parsed := _parse_name(f.name, layout)) is not None)
+        n = sum(prefixes.values())
+        is_case = prefixes.get(scan.path.name, 0) >= 1 or (n > 0 and prefixes.most_common(1)[0][1] >= 2)
+        if is_case and n > best_n:
+            best, best_n = layout, n
+    return best
 
 
 def _check_root(root: str | os.PathLike) -> Path:
@@ -208,46 +313,160 @@ def _layout_help() -> str:
     return "; ".join(f"{name}: {pattern}" for name, pattern in LAYOUT_PATTERNS.items())
 
 
-def _hint(root: Path) -> str:
-    """Extra advice when nothing was found: the folder is one case, or the dataset sits one level down."""
-    for layout in ("flat", "brats2023"):
-        if _count_recognised(root, layout):
-            return f" The folder itself looks like a single case: point at its parent ({root.parent})."
-    for e in _visible_entries(root):
-        if e.is_dir():
-            try:
-                detect_layout(e.path)
-            except (LayoutError, OSError):
+def _no_case_error(root: Path, layout: str | None) -> LayoutError:
+    hint = ""
+    if _case_layout(scan_folder(root)) is not None:
+        hint = f" The folder itself looks like a single case: point at its parent ({root.parent})."
+    which = (
+        f"in layout {layout} ({LAYOUT_PATTERNS[layout]})"
+        if layout
+        else f"Expected one of the layouts: {_layout_help()}"
+    )
+    return LayoutError(f"no BraTS case found under {root} (searched {MAX_DEPTH} levels down). {which}.{hint}")
+
+
+@dataclass
+class _Found:
+    """A case folder met during the walk, before duplicates and editions are checked."""
+
+    case: BratsCase
+    subtree: Path
+    real: Path
+
+
+class _Walker:
+    """Walk below one folder and collect case folders; everything ignored becomes an :class:`Issue`."""
+
+    def __init__(self, layout: str | None) -> None:
+        self.layout = layout  # None: any layout
+        self.found: list[_Found] = []
+        self.problems: list[Issue] = []
+        self.seen: dict[Path, Path] = {}  # real path of each folder entered -> the path it was first reached by
+        self.deferred: list[tuple[Path, Path, int]] = []  # (link, folder holding it, its depth)
+
+    def _first_visit(self, folder: Path) -> bool:
+        real = _real(folder)
+        if real in self.seen:
+            self.problems.append(
+                Issue(str(folder), f"ignored: same folder as {self.seen[real]} (reached twice, e.g. by a link)")
+            )
+            return False
+        self.seen[real] = folder
+        return True
+
+    def _scan(self, folder: Path) -> FolderScan | None:
+        scan = scan_folder(folder)
+        if scan.error is not None:
+            self.problems.append(Issue(str(folder), f"ignored: cannot read folder ({scan.error})"))
+            return None
+        return scan
+
+    def _take_case(self, scan: FolderScan, layout: str, grade: str | None, subtree: Path) -> bool:
+        """Keep ``scan`` as a case of ``layout`` when that layout is wanted; report it otherwise."""
+        if self.layout is not None and self.layout != layout:
+            self.problems.append(
+                Issue(
+                    str(scan.path),
+                    f"ignored: folder has no file named as in layout {self.layout} ({LAYOUT_PATTERNS[self.layout]})",
+                )
+            )
+            return False
+        case = _collect_case(scan, layout, grade, self.problems)
+        if case is None:
+            return False
+        self.found.append(_Found(case, subtree, _real(scan.path)))
+        return True
+
+    @staticmethod
+    def _grade_folders(scan: FolderScan) -> list[tuple[str, FolderScan]]:
+        """``(grade, scan)`` of the ``HGG``/``LGG`` sub-folders holding a brats2018-named case folder."""
+        out = []
+        for d in scan.dirs:
+            if d.name.upper() in GRADES:
+                gscan = scan_folder(d)
+                if any(_case_layout(scan_folder(c)) == "flat" for c in (*gscan.dirs, *gscan.links)):
+                    out.append((d.name.upper(), gscan))
+        return out
+
+    def visit(self, folder: Path, depth: int) -> None:
+        """Collect the cases at or below ``folder`` (``depth`` levels below the folder given)."""
+        if not self._first_visit(folder):
+            return
+        scan = self._scan(folder)
+        if scan is None:
+            return
+        grades = self._grade_folders(scan)
+        if grades:
+            self._visit_brats2018(scan, grades)
+            return
+        self.deferred.extend((link, folder, depth) for link in scan.links)
+        n_cases = sum(self.visit_child(d, folder, depth) for d in scan.dirs)
+        nifti = [f for f in scan.files if _is_nifti(f.name)]
+        if n_cases:
+            for f in scan.files:
+                if not f.name.lower().endswith(_METADATA_EXTENSIONS):
+                    self.problems.append(Issue(str(f), "ignored: stray file among case folders"))
+            self._apply_name_mapping(folder)
+        elif depth > 0 and not scan.dirs:
+            # one note per non-case leaf folder: not worth a line per file
+            listed = ", ".join(f.name for f in nifti[:3]) + (", ..." if len(nifti) > 3 else "")
+            self.problems.append(
+                Issue(
+                    str(folder),
+                    "ignored: not a BraTS case folder (no files named <case>_<sequence> or <case>-<sequence>)"
+                    + (f" (NIfTI files found: {listed})" if nifti else ""),
+                )
+            )
+        elif depth > 0:
+            self.problems.extend(Issue(str(f), "ignored: NIfTI file outside any case folder") for f in nifti)
+
+    def visit_child(self, d: Path, folder: Path, depth: int) -> int:
+        """Visit sub-folder ``d`` of ``folder`` (at ``depth``); returns 1 when it was taken as a case, else 0."""
+        sub = self._scan(d)
+        if sub is None:
+            return 0
+        layout = _case_layout(sub)
+        if layout is not None:
+            return int(self._first_visit(d) and self._take_case(sub, layout, None, folder))
+        if depth + 1 > MAX_DEPTH:
+            self.problems.append(Issue(str(d), f"ignored: more than {MAX_DEPTH} levels below the folder given"))
+        else:
+            self.visit(d, depth + 1)
+        return 0
+
+    def run(self, root: Path) -> None:
+        """Visit ``root``, then the links met on the way (targets already seen are reported, not taken twice)."""
+        self.visit(root, 0)
+        while self.deferred:
+            link, folder, depth = self.deferred.pop(0)
+            self.visit_child(link, folder, depth)
+
+    def _apply_name_mapping(self, folder: Path) -> None:
+        grades = _read_name_mapping(folder, self.problems)
+        if not grades:
+            return
+        for i, x in enumerate(self.found):
+            if x.subtree == folder and x.case.case_id in grades:
+                c = x.case
+                case = BratsCase(c.case_id, c.dir, grades[c.case_id], c.paths, c.label, c.layout)
+                self.found[i] = _Found(case, x.subtree, x.real)
+
+    def _visit_brats2018(self, scan: FolderScan, grades: list[tuple[str, FolderScan]]) -> None:
+        grade_paths = {g.path for _, g in grades}
+        for entry in (*scan.dirs, *scan.links, *scan.files):
+            if entry in grade_paths or (entry in scan.files and entry.name.lower().endswith(_METADATA_EXTENSIONS)):
                 continue
-            return f" A dataset was found one level down: try {e.path}."
-    return ""
-
-
-def detect_layout(root: str | os.PathLike) -> str:
-    """Layout id of a dataset folder, judged from its file names.
-
-    ``brats2018`` when an ``HGG``/``LGG`` folder holds case folders; otherwise the flat layout whose file
-    naming (``<case>_flair`` vs ``<case>-t2f``) matches more case folders.
-
-    Raises:
-        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
-        LayoutError: no case folder in any known layout.
-    """
-    path = _check_root(root)
-    for _, gdir in _grade_dirs(path):
-        if any(e.is_dir() and _count_recognised(Path(e.path), "brats2018") for e in _visible_entries(gdir)):
-            return "brats2018"
-    scores = {"flat": 0, "brats2023": 0}
-    for e in _visible_entries(path):
-        if e.is_dir():
-            for layout in scores:
-                scores[layout] += bool(_count_recognised(Path(e.path), layout))
-    best = max(scores, key=lambda k: scores[k])
-    if scores[best] == 0:
-        raise LayoutError(
-            f"no BraTS case found under {path}. Expected one of the layouts: {_layout_help()}.{_hint(path)}"
-        )
-    return best
+            self.problems.append(Issue(str(entry), "ignored: brats2018 layout expects only HGG/ and LGG/ folders here"))
+        for grade, gscan in grades:
+            if not self._first_visit(gscan.path):
+                continue
+            for d in (*gscan.dirs, *gscan.links):
+                sub = self._scan(d)
+                if sub is not None and self._first_visit(d):
+                    self._take_case(sub, "brats2018", grade, scan.path)
+            for f in gscan.files:
+                if not f.name.lower().endswith(_METADATA_EXTENSIONS):
+                    self.problems.append(Issue(str(f), "ignored: stray file among case folders"))
 
 
 def parse_release(release: int | str) -> int:
@@ -308,33 +527,30 @@ def _read_name_mapping(root: Path, problems: list[Issue]) -> dict[str, str]:
     return out
 
 
-def _collect_case(folder: Path, layout: str, grade: str | None, problems: list[Issue]) -> BratsCase | None:
+def _collect_case(scan: FolderScan, layout: str, grade: str | None, problems: list[Issue]) -> BratsCase | None:
     """A case from one folder, or ``None`` (reported once) when the folder has no recognised file."""
+    folder = scan.path
     case_id = folder.name
     candidates: dict[str, list[tuple[bool, Path]]] = {}
-    local: list[Issue] = []
+    local: list[Issue] = [Issue(str(d), "ignored: unexpected sub-folder inside a case folder") for d in scan.dirs]
     unrecognised: list[str] = []
-    for e in _visible_entries(folder):
-        if e.is_dir():
-            local.append(Issue(e.path, "ignored: unexpected sub-folder inside a case folder"))
-            continue
-        parsed = _parse_name(e.name, layout)
+    for f in scan.files:
+        parsed = _parse_name(f.name, layout)
         if parsed is None:
-            if _is_nifti(e.name):
-                unrecognised.append(e.name)
+            if _is_nifti(f.name):
+                unrecognised.append(f.name)
                 local.append(
                     Issue(
-                        e.path,
+                        str(f),
                         f"ignored: NIfTI file name not recognised for layout {layout} ({LAYOUT_PATTERNS[layout]})",
                     )
                 )
-            elif not e.name.lower().endswith(_METADATA_EXTENSIONS):
-                local.append(Issue(e.path, "ignored: not a NIfTI file"))
+            elif not f.name.lower().endswith(_METADATA_EXTENSIONS):
+                local.append(Issue(str(f), "ignored: not a NIfTI file"))
             continue
         prefix, key = parsed
-        candidates.setdefault(key, []).append((prefix == case_id, Path(e.path)))
+        candidates.setdefault(key, []).append((prefix == case_id, f))
     if not candidates:
-        # one note per folder: a non-case folder is not worth a line per file
         found = f" (NIfTI files found: {', '.join(unrecognised[:3])}{', ...' if len(unrecognised) > 3 else ''})"
         problems.append(
             Issue(
@@ -346,8 +562,8 @@ def _collect_case(folder: Path, layout: str, grade: str | None, problems: list[I
         return None
     problems.extend(local)
     chosen: dict[str, Path | None] = {}
-    for key, found in candidates.items():
-        exact = [p for is_exact, p in found if is_exact] or [p for _, p in found]
+    for key, found_files in candidates.items():
+        exact = [p for is_exact, p in found_files if is_exact] or [p for _, p in found_files]
         # prefer .nii.gz (the distributed form) when both compressed and uncompressed copies exist
         exact.sort(key=lambda p: (not p.name.lower().endswith(".nii.gz"), p.name))
         if len(exact) > 1:
@@ -362,14 +578,50 @@ def _collect_case(folder: Path, layout: str, grade: str | None, problems: list[I
     return BratsCase(case_id=case_id, dir=folder, grade=grade, paths=paths, label=chosen.get("label"), layout=layout)
 
 
+def _walk(path: Path, layout: str | None) -> _Walker:
+    walker = _Walker(layout)
+    walker.run(path)
+    return walker
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """Layout id of the cases at or below a folder (the most common one when sub-trees differ).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
+        LayoutError: no case folder in any known layout.
+    """
+    path = _check_root(root)
+    found = _walk(path, None).found
+    if not found:
+        raise _no_case_error(path, None)
+    return Counter(x.case.layout for x in found).most_common(1)[0][0]
+
+
+def _check_duplicates(found: list[_Found]) -> None:
+    by_id: dict[str, list[_Found]] = {}
+    for x in found:
+        by_id.setdefault(x.case.case_id, []).append(x)
+    copies = {cid: xs for cid, xs in by_id.items() if len(xs) > 1}
+    if copies:
+        lines = [f"{cid} in {', '.join(str(x.case.dir) for x in xs)}" for cid, xs in sorted(copies.items())]
+        shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+        raise DatasetConflictError(
+            f"{len(copies)} case id(s) found in two or more different folders: {shown}. "
+            "Two copies of one case would leak between training and test splits: remove the copies, or point "
+            "--dataset_dir at one of the datasets."
+        )
+
+
 def discover_cases(
     root: str | os.PathLike, layout: str | None = None, release: int | str | None = None
 ) -> DiscoveryResult:
-    """Find the cases of a BraTS dataset folder.
+    """Find the BraTS cases at or below a folder (see the module docstring).
 
     Args:
-        root: dataset folder.
-        layout: one of :data:`LAYOUTS`, or ``None``/``"auto"`` to detect it.
+        root: the dataset folder or any folder above it.
+        layout: one of :data:`LAYOUTS` to keep only cases of that layout (others are reported as ignored), or
+            ``None``/``"auto"`` for any.
         release: BraTS release year forcing the label convention (2023+ -> ET = 3, else 4); ``None`` guesses
             it from the case names, falling back to the layout's default.
 
@@ -379,56 +631,47 @@ def discover_cases(
     Raises:
         FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
         LayoutError: auto-detection found no case.
+        DatasetConflictError: sub-trees of two BraTS editions, or one case id in two different folders.
         ValueError: unknown ``layout`` or ``release``.
     """
     path = _check_root(root)
-    if layout is None or layout == "auto":
-        layout = detect_layout(path)
-    elif layout not in LAYOUTS:
+    if layout == "auto":
+        layout = None
+    if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
-    problems: list[Issue] = []
-    cases: list[BratsCase] = []
+    forced = parse_release(release) if release is not None else None
+    walker = _walk(path, layout)
+    if not walker.found:
+        if layout is None:
+            raise _no_case_error(path, None)
+        year = forced if forced is not None else LAYOUT_DEFAULT_RELEASE[layout]
+        return DiscoveryResult(path, layout, year, label_convention(year), (), tuple(walker.problems))
+    _check_duplicates(walker.found)
 
-    if layout == "brats2018":
-        grade_dirs = _grade_dirs(path)
-        for e in _visible_entries(path):
-            if (e.is_dir() and e.name.upper() in GRADES) or (
-                e.is_file() and e.name.lower().endswith(_METADATA_EXTENSIONS)
-            ):
-                continue
-            problems.append(Issue(e.path, "ignored: brats2018 layout expects only HGG/ and LGG/ folders here"))
-        for grade, gdir in grade_dirs:
-            for e in _visible_entries(gdir):
-                if e.is_dir():
-                    case = _collect_case(Path(e.path), layout, grade, problems)
-                    if case is not None:
-                        cases.append(case)
-                elif not e.name.lower().endswith(_METADATA_EXTENSIONS):
-                    problems.append(Issue(e.path, "ignored: stray file among case folders"))
-    else:
-        grades = _read_name_mapping(path, problems)
-        for e in _visible_entries(path):
-            if e.is_dir():
-                case = _collect_case(Path(e.path), layout, grades.get(e.name), problems)
-                if case is not None:
-                    cases.append(case)
-            elif not e.name.lower().endswith(_METADATA_EXTENSIONS):
-                problems.append(Issue(e.path, "ignored: stray file among case folders"))
-
-    cases.sort(key=lambda c: (c.case_id, str(c.dir)))
-    unique: list[BratsCase] = []
-    for case in cases:
-        if unique and unique[-1].case_id == case.case_id:
-            problems.append(Issue(str(case.dir), f"ignored: duplicate case id {case.case_id} (kept {unique[-1].dir})"))
-            continue
-        unique.append(case)
-
-    year = guess_release([c.case_id for c in unique], layout) if release is None else parse_release(release)
+    groups: dict[tuple[Path, str], list[BratsCase]] = {}
+    for x in walker.found:
+        groups.setdefault((x.subtree, x.case.layout), []).append(x.case)
+    subtrees = tuple(
+        Subtree(root_, lay, guess_release([c.case_id for c in cs], lay), tuple(sorted(c.case_id for c in cs)))
+        for (root_, lay), cs in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
+    )
+    editions = sorted({st.release for st in subtrees})
+    if len(editions) > 1:
+        raise DatasetConflictError(
+            f"{path} holds cases of {len(editions)} BraTS editions ({', '.join(map(str, editions))}): "
+            + "; ".join(str(st) for st in subtrees)
+            + ". Editions share patients under different names and may label ET differently: point --dataset_dir "
+            "at one of these folders."
+        )
+    cases = sorted((x.case for x in walker.found), key=lambda c: (c.case_id, str(c.dir)))
+    main_layout = Counter(c.layout for c in cases).most_common(1)[0][0]
+    year = forced if forced is not None else editions[0]
     return DiscoveryResult(
         root=path,
-        layout=layout,
+        layout=main_layout,
         release=year,
         convention=label_convention(year),
-        cases=tuple(unique),
-        problems=tuple(problems),
+        cases=tuple(cases),
+        problems=tuple(walker.problems),
+        subtrees=subtrees,
     )

@@ -10,6 +10,7 @@ from lckd_med.constants import BRATS_2023, BRATS_LEGACY, MODALITIES, RELEASE_FIL
 from lckd_med.data.layouts import (
     LAYOUTS,
     BratsCase,
+    DatasetConflictError,
     LayoutError,
     detect_layout,
     discover_cases,
@@ -181,17 +182,22 @@ def test_stray_files_and_folders_are_ignored_but_reported(tmp_path: Path) -> Non
     assert reported == {"notes.bin", "empty_folder", "odd", "W39_1998.09.19_Segm.nii", "readme.doc", "extra"}
 
 
-def test_brats2018_stray_entries_and_duplicate_case(tmp_path: Path) -> None:
+def test_brats2018_stray_entries_are_reported(tmp_path: Path) -> None:
     make_tree(tmp_path, "brats2018")
-    touch_case(tmp_path / "LGG" / "Brats18_A_1", "brats2018")  # same id as an HGG case
     touch_case(tmp_path / "Brats18_Z_1", "brats2018")  # case outside HGG/LGG
     (tmp_path / "HGG" / "stray.txt.gz").touch()
     res = discover_cases(tmp_path)
     assert [c.case_id for c in res.cases] == ["Brats18_A_1", "Brats18_B_1", "Brats18_C_1"]
     assert res.cases[0].grade == "HGG"
     reasons = " | ".join(str(p) for p in res.problems)
-    assert "duplicate case id Brats18_A_1" in reasons
-    assert "Brats18_Z_1" in reasons and "stray.txt.gz" in reasons
+    assert "Brats18_Z_1: ignored: brats2018 layout expects only HGG/ and LGG/" in reasons and "stray.txt.gz" in reasons
+
+
+def test_two_copies_of_one_case_are_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path, "brats2018")
+    touch_case(tmp_path / "LGG" / "Brats18_A_1", "brats2018")  # same id as an HGG case, another folder
+    with pytest.raises(DatasetConflictError, match=r"Brats18_A_1 in .*HGG/Brats18_A_1, .*LGG/Brats18_A_1"):
+        discover_cases(tmp_path)
 
 
 def test_prefers_compressed_when_both_copies_exist(tmp_path: Path) -> None:
@@ -230,7 +236,93 @@ def test_single_case_folder_gets_a_hint(tmp_path: Path) -> None:
         detect_layout(folder)
 
 
-def test_dataset_one_level_down_gets_a_hint(tmp_path: Path) -> None:
+def test_dataset_below_the_given_folder_is_found(tmp_path: Path) -> None:
+    grades = make_tree(tmp_path / "MICCAI_BraTS_2018_Data_Training", "brats2018")
+    assert detect_layout(tmp_path) == "brats2018"
+    res = discover_cases(tmp_path)
+    assert [c.case_id for c in res.cases] == sorted(grades) and res.release == 2018
+    assert [(st.root.name, st.layout, st.release, len(st.case_ids)) for st in res.subtrees] == [
+        ("MICCAI_BraTS_2018_Data_Training", "brats2018", 2018, 3)
+    ]
+
+
+def write_decoys(root: Path) -> None:
+    """Folders a real disk holds beside BraTS data: none of them is a case."""
+    (root / "other_study" / "sub-01" / "anat").mkdir(parents=True)
+    (root / "other_study" / "sub-01" / "anat" / "sub-01_T1w.nii.gz").touch()  # BIDS name, not BraTS
+    (root / "scratch").mkdir()
+    (root / "scratch" / "mni_t1.nii.gz").touch()  # one sequence-like name, prefix is not the folder: not a case
+    (root / "scratch" / "notes.txt").write_text("x")
+    (root / "empty").mkdir()
+    touch_case(root / ".trash" / "BraTS2021_09999", "flat")  # hidden: never looked at
+    (root / "papers").mkdir()
+    (root / "papers" / "lckd.pdf").touch()
+
+
+def test_discovery_from_a_parent_folder_finds_exactly_the_cases_below_it(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+    grades = make_tree(downloads / "brats18" / "MICCAI_BraTS_2018_Data_Training", "brats2018")
+    more = tmp_path / "more_2018"  # a second sub-tree of the same edition, flat, its own cases
+    touch_case(more / "Brats18_D_1", "flat")
+    write_decoys(tmp_path)
+    write_decoys(downloads)
+    res = discover_cases(tmp_path)
+    assert [c.case_id for c in res.cases] == sorted([*grades, "Brats18_D_1"])
+    assert res.release == 2018 and res.layout == "brats2018"
+    assert [(st.root, st.layout, len(st.case_ids)) for st in res.subtrees] == [
+        (downloads / "brats18" / "MICCAI_BraTS_2018_Data_Training", "brats2018", 3),
+        (more, "flat", 1),
+    ]
+    ignored = {Path(p.file).relative_to(tmp_path).as_posix(): p.reason for p in res.problems}
+    for base in ("", "downloads/"):
+        assert "not a BraTS case folder" in ignored[f"{base}other_study/sub-01/anat"]
+        assert "mni_t1.nii.gz" in ignored[f"{base}scratch"]
+        assert "not a BraTS case folder" in ignored[f"{base}empty"]
+    assert not any(".trash" in k for k in ignored)
+
+
+def test_symlinked_case_folder_is_the_same_case_not_a_copy(tmp_path: Path) -> None:
+    make_tree(tmp_path / "data", "flat")
+    (tmp_path / "a_links").mkdir()  # sorts before "data": the real folder still wins
+    (tmp_path / "a_links" / "BraTS2021_00000").symlink_to(tmp_path / "data" / "BraTS2021_00000")
+    (tmp_path / "loop").symlink_to(tmp_path)  # a link back up must not loop
+    res = discover_cases(tmp_path)
+    assert [c.dir for c in res.cases] == [tmp_path / "data" / f"BraTS2021_0000{i}" for i in range(3)]
+    reasons = {Path(p.file).name: p.reason for p in res.problems}
+    assert "same folder as" in reasons["BraTS2021_00000"] and "same folder as" in reasons["loop"]
+
+
+def test_two_editions_below_one_folder_are_refused(tmp_path: Path) -> None:
     make_tree(tmp_path / "MICCAI_BraTS_2018_Data_Training", "brats2018")
-    with pytest.raises(LayoutError, match="one level down"):
-        detect_layout(tmp_path)
+    make_tree(tmp_path / "RSNA_ASNR_MICCAI_BraTS2021_TrainingData", "flat")
+    with pytest.raises(DatasetConflictError, match=r"2 BraTS editions \(2018, 2021\).*MICCAI_BraTS_2018.*BraTS2021"):
+        discover_cases(tmp_path)
+    # pointing at one of them works
+    assert len(discover_cases(tmp_path / "RSNA_ASNR_MICCAI_BraTS2021_TrainingData").cases) == 3
+
+
+def test_legacy_and_2023_naming_below_one_folder_are_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path / "a", "flat")
+    make_tree(tmp_path / "b", "brats2023")
+    with pytest.raises(DatasetConflictError, match="2021, 2023"):
+        discover_cases(tmp_path)
+    res = discover_cases(tmp_path, layout="brats2023")  # a forced layout keeps one edition
+    assert len(res.cases) == 3 and res.release == 2023
+    assert sum("no file named as in layout brats2023" in p.reason for p in res.problems) == 3
+
+
+def test_unreadable_folder_is_reported(tmp_path: Path) -> None:
+    import os
+
+    make_tree(tmp_path / "data", "flat")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as a user who can read any folder")
+        res = discover_cases(tmp_path)
+        assert len(res.cases) == 3
+        assert any(p.file == str(locked) and "cannot read folder" in p.reason for p in res.problems)
+    finally:
+        locked.chmod(0o755)

@@ -198,3 +198,23 @@ def test_output_is_a_folder(brats2018: Path, tmp_path: Path, capsys: pytest.Capt
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "brats2023" in capsys.readouterr().out and all(m in MODALITIES for m in ("flair", "t1ce"))
+
+
+def test_parent_folder_finds_the_dataset_and_reports_subtrees(
+    brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", brats2018.parent, "--output", out, "--workers", "1") == 0
+    text = capsys.readouterr().out
+    assert f"found {brats2018}: 12 case(s), layout brats2018, BraTS 2018" in text and "cases found: 12" in text
+
+
+def test_two_editions_exit_1_naming_both(brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "old").symlink_to(brats2018, target_is_directory=True)
+    write_case(parent / "BraTS2021" / "BraTS2021_00001")
+    assert run("--dataset_dir", parent, "--output", tmp_path / "dl.json") == 1
+    err = capsys.readouterr().err
+    assert "2 BraTS editions (2018, 2021)" in err and "BraTS2021" in err
+    assert not (tmp_path / "dl.json").exists()
