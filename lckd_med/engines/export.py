@@ -1,0 +1,85 @@
+"""A one-input view of a trained network for TorchScript export (``python -m monai.bundle ckpt_export``).
+
+MONAI's ``ckpt_export`` converts the config's ``network_def`` with ``torch.jit.script`` or, with ``--use_trace``,
+``torch.jit.trace`` on one random input ``(1, 4, H, W, D)``. lckd_med's networks take a second argument, the
+availability mask, and branch in Python on which sequences are present (encoders are skipped for missing ones),
+so neither conversion can keep their behaviour as-is. :class:`ExportableSegmenter` wraps a network so that:
+
+* the only input is the image ``(B, 4, H, W, D)`` in ``MODALITIES`` order, and a sequence is *missing* exactly
+  when its channel is all zeros (the toolkit's convention for missing inputs, which ``NormalizeIntensityd``
+  keeps at 0);
+* every channel is encoded (no branching: a missing channel's features are replaced by the decoder anyway, so
+  the result equals the network's own ``forward(x, mask)``, pinned by a test), and the mask enters the graph as
+  a tensor computed from ``x``, so one traced graph serves all 15 subsets;
+* ``load_state_dict`` / ``state_dict`` are the wrapped network's, so ``ckpt_export --key_in_ckpt model`` loads
+  ``model.pt``'s weights into it directly.
+
+Output: ``(B, 3, H, W, D)`` logits in ``REGIONS`` order (ET, TC, WT); sigmoid > 0.5 gives the regions. The
+spatial size must be a multiple of the network's ``size_divisor`` (16 for the default 5-level network).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from lckd_med.engines.checkpoint import build_network, load_checkpoint
+
+__all__ = ["ExportableSegmenter"]
+
+
+class ExportableSegmenter(torch.nn.Module):
+    """Image-only, traceable wrapper of an lckd_med network (see the module docstring).
+
+    Args:
+        network: an :class:`~lckd_med.networks.LCKDNet` or :class:`~lckd_med.networks.OMDNet` (anything with
+            ``encode(x)`` and ``decode(features, mask)``).
+
+    Raises:
+        TypeError: ``network`` lacks ``encode``/``decode``.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        if not (callable(getattr(network, "encode", None)) and callable(getattr(network, "decode", None))):
+            raise TypeError(f"network must have encode(x) and decode(features, mask), got {type(network).__name__}")
+        self.network = network
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str | os.PathLike, load_weights: bool = True) -> ExportableSegmenter:
+        """The network described in an lckd_med checkpoint (rebuilt from its stored hyper-parameters), in eval mode.
+
+        Raises:
+            FileNotFoundError / ValueError: see :func:`lckd_med.engines.checkpoint.load_checkpoint`.
+        """
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        return cls(build_network(ckpt, load_weights=load_weights)).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 3, H, W, D)`` (ET, TC, WT) of ``x`` ``(B, 4, H, W, D)``; all-zero channels are missing."""
+        mask = x.flatten(2).abs().amax(dim=2) > 0  # (B, M): a channel with any non-zero voxel is present
+        if not torch.jit.is_tracing():
+            return self.network.decode(self.network.encode(x), mask)
+        # the networks' argument checks read tensors as Python bools; they pass on the trace input and drop out of
+        # the graph, which is right here because the mask itself flows through the graph as a tensor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return self.network.decode(self.network.encode(x), mask)
+
+    # the checkpoint stores the bare network's weights: read and write them without the wrapper's prefix
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        try:
+            return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"the weights do not fit the {type(self.network).__name__} this wrapper was built with: in "
+                "`ckpt_export`, --ckpt_file and the config's ckpt_path (--ckpt_dir) must name the same checkpoint "
+                f"({e})"
+            ) from e

@@ -1,0 +1,108 @@
+"""Tests of lckd_med.engines.export and of ``python -m monai.bundle ckpt_export`` for both bundles: the
+TorchScript file reproduces the eager network, whatever subset of sequences is present."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.engines.export import ExportableSegmenter
+from lckd_med.networks import LCKDNet, OMDNet
+
+REPO = Path(__file__).resolve().parents[2]
+NETWORKS = {"lckd": ("LCKDNet", LCKDNet), "omd": ("OMDNet", OMDNet)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def inputs(shape=(2, 4, 16, 32, 16)) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch whose samples miss different sequences (all-zero channels), and its availability mask."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(shape, generator=g) + 0.1
+    mask = torch.ones(shape[0], 4, dtype=torch.bool)
+    mask[0, 1] = False  # flair, t1ce, t2
+    mask[1, [0, 1, 3]] = False  # t1ce only
+    return x * mask[:, :, None, None, None], mask
+
+
+@pytest.mark.parametrize("bundle", sorted(NETWORKS))
+def test_wrapper_equals_network_and_trace_generalises(bundle):
+    torch.manual_seed(0)
+    net = NETWORKS[bundle][1](filters=(4, 8, 16)).eval()
+    wrapper = ExportableSegmenter(net).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, torch.rand(1, 4, 16, 16, 16))  # traced at another size and batch
+        x, mask = inputs()
+        eager = net(x, mask)
+        torch.testing.assert_close(wrapper(x), eager, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(traced(x), eager, rtol=1e-4, atol=1e-4)
+    assert wrapper.state_dict().keys() == net.state_dict().keys()
+
+
+def test_wrapper_refuses_a_plain_module():
+    with pytest.raises(TypeError, match="encode"):
+        ExportableSegmenter(torch.nn.Conv3d(4, 3, 1))
+
+
+def test_wrapper_load_state_dict_says_what_to_fix():
+    wrapper = ExportableSegmenter(LCKDNet(filters=(4, 8, 16)))
+    with pytest.raises(RuntimeError, match="must name the same checkpoint"):
+        wrapper.load_state_dict(LCKDNet(filters=(4, 8)).state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", sorted(NETWORKS))
+def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
+    name, cls = NETWORKS[bundle]
+    torch.manual_seed(1)
+    net = cls(filters=(4, 8, 16)).eval()
+    models = tmp_path / "models"
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "network": {"name": name, "hparams": net.hparams},
+        "model": net.state_dict(),
+        "modalities": list(MODALITIES),
+        "regions": list(REGIONS),
+        "label_convention": "brats2018",
+    }
+    save_checkpoint(models / "model.pt", payload)
+    ts = models / "model.ts"
+    # the command documented in bundles/<bundle>/README.md, with --ckpt_dir pointing at this checkpoint's folder
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
+        "--config_file", f"bundles/{bundle}/inference.json",
+        "--meta_file", f"bundles/{bundle}/metadata.json",
+        "--ckpt_dir", str(models),
+        "--ckpt_file", str(models / "model.pt"),
+        "--key_in_ckpt", "model",
+        "--use_trace", "True",
+        "--filepath", str(ts),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TracerWarning" not in done.stderr
+    loaded = torch.jit.load(str(ts))
+    x, mask = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x, mask), rtol=1e-4, atol=1e-4)
+    with zipfile.ZipFile(ts) as z:
+        names = {Path(n).name for n in z.namelist()}
+        meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/metadata.json"))))
+    assert {"metadata.json", "inference.json"} <= names
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 4
