@@ -1,0 +1,122 @@
+"""metadata.json of both bundles against the MONAI bundle specification's keys, offline (``verify_metadata`` would
+download the model-zoo schema), and ``verify_net_in_out`` of each bundle's ``network_def`` against it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.networks import LCKDNet, OMDNet
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = ("lckd", "omd")
+#: Mandatory keys of metadata.json (MONAI bundle specification, "metadata.json File"), plus the optional keys the
+#: model zoo's checks read (changelog, holding the current version) and the 2024 schema's required packages.
+TOP_KEYS = (
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "optional_packages_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
+    "intended_use",
+    "references",
+    "data_source",
+    "data_type",
+)
+#: Keys every tensor format specifier must have.
+TENSOR_KEYS = (
+    "type",
+    "format",
+    "modality",
+    "num_channels",
+    "spatial_shape",
+    "dtype",
+    "value_range",
+    "is_patch_data",
+    "channel_def",
+)
+VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def metadata(bundle: str) -> dict:
+    return json.loads((REPO / "bundles" / bundle / "metadata.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_top_level_keys(bundle):
+    meta = metadata(bundle)
+    missing = [k for k in TOP_KEYS if k not in meta]
+    assert not missing, f"{bundle}/metadata.json lacks {missing}"
+    assert VERSION.match(meta["version"]) and meta["version"] in meta["changelog"]
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        assert VERSION.match(meta[key].split("+")[0]), (key, meta[key])
+    for key in ("optional_packages_version", "required_packages_version"):
+        assert isinstance(meta[key], dict) and all(VERSION.match(str(v)) for v in meta[key].values())
+    assert {"lckd_med", "nibabel", "pytorch-ignite", "safetensors"} <= set(meta["required_packages_version"])
+    assert meta["schema"].startswith("https://") and meta["schema"].endswith(".json")
+    assert all(isinstance(meta[k], str) and meta[k] for k in ("task", "description", "authors", "copyright"))
+
+
+def test_monai_version_satisfies_the_project_pin():
+    pin = re.search(r'"monai\[fire\]>=([\d.]+),<([\d.]+)"', (REPO / "pyproject.toml").read_text()).groups()
+    low, high = (tuple(int(x) for x in v.split(".")) for v in pin)
+    for bundle in BUNDLES:
+        v = tuple(int(x) for x in metadata(bundle)["monai_version"].split("."))
+        assert low <= v < high
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("side, name, order", [("inputs", "image", MODALITIES), ("outputs", "pred", REGIONS)])
+def test_tensor_specifiers(bundle, side, name, order):
+    spec = metadata(bundle)["network_data_format"][side][name]
+    assert [k for k in TENSOR_KEYS if k not in spec] == []
+    assert spec["num_channels"] == len(order)
+    assert list(spec["channel_def"]) == [str(i) for i in range(len(order))]
+    for i, key in enumerate(order):
+        assert spec["channel_def"][str(i)].lower().startswith(key.lower()), (i, key, spec["channel_def"])
+    assert len(spec["spatial_shape"]) == 3 and spec["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("bundle, cls, name", [("lckd", LCKDNet, "LCKDNet"), ("omd", OMDNet, "OMDNet")])
+def test_verify_net_in_out(bundle, cls, name, tmp_path):
+    from monai.bundle import verify_net_in_out
+
+    torch.manual_seed(0)
+    net = cls(filters=(4, 8, 16))
+    save_checkpoint(
+        tmp_path / "model.pt",
+        {
+            "format": CHECKPOINT_FORMAT,
+            "network": {"name": name, "hparams": net.hparams},
+            "model": net.state_dict(),
+            "modalities": list(MODALITIES),
+            "regions": list(REGIONS),
+            "label_convention": "brats2018",
+        },
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(REPO / "bundles" / bundle / "metadata.json"),
+            config_file=str(REPO / "bundles" / bundle / "inference.json"),
+            device="cpu",
+            n=2,
+            ckpt_dir=str(tmp_path),
+        )
+    finally:
+        torch.set_num_threads(before)
