@@ -30,6 +30,7 @@ from lckd_med.data.layouts import (
     parse_release,
 )
 from lckd_med.data.validation import validate_cases
+from lckd_med.utils.progress import progress_bar
 
 __all__ = ["build_parser", "main", "default_workers"]
 
@@ -138,9 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(_no_case_message(f"no BraTS case found under {found.root} with layout {found.layout}."))
         return EXIT_NO_DATA
 
-    checks = validate_cases(
-        found.cases, found.convention, require_label=not args.allow_unlabelled, workers=args.workers
-    )
+    with progress_bar(desc="validate", total=len(found.cases)) as bar:
+        checks = validate_cases(
+            found.cases,
+            found.convention,
+            require_label=not args.allow_unlabelled,
+            workers=args.workers,
+            progress=lambda _check: bar.update(),
+        )
     usable = [c for c in checks if c.ok]
     partial = [c for c in usable if c.missing_modalities]
     rejected = [c for c in checks if not c.ok]

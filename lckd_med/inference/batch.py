@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
-from tqdm.auto import tqdm
 
 from lckd_med.constants import (
     MODALITIES,
@@ -47,6 +46,7 @@ from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.utils.io import save_label_map, write_text_atomic
+from lckd_med.utils.progress import progress_bar
 
 __all__ = [
     "NIFTI_EXTENSIONS",
@@ -269,7 +269,7 @@ class BatchInference:
         roi_size: sliding-window size; None takes ``ckpt["train_config"]["roi_size"]``.
         overlap: sliding-window overlap in [0, 1).
         threshold: sigmoid probability above which a voxel belongs to a region, in (0, 1).
-        progress: show a tqdm bar over cases.
+        progress: show a progress bar over cases (drawn on a terminal only, see :mod:`lckd_med.utils.progress`).
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
             checkpoint's.
         sw_batch_size: windows per network call.
@@ -440,7 +440,7 @@ class BatchInference:
         )
         rows = []
         t0 = time.perf_counter()
-        for case in tqdm(cases, desc="inference", unit="case", disable=not self.progress):
+        for case in progress_bar(cases, desc="inference", enabled=self.progress):
             row = self.run_case(case)
             rows.append(row)
             if row["status"] == "ok":

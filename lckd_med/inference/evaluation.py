@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Invertd
-from tqdm import tqdm
 
 from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
 from lckd_med.data.pipelines import eval_transforms
@@ -33,6 +32,7 @@ from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
 from lckd_med.utils.io import save_label_map
+from lckd_med.utils.progress import progress_bar
 
 __all__ = ["SubsetEvaluator", "voxel_spacing", "summary_table"]
 
@@ -158,7 +158,7 @@ class SubsetEvaluator:
         # workers load and preprocess the next cases while the current one is swept
         loader = DataLoader(Dataset(todo, transform), batch_size=1, num_workers=self.num_workers, collate_fn=_single)
         t_start = time.perf_counter()
-        for sample in tqdm(loader, desc=f"evaluate {self.split}", unit="case", disable=not self.progress):
+        for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
             case_id = sample["case_id"]
             entry = by_id[case_id]
             subsets = self._case_subsets(entry)

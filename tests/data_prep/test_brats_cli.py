@@ -218,3 +218,16 @@ def test_two_editions_exit_1_naming_both(brats2018: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "2 BraTS editions (2018, 2021)" in err and "BraTS2021" in err
     assert not (tmp_path / "dl.json").exists()
+
+
+@pytest.mark.parametrize("env, shown", [({"LCKD_MED_PROGRESS": "1"}, True), ({"CI": "true"}, False)])
+def test_progress_bar_on_request_quiet_in_ci(
+    brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, env, shown
+) -> None:
+    monkeypatch.delenv("LCKD_MED_PROGRESS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert run("--dataset_dir", brats2018, "--output", tmp_path / "dl.json", "--workers", "1") == 0
+    err = capsys.readouterr().err
+    assert ("validate" in err and "12/12" in err) is shown
