@@ -16,15 +16,15 @@ from lckd_med.networks import LCKDNet, OMDNet
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("lckd", "omd")
-#: Mandatory keys of metadata.json (MONAI bundle specification, "metadata.json File"), plus the optional keys the
-#: model zoo's checks read (changelog, holding the current version) and the 2024 schema's required packages.
+#: Mandatory keys of metadata.json (MONAI bundle specification, "metadata.json File", with the 2024-07-25 schema's
+#: ``required_packages_version`` in place of ``optional_packages_version``), plus the optional keys the model zoo's
+#: checks read (``changelog``, holding the current version) and the descriptive ones we fill.
 TOP_KEYS = (
     "version",
     "changelog",
     "monai_version",
     "pytorch_version",
     "numpy_version",
-    "optional_packages_version",
     "required_packages_version",
     "task",
     "description",
@@ -63,9 +63,12 @@ def test_top_level_keys(bundle):
     assert VERSION.match(meta["version"]) and meta["version"] in meta["changelog"]
     for key in ("monai_version", "pytorch_version", "numpy_version"):
         assert VERSION.match(meta[key].split("+")[0]), (key, meta[key])
-    for key in ("optional_packages_version", "required_packages_version"):
-        assert isinstance(meta[key], dict) and all(VERSION.match(str(v)) for v in meta[key].values())
-    assert {"lckd_med", "nibabel", "pytorch-ignite", "safetensors"} <= set(meta["required_packages_version"])
+    packages = meta["required_packages_version"]
+    assert isinstance(packages, dict) and all(VERSION.match(str(v)) for v in packages.values())
+    assert {"lckd_med", "nibabel", "pytorch-ignite", "safetensors", "fire"} <= set(packages)
+    # MONAI 1.6 renames a deprecated optional_packages_version to required_packages_version when it parses the
+    # metadata, replacing the real list: the old key must not be there
+    assert "optional_packages_version" not in meta
     assert meta["schema"].startswith("https://") and meta["schema"].endswith(".json")
     assert all(isinstance(meta[k], str) and meta[k] for k in ("task", "description", "authors", "copyright"))
 
