@@ -227,3 +227,17 @@ def test_safetensors_round_trip_through_cli(ckpt, tmp_path, capsys):
     x = torch.randn(1, 4, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(build_network(a).eval()(x), build_network(b).eval()(x), rtol=0, atol=0)
+
+
+def test_prepare_runs_data_prep(tmp_path, capsys):
+    from lckd_med.data.synthetic import write_dataset
+
+    write_dataset(tmp_path / "downloads" / "brats", 3, seed=1, spacing=4.0, release=2021)
+    out = tmp_path / "dl.json"
+    assert (
+        main(["prepare", "--dataset_dir", str(tmp_path), "--output", str(out), "--workers", "1", "--folds", "3"]) == 0
+    )
+    text = capsys.readouterr().out
+    assert "cases found: 3" in text and f"found {tmp_path / 'downloads' / 'brats'}: 3 case(s)" in text
+    assert out.is_file()
+    assert main(["prepare", "--dataset_dir", str(tmp_path / "none"), "--output", str(out)]) == 1

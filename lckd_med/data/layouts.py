@@ -388,11 +388,11 @@ class _Walker:
                     out.append((d.name.upper(), gscan))
         return out
 
-    def visit(self, folder: Path, depth: int) -> None:
+    def visit(self, folder: Path, depth: int, scan: FolderScan | None = None) -> None:
         """Collect the cases at or below ``folder`` (``depth`` levels below the folder given)."""
         if not self._first_visit(folder):
             return
-        scan = self._scan(folder)
+        scan = scan if scan is not None else self._scan(folder)
         if scan is None:
             return
         grades = self._grade_folders(scan)
@@ -431,7 +431,7 @@ class _Walker:
         if depth + 1 > MAX_DEPTH:
             self.problems.append(Issue(str(d), f"ignored: more than {MAX_DEPTH} levels below the folder given"))
         else:
-            self.visit(d, depth + 1)
+            self.visit(d, depth + 1, sub)
         return 0
 
     def run(self, root: Path) -> None:

@@ -316,17 +316,29 @@ def test_check_and_align_bad_arguments(paths, expected):
         check_and_align(paths)
 
 
-def test_check_and_align_reorients_exactly_and_resamples_coarse_grid(tmp_path):
-    ref_data = volume(seed=1)
-    ras = nib.as_closest_canonical(nib.Nifti1Image(volume(seed=2), lps_affine()))
-    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+def _as_ras(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.as_closest_canonical(nib.Nifti1Image(data, lps_affine()))
+    return np.asarray(img.dataobj, np.float32), img.affine
+
+
+def _axes_permuted(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # voxel (k, i, j) of the new array is voxel (i, j, k) of the old one: the affine's columns move with the axes
+    return np.ascontiguousarray(data.transpose(2, 0, 1)), lps_affine()[:, [2, 0, 1, 3]]
+
+
+@pytest.mark.parametrize("store, codes", [(_as_ras, "RAS"), (_axes_permuted, "SLP")])
+def test_check_and_align_reorients_exactly(tmp_path, store, codes):
+    data, affine = store(volume(seed=2))
+    assert "".join(nib.aff2axcodes(affine)) == codes
     paths = {
-        "t1ce": write(tmp_path / "a_t1ce.nii.gz", ref_data),
-        "flair": write(tmp_path / "a_flair.nii.gz", np.asarray(ras.dataobj, np.float32), ras.affine),
+        "t1ce": write(tmp_path / "a_t1ce.nii.gz", volume(seed=1)),
+        "flair": write(tmp_path / "a_flair.nii.gz", data, affine),
     }
     aligned, notes = check_and_align(paths, work_dir=tmp_path / "work")
-    assert "re-oriented (exact voxel reordering)" in notes[0] and "orientation RAS vs LPS" in notes[0]
-    np.testing.assert_array_equal(nib.load(aligned["flair"]).get_fdata(), volume(seed=2))
+    assert "re-oriented (exact voxel reordering)" in notes[0] and f"orientation {codes} vs LPS" in notes[0]
+    out = nib.load(aligned["flair"])
+    np.testing.assert_array_equal(out.affine, lps_affine())
+    np.testing.assert_array_equal(out.get_fdata(), volume(seed=2))
 
 
 # ---------------------------------------------------------------------------------------------- inference end to end
