@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -26,6 +29,8 @@ __all__ = [
     "epochs_for",
     "pick_device",
     "setup_logging",
+    "install_error_hook",
+    "user_error_of",
     "DatasetNotFoundError",
 ]
 
@@ -217,9 +222,50 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Route lckd_med and MONAI loggers to the console once (the bundle's logging.conf does the same)."""
+    """Route lckd_med and MONAI loggers to the console once (the bundle's logging.conf does the same), and show
+    input errors as one line (:func:`install_error_hook`); every bundle config calls this in ``initialize``."""
+    install_error_hook()
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("lckd_med", "monai", "ignite"):
         logging.getLogger(name).setLevel(level)
+
+
+#: Errors that describe bad input (files, arguments): shown as one line when raised by lckd_med code.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def user_error_of(exc: BaseException) -> BaseException | None:
+    """The lckd_med input error at the root of ``exc``, if any.
+
+    MONAI's config parser wraps an error raised while building or running a component in ``RuntimeError("Failed to
+    evaluate ...")``; the innermost exception of the ``__cause__``/``__context__`` chain is the one the user needs.
+    It counts as an input error when its type is one of ``ValueError``, ``FileNotFoundError``, ... and it was
+    raised in lckd_med's own code (errors from libraries keep their traceback: they may be bugs).
+    """
+    inner, seen = exc, set()
+    while (inner.__cause__ or inner.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+    if not isinstance(inner, _USER_ERRORS):
+        return None
+    frames = traceback.extract_tb(inner.__traceback__)
+    return inner if frames and frames[-1].filename.startswith(_PACKAGE_DIR) else None
+
+
+def _error_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    found = None if os.environ.get("LCKD_DEBUG") else user_error_of(exc)
+    if found is None:
+        sys.__excepthook__(kind, exc, tb)
+        return
+    sys.stderr.write(f"error: {found}\n(set LCKD_DEBUG=1 to see the traceback)\n")
+    sys.stderr.flush()
+
+
+def install_error_hook() -> None:
+    """Print an input error raised by lckd_med (a bad file, folder or argument) as one ``error:`` line naming the
+    file and the fix, instead of a traceback through MONAI's config parser. Exit status stays 1.
+    ``LCKD_DEBUG=1`` shows the traceback."""
+    sys.excepthook = _error_hook

@@ -34,6 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
 from lckd_med.constants import MODALITIES
+from lckd_med.data.validation import check_volume_header
 
 __all__ = [
     "REFERENCE_PRIORITY",
@@ -136,6 +137,7 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
         raise GeometryError(f"{what} cannot be read as NIfTI ({type(e).__name__}: {e})") from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise GeometryError(f"{what} is not a NIfTI image (nibabel read it as {type(img).__name__})")
+    check_volume_header(img, path)  # implausible size or NaN affine: refused before any voxel is read
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise GeometryError(f"{what} is not a single 3D volume (shape {shape}); give one 3D volume per sequence file")

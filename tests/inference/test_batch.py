@@ -279,7 +279,11 @@ def test_batch_inference_subsets_and_report(ckpt, tmp_path):
     # a 4-D file with a trailing singleton axis is accepted
     write(inp / "c_t1" / "c_t1_t1.nii.gz", volume()[..., None])
     out.mkdir()
-    (out / "c_flair.nii.gz").write_bytes(b"stale")  # overwritten atomically
+    # an output an earlier run listed in its report, older than the inputs: ours, recomputed
+    (out / "c_flair.nii.gz").write_bytes(b"stale")
+    os.utime(out / "c_flair.nii.gz", (0, 0))
+    earlier = {c: "" for c in REPORT_COLUMNS} | {"case_id": "c_flair", "status": "ok", "output": "c_flair.nii.gz"}
+    pd.DataFrame([earlier], columns=list(REPORT_COLUMNS)).to_csv(out / REPORT_NAME, index=False)
 
     df = run(ckpt, inp, out)
 
@@ -389,7 +393,9 @@ def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
     bad_file = inp / "bad" / "bad_t2.nii.gz"
     maker(bad_file)
     out.mkdir()
-    (out / "bad.nii.gz").write_bytes(b"from an earlier run")
+    (out / "bad.nii.gz").write_bytes(b"from an earlier run")  # listed in the earlier run's report: ours
+    earlier = {c: "" for c in REPORT_COLUMNS} | {"case_id": "bad", "status": "ok", "output": str(out / "bad.nii.gz")}
+    pd.DataFrame([earlier], columns=list(REPORT_COLUMNS)).to_csv(out / REPORT_NAME, index=False)
 
     df = run(ckpt, inp, out).set_index("case_id")
 
@@ -397,12 +403,13 @@ def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
     assert_matches_input(out / "good.nii.gz", good["t2"])
     assert df.loc["bad", "status"] == "error"
     assert df.loc["bad", "modalities"] == "flair+t1ce+t2"
-    assert df.loc["bad", "output"] == ""
     msg = df.loc["bad", "message"]
     assert str(bad_file) in msg
     assert pd.Series([msg]).str.contains(expected).all(), msg
-    assert "removed stale output" in msg
-    assert leftovers(out, ["good"]) == []
+    # a case failing now never deletes the earlier run's output; the row says it is not this run's result
+    assert "kept bad.nii.gz from an earlier run" in msg and df.loc["bad", "output"] == str(out / "bad.nii.gz")
+    assert (out / "bad.nii.gz").read_bytes() == b"from an earlier run"
+    assert leftovers(out, ["good", "bad"]) == []
     report = pd.read_csv(out / REPORT_NAME, keep_default_na=False).set_index("case_id")
     assert report.loc["bad", "status"] == "error" and report.loc["good", "status"] == "ok"
     with pytest.raises(SystemExit) as e:
