@@ -159,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset_dir=found.root,
         convention=found.convention,
     )
-    out = write_datalist(d, args.output)
+    try:
+        out = write_datalist(d, args.output)
+    except (FileExistsError, OSError) as err:
+        _err(str(err))
+        return EXIT_BAD_ARGS
     print(f"splits (folds={args.folds}, seed={args.seed}, test_fold={args.test_fold}, val_fold={args.val_fold}):")
     for split, counts in split_counts(d).items():
         by_grade = ", ".join(f"{g} {n}" for g, n in counts.items() if g != "total")

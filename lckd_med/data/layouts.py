@@ -31,6 +31,7 @@ from lckd_med.constants import (
     LabelConvention,
     label_convention,
 )
+from lckd_med.utils.io import printable
 
 __all__ = [
     "LAYOUTS",
@@ -311,6 +312,16 @@ def _read_name_mapping(root: Path, problems: list[Issue]) -> dict[str, str]:
 def _collect_case(folder: Path, layout: str, grade: str | None, problems: list[Issue]) -> BratsCase | None:
     """A case from one folder, or ``None`` (reported once) when the folder has no recognised file."""
     case_id = folder.name
+    if printable(case_id) != case_id:  # would break every report and log that names it
+        problems.append(Issue(printable(str(folder)), "ignored: folder name is not valid UTF-8; rename the folder"))
+        return None
+    try:
+        os.scandir(folder).close()
+    except OSError as err:  # unreadable: say so rather than "no file named as in layout"
+        problems.append(
+            Issue(str(folder), f"ignored: cannot read case folder ({err.strerror}); make it readable or move it")
+        )
+        return None
     candidates: dict[str, list[tuple[bool, Path]]] = {}
     local: list[Issue] = []
     unrecognised: list[str] = []
@@ -360,6 +371,24 @@ def _collect_case(folder: Path, layout: str, grade: str | None, problems: list[I
         chosen[key] = exact[0]
     paths = {m: chosen.get(m) for m in MODALITIES}
     return BratsCase(case_id=case_id, dir=folder, grade=grade, paths=paths, label=chosen.get("label"), layout=layout)
+
+
+def _drop_linked_duplicates(cases: list[BratsCase], problems: list[Issue]) -> list[BratsCase]:
+    """Keep one case per real folder: a symlinked copy of a case folder would land in another fold (a leak)."""
+    first: dict[str, BratsCase] = {}
+    for case in sorted(cases, key=lambda c: (c.dir.is_symlink(), c.case_id)):  # the real folder wins
+        real = os.path.realpath(case.dir)
+        if real in first:
+            problems.append(
+                Issue(
+                    str(case.dir),
+                    f"ignored: same folder as case {first[real].case_id} (linked); a case must appear once",
+                )
+            )
+        else:
+            first[real] = case
+    kept = {id(c) for c in first.values()}
+    return [c for c in cases if id(c) in kept]
 
 
 def discover_cases(
@@ -416,6 +445,7 @@ def discover_cases(
                 problems.append(Issue(e.path, "ignored: stray file among case folders"))
 
     cases.sort(key=lambda c: (c.case_id, str(c.dir)))
+    cases = _drop_linked_duplicates(cases, problems)
     unique: list[BratsCase] = []
     for case in cases:
         if unique and unique[-1].case_id == case.case_id:

@@ -54,7 +54,7 @@ from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.sweep import sweep_subsets
-from lckd_med.utils.io import remove_stale_temporaries, save_label_map, write_text_atomic
+from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 
 __all__ = [
     "NIFTI_EXTENSIONS",
@@ -67,6 +67,7 @@ __all__ = [
     "read_manifest",
     "BatchInference",
     "exit_on_failure",
+    "check_case_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,11 +91,6 @@ _PRED_KEY = "pred"
 _SEPARATORS = ("_", "-")
 #: Prefix of the per-case working folders (resampled sequences) made inside ``output_dir``.
 _WORK_PREFIX = ".lckd_align_"
-
-
-def printable(name: str) -> str:
-    """``name`` as UTF-8-safe text: bytes of a non-UTF-8 file name (surrogate escapes) become ``\\xNN``."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -203,7 +199,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
     return case
 
 
-def _check_case_id(case_id: str, where: str) -> str:
+def check_case_id(case_id: str, where: str) -> str:
     case_id = case_id.strip()
     if not case_id:
         raise ValueError(f"{where}: empty case_id")
@@ -249,7 +245,7 @@ def read_manifest(manifest: str | os.PathLike) -> list[InferenceCase]:
     cases: list[InferenceCase] = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=2):  # line 1 is the header
-        case_id = _check_case_id(row.get("case_id", ""), f"manifest {manifest} line {i}")
+        case_id = check_case_id(row.get("case_id", ""), f"manifest {manifest} line {i}")
         if case_id in seen:
             raise ValueError(
                 f"manifest {manifest} line {i}: case_id {case_id!r} appears twice; give each row its own case_id "

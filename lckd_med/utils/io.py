@@ -25,6 +25,7 @@ __all__ = [
     "save_nifti_atomic",
     "save_label_map",
     "remove_stale_temporaries",
+    "printable",
 ]
 
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
@@ -38,6 +39,12 @@ def _suffix(path: Path) -> str:
         if name.endswith(s):
             return s
     return path.suffix
+
+
+def printable(name: str) -> str:
+    """``name`` as UTF-8-safe text: bytes of a non-UTF-8 file name (Python's surrogate escapes) become ``\\xNN``,
+    so printing it or writing it into a report never raises ``UnicodeEncodeError``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @contextmanager

@@ -198,3 +198,36 @@ def test_output_is_a_folder(brats2018: Path, tmp_path: Path, capsys: pytest.Capt
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     assert "brats2023" in capsys.readouterr().out and all(m in MODALITIES for m in ("flair", "t1ce"))
+
+
+def test_output_that_is_an_existing_scan_is_refused_and_kept(
+    brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan = tmp_path / "my_scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.float32), brats_affine()), str(scan))
+    before = scan.read_bytes()
+    assert run("--dataset_dir", brats2018, "--output", scan) == 2
+    assert "is not a datalist" in capsys.readouterr().err
+    assert scan.read_bytes() == before
+    # an earlier datalist is ours to regenerate
+    out = tmp_path / "datalist.json"
+    assert run("--dataset_dir", brats2018, "--output", out) == 0
+    assert run("--dataset_dir", brats2018, "--output", out, "--seed", "3") == 0
+
+
+def test_symlinked_duplicate_non_utf8_and_unreadable_case_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "flat"
+    for i in range(6):
+        write_case(root / f"BraTS20_Training_{i:03d}")
+    (root / "BraTS20_Training_999").symlink_to(root / "BraTS20_Training_000", target_is_directory=True)
+    weird = os.fsencode(root) + b"/BraTS20_Training_\xe9"
+    os.mkdir(weird)
+    out = tmp_path / "datalist.json"
+    assert run("--dataset_dir", root, "--output", out) == 0
+    printed = capsys.readouterr()
+    ids = {e["case_id"] for split in SPLITS for e in load_datalist(out, split)}
+    assert ids == {f"BraTS20_Training_{i:03d}" for i in range(6)}  # the linked copy is not a second case
+    assert "same folder as case BraTS20_Training_000" in printed.out + printed.err
+    assert "not valid UTF-8" in printed.out + printed.err and "\\xe9" in printed.out + printed.err
