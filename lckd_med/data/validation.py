@@ -30,6 +30,7 @@ __all__ = [
     "CaseCheck",
     "check_volume_file",
     "check_volume_header",
+    "check_normalisable",
     "normalisation_problem",
     "validate_case",
     "validate_cases",
@@ -112,6 +113,17 @@ def check_volume_file(path: str | os.PathLike) -> None:
     """
     if str(path).lower().endswith((".nii", ".nii.gz")):
         check_volume_header(nib.load(str(path)), path)
+
+
+def check_normalisable(data: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise when float32 z-score normalisation of ``data`` would not give finite, informative values.
+
+    Raises:
+        ValueError: naming ``path`` and the fix (see :func:`normalisation_problem`).
+    """
+    problem = normalisation_problem(data)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
 
 
 def normalisation_problem(data: np.ndarray) -> str | None:

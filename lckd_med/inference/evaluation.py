@@ -137,7 +137,9 @@ class SubsetEvaluator:
     def run(self) -> pd.DataFrame:
         """Evaluate, write ``subset_metrics.csv``, ``subset_summary.{csv,md}``, the heat map; return the rows."""
         if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise NotADirectoryError(f"output_dir {self.output_dir} is a file; pass a folder (it is created if missing)")
+            raise NotADirectoryError(
+                f"output_dir {self.output_dir} is a file; pass a folder (it is created if missing)"
+            )
         ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         net = build_network(ckpt).to(self.device).eval()
         roi = self.roi_size or ckpt.get("train_config", {}).get("roi_size")

@@ -34,7 +34,7 @@ from monai.data import MetaTensor
 from monai.transforms import ResampleToMatch
 
 from lckd_med.constants import MODALITIES
-from lckd_med.data.validation import check_volume_header
+from lckd_med.data.validation import check_normalisable, check_volume_header
 
 __all__ = [
     "REFERENCE_PRIORITY",
@@ -153,6 +153,7 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
         )
     if not data.any():
         raise GeometryError(f"{what} holds only zeros; leave it out if the sequence was not acquired")
+    check_normalisable(data, path)  # huge finite intensities overflow the z-score into an all-zero "ok" result
     return img, data
 
 
