@@ -241,18 +241,19 @@ def user_error_of(exc: BaseException) -> BaseException | None:
     """The lckd_med input error at the root of ``exc``, if any.
 
     MONAI's config parser wraps an error raised while building or running a component in ``RuntimeError("Failed to
-    evaluate ...")``; the innermost exception of the ``__cause__``/``__context__`` chain is the one the user needs.
-    It counts as an input error when its type is one of ``ValueError``, ``FileNotFoundError``, ... and it was
-    raised in lckd_med's own code (errors from libraries keep their traceback: they may be bugs).
+    evaluate ...")``; the deepest exception of the ``__cause__``/``__context__`` chain that is an input error is the
+    one the user needs: its type is one of ``ValueError``, ``FileNotFoundError``, ... and it was raised in lckd_med's
+    own code (errors raised only by libraries keep their traceback: they may be bugs).
     """
-    inner, seen = exc, set()
-    while (inner.__cause__ or inner.__context__) is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
-    if not isinstance(inner, _USER_ERRORS):
-        return None
-    frames = traceback.extract_tb(inner.__traceback__)
-    return inner if frames and frames[-1].filename.startswith(_PACKAGE_DIR) else None
+    found, node, seen = None, exc, set()
+    while node is not None and id(node) not in seen:  # outermost -> innermost; the deepest match wins
+        seen.add(id(node))
+        if isinstance(node, _USER_ERRORS):
+            frames = traceback.extract_tb(node.__traceback__)
+            if frames and frames[-1].filename.startswith(_PACKAGE_DIR):
+                found = node
+        node = node.__cause__ or node.__context__
+    return found
 
 
 def _error_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
