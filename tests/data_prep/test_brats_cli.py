@@ -215,9 +215,7 @@ def test_output_that_is_an_existing_scan_is_refused_and_kept(
     assert run("--dataset_dir", brats2018, "--output", out, "--seed", "3") == 0
 
 
-def test_symlinked_duplicate_non_utf8_and_unreadable_case_folders(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_symlinked_duplicate_and_non_utf8_case_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "flat"
     for i in range(6):
         write_case(root / f"BraTS20_Training_{i:03d}")
@@ -231,3 +229,16 @@ def test_symlinked_duplicate_non_utf8_and_unreadable_case_folders(
     assert ids == {f"BraTS20_Training_{i:03d}" for i in range(6)}  # the linked copy is not a second case
     assert "same folder as case BraTS20_Training_000" in printed.out + printed.err
     assert "not valid UTF-8" in printed.out + printed.err and "\\xe9" in printed.out + printed.err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unreadable_case_folder_is_named_not_misdescribed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "flat"
+    for i in range(6):
+        write_case(root / f"BraTS20_Training_{i:03d}")
+    (root / "BraTS20_Training_005").chmod(0)
+    try:
+        assert run("--dataset_dir", root, "--output", tmp_path / "dl.json") == 0
+    finally:
+        (root / "BraTS20_Training_005").chmod(0o755)
+    assert "cannot read case folder" in capsys.readouterr().out
