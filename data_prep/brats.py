@@ -91,6 +91,8 @@ def _no_case_message(detail: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 ok, 1 no usable case, 2 bad argument)."""
+    for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as \xNN instead of crashing the run
+        getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -243,7 +243,8 @@ def user_error_of(exc: BaseException) -> BaseException | None:
     MONAI's config parser wraps an error raised while building or running a component in ``RuntimeError("Failed to
     evaluate ...")``; the deepest exception of the ``__cause__``/``__context__`` chain that is an input error is the
     one the user needs: its type is one of ``ValueError``, ``FileNotFoundError``, ... and it was raised in lckd_med's
-    own code (errors raised only by libraries keep their traceback: they may be bugs).
+    own code, or it is an ``OSError`` naming a path (``Permission denied: '/data/out'``, a folder path that is a file).
+    Other errors raised only by libraries keep their traceback: they may be bugs.
     """
     found, node, seen = None, exc, set()
     while node is not None and id(node) not in seen:  # outermost -> innermost; the deepest match wins
@@ -252,16 +253,23 @@ def user_error_of(exc: BaseException) -> BaseException | None:
             frames = traceback.extract_tb(node.__traceback__)
             if frames and frames[-1].filename.startswith(_PACKAGE_DIR):
                 found = node
+            elif isinstance(node, OSError) and node.filename is not None:  # e.g. makedirs on a file or read-only dir
+                found = node
         node = node.__cause__ or node.__context__
     return found
 
 
 def _error_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt) and not os.environ.get("LCKD_DEBUG"):  # Ctrl-C outside a training loop
+        sys.stderr.write("error: interrupted (Ctrl-C)\n")
+        sys.stderr.flush()
+        return
     found = None if os.environ.get("LCKD_DEBUG") else user_error_of(exc)
     if found is None:
         sys.__excepthook__(kind, exc, tb)
         return
-    sys.stderr.write(f"error: {found}\n(set LCKD_DEBUG=1 to see the traceback)\n")
+    hint = "; check that path and its permissions" if isinstance(found, OSError) and found.filename else ""
+    sys.stderr.write(f"error: {found}{hint}\n(set LCKD_DEBUG=1 to see the traceback)\n")
     sys.stderr.flush()
 
 

@@ -592,11 +592,21 @@ class BatchInference:
         rows = []
         done: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
+        report = self.output_dir / REPORT_NAME
         for case in tqdm(cases, desc="inference", unit="case", disable=not self.progress):
-            row = self.run_case(case)
+            try:
+                row = self.run_case(case)
+            except KeyboardInterrupt:  # Ctrl-C: the report already lists every finished case
+                print(
+                    f"error: interrupted after {len(done)} of {len(cases)} case(s); {report} lists them; run the "
+                    "same command again to do the rest (finished cases are skipped)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(130) from None
             rows.append(row)
             done[row["case_id"]] = row
-            report = self._write_report(cases, done)  # after every case: a killed run still says what it did
+            self._write_report(cases, done)  # after every case: a killed run still says what it did
             if row["status"] == "ok":
                 note = f" [{row['message']}]" if row["message"] else ""
                 logger.info(

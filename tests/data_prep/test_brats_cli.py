@@ -222,6 +222,8 @@ def test_symlinked_duplicate_and_non_utf8_case_folders(tmp_path: Path, capsys: p
     (root / "BraTS20_Training_999").symlink_to(root / "BraTS20_Training_000", target_is_directory=True)
     weird = os.fsencode(root) + b"/BraTS20_Training_\xe9"
     os.mkdir(weird)
+    with open(os.fsencode(root) + b"/BraTS20_Training_001/notes_\xe8.bin", "wb") as f:  # stray file, odd name
+        f.write(b"x")
     out = tmp_path / "datalist.json"
     assert run("--dataset_dir", root, "--output", out) == 0
     printed = capsys.readouterr()
@@ -229,6 +231,7 @@ def test_symlinked_duplicate_and_non_utf8_case_folders(tmp_path: Path, capsys: p
     assert ids == {f"BraTS20_Training_{i:03d}" for i in range(6)}  # the linked copy is not a second case
     assert "same folder as case BraTS20_Training_000" in printed.out + printed.err
     assert "not valid UTF-8" in printed.out + printed.err and "\\xe9" in printed.out + printed.err
+    assert "notes_\\udce8.bin: ignored: not a NIfTI file" in printed.out  # printed, not a UnicodeEncodeError
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")

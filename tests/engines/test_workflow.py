@@ -185,6 +185,11 @@ def test_user_error_of_finds_the_lckd_med_error_under_the_parser_wrapper(tmp_pat
         int("x")  # a library/builtin error keeps its traceback
     except ValueError as e:
         assert user_error_of(_chained(e)) is None
+    (tmp_path / "file").write_text("x")
+    try:
+        os.makedirs(tmp_path / "file" / "sub")  # an OS error naming a path: the user's to fix
+    except OSError as e:
+        assert user_error_of(_chained(e)) is e
 
 
 def _tiny_checkpoint(path: Path) -> None:
@@ -243,3 +248,17 @@ def test_bundle_cli_input_errors_are_one_line(tmp_path, case):
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
     if output_is_file:
         assert out.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_training_with_a_file_as_ckpt_dir_is_one_line(tmp_path):
+    (tmp_path / "models").write_text("mine")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "train.json")]
+    args = ["--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
+    args += ["--ckpt_dir", str(tmp_path / "models")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "models") in errors[0], proc.stderr[-3000:]
+    assert (tmp_path / "models").read_text() == "mine"

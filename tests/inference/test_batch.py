@@ -504,7 +504,7 @@ def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_p
 
 
 class _KilledAfterFirstCase(BatchInference):
-    """Stops the batch like a kill would, after one finished case (KeyboardInterrupt is not caught per case)."""
+    """Stops the batch like Ctrl-C would, after one finished case (KeyboardInterrupt is not caught per case)."""
 
     def predict_case(self, case, work_dir):
         if case.case_id == "b":
@@ -522,8 +522,9 @@ def test_report_is_written_after_every_case_and_stale_temporaries_are_removed(ck
         p.write_bytes(b"half written")
     (out / ".lckd_align_x1y2").mkdir()
     (out / ".my_notes").write_text("mine")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, status 130
         _KilledAfterFirstCase(ckpt, inp, out, device="cpu", progress=False).run()
+    assert stopped.value.code == 130
     report = pd.read_csv(out / REPORT_NAME, keep_default_na=False)
     assert report["case_id"].tolist() == ["a"] and report["status"].tolist() == ["ok"]
     assert not any(p.exists() for p in stale) and not (out / ".lckd_align_x1y2").exists()
