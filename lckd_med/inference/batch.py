@@ -495,8 +495,9 @@ class BatchInference:
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
         if exists and self._up_to_date(case, target):
-            row = dict(self._previous[printable(case.case_id)])
+            row = {**self._previous[printable(case.case_id)], **self._expected_dice(case.subset)}  # typed values
             row["message"] = "up to date: output newer than its inputs, not recomputed (overwrite=True redoes it)"
+            row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
         notes = list(case.notes)
         try:

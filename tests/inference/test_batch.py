@@ -8,6 +8,7 @@ union brain box of the inputs, 0 elsewhere", which checks the inversion to the i
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -485,14 +486,16 @@ def test_user_file_in_output_dir_is_never_overwritten(ckpt, tmp_path):
     assert (both / "a.nii.gz").read_bytes() == b"the user's scan" and df.loc["a", "status"] == "error"
 
 
-def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_path):
+def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_path, caplog):
     inp, out = tmp_path / "in", tmp_path / "out"
     refs = write_case(inp, "a", ("t1",))
     write_case(inp, "b", ("t2",))
     run(ckpt, inp, out)
     first = {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in ("a", "b")}
-    df = run(ckpt, inp, out).set_index("case_id")
+    with caplog.at_level(logging.INFO, logger="lckd_med"):
+        df = run(ckpt, inp, out).set_index("case_id")
     assert df["message"].str.contains("up to date").all() and (df["status"] == "ok").all()
+    assert df["seconds"].map(type).eq(float).all() and "a: ok (t1)" in caplog.text
     assert {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in ("a", "b")} == first
     os.utime(refs["t1"], ns=(first["a"] + 10**9, first["a"] + 10**9))  # input changed after the output
     df = run(ckpt, inp, out).set_index("case_id")
