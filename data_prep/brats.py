@@ -99,6 +99,8 @@ def _no_case_message(detail: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 ok, 1 no usable case, 2 bad argument)."""
+    for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as \xNN instead of crashing the run
+        getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -177,7 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset_dir=found.root,
         convention=found.convention,
     )
-    out = write_datalist(d, args.output)
+    try:
+        out = write_datalist(d, args.output)
+    except (FileExistsError, OSError) as err:
+        _err(str(err))
+        return EXIT_BAD_ARGS
     print(f"splits (folds={args.folds}, seed={args.seed}, test_fold={args.test_fold}, val_fold={args.val_fold}):")
     for split, counts in split_counts(d).items():
         by_grade = ", ".join(f"{g} {n}" for g, n in counts.items() if g != "total")

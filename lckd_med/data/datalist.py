@@ -274,12 +274,20 @@ def write_datalist(d: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Raises:
         ValueError: the datalist does not follow the format.
         IsADirectoryError: ``path`` is a folder.
+        FileExistsError: ``path`` exists and is not a datalist (it is never replaced).
     """
     d = dict(d)
     validate_datalist(d)
     out = Path(path).expanduser().resolve()
     if out.is_dir():
         raise IsADirectoryError(f"datalist output is a folder, expected a file path: {out}")
+    if out.exists():  # only a datalist (ours to regenerate) is replaced, never e.g. a scan given by mistake
+        try:
+            read_datalist(out)
+        except (ValueError, OSError):
+            raise FileExistsError(
+                f"{out} exists and is not a datalist; it was left untouched: choose another output path"
+            ) from None
     write_text_atomic(out, json.dumps(d, indent=2) + "\n")
     return out
 

@@ -41,6 +41,7 @@ from lckd_med.constants import (
     LabelConvention,
     label_convention,
 )
+from lckd_med.utils.io import printable
 
 __all__ = [
     "LAYOUTS",
@@ -422,6 +423,9 @@ class _Walker:
 
     def visit_child(self, d: Path, folder: Path, depth: int) -> int:
         """Visit sub-folder ``d`` of ``folder`` (at ``depth``); returns 1 when it was taken as a case, else 0."""
+        if printable(d.name) != d.name:  # would break every report and log that names it
+            self.problems.append(Issue(printable(str(d)), "ignored: folder name is not valid UTF-8; rename the folder"))
+            return 0
         sub = self._scan(d)
         if sub is None:
             return 0
@@ -531,6 +535,16 @@ def _collect_case(scan: FolderScan, layout: str, grade: str | None, problems: li
     """A case from one folder, or ``None`` (reported once) when the folder has no recognised file."""
     folder = scan.path
     case_id = folder.name
+    if printable(case_id) != case_id:  # would break every report and log that names it
+        problems.append(Issue(printable(str(folder)), "ignored: folder name is not valid UTF-8; rename the folder"))
+        return None
+    try:
+        os.scandir(folder).close()
+    except OSError as err:  # unreadable: say so rather than "no file named as in layout"
+        problems.append(
+            Issue(str(folder), f"ignored: cannot read case folder ({err.strerror}); make it readable or move it")
+        )
+        return None
     candidates: dict[str, list[tuple[bool, Path]]] = {}
     local: list[Issue] = [Issue(str(d), "ignored: unexpected sub-folder inside a case folder") for d in scan.dirs]
     unrecognised: list[str] = []

@@ -42,6 +42,7 @@ from lckd_med.constants import (
     parse_subset,
     subset_name,
 )
+from lckd_med.data.validation import check_volume_file
 
 __all__ = [
     "IMAGE_KEY",
@@ -177,6 +178,7 @@ class LoadModalities(Transform):
         if not os.path.isfile(path):
             raise ValueError(f"{prefix}{what} file does not exist: {path}")
         try:
+            check_volume_file(path)  # implausible size or NaN affine: before any voxel is read
             # runtime reader: LoadImage would otherwise retry every installed reader (slow, vague error)
             img = (loader or self.loader)(path, reader=self.reader)
         except Exception as e:  # any reader failure becomes one clear error naming the file

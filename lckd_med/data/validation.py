@@ -18,14 +18,128 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from lckd_med.constants import MODALITIES, LabelConvention, label_convention
 from lckd_med.data.layouts import BratsCase, Issue
 
-__all__ = ["AFFINE_ATOL_MM", "Issue", "CaseCheck", "validate_case", "validate_cases"]
+__all__ = [
+    "AFFINE_ATOL_MM",
+    "GZIP_MAX_RATIO",
+    "Issue",
+    "CaseCheck",
+    "check_volume_file",
+    "check_volume_header",
+    "check_normalisable",
+    "normalisation_problem",
+    "validate_case",
+    "validate_cases",
+]
 
 #: Largest difference between affine entries (mm) still counted as "same grid".
 AFFINE_ATOL_MM: float = 1e-3
+#: Deflate cannot compress more than about 1032:1; a ``.nii.gz`` whose header claims more data than this times
+#: its size is lying (a corrupt or hostile header), and reading it would first allocate the claimed size.
+GZIP_MAX_RATIO: int = 1100
+#: Above this claimed size (bytes) a ``.nii.gz`` is also checked against the uncompressed size in its gzip trailer.
+_TRAILER_CHECK_BYTES: int = 1 << 30
+
+
+def _gzip_trailer_size(path: Path) -> int | None:
+    """Uncompressed size modulo 2**32 stored in the last 4 bytes of a gzip file (its last member)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return int.from_bytes(f.read(4), "little")
+    except OSError:
+        return None
+
+
+def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.PathLike) -> None:
+    """Refuse a NIfTI whose header cannot be true, before any voxel is read.
+
+    Every read site calls this right after ``nib.load`` (which reads the header only): the voxel count and data
+    type the header claims must fit the file's size (an uncompressed file must hold them; a gzip file cannot
+    compress beyond ~1032:1 and, for claims over 1 GiB, its trailer must state the claimed size), so a corrupt or
+    hostile header never makes us allocate gigabytes; and the affine must be finite.
+
+    Raises:
+        ValueError: naming the file, what the header claims and what to do.
+    """
+    path = Path(path)
+    shape = tuple(int(s) for s in img.shape)
+    try:
+        itemsize = int(np.dtype(img.get_data_dtype()).itemsize)
+    except TypeError:
+        itemsize = 1
+    claimed = int(np.prod(shape, dtype=np.float64)) * itemsize
+    offset = int(getattr(img.header, "get_data_offset", lambda: 0)() or 0)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the file ({e.strerror})") from e
+    fix = "the file is corrupt or not what it claims: re-export or re-download it"
+    if path.name.lower().endswith(".gz"):
+        if claimed > GZIP_MAX_RATIO * max(size, 1):
+            raise ValueError(
+                f"{path}: header claims {shape} voxels ({claimed / 2**20:.1f} MiB) but the compressed file has only "
+                f"{size} bytes, more than gzip can compress; {fix}"
+            )
+        trailer = _gzip_trailer_size(path)
+        if claimed > _TRAILER_CHECK_BYTES and trailer is not None and trailer < (offset + claimed) % 2**32:
+            raise ValueError(
+                f"{path}: header claims {claimed / 2**30:.2f} GiB of voxel data but the gzip stream holds "
+                f"{trailer / 2**20:.1f} MiB; {fix}"
+            )
+    elif size < offset + claimed:
+        raise ValueError(
+            f"{path}: header claims {shape} voxels ({offset + claimed} bytes with the header) but the file has "
+            f"{size} bytes (truncated); {fix}"
+        )
+    affine = np.asarray(img.affine, dtype=float) if img.affine is not None else None
+    if affine is not None and not np.isfinite(affine).all():
+        raise ValueError(
+            f"{path}: the affine (voxel-to-world matrix in the header) holds NaN or infinite entries; "
+            "fix the qform/sform of this file (e.g. re-save it with nibabel or fslorient)"
+        )
+
+
+def check_volume_file(path: str | os.PathLike) -> None:
+    """:func:`check_volume_header` for a file path (header read only); files not named ``.nii``/``.nii.gz`` are
+    left to their own reader.
+
+    Raises:
+        ValueError: see :func:`check_volume_header`; nibabel's own errors on an unreadable header propagate.
+    """
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        check_volume_header(nib.load(str(path)), path)
+
+
+def check_normalisable(data: np.ndarray, path: str | os.PathLike) -> None:
+    """Raise when float32 z-score normalisation of ``data`` would not give finite, informative values.
+
+    Raises:
+        ValueError: naming ``path`` and the fix (see :func:`normalisation_problem`).
+    """
+    problem = normalisation_problem(data)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+
+
+def normalisation_problem(data: np.ndarray) -> str | None:
+    """Why float32 z-score normalisation of the non-zero voxels (what the pipelines do) gives non-finite values,
+    or None when it is fine. Finite but huge intensities (beyond ~1e19) overflow the variance."""
+    values = torch.as_tensor(np.asarray(data, dtype=np.float32)[np.asarray(data) != 0])
+    if values.numel() == 0 or not torch.isfinite(values).all():
+        return None  # empty and non-finite volumes are reported by their own checks
+    mean, std = values.mean(), values.std(unbiased=False)
+    if torch.isfinite(mean) and torch.isfinite(std) and (std == 0 or torch.isfinite((values - mean) / std).all()):
+        return None
+    peak = float(np.abs(np.asarray(data, dtype=np.float64)).max())
+    return (
+        f"intensities up to {peak:.3g} overflow the float32 z-score normalisation (non-finite result); "
+        "rescale this image (e.g. to its original scanner range) and try again"
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +180,10 @@ def _check_intensities(path: Path, data: np.ndarray, reasons: list[Issue]) -> No
     # NaN and Inf count as non-zero, so remove them before judging "all zero"
     if int(np.count_nonzero(data)) - nonfinite == 0:
         reasons.append(Issue(str(path), "image is all zero (empty volume)"))
+    elif not nonfinite:
+        problem = normalisation_problem(data)
+        if problem:
+            reasons.append(Issue(str(path), problem))
 
 
 def _check_label(
@@ -156,6 +274,11 @@ def validate_case(
             continue
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             reasons.append(Issue(str(path), f"not a NIfTI image (read as {type(img).__name__})"))
+            continue
+        try:
+            check_volume_header(img, path)
+        except ValueError as err:
+            reasons.append(Issue(str(path), str(err).removeprefix(f"{path}: ")))
             continue
         shape = tuple(int(s) for s in img.shape)
         squeeze = len(shape) == 4 and shape[3] == 1

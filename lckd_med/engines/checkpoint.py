@@ -141,7 +141,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file or pickled objects: both are refused
-        raise ValueError(f"{path}: not a readable lckd_med checkpoint ({type(e).__name__}: {e})") from e
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if "Weights only load failed" in why:  # torch's multi-paragraph advice is about trusting the file: we do not
+            why = "it holds pickled Python objects or is not a torch file"
+        raise ValueError(
+            f"{path}: not a readable lckd_med checkpoint ({why}); point ckpt_dir at a "
+            "model.pt written by lckd_med training (pickled whole-model files are refused for safety)"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an lckd_med checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from ignite.engine import Engine, Events
 
 from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.constants import label_convention as _convention
+from lckd_med.data.stream import stream_sampler_of
 from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -29,7 +33,10 @@ from lckd_med.engines.checkpoint import (
 )
 from lckd_med.engines.election import TeacherState
 
-__all__ = ["TrainingCheckpointHandler", "CHECKPOINT_NAME"]
+__all__ = ["TrainingCheckpointHandler", "TrainingInterrupted", "CHECKPOINT_NAME"]
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPT_EXIT_CODE = 130
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +45,25 @@ def _is_rank0() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-class TrainingCheckpointHandler:
-    """Save ``<ckpt_dir>/model.pt`` every ``save_every`` epochs and at the end; resume from it at start.
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
-    Checkpoints are written at epoch boundaries only, so a resumed run continues exactly at the next epoch
-    with the same optimizer, scheduler, phase, teachers and RNG state.
+
+class TrainingInterrupted(Exception):
+    """Raised after the checkpoint was saved on Ctrl-C; turned into one line and exit status 130."""
+
+
+class TrainingCheckpointHandler:
+    """Save ``<ckpt_dir>/model.pt`` every ``save_every`` epochs, at the end and on Ctrl-C; resume from it at start.
+
+    A resumed run continues at the saved iteration (mid-epoch after Ctrl-C) with the same weights, optimizer,
+    scheduler, phase, teachers, global and modality-dropout RNG states and, when the loader is fed by a
+    :class:`lckd_med.data.stream.StreamSampler`, the same position in the data stream -- so it ends bit for bit
+    where the uninterrupted run ends. The RNG states are restored just before the first batch is drawn (after the
+    loader's iterator is built), the point at which the uninterrupted run saved them.
+
+    Ctrl-C (SIGINT, single-process runs) lets the current iteration finish, saves before the next batch, and exits with one line and
+    status 130; a second Ctrl-C stops at once without saving.
 
     Args:
         ckpt_dir: folder of ``model.pt``.
@@ -79,12 +100,79 @@ class TrainingCheckpointHandler:
         self.train_config = dict(train_config or {})
         self.save_every = int(save_every)
         self.resume = resume
+        self._pending_rng: Mapping[str, Any] | None = None
+        self._interrupted = False
+        self._exiting = False
+        self._previous_sigint: Any = None
 
     def attach(self, engine: Engine) -> None:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._restore_rng)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+        engine.add_event_handler(Events.STARTED, self._install_sigint)
+        # before the next batch rather than at ITERATION_COMPLETED: every handler of the finished iteration (the
+        # learning-rate step among them) has run, as at an epoch-end save
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._save_if_interrupted)
+        engine.add_event_handler(Events.COMPLETED, self._restore_sigint)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    # -- Ctrl-C -----------------------------------------------------------------------------------------------
+    def _install_sigint(self, engine: Engine) -> None:
+        """Catch the first Ctrl-C so the current iteration ends cleanly and is saved (not under torchrun: ranks
+        receive the signal at different iterations and would wait for each other forever)."""
+        if _distributed() or threading.current_thread() is not threading.main_thread():
+            return
+        self._interrupted = False
+        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._interrupted:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = True
+        print(
+            "\ninterrupt received: finishing this iteration and saving a checkpoint (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore_sigint(self, engine: Engine | None = None) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _save_if_interrupted(self, engine: Engine) -> None:
+        if self._interrupted:
+            self.save(engine)
+            engine.logger.setLevel(logging.CRITICAL)  # ignite would log the stop as an error, twice
+            raise TrainingInterrupted(
+                f"interrupted at iteration {engine.state.iteration}: saved {self.path}; "
+                "run the same command again to resume"
+            )
+
+    def _on_exception(self, engine: Engine, e: BaseException) -> None:
+        """One line instead of tracebacks for Ctrl-C; other errors go on to the next handler (or are raised)."""
+        self._restore_sigint()
+        if isinstance(e, SystemExit) and self._exiting:  # ignite hands our exit to its outer handler once more
+            raise e
+        if isinstance(e, (TrainingInterrupted, KeyboardInterrupt)):
+            self._exiting = True
+            engine.logger.setLevel(logging.CRITICAL)
+        if isinstance(e, TrainingInterrupted):
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPT_EXIT_CODE) from None
+        if isinstance(e, KeyboardInterrupt):
+            print(
+                f"error: stopped by a second Ctrl-C without saving; the last checkpoint is {self.path} "
+                "(run the same command again to resume from it)",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(INTERRUPT_EXIT_CODE) from None
+        handlers = engine._event_handlers.get(Events.EXCEPTION_RAISED, [])
+        if not any(h[0] != self._on_exception for h in handlers):  # nobody else will re-raise it
+            raise e
 
     @staticmethod
     def _generators(engine: Engine) -> dict[str, Any]:
@@ -110,7 +198,10 @@ class TrainingCheckpointHandler:
             "teachers": teachers["teachers"],
             "election_history": teachers["history"],
             "iteration": int(engine.state.iteration),
-            "epoch": int(engine.state.epoch),
+            # completed epochs (after Ctrl-C the current one is not)
+            "epoch": int(engine.state.iteration) // int(engine.state.epoch_length or 1)
+            if engine.state.epoch_length
+            else int(engine.state.epoch),
             "max_epochs": int(engine.state.max_epochs or 0),
             "epoch_length": int(engine.state.epoch_length or 0),
             "phase": int(getattr(engine.state, "phase", 1)),
@@ -157,16 +248,22 @@ class TrainingCheckpointHandler:
             self._load_scheduler(ckpt["scheduler"])
         if self.teacher_state is not None:
             self.teacher_state.load_state_dict({"teachers": ckpt["teachers"], "history": ckpt["election_history"]})
-        if "rng" in ckpt:
-            set_rng_state(ckpt["rng"], self._generators(engine))
-        epoch = int(ckpt["epoch"])
+        # restored right before the first batch, after the loader's iterator has drawn its own seeds
+        self._pending_rng = ckpt.get("rng")
+        epoch_length = int(engine.state.epoch_length or 0)
+        iteration = int(ckpt.get("iteration", int(ckpt["epoch"]) * epoch_length))
+        epoch = iteration // epoch_length if epoch_length else int(ckpt["epoch"])
         max_epochs = int(engine.state.max_epochs or 0)
         if epoch >= max_epochs:
             logger.info("%s is already trained to epoch %d (%d asked); nothing to resume", self.path, epoch, max_epochs)
-        # not clipped to max_epochs: a shorter rerun trains nothing and must not re-save the model as less trained
+        # not clipped to max_epochs: a shorter rerun trains nothing and must not re-save the model as less trained;
+        # a mid-epoch iteration (Ctrl-C) makes ignite finish that epoch first
         engine.state.epoch = epoch
-        engine.state.iteration = engine.state.epoch * int(engine.state.epoch_length or 0)
+        engine.state.iteration = iteration
         engine.state.phase = int(ckpt.get("phase", 1))
+        sampler = stream_sampler_of(getattr(engine, "data_loader", None))
+        if sampler is not None:
+            sampler.set_start(iteration * int(engine.data_loader.batch_size or 1))
         logger.info(
             "resumed from %s at iteration %d (epoch %d, phase %d, teachers %s)",
             self.path,
@@ -175,6 +272,11 @@ class TrainingCheckpointHandler:
             engine.state.phase,
             "+".join(ckpt["teachers"]) or "-",
         )
+
+    def _restore_rng(self, engine: Engine) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng, self._generators(engine))
+            self._pending_rng = None
 
     def _load_scheduler(self, saved: Mapping[str, Any]) -> None:
         """Restore the scheduler's progress; the schedule itself (e.g. ``total_iters``) comes from the config.

@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -26,6 +29,8 @@ __all__ = [
     "epochs_for",
     "pick_device",
     "setup_logging",
+    "install_error_hook",
+    "user_error_of",
     "DatasetNotFoundError",
 ]
 
@@ -217,9 +222,59 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Route lckd_med and MONAI loggers to the console once (the bundle's logging.conf does the same)."""
+    """Route lckd_med and MONAI loggers to the console once (the bundle's logging.conf does the same), and show
+    input errors as one line (:func:`install_error_hook`); every bundle config calls this in ``initialize``."""
+    install_error_hook()
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("lckd_med", "monai", "ignite"):
         logging.getLogger(name).setLevel(level)
+
+
+#: Errors that describe bad input (files, arguments): shown as one line when raised by lckd_med code.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+def user_error_of(exc: BaseException) -> BaseException | None:
+    """The lckd_med input error at the root of ``exc``, if any.
+
+    MONAI's config parser wraps an error raised while building or running a component in ``RuntimeError("Failed to
+    evaluate ...")``; the deepest exception of the ``__cause__``/``__context__`` chain that is an input error is the
+    one the user needs: its type is one of ``ValueError``, ``FileNotFoundError``, ... and it was raised in lckd_med's
+    own code, or it is an ``OSError`` naming a path (``Permission denied: '/data/out'``, a folder path that is a file).
+    Other errors raised only by libraries keep their traceback: they may be bugs.
+    """
+    found, node, seen = None, exc, set()
+    while node is not None and id(node) not in seen:  # outermost -> innermost; the deepest match wins
+        seen.add(id(node))
+        if isinstance(node, _USER_ERRORS):
+            frames = traceback.extract_tb(node.__traceback__)
+            if frames and frames[-1].filename.startswith(_PACKAGE_DIR):
+                found = node
+            elif isinstance(node, OSError) and node.filename is not None:  # e.g. makedirs on a file or read-only dir
+                found = node
+        node = node.__cause__ or node.__context__
+    return found
+
+
+def _error_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt) and not os.environ.get("LCKD_DEBUG"):  # Ctrl-C outside a training loop
+        sys.stderr.write("error: interrupted (Ctrl-C)\n")
+        sys.stderr.flush()
+        return
+    found = None if os.environ.get("LCKD_DEBUG") else user_error_of(exc)
+    if found is None:
+        sys.__excepthook__(kind, exc, tb)
+        return
+    hint = "; check that path and its permissions" if isinstance(found, OSError) and found.filename else ""
+    sys.stderr.write(f"error: {found}{hint}\n(set LCKD_DEBUG=1 to see the traceback)\n")
+    sys.stderr.flush()
+
+
+def install_error_hook() -> None:
+    """Print an input error raised by lckd_med (a bad file, folder or argument) as one ``error:`` line naming the
+    file and the fix, instead of a traceback through MONAI's config parser. Exit status stays 1.
+    ``LCKD_DEBUG=1`` shows the traceback."""
+    sys.excepthook = _error_hook

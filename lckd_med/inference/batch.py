@@ -8,12 +8,20 @@ manifest's folder).
 Output: ``output_dir/<case_id>.nii.gz`` label maps (uint8, labels of the checkpoint's convention: 0, 1 NCR,
 2 ED, 4 or 3 ET) on the grid, affine, qform and sform of the case's reference sequence (see
 :mod:`lckd_med.inference.geometry`), and ``output_dir/inference_report.csv`` with one row per case. A case that
-fails is reported (status ``error``, message naming the file and the reason) and leaves no file; the others go on.
+fails is reported (status ``error``, message naming the file and the reason); the others go on.
+
+Ownership: the report lists every label map this tool wrote in ``output_dir``. A file there that it does not list is
+the user's and is never overwritten (that case fails with a message); a case that fails never deletes an earlier
+run's output (the row says it was kept). The report is rewritten atomically after every case, so a killed run still
+says what it finished, and a re-run skips cases whose listed output is newer than their inputs (``overwrite=True``
+redoes them). Stale temporary files of a killed run (hidden ``.<name>.<random>.tmp.*``) are removed at start.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -45,7 +53,7 @@ from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.sweep import sweep_subsets
-from lckd_med.utils.io import save_label_map, write_text_atomic
+from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
     "read_manifest",
     "BatchInference",
     "exit_on_failure",
+    "check_case_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,10 +84,13 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "seconds",
     *(f"expected_dice_{r}" for r in REGIONS),
     "output",
+    "settings",
 )
 REPORT_NAME = "inference_report.csv"
 _PRED_KEY = "pred"
 _SEPARATORS = ("_", "-")
+#: Prefix of the per-case working folders (resampled sequences) made inside ``output_dir``.
+_WORK_PREFIX = ".lckd_align_"
 
 
 @dataclass
@@ -90,12 +102,14 @@ class InferenceCase:
         paths: modality key -> file, None when the sequence is missing; all four keys, ``MODALITIES`` order.
         error: why the case cannot be run (e.g. ``"no sequences"``), None when it can.
         source: the case folder, or the manifest file.
+        notes: remarks that do not stop the case (files in the folder that were ignored).
     """
 
     case_id: str
     paths: dict[str, Path | None] = field(default_factory=lambda: dict.fromkeys(MODALITIES))
     error: str | None = None
     source: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def present(self) -> tuple[str, ...]:
@@ -145,12 +159,32 @@ def match_sequence_file(filename: str) -> str | None:
 def _scan_case_folder(folder: Path) -> InferenceCase:
     case = InferenceCase(case_id=folder.name, source=folder)
     found: dict[str, list[Path]] = {}
-    for f in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:  # unreadable folder: this case fails, the batch goes on
+        case.error = (
+            f"cannot read case folder {printable(str(folder))} ({e.strerror or e}); make it readable "
+            "(chmod u+rx) or move it out of input_dir"
+        )
+        return case
+    broken, ignored = [], []
+    for f in entries:
+        mod = match_sequence_file(f.name)
+        if f.is_symlink() and not f.exists():
+            if mod is not None:  # a dropped sequence would silently change the result
+                broken.append(f"{printable(str(f))} -> {printable(os.readlink(f))}")
+            continue
         if f.is_file():
-            mod = match_sequence_file(f.name)
             if mod is not None:
                 found.setdefault(mod, []).append(f)
+            elif not f.name.startswith(".") and _strip_nifti(f.name) is None:
+                ignored.append(printable(f.name))
+    if ignored:
+        case.notes.append(f"ignored {len(ignored)} non-NIfTI file(s): {', '.join(ignored[:5])}")
     doubles = {m: fs for m, fs in found.items() if len(fs) > 1}
+    if broken:
+        case.error = f"broken symbolic link(s), target missing: {'; '.join(broken)}; fix the link or remove it"
+        return case
     if doubles:
         case.error = "; ".join(f"several {m} files: {', '.join(str(f) for f in fs)}" for m, fs in doubles.items())
     for m in MODALITIES:
@@ -165,7 +199,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
     return case
 
 
-def _check_case_id(case_id: str, where: str) -> str:
+def check_case_id(case_id: str, where: str) -> str:
     case_id = case_id.strip()
     if not case_id:
         raise ValueError(f"{where}: empty case_id")
@@ -187,23 +221,36 @@ def read_manifest(manifest: str | os.PathLike) -> list[InferenceCase]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in MANIFEST_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"manifest {manifest} lacks column(s) {missing}; expected header {','.join(MANIFEST_COLUMNS)} "
-                f"(found {header or 'no header'})"
-            )
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in MANIFEST_COLUMNS if c not in header]
+            if missing:
+                raise ValueError(
+                    f"manifest {manifest} lacks column(s) {missing}; expected header {','.join(MANIFEST_COLUMNS)} "
+                    f"(found {header or 'no header'})"
+                )
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"manifest {manifest} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as "
+            f"UTF-8, e.g. iconv -f latin1 -t utf-8 {manifest} > fixed.csv"
+        ) from None
+    except csv.Error as e:
+        raise ValueError(
+            f"manifest {manifest} is not a valid CSV file ({e}); expected {','.join(MANIFEST_COLUMNS)}"
+        ) from None
     base = manifest.resolve().parent
     cases: list[InferenceCase] = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=2):  # line 1 is the header
-        case_id = _check_case_id(row.get("case_id", ""), f"manifest {manifest} line {i}")
+        case_id = check_case_id(row.get("case_id", ""), f"manifest {manifest} line {i}")
         if case_id in seen:
-            raise ValueError(f"manifest {manifest} line {i}: case_id {case_id!r} appears twice")
+            raise ValueError(
+                f"manifest {manifest} line {i}: case_id {case_id!r} appears twice; give each row its own case_id "
+                "(it names the output file)"
+            )
         seen.add(case_id)
         case = InferenceCase(case_id=case_id, source=manifest)
         for m in MODALITIES:
@@ -273,9 +320,12 @@ class BatchInference:
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
             checkpoint's.
         sw_batch_size: windows per network call.
+        overwrite: redo cases whose output (listed in an earlier report) is newer than their inputs; False skips
+            them. Files this tool did not write are never overwritten either way.
 
     Raises:
         FileNotFoundError / ValueError: bad checkpoint, missing ``input_dir``, or an invalid argument.
+        NotADirectoryError: ``output_dir`` is a file.
     """
 
     def __init__(
@@ -292,8 +342,9 @@ class BatchInference:
         progress: bool = True,
         label_convention: int | str | LabelConvention | None = None,
         sw_batch_size: int = 1,
+        overwrite: bool = False,
     ) -> None:
-        for name, flag in (("amp", amp), ("progress", progress)):
+        for name, flag in (("amp", amp), ("progress", progress), ("overwrite", overwrite)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
@@ -308,6 +359,8 @@ class BatchInference:
             raise FileNotFoundError(f"input_dir {input_dir} is not a folder")
         if manifest is not None and not Path(manifest).is_file():
             raise FileNotFoundError(f"manifest {manifest} does not exist")
+        if Path(output_dir).exists() and not Path(output_dir).is_dir():
+            raise NotADirectoryError(f"output_dir {output_dir} is a file; pass a folder (it is created if missing)")
         self.ckpt_path = Path(ckpt_path)
         self.input_dir = Path(input_dir) if input_dir is not None else None
         self.output_dir = Path(output_dir)
@@ -318,6 +371,9 @@ class BatchInference:
         self.threshold = float(threshold)
         self.progress = progress
         self.sw_batch_size = sw_batch_size
+        self.overwrite = overwrite
+        self._previous: dict[str, dict[str, Any]] = {}  # rows of the report an earlier run left, by case_id
+        self._owned: set[str] = set()  # names of the label maps that report lists: ours to replace
 
         self.ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         if roi_size is None:
@@ -339,6 +395,14 @@ class BatchInference:
         self.inverter = Invertd(
             keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
         )
+        stat = self.ckpt_path.stat()
+        # what decides the label maps besides the inputs: a re-run reuses an output only when this is unchanged
+        self.settings = hashlib.sha1(
+            json.dumps(
+                [str(self.ckpt_path.resolve()), stat.st_size, stat.st_mtime_ns, self.convention.name, self.roi_size]
+                + [self.overlap, self.threshold, self.amp]
+            ).encode()
+        ).hexdigest()[:12]
 
     # ---------------------------------------------------------------------------------------------------------
     def cases(self) -> list[InferenceCase]:
@@ -366,6 +430,13 @@ class BatchInference:
         sample = {CASE_KEY: case.case_id, **{m: (str(aligned[m]) if aligned.get(m) else None) for m in MODALITIES}}
         d = self.transforms(sample)
         image, mask = d[IMAGE_KEY], d[MASK_KEY]
+        bad = [m for i, m in enumerate(MODALITIES) if bool(mask[i]) and not torch.isfinite(image[i]).all()]
+        if bad:  # huge finite intensities overflow the z-score: an all-zero "ok" segmentation would be silent
+            files = ", ".join(str(case.paths[m]) for m in bad)
+            raise ValueError(
+                f"non-finite values after intensity normalisation of {files}: intensities too large for the float32 "
+                "z-score; rescale these images"
+            )
         logits = sweep_subsets(
             self.network,
             image.as_tensor()[None],
@@ -389,33 +460,114 @@ class BatchInference:
         et, tc, wt = (inverted[REGIONS.index(r)] for r in ("ET", "TC", "WT"))
         return self.convention.regions_to_labels(et, tc, wt), ref_img, notes
 
+    def _up_to_date(self, case: InferenceCase, target: Path) -> bool:
+        """The earlier run's output of this case is listed as ok and newer than every input file."""
+        prev = self._previous.get(printable(case.case_id))
+        if self.overwrite or prev is None or prev.get("status") != "ok" or case.error is not None:
+            return False
+        if prev.get("settings") != self.settings:  # other checkpoint, threshold, labels, ...
+            return False
+        try:
+            newest_input = max(Path(p).stat().st_mtime for p in case.paths.values() if p is not None)
+            return target.stat().st_mtime >= newest_input
+        except (OSError, ValueError):
+            return False
+
     def run_case(self, case: InferenceCase) -> dict[str, Any]:
         """Segment one case and write its label map; never raises for a bad case (the row says why)."""
         t0 = time.perf_counter()
         row: dict[str, Any] = {
-            "case_id": case.case_id,
+            "case_id": printable(case.case_id),
             "modalities": case.subset,
             "status": "error",
             "message": "",
             **self._expected_dice(case.subset),
             "output": "",
+            "settings": self.settings,
         }
         target = self.output_dir / f"{case.case_id}.nii.gz"
+        exists = target.exists() or target.is_symlink()
+        if exists and target.name not in self._owned:  # the user's file: never overwritten
+            row["message"] = (
+                f"refusing to overwrite {printable(str(target))}: lckd_med did not write it (it is not listed in "
+                f"{self.output_dir / REPORT_NAME}); move it away or choose another output_dir"
+            )
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            return row
+        if exists and self._up_to_date(case, target):
+            row = {**self._previous[printable(case.case_id)], **self._expected_dice(case.subset)}  # typed values
+            row["message"] = "up to date: output newer than its inputs, not recomputed (overwrite=True redoes it)"
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            return row
+        notes = list(case.notes)
         try:
             if case.error is not None:
                 raise ValueError(case.error)
-            with tempfile.TemporaryDirectory(prefix=".lckd_align_") as work:
-                labels, ref_img, notes = self.predict_case(case, Path(work))
+            with tempfile.TemporaryDirectory(prefix=_WORK_PREFIX, dir=self.output_dir) as work:
+                labels, ref_img, geometry_notes = self.predict_case(case, Path(work))
                 save_label_map(labels, ref_img, target)
-            row.update(status="ok", message="; ".join(notes), output=str(target))
+            row.update(status="ok", message="; ".join([*geometry_notes, *notes]), output=printable(str(target)))
         except Exception as e:  # one bad case must not stop the batch: report it and go on
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-            if target.exists():  # a label map left by an earlier run would contradict this report
-                target.unlink()
-                msg += f" (removed stale output {target} from an earlier run)"
-            row["message"] = msg
+            if target.exists():  # ours, from an earlier run: kept (this run may fail for a passing reason)
+                msg += f" (kept {target.name} from an earlier run: it is not a result of this run)"
+                row["output"] = printable(str(target))
+            row["message"] = printable("; ".join([msg, *notes]))
         row["seconds"] = round(time.perf_counter() - t0, 3)
         return row
+
+    def _prepare_output_dir(self) -> None:
+        """Create ``output_dir``, check it is writable, read what an earlier run wrote, clear its temporaries.
+
+        Raises:
+            PermissionError: ``output_dir`` cannot be created or written (checked before any case runs).
+            ValueError: an ``inference_report.csv`` there was not written by this tool.
+        """
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.output_dir, prefix=".lckd_write_check_"):
+                pass
+        except OSError as e:
+            raise PermissionError(
+                f"output_dir {self.output_dir} is not writable ({e.strerror or e}); choose another folder or fix "
+                "its permissions"
+            ) from None
+        removed = remove_stale_temporaries(self.output_dir, dir_prefixes=(_WORK_PREFIX,))
+        if removed:
+            logger.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), self.output_dir)
+        report = self.output_dir / REPORT_NAME
+        self._previous, self._owned = {}, set()
+        if not report.exists():
+            return
+        try:
+            previous = pd.read_csv(report, dtype=str, keep_default_na=False)
+        except Exception as e:  # any parser failure: not a report of ours
+            previous, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = f"its columns are {list(previous.columns)}"
+        if previous is not None and "settings" not in previous.columns:  # written before that column existed
+            previous["settings"] = ""
+        if previous is None or list(previous.columns) != list(REPORT_COLUMNS):
+            raise ValueError(
+                f"{report} was not written by lckd_med inference ({why}); move it away or choose another output_dir"
+            )
+        for r in previous.to_dict("records"):
+            self._previous[r["case_id"]] = r
+            if r["output"]:
+                self._owned.add(Path(r["output"]).name)
+
+    def _write_report(self, cases: Sequence[InferenceCase], done: Mapping[str, dict[str, Any]]) -> Path:
+        """Rows of this run's finished cases, the earlier report's rows of the others (their files are untouched
+        so far), and earlier rows of cases no longer in the input whose output is still there."""
+        ids = [printable(c.case_id) for c in cases]
+        rows = [done[i] if i in done else self._previous[i] for i in ids if i in done or i in self._previous]
+        for i, r in self._previous.items():
+            if i not in set(ids) and r.get("output") and (self.output_dir / Path(r["output"]).name).exists():
+                rows.append(r)
+        report = self.output_dir / REPORT_NAME
+        df = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+        write_text_atomic(report, df.to_csv(index=False), errors="backslashreplace")
+        return report
 
     def run(self) -> pd.DataFrame:
         """Segment all cases, write ``inference_report.csv`` and return it as a DataFrame (``REPORT_COLUMNS``).
@@ -427,7 +579,7 @@ class BatchInference:
         if not cases:
             where = self.manifest if self.manifest is not None else self.input_dir
             raise ValueError(f"no cases found in {where}: expected one sub-folder per case or manifest rows")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_output_dir()
         logger.info(
             "segmenting %d case(s) from %s into %s on %s (roi %s, threshold %g, labels %s)",
             len(cases),
@@ -439,20 +591,31 @@ class BatchInference:
             self.convention.name,
         )
         rows = []
+        done: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()
+        report = self.output_dir / REPORT_NAME
         for case in progress_bar(cases, desc="inference", enabled=self.progress):
-            row = self.run_case(case)
+            try:
+                row = self.run_case(case)
+            except KeyboardInterrupt:  # Ctrl-C: the report already lists every finished case
+                print(
+                    f"error: interrupted after {len(done)} of {len(cases)} case(s); {report} lists them; run the "
+                    "same command again to do the rest (finished cases are skipped)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(130) from None
             rows.append(row)
+            done[row["case_id"]] = row
+            self._write_report(cases, done)  # after every case: a killed run still says what it did
             if row["status"] == "ok":
                 note = f" [{row['message']}]" if row["message"] else ""
                 logger.info(
-                    "%s: ok (%s) %.1f s -> %s%s", case.case_id, row["modalities"], row["seconds"], row["output"], note
+                    "%s: ok (%s) %.1f s -> %s%s", row["case_id"], row["modalities"], row["seconds"], row["output"], note
                 )
             else:
-                logger.error("%s: error: %s", case.case_id, row["message"])
+                logger.error("%s: error: %s", row["case_id"], row["message"])
         df = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-        report = self.output_dir / REPORT_NAME
-        write_text_atomic(report, df.to_csv(index=False))
         n_ok = int((df["status"] == "ok").sum())
         logger.info(
             "done: %d/%d case(s) segmented, %d failed, %.1f s; report %s",

@@ -28,6 +28,7 @@ from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
+from lckd_med.inference.batch import check_case_id
 from lckd_med.inference.sweep import sweep_subsets
 from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
@@ -135,6 +136,10 @@ class SubsetEvaluator:
 
     def run(self) -> pd.DataFrame:
         """Evaluate, write ``subset_metrics.csv``, ``subset_summary.{csv,md}``, the heat map; return the rows."""
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise NotADirectoryError(
+                f"output_dir {self.output_dir} is a file; pass a folder (it is created if missing)"
+            )
         ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         net = build_network(ckpt).to(self.device).eval()
         roi = self.roi_size or ckpt.get("train_config", {}).get("roi_size")
@@ -142,6 +147,8 @@ class SubsetEvaluator:
             raise ValueError(f"{self.ckpt_path} stores no training roi_size; pass roi_size")
         conv = label_convention(datalist_meta(self.datalist).get("label_convention", ckpt["label_convention"]))
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
+        for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
+            check_case_id(str(entry.get("case_id", "")), f"datalist {self.datalist}")
         transform = eval_transforms(convention=conv, with_label=False)
         inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
         rows: list[dict[str, Any]] = []

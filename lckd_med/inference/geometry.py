@@ -41,6 +41,7 @@ from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
 from lckd_med.constants import MODALITIES
+from lckd_med.data.validation import check_normalisable, check_volume_header
 
 __all__ = [
     "REFERENCE_PRIORITY",
@@ -162,6 +163,7 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
         raise GeometryError(f"{what} cannot be read as NIfTI ({type(e).__name__}: {e})") from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise GeometryError(f"{what} is not a NIfTI image (nibabel read it as {type(img).__name__})")
+    check_volume_header(img, path)  # implausible size or NaN affine: refused before any voxel is read
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise GeometryError(f"{what} is not a single 3D volume (shape {shape}); give one 3D volume per sequence file")
@@ -177,6 +179,7 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
         )
     if not data.any():
         raise GeometryError(f"{what} holds only zeros; leave it out if the sequence was not acquired")
+    check_normalisable(data, path)  # huge finite intensities overflow the z-score into an all-zero "ok" result
     return img, data
 
 

@@ -8,6 +8,8 @@ output nor a stray temporary file is left behind.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,9 +18,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_path", "write_text_atomic", "save_nifti_atomic", "save_label_map"]
+__all__ = [
+    "TEMP_NAME_PATTERN",
+    "atomic_path",
+    "write_text_atomic",
+    "save_nifti_atomic",
+    "save_label_map",
+    "remove_stale_temporaries",
+    "printable",
+]
 
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
+#: Names :func:`atomic_path` gives its temporary files: ``.<stem>.<8 random chars>.tmp<suffix>``.
+TEMP_NAME_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
 
 
 def _suffix(path: Path) -> str:
@@ -27,6 +39,12 @@ def _suffix(path: Path) -> str:
         if name.endswith(s):
             return s
     return path.suffix
+
+
+def printable(name: str) -> str:
+    """``name`` as UTF-8-safe text: bytes of a non-UTF-8 file name (Python's surrogate escapes) become ``\\xNN``,
+    so printing it or writing it into a report never raises ``UnicodeEncodeError``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @contextmanager
@@ -54,10 +72,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+def write_text_atomic(path: str | os.PathLike, text: str, errors: str = "strict") -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Args:
+        errors: codec error handler; ``"backslashreplace"`` writes characters UTF-8 cannot encode (surrogate escapes
+            of non-UTF-8 file names) as ``\\xNN`` instead of failing.
+    """
     with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", errors=errors, newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -90,3 +113,28 @@ def save_label_map(labels: np.ndarray, reference: nib.Nifti1Image, path: str | o
     img.header.set_xyzt_units(*reference.header.get_xyzt_units())
     img.header.set_data_dtype(np.uint8)
     return save_nifti_atomic(img, path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, dir_prefixes: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what a killed run of ours left in ``folder``: hidden temporary files named by :func:`atomic_path`
+    (:data:`TEMP_NAME_PATTERN`) and hidden working folders whose name starts with one of ``dir_prefixes``.
+
+    Only these names are touched, so nothing a user made is removed. Two runs must not share ``folder`` at once.
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if entry.is_symlink():
+            continue
+        if entry.is_file() and TEMP_NAME_PATTERN.match(entry.name):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+        elif entry.is_dir() and dir_prefixes and entry.name.startswith(dir_prefixes):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

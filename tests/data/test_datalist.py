@@ -241,11 +241,22 @@ def test_write_then_load_round_trip(tmp_path: Path) -> None:
     assert read_datalist(out) == d
 
 
-def test_write_replaces_existing_file(tmp_path: Path) -> None:
+def test_write_replaces_an_existing_datalist(tmp_path: Path) -> None:
     path = tmp_path / "dl.json"
-    path.write_text("old")
     write_datalist(datalist(checks_for({"a": None}, tmp_path), tmp_path), path)
+    write_datalist(datalist(checks_for({"a": None, "b": None}, tmp_path), tmp_path), path)
     assert json.loads(path.read_text())["meta"]["tool"] == "data_prep.brats"
+
+
+@pytest.mark.parametrize(
+    "content", [b"old", b"\x1f\x8b\x08 a scan", b'{"not": "a datalist"}'], ids=["text", "gz", "json"]
+)
+def test_write_never_replaces_a_file_that_is_not_a_datalist(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "dl.json"
+    path.write_bytes(content)
+    with pytest.raises(FileExistsError, match="is not a datalist"):
+        write_datalist(datalist(checks_for({"a": None}, tmp_path), tmp_path), path)
+    assert path.read_bytes() == content
 
 
 def test_write_refuses_invalid_datalist(tmp_path: Path) -> None:

@@ -12,7 +12,13 @@ import pytest
 
 from lckd_med.constants import BRATS_2023, MODALITIES, brats_affine
 from lckd_med.data.layouts import BratsCase
-from lckd_med.data.validation import CaseCheck, validate_case, validate_cases
+from lckd_med.data.validation import (
+    CaseCheck,
+    check_volume_file,
+    normalisation_problem,
+    validate_case,
+    validate_cases,
+)
 
 SHAPE = (16, 16, 10)
 AFFINE = brats_affine()
@@ -244,3 +250,52 @@ def test_validate_cases_pool_matches_serial_and_keeps_order(tmp_path: Path) -> N
 def test_validate_cases_rejects_bad_workers(workers: object, error: type) -> None:
     with pytest.raises(error, match="workers"):
         validate_cases([], workers=workers)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ header plausibility, NaN affine, z-score overflow
+
+
+def _claiming(path: Path, claimed_shape: tuple[int, int, int], gz: bool) -> Path:
+    """A NIfTI whose header claims ``claimed_shape`` but whose data is a tiny volume (hostile or corrupt header)."""
+    hdr = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)).header.copy()
+    hdr.set_data_shape(claimed_shape)
+    payload = hdr.binaryblock + b"\0" * 4 + np.ones(64, np.float32).tobytes()
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["nii_gz", "nii"])
+def test_header_claiming_more_data_than_the_file_can_hold_is_refused_before_reading(tmp_path: Path, gz: bool) -> None:
+    path = _claiming(tmp_path / ("big.nii.gz" if gz else "big.nii"), (2048, 2048, 256), gz)
+    with pytest.raises(ValueError, match=r"header claims .*(gzip can compress|truncated)"):
+        check_volume_file(path)
+
+
+def test_gzip_trailer_disagreeing_with_a_large_claim_is_refused(tmp_path: Path) -> None:
+    # 1.07 GiB claimed, small enough in ratio terms only if the file were large: pad the gzip with a stored block
+    path = tmp_path / "liar.nii.gz"
+    hdr = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)).header.copy()
+    hdr.set_data_shape((1024, 1024, 272))
+    raw = hdr.binaryblock + b"\0" * 4 + np.random.default_rng(0).bytes(2_000_000)  # incompressible
+    path.write_bytes(gzip.compress(raw))
+    with pytest.raises(ValueError, match="gzip stream holds"):
+        check_volume_file(path)
+
+
+def test_nan_affine_names_the_file(tmp_path: Path) -> None:
+    affine = np.eye(4)
+    affine[0, 0] = np.nan
+    path = tmp_path / "nan_affine.nii.gz"
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None)
+    img.header.set_sform(affine, 1)
+    img.header.set_qform(None, 0)
+    nib.save(img, path)
+    with pytest.raises(ValueError, match=r"nan_affine\.nii\.gz: the affine .* NaN"):
+        check_volume_file(path)
+
+
+@pytest.mark.parametrize(("scale", "bad"), [(1.0, False), (1e30, False), (1e37, True)], ids=["normal", "1e30", "1e37"])
+def test_intensities_overflowing_the_z_score_are_found(scale: float, bad: bool) -> None:
+    data = np.zeros((6, 6, 6), np.float32)
+    data[1:5, 1:5, 1:5] = np.random.default_rng(0).uniform(1.0, 3.0, (4, 4, 4)) * scale
+    assert (normalisation_problem(data) is not None) == bad

@@ -231,3 +231,50 @@ def test_progress_bar_on_request_quiet_in_ci(
     assert run("--dataset_dir", brats2018, "--output", tmp_path / "dl.json", "--workers", "1") == 0
     err = capsys.readouterr().err
     assert ("validate" in err and "12/12" in err) is shown
+
+
+def test_output_that_is_an_existing_scan_is_refused_and_kept(
+    brats2018: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan = tmp_path / "my_scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.float32), brats_affine()), str(scan))
+    before = scan.read_bytes()
+    assert run("--dataset_dir", brats2018, "--output", scan) == 2
+    assert "is not a datalist" in capsys.readouterr().err
+    assert scan.read_bytes() == before
+    # an earlier datalist is ours to regenerate
+    out = tmp_path / "datalist.json"
+    assert run("--dataset_dir", brats2018, "--output", out) == 0
+    assert run("--dataset_dir", brats2018, "--output", out, "--seed", "3") == 0
+
+
+def test_symlinked_duplicate_and_non_utf8_case_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "flat"
+    for i in range(6):
+        write_case(root / f"BraTS20_Training_{i:03d}")
+    (root / "BraTS20_Training_999").symlink_to(root / "BraTS20_Training_000", target_is_directory=True)
+    weird = os.fsencode(root) + b"/BraTS20_Training_\xe9"
+    os.mkdir(weird)
+    with open(os.fsencode(root) + b"/BraTS20_Training_001/notes_\xe8.bin", "wb") as f:  # stray file, odd name
+        f.write(b"x")
+    out = tmp_path / "datalist.json"
+    assert run("--dataset_dir", root, "--output", out) == 0
+    printed = capsys.readouterr()
+    ids = {e["case_id"] for split in SPLITS for e in load_datalist(out, split)}
+    assert ids == {f"BraTS20_Training_{i:03d}" for i in range(6)}  # the linked copy is not a second case
+    assert "same folder as" in printed.out + printed.err and "BraTS20_Training_000" in printed.out + printed.err
+    assert "not valid UTF-8" in printed.out + printed.err and "\\xe9" in printed.out + printed.err
+    assert "notes_\\udce8.bin: ignored: not a NIfTI file" in printed.out  # printed, not a UnicodeEncodeError
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unreadable_case_folder_is_named_not_misdescribed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "flat"
+    for i in range(6):
+        write_case(root / f"BraTS20_Training_{i:03d}")
+    (root / "BraTS20_Training_005").chmod(0)
+    try:
+        assert run("--dataset_dir", root, "--output", tmp_path / "dl.json") == 0
+    finally:
+        (root / "BraTS20_Training_005").chmod(0o755)
+    assert "cannot read case folder" in capsys.readouterr().out

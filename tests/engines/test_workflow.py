@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from lckd_med.engines.workflow import (
     prepare_datalist,
     recipe_of,
     setup_logging,
+    user_error_of,
 )
 
 
@@ -30,6 +34,9 @@ def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("workflow_data")
     write_dataset(root, 6, seed=5, spacing=4.0, release=2018, lgg_fraction=1 / 3)
     return root
+
+
+BUNDLE = Path(bundle_dir("lckd"))
 
 
 def test_bundle_dir_points_at_the_repository_bundle():
@@ -150,3 +157,108 @@ def test_setup_logging_sets_levels():
     finally:
         for n, level in before.items():
             logging.getLogger(n).setLevel(level)
+
+
+# ---------------------------------------------------------------------------------- one-line input errors
+
+
+def _chained(inner: BaseException) -> RuntimeError:
+    """``inner`` wrapped the way MONAI's config parser wraps it."""
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise RuntimeError("Failed to instantiate component") from e
+    except RuntimeError as outer:
+        return outer
+
+
+def test_user_error_of_finds_the_lckd_med_error_under_the_parser_wrapper(tmp_path):
+    from lckd_med.engines.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(tmp_path / "none.pt")
+    except FileNotFoundError as e:
+        ours = e
+    assert user_error_of(_chained(ours)) is ours
+    try:
+        int("x")  # a library/builtin error keeps its traceback
+    except ValueError as e:
+        assert user_error_of(_chained(e)) is None
+    (tmp_path / "file").write_text("x")
+    try:
+        os.makedirs(tmp_path / "file" / "sub")  # an OS error naming a path: the user's to fix
+    except OSError as e:
+        assert user_error_of(_chained(e)) is e
+
+
+def _tiny_checkpoint(path: Path) -> None:
+    from lckd_med.constants import MODALITIES, REGIONS
+    from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from lckd_med.networks import LCKDNet
+
+    net = LCKDNet(filters=(4, 8, 16))
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "network": {"name": "LCKDNet", "hparams": net.hparams},
+            "model": net.state_dict(),
+            "modalities": list(MODALITIES),
+            "regions": list(REGIONS),
+            "label_convention": "brats2018",
+            "train_config": {"roi_size": [16, 16, 16]},
+        },
+    )
+
+
+_MANIFEST_HEADER = "case_id,flair,t1,t1ce,t2\n"
+CLI_CASES = {
+    # case: (checkpoint bytes or None for a valid one, manifest bytes or None, output is a file, expected message)
+    "bad_checkpoint": (b"not a checkpoint", None, False, "not a readable lckd_med checkpoint"),
+    "manifest_duplicate": (None, (_MANIFEST_HEADER + "a,x.nii.gz,,,\na,y.nii.gz,,,\n").encode(), False, "twice"),
+    "manifest_latin1": (None, (_MANIFEST_HEADER + "caf\u00e9,x.nii.gz,,,\n").encode("latin-1"), False, "not UTF-8"),
+    "manifest_missing_column": (None, b"case_id,flair\na,x.nii.gz\n", False, "lacks column"),
+    "output_is_a_file": (None, None, True, "is a file"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_bundle_cli_input_errors_are_one_line(tmp_path, case):
+    ckpt_bytes, manifest, output_is_file, expected = CLI_CASES[case]
+    models, out = tmp_path / "models", tmp_path / "out"
+    models.mkdir()
+    if ckpt_bytes is None:
+        _tiny_checkpoint(models / "model.pt")
+    else:
+        (models / "model.pt").write_bytes(ckpt_bytes)
+    if output_is_file:
+        out.write_text("mine")
+    args = ["--input_dir", str(tmp_path), "--output_dir", str(out), "--ckpt_dir", str(models), "--device", "cpu"]
+    if manifest is not None:
+        (tmp_path / "m.csv").write_bytes(manifest)
+        args += ["--manifest", str(tmp_path / "m.csv")]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", str(BUNDLE / "inference.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+    if output_is_file:
+        assert out.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_training_with_a_file_as_ckpt_dir_is_one_line(tmp_path):
+    (tmp_path / "models").write_text("mine")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "train.json")]
+    args = ["--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
+    args += ["--ckpt_dir", str(tmp_path / "models")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "models") in errors[0], proc.stderr[-3000:]
+    assert (tmp_path / "models").read_text() == "mine"

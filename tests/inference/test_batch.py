@@ -8,7 +8,9 @@ union brain box of the inputs, 0 elsewhere", which checks the inversion to the i
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -279,7 +281,11 @@ def test_batch_inference_subsets_and_report(ckpt, tmp_path):
     # a 4-D file with a trailing singleton axis is accepted
     write(inp / "c_t1" / "c_t1_t1.nii.gz", volume()[..., None])
     out.mkdir()
-    (out / "c_flair.nii.gz").write_bytes(b"stale")  # overwritten atomically
+    # an output an earlier run listed in its report, older than the inputs: ours, recomputed
+    (out / "c_flair.nii.gz").write_bytes(b"stale")
+    os.utime(out / "c_flair.nii.gz", (0, 0))
+    earlier = {c: "" for c in REPORT_COLUMNS} | {"case_id": "c_flair", "status": "ok", "output": "c_flair.nii.gz"}
+    pd.DataFrame([earlier], columns=list(REPORT_COLUMNS)).to_csv(out / REPORT_NAME, index=False)
 
     df = run(ckpt, inp, out)
 
@@ -389,7 +395,9 @@ def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
     bad_file = inp / "bad" / "bad_t2.nii.gz"
     maker(bad_file)
     out.mkdir()
-    (out / "bad.nii.gz").write_bytes(b"from an earlier run")
+    (out / "bad.nii.gz").write_bytes(b"from an earlier run")  # listed in the earlier run's report: ours
+    earlier = {c: "" for c in REPORT_COLUMNS} | {"case_id": "bad", "status": "ok", "output": str(out / "bad.nii.gz")}
+    pd.DataFrame([earlier], columns=list(REPORT_COLUMNS)).to_csv(out / REPORT_NAME, index=False)
 
     df = run(ckpt, inp, out).set_index("case_id")
 
@@ -397,12 +405,13 @@ def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
     assert_matches_input(out / "good.nii.gz", good["t2"])
     assert df.loc["bad", "status"] == "error"
     assert df.loc["bad", "modalities"] == "flair+t1ce+t2"
-    assert df.loc["bad", "output"] == ""
     msg = df.loc["bad", "message"]
     assert str(bad_file) in msg
     assert pd.Series([msg]).str.contains(expected).all(), msg
-    assert "removed stale output" in msg
-    assert leftovers(out, ["good"]) == []
+    # a case failing now never deletes the earlier run's output; the row says it is not this run's result
+    assert "kept bad.nii.gz from an earlier run" in msg and df.loc["bad", "output"] == str(out / "bad.nii.gz")
+    assert (out / "bad.nii.gz").read_bytes() == b"from an earlier run"
+    assert leftovers(out, ["good", "bad"]) == []
     report = pd.read_csv(out / REPORT_NAME, keep_default_na=False).set_index("case_id")
     assert report.loc["bad", "status"] == "error" and report.loc["good", "status"] == "ok"
     with pytest.raises(SystemExit) as e:
@@ -457,3 +466,180 @@ def test_run_and_exit(ckpt, tmp_path):
     (inp / "b").mkdir()
     with pytest.raises(SystemExit):
         engine.run_and_exit()
+
+
+# ---------------------------------------------------------------------------------------------- reliability
+
+
+def test_user_file_in_output_dir_is_never_overwritten(ckpt, tmp_path):
+    """input_dir == output_dir: the user's own <case>.nii.gz there is refused, not replaced."""
+    both = tmp_path / "cases"
+    write_case(both, "a", ("t1",))
+    write_case(both, "b", ("t2",))
+    (both / "a.nii.gz").write_bytes(b"the user's scan")
+    df = run(ckpt, both, both).set_index("case_id")
+    assert df.loc["a", "status"] == "error" and "refusing to overwrite" in df.loc["a", "message"]
+    assert (both / "a.nii.gz").read_bytes() == b"the user's scan"
+    assert df.loc["b", "status"] == "ok"
+    # the same holds with overwrite=True: overwrite only redoes our own outputs
+    df = run(ckpt, both, both, overwrite=True).set_index("case_id")
+    assert (both / "a.nii.gz").read_bytes() == b"the user's scan" and df.loc["a", "status"] == "error"
+
+
+def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_path, caplog):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    refs = write_case(inp, "a", ("t1",))
+    write_case(inp, "b", ("t2",))
+    run(ckpt, inp, out)
+    first = {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in ("a", "b")}
+    with caplog.at_level(logging.INFO, logger="lckd_med"):
+        df = run(ckpt, inp, out).set_index("case_id")
+    assert df["message"].str.contains("up to date").all() and (df["status"] == "ok").all()
+    assert df["seconds"].map(type).eq(float).all() and "a: ok (t1)" in caplog.text
+    assert {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in ("a", "b")} == first
+    os.utime(refs["t1"], ns=(first["a"] + 10**9, first["a"] + 10**9))  # input changed after the output
+    df = run(ckpt, inp, out).set_index("case_id")
+    assert "up to date" not in df.loc["a", "message"] and "up to date" in df.loc["b", "message"]
+    df = run(ckpt, inp, out, overwrite=True)
+    assert not df["message"].str.contains("up to date").any()
+    df = run(ckpt, inp, out, threshold=0.4)  # other settings: recomputed
+    assert not df["message"].str.contains("up to date").any()
+
+
+class _KilledAfterFirstCase(BatchInference):
+    """Stops the batch like Ctrl-C would, after one finished case (KeyboardInterrupt is not caught per case)."""
+
+    def predict_case(self, case, work_dir):
+        if case.case_id == "b":
+            raise KeyboardInterrupt
+        return super().predict_case(case, work_dir)
+
+
+def test_report_is_written_after_every_case_and_stale_temporaries_are_removed(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    write_case(inp, "b", ("t2",))
+    out.mkdir()
+    stale = [out / ".a.k3j4h5g6.tmp.nii.gz", out / ".inference_report.abcd_123.tmp.csv"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    (out / ".lckd_align_x1y2").mkdir()
+    (out / ".my_notes").write_text("mine")
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, status 130
+        _KilledAfterFirstCase(ckpt, inp, out, device="cpu", progress=False).run()
+    assert stopped.value.code == 130
+    report = pd.read_csv(out / REPORT_NAME, keep_default_na=False)
+    assert report["case_id"].tolist() == ["a"] and report["status"].tolist() == ["ok"]
+    assert not any(p.exists() for p in stale) and not (out / ".lckd_align_x1y2").exists()
+    assert (out / ".my_notes").read_text() == "mine"
+    df = run(ckpt, inp, out).set_index("case_id")  # the re-run finishes the batch
+    assert "up to date" in df.loc["a", "message"] and df.loc["b", "status"] == "ok"
+
+
+def test_report_of_an_earlier_run_never_contradicts_the_outputs(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    write_case(inp, "gone", ("t1",))
+    run(ckpt, inp, out)
+    (out / "gone.nii.gz").unlink()  # the user removed an output and its case
+    shutil.rmtree(inp / "gone")
+    run(ckpt, inp, out)
+    report = pd.read_csv(out / REPORT_NAME, keep_default_na=False)
+    assert report["case_id"].tolist() == ["a"]
+
+
+def test_foreign_report_in_output_dir_is_refused(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    out.mkdir()
+    (out / REPORT_NAME).write_text("name,score\nx,1\n")
+    with pytest.raises(ValueError, match="not written by lckd_med"):
+        run(ckpt, inp, out)
+    assert (out / REPORT_NAME).read_text() == "name,score\nx,1\n"
+
+
+def test_output_dir_not_writable_or_a_file_fails_before_any_case(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    write_case(inp, "a", ("t1",))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        run(ckpt, inp, tmp_path / "file" / "out")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        run(ckpt, inp, tmp_path / "file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_read_only_output_dir_fails_before_any_case(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    out.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="not writable"):
+        run(ckpt, inp, out)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_unreadable_case_folder_fails_alone(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    write_case(inp, "locked", ("t1",))
+    (inp / "locked").chmod(0)
+    try:
+        df = run(ckpt, inp, out).set_index("case_id")
+    finally:
+        (inp / "locked").chmod(0o755)
+    assert df.loc["a", "status"] == "ok" and "cannot read case folder" in df.loc["locked", "message"]
+
+
+def test_non_utf8_case_folder_name_gets_an_output_and_a_report_row(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    folder = os.fsencode(inp) + b"/caf\xe9"
+    os.mkdir(folder)
+    write(Path(os.fsdecode(folder + b"/caf\xe9_t1.nii.gz")), volume())
+    df = run(ckpt, inp, out).set_index("case_id")
+    assert (df["status"] == "ok").all(), df["message"].tolist()
+    assert "caf\\xe9" in df.index
+    assert os.path.exists(os.fsencode(out) + b"/caf\xe9.nii.gz")
+    report = pd.read_csv(out / REPORT_NAME, keep_default_na=False)  # valid UTF-8
+    assert "caf\\xe9" in report["case_id"].tolist()
+
+
+def test_dangling_symlink_sequence_is_an_error_not_a_dropped_sequence(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    (inp / "a" / "a_t2.nii.gz").symlink_to(tmp_path / "nowhere" / "t2.nii.gz")
+    df = run(ckpt, inp, out).set_index("case_id")
+    assert df.loc["a", "status"] == "error"
+    assert "broken symbolic link" in df.loc["a", "message"] and "a_t2.nii.gz" in df.loc["a", "message"]
+
+
+def test_huge_finite_intensities_are_an_error_not_an_empty_segmentation(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write(inp / "a" / "a_t1.nii.gz", volume() * np.float32(1e37))
+    write_case(inp, "b", ("t1",))
+    df = run(ckpt, inp, out).set_index("case_id")
+    assert df.loc["a", "status"] == "error" and "overflow the float32 z-score" in df.loc["a", "message"]
+    assert not (out / "a.nii.gz").exists() and df.loc["b", "status"] == "ok"
+
+
+def test_ignored_non_nifti_files_are_noted(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    (inp / "a" / "notes.txt").write_text("x")
+    df = run(ckpt, inp, out)
+    assert df["status"].tolist() == ["ok"] and "ignored 1 non-NIfTI file(s): notes.txt" in df["message"][0]
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"case_id,flair,t1,t1ce,t2\nx,a.nii.gz,,,\nx,b.nii.gz,,,\n", "appears twice; give each row"),
+        (b"case_id,flair\nx,a.nii.gz\n", "lacks column"),
+        ("case_id,flair,t1,t1ce,t2\ncaf\u00e9,a.nii.gz,,,\n".encode("latin-1"), "not UTF-8 text.*iconv"),
+    ],
+    ids=["duplicate_id", "missing_column", "latin1"],
+)
+def test_bad_manifest_is_one_clear_error(tmp_path, content, match):
+    (tmp_path / "m.csv").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        read_manifest(tmp_path / "m.csv")

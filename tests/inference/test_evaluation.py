@@ -202,3 +202,26 @@ def test_voxel_spacing_of_flipped_affine():
     affine = np.diag([-2.0, -2.0, 2.0, 1.0])
     affine[:3, 3] = [10, 20, -5]
     assert voxel_spacing(affine) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("bad_id", ["../../escape", "a/b", ".."], ids=["traversal", "slash", "dotdot"])
+def test_case_id_that_is_not_a_file_name_is_refused_before_writing(setup, tmp_path, bad_id):
+    data = json.loads(setup["datalist"].read_text())
+    data["testing"][0]["case_id"] = bad_id
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps(data))
+    evaluator = SubsetEvaluator(
+        setup["root"] / "models", datalist, tmp_path / "a" / "b" / "out", split="testing", save_predictions=True,
+        device="cpu", amp=False, progress=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="must be a plain file name"):
+        evaluator.run()
+    assert not (tmp_path / "a").exists()
+
+
+def test_output_dir_that_is_a_file_is_refused(setup, tmp_path):
+    (tmp_path / "out").write_text("mine")
+    evaluator = SubsetEvaluator(setup["root"] / "models", setup["datalist"], tmp_path / "out", device="cpu")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        evaluator.run()
+    assert (tmp_path / "out").read_text() == "mine"
