@@ -6,7 +6,7 @@ Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` f
 from __future__ import annotations
 
 from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder, default_strides
-from lckd_med.networks.fusion import ModalityFusion, check_mask, mean_fill
+from lckd_med.networks.fusion import FILL_LEVELS, ModalityFusion, check_mask, mean_fill
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
 from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
@@ -16,6 +16,7 @@ __all__ = [
     "UNetEncoder",
     "ModalityFusion",
     "mean_fill",
+    "FILL_LEVELS",
     "check_mask",
     "SafeInstanceNorm",
     "SAFE_INSTANCE_NORM",
