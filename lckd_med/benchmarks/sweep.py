@@ -1,7 +1,7 @@
 """Time the 15-subset sweep (encode once per window) against 15 separate sliding-window forward passes.
 
-``python -m lckd_med.benchmarks.sweep [--ckpt model.pt | --filters 32 64 128 256 320] [--shape 240 240 155]
-[--roi 128 128 128] [--device auto] [--repeats 3]``
+``python -m lckd_med.benchmarks.sweep [--ckpt model.pt | --preset lean [--method lckd] [--filters ...]]
+[--shape 240 240 155] [--roi 128 128 128] [--device auto] [--repeats 3]``
 
 Same model, same random volume, same sliding-window settings; prints seconds per case for both, the speed-up,
 the largest absolute difference between the two outputs and, on CUDA, peak memory.
@@ -21,7 +21,8 @@ from lckd_med.constants import NUM_MODALITIES, SUBSET_NAMES
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.engines.workflow import pick_device
 from lckd_med.inference.sweep import autocast_context, subset_masks, sweep_subsets
-from lckd_med.networks import LCKDNet
+from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
+from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["separate_passes", "time_call", "main"]
 
@@ -61,7 +62,9 @@ def time_call(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.sweep", description=__doc__)
     p.add_argument("--ckpt", help="model.pt to benchmark (default: a randomly initialised LCKDNet)")
-    p.add_argument("--filters", type=int, nargs="+", default=[32, 64, 128, 256, 320])
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="network (without --ckpt)")
+    p.add_argument("--method", default="lckd", choices=["lckd", "omd"])
+    p.add_argument("--filters", type=int, nargs="+", default=None, help="override the preset's channels")
     p.add_argument("--shape", type=int, nargs=3, default=[160, 192, 144], help="volume (cropped brain box)")
     p.add_argument("--roi", type=int, nargs=3, default=[128, 128, 128])
     p.add_argument("--overlap", type=float, default=1 / 3)
@@ -72,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
-    net = build_network(load_checkpoint(args.ckpt)) if args.ckpt else LCKDNet(filters=args.filters)
+    if args.ckpt:
+        net = build_network(load_checkpoint(args.ckpt))
+    else:
+        net = build_preset(args.preset, args.method, filters=args.filters)
     net = net.to(device).eval()
     torch.manual_seed(0)
     image = torch.randn(1, NUM_MODALITIES, *args.shape, device=device)
@@ -98,8 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["speedup"] = round(float(results["separate_s"]) / float(results["sweep_s"]), 2)
     print(json.dumps(results, indent=2))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -10,6 +10,7 @@ from lckd_med.networks.fusion import FILL_LEVELS, ModalityFusion, check_mask, me
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
 from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
+from lckd_med.networks.presets import DEFAULT_PRESET, PRESETS, build_preset, preset_hparams
 
 __all__ = [
     "LCKDNet",
@@ -29,4 +30,8 @@ __all__ = [
     "OMDFusion",
     "ModalityRestoration",
     "CrossTranslation",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "build_preset",
+    "preset_hparams",
 ]

@@ -1,0 +1,137 @@
+"""Quality at equal CPU wall-clock: the lean default network vs lckd_med's previous default, LCKD recipe.
+
+``python -m lckd_med.benchmarks.quality [--iterations 600] [--filters 8 16 32 64] [--work_dir DIR] [--out FILE]``
+
+Both runs go through the real LCKD bundle (``train.json`` + ``demo.json`` + overrides, as ``python -m
+lckd_med.compare`` does) on the same synthetic data, split, seed, crop, channel widths and recipe (first half all
+sequences, then random missing sequences, teachers elected at the switch, KD 0.1):
+
+* ``fullres``: the previous default -- whole U-Net at full resolution, mean-fill at every level
+  (``network_preset=fullres``, ``fill_levels=all``) -- for ``--iterations`` iterations;
+* ``lean``: the new default (``network_preset=lean``, ``fill_levels=bottleneck``) for as many iterations as fit
+  in the same training time, from the ratio of the two networks' step times measured here first.
+
+Both are evaluated on the 15 subsets of the held-out test split; the per-subset mean Dice table (ET, TC, WT) and
+the measured wall times are written to ``--out`` and printed. Synthetic data and a short CPU budget: this checks
+that the lean network does not lose quality for its compute, not how either does on BraTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lckd_med.benchmarks.train_step import benchmark_step
+from lckd_med.compare import PRESETS as BUDGETS
+from lckd_med.compare import comparison_table, default_runs, hardware_description, overrides_argv
+from lckd_med.demo import bundle_command
+from lckd_med.engines.workflow import bundle_dir, ensure_synthetic, prepare_datalist
+from lckd_med.networks import build_preset
+from lckd_med.reports import REPORT_FILES, read_summary
+from lckd_med.utils.io import write_text_atomic
+
+__all__ = ["NETWORKS", "step_time_ratio", "main"]
+
+#: Run name -> (label, network overrides of the bundle).
+NETWORKS = {
+    "fullres": ("previous default (fullres, fill all)", {"network_preset": "fullres", "fill_levels": "all"}),
+    "lean": ("lean default (lean, fill bottleneck)", {"network_preset": "lean", "fill_levels": "bottleneck"}),
+}
+
+
+def step_time_ratio(filters: Sequence[int], roi: Sequence[int], batch: int, steps: int = 6) -> float:
+    """Training step time of the ``fullres`` network over the ``lean`` one (same widths, crop, batch; CPU)."""
+    times = {}
+    for name, (_, over) in NETWORKS.items():
+        torch.manual_seed(0)
+        net = build_preset(over["network_preset"], "lckd", filters=list(filters), fill_levels=over["fill_levels"])
+        times[name] = benchmark_step(net, "lckd", roi, batch, torch.device("cpu"), False, steps)["step_s"]
+    return times["fullres"] / times["lean"]
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    print("\n$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed with exit code {proc.returncode} (log {log})")
+    return time.perf_counter() - t0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--iterations", type=int, default=600, help="training iterations of the fullres run")
+    p.add_argument("--filters", type=int, nargs="+", default=None, help="channels of both (default: compare's cpu)")
+    p.add_argument("--work_dir", default=None, help="default bundles/lckd/runs/quality")
+    p.add_argument("--out", default=None, help="Markdown table (default <work_dir>/quality.md)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    budget = dict(BUDGETS["cpu"])
+    filters = list(args.filters or budget["filters"])
+    roi, batch = list(budget["roi"]), int(budget["batch_size"])
+    work = Path(args.work_dir) if args.work_dir else Path(bundle_dir("lckd")) / "runs" / "quality"
+    dataset = Path(ensure_synthetic(work / "data", cases=budget["cases"], spacing=budget["spacing"], seed=args.seed))
+    datalist = work / "datalist.json"
+    if not datalist.is_file():
+        prepare_datalist(dataset, datalist, seed=args.seed)
+    ratio = step_time_ratio(filters, roi, batch)
+    iters = {"fullres": args.iterations, "lean": max(2, round(args.iterations * ratio))}
+    print(f"step time fullres / lean = {ratio:.2f}: iterations {iters}", flush=True)
+    summaries, walls = {}, {}
+    for name, (_, net_over) in NETWORKS.items():
+        n = iters[name]
+        recipe = default_runs(n)[0].overrides  # the compare's LCKD recipe for n iterations
+        common = {
+            "dataset_dir": str(dataset),
+            "datalist": str(datalist),
+            "seed": args.seed,
+            "roi_size": roi,
+            "filters": filters,
+            "batch_size": batch,
+            "optimizer_name": budget["optimizer"],
+            "learning_rate": budget["learning_rate"],
+            "weight_decay": budget["weight_decay"],
+            "num_workers": 0,
+            "save_every_epochs": 1000,
+            "val_max_cases": budget["val_max_cases"],
+            "ckpt_dir": str(work / name / "models"),
+            "output_dir": str(work / name / "output"),
+        }
+        train = {**common, **net_over, **recipe, "num_iterations": n, "epoch_length": max(1, min(50, n // 2))}
+        train["log_every"] = max(1, n // 10)
+        cmd = bundle_command("training", "lckd", ["train.json", "demo.json"], overrides_argv(train))
+        t_train = _run(cmd, work / name / "train.log")
+        ev = {k: common[k] for k in ("dataset_dir", "datalist", "ckpt_dir", "output_dir", "roi_size")}
+        cmd = bundle_command("evaluate", "lckd", ["evaluate.json", "demo.json"], overrides_argv(ev))
+        t_eval = _run(cmd, work / name / "evaluate.log")
+        walls[name] = (t_train, t_eval)
+        summaries[name] = read_summary(work / name / "output" / REPORT_FILES["summary_csv"])
+    labels = {k: v[0] for k, v in NETWORKS.items()}
+    command = "python -m lckd_med.benchmarks.quality" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+    caption = (
+        f"**Synthetic data**: {budget['cases']} synthetic BraTS2018-layout cases at {budget['spacing']:g} mm, "
+        f"seed {args.seed}; same split, crop {'x'.join(map(str, roi))}, batch {batch}, filters {filters}, "
+        f"{budget['optimizer']} lr {budget['learning_rate']:g}, LCKD recipe (half all sequences, then random missing "
+        f"sequences, election at the switch, KD 0.1). Iterations: fullres {iters['fullres']}, lean {iters['lean']} "
+        f"(measured step-time ratio {ratio:.2f}). Wall time train + evaluate: "
+        + "; ".join(f"{n} {t:.0f} s + {e:.0f} s" for n, (t, e) in walls.items())
+        + f". Hardware: {hardware_description()} (shared with other jobs). Command: `{command}`."
+    )
+    table = comparison_table(summaries, labels, caption=caption)
+    out = Path(args.out) if args.out else work / "quality.md"
+    write_text_atomic(out, table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
