@@ -29,11 +29,16 @@ __all__ = ["separate_passes", "time_call", "main"]
 
 @torch.no_grad()
 def separate_passes(
-    net: torch.nn.Module, image: torch.Tensor, roi: Sequence[int], overlap: float, amp: bool
+    net: torch.nn.Module,
+    image: torch.Tensor,
+    roi: Sequence[int],
+    overlap: float,
+    amp: bool,
+    subsets: Sequence[str] = SUBSET_NAMES,
 ) -> torch.Tensor:
-    """``(B, 15, 3, *S)`` logits from 15 independent sliding-window forward passes (the naive way)."""
+    """``(B, K, 3, *S)`` logits from one independent sliding-window forward pass per subset (the naive way)."""
     outs = []
-    for mask in subset_masks(SUBSET_NAMES).to(image.device):
+    for mask in subset_masks(subsets).to(image.device):
         x = image * mask.view(1, -1, 1, 1, 1).to(image.dtype)
 
         def predictor(w: torch.Tensor, m: torch.Tensor = mask) -> torch.Tensor:
@@ -44,9 +49,12 @@ def separate_passes(
     return torch.stack([torch.as_tensor(o) for o in outs], dim=1)
 
 
-def time_call(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median seconds of ``repeats`` calls (after one warm-up) and the last output."""
-    out = fn()
+def time_call(
+    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int, warmup: int = 1
+) -> tuple[float, torch.Tensor]:
+    """Median seconds of ``repeats`` calls (after ``warmup`` untimed ones) and the last output."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -71,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    p.add_argument("--subsets", nargs="+", default=list(SUBSET_NAMES), help="subset names (default all 15)")
+    p.add_argument("--sweep_only", action="store_true", help="skip the separate passes (time the sweep only)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
@@ -88,20 +99,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "roi": list(args.roi),
         "amp": bool(args.amp and device.type == "cuda"),
     }
-    for name, fn in (
-        ("sweep_s", lambda: sweep_subsets(net, image, args.roi, overlap=args.overlap, amp=args.amp)),
-        ("separate_s", lambda: separate_passes(net, image, args.roi, args.overlap, args.amp)),
-    ):
+    results["subsets"] = list(args.subsets)
+    runs = [("sweep_s", lambda: sweep_subsets(net, image, args.roi, args.subsets, overlap=args.overlap, amp=args.amp))]
+    if not args.sweep_only:
+        runs.append(("separate_s", lambda: separate_passes(net, image, args.roi, args.overlap, args.amp, args.subsets)))
+    for name, fn in runs:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        seconds, out = time_call(fn, device, args.repeats)
+        seconds, out = time_call(fn, device, args.repeats, args.warmup)
         results[name] = round(seconds, 4)
         results[name.replace("_s", "_out")] = out  # type: ignore[assignment]
         if device.type == "cuda":
             results[name.replace("_s", "_peak_gib")] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-    diff = (results.pop("sweep_out") - results.pop("separate_out")).abs().max().item()  # type: ignore[operator]
-    results["max_abs_diff"] = diff
-    results["speedup"] = round(float(results["separate_s"]) / float(results["sweep_s"]), 2)
+    sweep_out = results.pop("sweep_out")
+    if not args.sweep_only:
+        diff = (sweep_out - results.pop("separate_out")).abs().max().item()  # type: ignore[operator]
+        results["max_abs_diff"] = diff
+        results["speedup"] = round(float(results["separate_s"]) / float(results["sweep_s"]), 2)
     print(json.dumps(results, indent=2))
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=2) + "\n")

@@ -136,3 +136,12 @@ def test_training_loss_rejects_unknown_kind():
     x, y = train_step.make_batch(1, (4, 4, 2), "cpu")
     with pytest.raises(ValueError, match="kind"):
         train_step.training_loss(net, "unet", x, y)
+
+
+def test_sweep_benchmark_one_subset_sweep_only(tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--filters", "4", "8", "--shape", "12", "12", "10", "--roi", "8", "8", "8", "--repeats", "1"]
+    argv = [*args, "--warmup", "0", "--subsets", "flair+t1+t1ce+t2", "--sweep_only", "--device", "cpu"]
+    assert sweep.main([*argv, "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["subsets"] == ["flair+t1+t1ce+t2"] and res["sweep_s"] > 0 and "separate_s" not in res
