@@ -41,21 +41,28 @@ from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["NETWORKS", "step_time_ratio", "main"]
 
-#: Run name -> (label, network overrides of the bundle).
+#: Run name -> (label, network overrides of the bundle). ``"filters": None`` keeps the preset's own channels;
+#: otherwise ``--filters`` applies (the preset's stem kept).
 NETWORKS = {
     "fullres": ("previous default (fullres, fill all)", {"network_preset": "fullres", "fill_levels": "all"}),
-    "lean": ("lean default (lean, fill bottleneck)", {"network_preset": "lean", "fill_levels": "bottleneck"}),
+    "lean": ("lean, same channels", {"network_preset": "lean", "fill_levels": "bottleneck"}),
+    "lean_small": (
+        "lean_small preset",
+        {"network_preset": "lean_small", "fill_levels": "bottleneck", "filters": None},
+    ),
 }
 
 
-def step_time_ratio(filters: Sequence[int], roi: Sequence[int], batch: int, steps: int = 6) -> float:
-    """Training step time of the ``fullres`` network over the ``lean`` one (same widths, crop, batch; CPU)."""
+def step_time_ratio(name: str, filters: Sequence[int], roi: Sequence[int], batch: int, steps: int = 6) -> float:
+    """Training step time of the ``fullres`` network over run ``name``'s (same crop and batch; CPU, network only)."""
     times = {}
-    for name, (_, over) in NETWORKS.items():
+    for run in ("fullres", name):
+        over = NETWORKS[run][1]
         torch.manual_seed(0)
-        net = build_preset(over["network_preset"], "lckd", filters=list(filters), fill_levels=over["fill_levels"])
-        times[name] = benchmark_step(net, "lckd", roi, batch, torch.device("cpu"), False, steps)["step_s"]
-    return times["fullres"] / times["lean"]
+        widths = list(filters) if over.get("filters", True) is not None else None
+        net = build_preset(over["network_preset"], "lckd", filters=widths, fill_levels=over["fill_levels"])
+        times[run] = benchmark_step(net, "lckd", roi, batch, torch.device("cpu"), False, steps)["step_s"]
+    return times["fullres"] / times[name]
 
 
 def _run(cmd: list[str], log: Path) -> float:
@@ -77,10 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="Markdown table (default <work_dir>/quality.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--lean_iterations",
-        type=int,
-        default=None,
-        help="iterations of the lean run (default: from the measured step-time ratio, network only)",
+        "--run_iterations",
+        nargs="+",
+        default=[],
+        metavar="RUN=N",
+        help="iterations of other runs (default: fullres's scaled by the measured step-time ratio, network only)",
     )
     p.add_argument(
         "--runs",
@@ -98,9 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     datalist = work / "datalist.json"
     if not datalist.is_file():
         prepare_datalist(dataset, datalist, seed=args.seed)
-    ratio = step_time_ratio(filters, roi, batch)
-    iters = {"fullres": args.iterations, "lean": args.lean_iterations or max(2, round(args.iterations * ratio))}
-    print(f"step time fullres / lean = {ratio:.2f}: iterations {iters}", flush=True)
+    given = {k: int(v) for k, v in (item.split("=", 1) for item in args.run_iterations)}
+    ratios = {n: step_time_ratio(n, filters, roi, batch) for n in NETWORKS if n != "fullres" and n in args.runs}
+    iters = {"fullres": args.iterations}
+    iters |= {n: given.get(n, max(2, round(args.iterations * r))) for n, r in ratios.items()}
+    print(f"step time fullres / run: {ratios}; iterations {iters}", flush=True)
     summaries, walls = {}, {}
     for name, (_, net_over) in NETWORKS.items():
         if name not in args.runs:
@@ -116,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "datalist": str(datalist),
             "seed": args.seed,
             "roi_size": roi,
-            "filters": filters,
+            "filters": filters if net_over.get("filters", True) is not None else None,
             "batch_size": batch,
             "optimizer_name": budget["optimizer"],
             "learning_rate": budget["learning_rate"],
@@ -127,7 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ckpt_dir": str(work / name / "models"),
             "output_dir": str(work / name / "output"),
         }
-        train = {**common, **net_over, **recipe, "num_iterations": n, "epoch_length": max(1, min(50, n // 2))}
+        train = {
+            **common,
+            **{k: v for k, v in net_over.items() if k != "filters"},
+            **recipe,
+            "num_iterations": n,
+            "epoch_length": max(1, min(50, n // 2)),
+        }
         train["log_every"] = max(1, n // 10)
         cmd = bundle_command("training", "lckd", ["train.json", "demo.json"], overrides_argv(train))
         t_train = _run(cmd, work / name / "train.log")
@@ -144,8 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"**Synthetic data**: {budget['cases']} synthetic BraTS2018-layout cases at {budget['spacing']:g} mm, "
         f"seed {args.seed}; same split, crop {'x'.join(map(str, roi))}, batch {batch}, filters {filters}, "
         f"{budget['optimizer']} lr {budget['learning_rate']:g}, LCKD recipe (half all sequences, then random missing "
-        f"sequences, election at the switch, KD 0.1). Iterations: fullres {iters['fullres']}, lean {iters['lean']} "
-        f"(network-only step-time ratio measured here {ratio:.2f}). Wall time train + evaluate: "
+        f"sequences, election at the switch, KD 0.1). Iterations: "
+        + ", ".join(f"{n} {i}" for n, i in iters.items())
+        + ". Wall time train + evaluate: "
         + "; ".join(f"{n} {t:.0f} s + {e:.0f} s" for n, (t, e) in walls.items())
         + f". Hardware: {hardware_description()} (shared with other jobs). Command: `{command}`."
     )
