@@ -1,10 +1,12 @@
-"""Time one LCKD training step (forward, Dice+BCE+KD, backward, SGD step) and its peak memory.
+"""One training step (forward, loss, backward, SGD step) of any benchmarked network, timed, with its peak memory.
 
-``python -m lckd_med.benchmarks.train_step [--filters 32 64 128 256 320] [--roi 160 160 80] [--batch 2]
-[--device auto] [--steps 10] [--precision bf16 fp32]``
+``python -m lckd_med.benchmarks.train_step [--preset lean] [--method lckd] [--filters ...] [--roi 160 160 80]
+[--batch 2] [--device auto] [--steps 10] [--precision bf16 fp32]``
 
 Prints seconds per step, voxels per second (batch x patch volume / step time: the fair way to compare
-networks of different patch sizes) and, on CUDA, peak allocated memory, for each precision asked for.
+networks of different patch sizes) and, on CUDA, peak allocated memory, for each precision asked for. The same
+step (:func:`training_loss`) is what :mod:`lckd_med.benchmarks.flops` counts and :mod:`lckd_med.benchmarks.suite`
+times side by side with MONAI's networks.
 """
 
 from __future__ import annotations
@@ -20,39 +22,90 @@ from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.engines.workflow import make_optimizer, pick_device
 from lckd_med.inference.sweep import autocast_context
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
-from lckd_med.networks import LCKDNet
+from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
 
-__all__ = ["benchmark_step", "main"]
+__all__ = ["KINDS", "PHASE2_MASK", "make_batch", "training_loss", "benchmark_step", "main"]
+
+#: How a network is trained in a step: ``lckd`` (per-modality encoders, segmentation + 0.1 x KD from T1ce at the
+#: bottleneck), ``omd`` (one stage: restored and real paths, segmentation on both), ``peer`` (one early-fusion
+#: network, segmentation only).
+KINDS = ("lckd", "omd", "peer")
+#: Availability of the two samples of a phase-2 step (one sequence kept each): the worst case for the
+#: zero-input encodings of ``fill_levels="bottleneck"`` (every modality missing somewhere in the batch).
+PHASE2_MASK = ((False, False, True, False), (True, False, False, False))
+
+
+def make_batch(batch: int, roi: Sequence[int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random ``(batch, 4, *roi)`` image and a sparse ``(batch, 3, *roi)`` binary region target."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, NUM_MODALITIES, *roi, generator=gen)
+    y = (torch.rand(batch, NUM_REGIONS, *roi, generator=gen) > 0.9).float()
+    return x.to(device), y.to(device)
+
+
+def _phase2_mask(batch: int, device: torch.device) -> torch.Tensor:
+    rows = [PHASE2_MASK[i % len(PHASE2_MASK)] for i in range(batch)]
+    return torch.tensor(rows, dtype=torch.bool, device=device)
+
+
+def training_loss(
+    net: torch.nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor, phase2: bool = False
+) -> torch.Tensor:
+    """Forward pass and loss of one training step (the caller runs backward).
+
+    Args:
+        net: the network (``LCKDNet`` for ``lckd``, ``OMDNet`` for ``omd``, any ``(B, 4, *S) -> (B, 3, *S)``
+            network for ``peer``).
+        kind: one of :data:`KINDS`.
+        x: ``(B, 4, *S)`` image; y: ``(B, 3, *S)`` target.
+        phase2: drop modalities as in :data:`PHASE2_MASK` (``lckd``: zeroed channels under the mask; ``omd``:
+            the dropped ones are restored, the real path still sees them). Peers ignore it.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    seg = segmentation_loss()
+    batch = x.shape[0]
+    full = torch.ones(batch, NUM_MODALITIES, dtype=torch.bool, device=x.device)
+    mask = _phase2_mask(batch, x.device) if phase2 else full
+    if kind == "peer":
+        return seg(net(x).float(), y)
+    if kind == "omd":
+        out = net(x, mask, available=full)
+        return seg(out.logits.float(), y) + seg(out.logits_real.float(), y)
+    logits, feats = net(x * mask.view(batch, -1, 1, 1, 1).to(x.dtype), mask, return_features=True)
+    teachers = torch.tensor([False, False, True, False], device=x.device)
+    return seg(logits.float(), y) + 0.1 * CrossModalDistillationLoss()([feats[-1].float()], mask, teachers)
 
 
 def benchmark_step(
-    filters: Sequence[int], roi: Sequence[int], batch: int, device: torch.device, bf16: bool, steps: int
+    net: torch.nn.Module,
+    kind: str,
+    roi: Sequence[int],
+    batch: int,
+    device: torch.device,
+    bf16: bool,
+    steps: int,
+    warmup: int = 2,
 ) -> dict[str, float]:
-    """Median step time (s), voxels/s and peak memory (GiB, CUDA only) of ``steps`` steps after 2 warm-ups."""
-    torch.manual_seed(0)
-    net = LCKDNet(filters=filters).to(device).train()
+    """Median step time (s), voxels/s and peak memory (GiB, CUDA only) of ``steps`` steps after ``warmup``."""
+    net = net.to(device).train()
     opt = make_optimizer("sgd", net.parameters(), lr=1e-2)
-    seg, kd = segmentation_loss(), CrossModalDistillationLoss()
-    x = torch.randn(batch, NUM_MODALITIES, *roi, device=device)
-    y = (torch.rand(batch, NUM_REGIONS, *roi, device=device) > 0.9).float()
-    mask = torch.ones(batch, NUM_MODALITIES, dtype=torch.bool, device=device)
-    teachers = torch.tensor([False, False, True, False], device=device)
+    x, y = make_batch(batch, roi, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + warmup):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with autocast_context(device, bf16):
-            logits, feats = net(x, mask, return_features=True)
-            loss = seg(logits.float(), y) + 0.1 * kd([feats[-1].float()], mask, teachers)
+            loss = training_loss(net, kind, x, y)
         loss.backward()
         opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= 2:
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     step = sorted(times)[len(times) // 2]
     out = {"step_s": round(step, 4), "voxels_per_s": round(batch * float(torch.tensor(roi).prod()) / step)}
@@ -64,7 +117,9 @@ def benchmark_step(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.train_step", description=__doc__)
-    p.add_argument("--filters", type=int, nargs="+", default=[32, 64, 128, 256, 320])
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--method", default="lckd", choices=["lckd", "omd"])
+    p.add_argument("--filters", type=int, nargs="+", default=None, help="override the preset's channels")
     p.add_argument("--roi", type=int, nargs=3, default=[160, 160, 80])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -76,14 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "roi": args.roi,
         "batch": args.batch,
-        "filters": args.filters,
+        "preset": args.preset,
+        "method": args.method,
     }
     for prec in args.precision:
         bf16 = prec == "bf16"
         if bf16 and device.type != "cuda":
             results[prec] = "skipped: bf16 autocast is used on CUDA only"
             continue
-        results[prec] = benchmark_step(args.filters, args.roi, args.batch, device, bf16, args.steps)
+        torch.manual_seed(0)
+        net = build_preset(args.preset, args.method, filters=args.filters)
+        results[prec] = benchmark_step(net, args.method, args.roi, args.batch, device, bf16, args.steps)
     print(json.dumps(results, indent=2))
     return 0
 

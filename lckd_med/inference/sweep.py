@@ -1,9 +1,10 @@
 """Sliding-window inference that encodes each window once and decodes it under many modality subsets.
 
-Because the network replaces every missing modality's features by the mean of the available ones at every
-fused level, decoding the four-modality encoding under a subset's mask is exactly the forward pass of that
-subset (see ``tests/inference/test_sweep.py``). A 15-subset sweep therefore costs one encoding plus 15 light
-decodes per window instead of 15 full forward passes.
+The network never reads a missing channel: its bottleneck feature (or, with ``fill_levels="all"``, every level)
+is replaced by the mean of the available modalities' features, and its skip features are the encoding of a zero
+input, computed once per window shape. Decoding the four-modality encoding under a subset's mask is therefore
+exactly the forward pass of that subset (see ``tests/inference/test_sweep.py``), and a 15-subset sweep costs one
+encoding plus 15 light decodes per window instead of 15 full forward passes.
 """
 
 from __future__ import annotations

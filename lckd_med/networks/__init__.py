@@ -6,16 +6,18 @@ Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` f
 from __future__ import annotations
 
 from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder, default_strides
-from lckd_med.networks.fusion import ModalityFusion, check_mask, mean_fill
+from lckd_med.networks.fusion import FILL_LEVELS, ModalityFusion, check_mask, mean_fill
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
 from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
+from lckd_med.networks.presets import DEFAULT_PRESET, PRESETS, build_preset, preset_hparams
 
 __all__ = [
     "LCKDNet",
     "UNetEncoder",
     "ModalityFusion",
     "mean_fill",
+    "FILL_LEVELS",
     "check_mask",
     "SafeInstanceNorm",
     "SAFE_INSTANCE_NORM",
@@ -28,4 +30,8 @@ __all__ = [
     "OMDFusion",
     "ModalityRestoration",
     "CrossTranslation",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "build_preset",
+    "preset_hparams",
 ]

@@ -14,7 +14,13 @@ from lckd_med.constants import NUM_MODALITIES
 from lckd_med.networks.encoder import DEFAULT_ACT, check_layer_spec
 from lckd_med.networks.norm import DEFAULT_NORM
 
-__all__ = ["mean_fill", "check_mask", "ModalityFusion"]
+__all__ = ["mean_fill", "check_mask", "ModalityFusion", "FILL_LEVELS"]
+
+#: Values of the networks' ``fill_levels`` option, default first. ``"bottleneck"``: only the bottleneck feature of
+#: a missing modality is replaced by the mean of the available ones, skip connections carry the encoding of a zero
+#: input (the LCKD reference code). ``"all"``: every level is mean-filled, so a missing input never influences
+#: the output (cleaner; today's lckd_med behaviour before the option existed).
+FILL_LEVELS: tuple[str, ...] = ("bottleneck", "all")
 
 
 def check_mask(mask: torch.Tensor, batch: int, num_modalities: int, *, require_any: bool = True) -> torch.Tensor:

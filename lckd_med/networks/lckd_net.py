@@ -4,10 +4,17 @@ Shapes and orders: input ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_m
 availability mask ``(B, M)`` bool in the same order; output ``(B, 3, H, W, D)`` logits of independent sigmoid
 channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
 
-The content of a missing channel is never used: at every level the decoder consumes (every skip connection and
-the bottleneck) the missing modality's features are *replaced* by the mean of the available ones before fusion.
-Hence ``forward(x, mask) == decode(encode(x_full), mask)`` whatever ``x`` holds in the missing channels, which is
-what lets :meth:`LCKDNet.decode_subsets` evaluate all 15 subsets from one encoding.
+Missing modalities (``fill_levels``, see :data:`~lckd_med.networks.fusion.FILL_LEVELS`):
+
+* ``"bottleneck"`` (default, the reference code's behaviour): the missing modality's *bottleneck* feature is
+  replaced by the mean of the available ones; its skip connections carry the encoder's output for an all-zero
+  input, as when the reference code encodes a zeroed channel.
+* ``"all"``: at every level (every skip connection and the bottleneck) the missing modality's features are replaced
+  by the mean of the available ones, so a missing input can never influence the output.
+
+In both modes the content of a missing channel is never read (the zero-input encodings are computed from zeros,
+once per window shape), hence ``forward(x, mask) == decode(encode(x_full), mask)`` whatever ``x`` holds in the
+missing channels, which is what lets :meth:`LCKDNet.decode_subsets` evaluate all 15 subsets from one encoding.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock
+from monai.networks.blocks import Convolution
+from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock, get_conv_layer
 from monai.networks.nets import DynUNet
 from torch import nn
 
@@ -35,7 +43,7 @@ from lckd_med.networks.encoder import (
     check_layer_spec,
     check_strides,
 )
-from lckd_med.networks.fusion import ModalityFusion, check_mask
+from lckd_med.networks.fusion import FILL_LEVELS, ModalityFusion, check_mask
 from lckd_med.networks.norm import DEFAULT_NORM
 
 __all__ = ["LCKDNet"]
@@ -57,13 +65,19 @@ def _to_json(value: Any) -> Any:
 
 
 class LCKDNet(nn.Module):
-    """Per-modality 3D U-Net encoders ("students"), mean-fill fusion at every level, one shared decoder.
+    """Per-modality 3D U-Net encoders ("students"), mean-fill fusion, one shared decoder.
+
+    The ready-made configurations (the lean default, today's full-resolution U-Net, a CPU-sized one) are in
+    :mod:`lckd_med.networks.presets`; the constructor's own defaults are the full-resolution U-Net.
 
     Args:
         in_modalities: number of input sequences ``M`` (channels of the input, one encoder each).
         out_channels: output channels (3 region logits ET, TC, WT).
-        filters: encoder/decoder channels per level, full resolution -> bottleneck.
-        strides: per-level strides (int or 3 ints); ``None`` -> 1 at the first level, 2 at the others.
+        filters: encoder/decoder channels per level, first level -> bottleneck.
+        strides: per-level strides (int or 3 ints); ``None`` -> 1 at the first level, 2 at the others. A first
+            stride above 1 is a strided stem (the reference network strides its first convolution): the U-Net then
+            runs at reduced resolution and a light head (see ``head_filters``) brings the logits back to full
+            resolution.
         kernel_size: odd int or 3 odd ints for every convolution.
         share_encoder: one encoder for all modalities (the reference code's choice) instead of one each; the
             modalities then run in one batched pass (``M`` folded into the batch).
@@ -73,6 +87,11 @@ class LCKDNet(nn.Module):
         dropout: dropout probability after each convolution of encoders and decoder.
         norm: MONAI normalisation spec (default batch-1-safe instance norm, affine).
         act: MONAI activation spec (default LeakyReLU 0.01).
+        head_filters: channels of the full-resolution head used with a strided stem: transposed convolution
+            (kernel = stride = ``strides[0]``) ``filters[0] -> head_filters``, one ``3^3`` conv-norm-act, then the
+            ``1x1x1`` output convolution. ``None`` -> ``max(1, filters[0] // 2)``. Must be ``None`` without a stem.
+        fill_levels: which fused levels replace a missing modality by the mean of the available ones:
+            ``"bottleneck"`` (default; the reference code) or ``"all"`` (see the module docstring).
 
     Raises:
         ValueError / TypeError: any invalid argument, with the reason.
@@ -99,6 +118,8 @@ class LCKDNet(nn.Module):
         dropout: float = 0.0,
         norm: str | Sequence = DEFAULT_NORM,
         act: str | Sequence = DEFAULT_ACT,
+        head_filters: int | None = None,
+        fill_levels: str = "bottleneck",
     ) -> None:
         super().__init__()
         self.in_modalities = _positive_int(in_modalities, "in_modalities")
@@ -117,6 +138,22 @@ class LCKDNet(nn.Module):
         self.dropout = check_dropout(dropout)
         self.norm = check_layer_spec(norm, "norm")
         self.act = check_layer_spec(act, "act")
+        if fill_levels not in FILL_LEVELS:
+            raise ValueError(f"fill_levels must be one of {list(FILL_LEVELS)}, got {fill_levels!r}")
+        self.fill_levels = fill_levels
+        stem = self.strides[0]
+        if stem == (1, 1, 1):
+            if head_filters is not None:
+                raise ValueError(
+                    f"head_filters={head_filters!r} needs a strided stem (strides[0] > 1); the first level already "
+                    "runs at full resolution"
+                )
+            self.head_filters = None
+        else:
+            default_head = max(1, self.filters[0] // 2)
+            self.head_filters = default_head if head_filters is None else _positive_int(head_filters, "head_filters")
+        # cache of zero-input encodings for inference (see zero_features)
+        self._zero_cache: tuple[tuple, list[torch.Tensor]] | None = None
 
         def make_encoder() -> UNetEncoder:
             return UNetEncoder(1, self.filters, self.strides, self.kernel_size, self.norm, self.act, self.dropout)
@@ -138,7 +175,31 @@ class LCKDNet(nn.Module):
             )
             for level in range(len(self.filters) - 1)
         )
-        self.head = UnetOutBlock(SPATIAL_DIMS, self.filters[0], self.out_channels)
+        # full-resolution head of a strided stem: upsample to few channels, one conv-norm-act at full resolution
+        self.head_up = (
+            None
+            if self.head_filters is None
+            else nn.Sequential(
+                get_conv_layer(
+                    SPATIAL_DIMS,
+                    self.filters[0],
+                    self.head_filters,
+                    kernel_size=stem,
+                    stride=stem,
+                    conv_only=True,
+                    is_transposed=True,
+                ),
+                Convolution(
+                    SPATIAL_DIMS,
+                    self.head_filters,
+                    self.head_filters,
+                    kernel_size=self.kernel_size,
+                    norm=self.norm,
+                    act=self.act,
+                ),
+            )
+        )
+        self.head = UnetOutBlock(SPATIAL_DIMS, self.head_filters or self.filters[0], self.out_channels)
         # deep-supervision heads on decoder levels 1 .. L-2 (level 0 uses `head`)
         self.ds_heads = nn.ModuleList(
             UnetOutBlock(SPATIAL_DIMS, self.filters[level], self.out_channels)
@@ -162,12 +223,17 @@ class LCKDNet(nn.Module):
                 "dropout": self.dropout,
                 "norm": self.norm,
                 "act": self.act,
+                "head_filters": self.head_filters,
+                "fill_levels": self.fill_levels,
             }
         )
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> LCKDNet:
         """Rebuild a network (untrained) from :attr:`hparams`, e.g. as stored in a checkpoint.
+
+        Hyper-parameters saved before ``fill_levels`` existed get ``"all"``: those networks were trained with
+        mean-fill at every level.
 
         Raises:
             TypeError: ``hparams`` is not a mapping.
@@ -179,7 +245,7 @@ class LCKDNet(nn.Module):
         unknown = sorted(set(hparams) - allowed)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} hparams {unknown}; allowed: {sorted(allowed)}")
-        return cls(**dict(hparams))
+        return cls(**{"fill_levels": "all", **dict(hparams)})
 
     @property
     def size_divisor(self) -> tuple[int, int, int]:
@@ -266,17 +332,90 @@ class LCKDNet(nn.Module):
         out = values.new_zeros((size, *values.shape[1:]))
         return out.index_copy(0, idx, values)
 
+    # ------------------------------------------------------------------ missing modalities
+    def zero_features(
+        self, spatial: Sequence[int], needed: torch.Tensor | None = None, *, device: torch.device | str | None = None
+    ) -> list[torch.Tensor]:
+        """Encoder outputs for an all-zero input of each modality (the skip features of a missing modality).
+
+        Computed at batch 1 (normalisation is per sample, so this equals encoding a zeroed channel inside any
+        batch). Without autograd (inference) the result is cached for the last ``(spatial, device, dtype,
+        autocast)`` and parameter versions, so a sliding window pays for it once per window shape; with autograd
+        it is recomputed (and differentiable), as the reference code encodes its zeroed channels every step.
+
+        Args:
+            spatial: input spatial size ``(H, W, D)``.
+            needed: optional ``(M,)`` bool, the modalities to encode (others hold zeros); ``None`` = all.
+            device: where to compute (default: the parameters' device).
+
+        Returns:
+            One ``(1, M, filters[l], H_l, W_l, D_l)`` tensor per level, full resolution first.
+        """
+        param = next(self.encoders.parameters())
+        device = torch.device(device) if device is not None else param.device
+        spatial = tuple(int(n) for n in spatial)
+        cache = not torch.is_grad_enabled()
+        if cache:
+            needed = None
+            key = (
+                spatial,
+                str(device),
+                param.dtype,
+                torch.is_autocast_enabled(device.type),
+                torch.get_autocast_dtype(device.type),
+                self.training,
+                tuple((p.data_ptr(), p._version) for p in self.encoders.parameters()),
+            )
+            if self._zero_cache is not None and self._zero_cache[0] == key:
+                return self._zero_cache[1]
+        zeros = torch.zeros(1, 1, *spatial, dtype=param.dtype, device=device)
+        num_mod = self.in_modalities
+        if self.share_encoder:
+            out = [f.unsqueeze(1).expand(1, num_mod, *f.shape[1:]) for f in self.encoders[0](zeros)]
+        else:
+            todo = [True] * num_mod if needed is None else [bool(v) for v in needed.tolist()]
+            per_mod = [enc(zeros) if todo[m] else None for m, enc in enumerate(self.encoders)]
+            ref = next(p for p in per_mod if p is not None)
+            out = [
+                torch.stack([p[level] if p is not None else torch.zeros_like(ref[level]) for p in per_mod], dim=1)
+                for level in range(self.num_levels)
+            ]
+        if cache:
+            self._zero_cache = (key, out)
+        return out
+
+    def _fuse(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        """Fused ``(B, C_l, *S_l)`` map per level under the ``fill_levels`` rule (``mask`` already validated)."""
+        if self.fill_levels == "all" or bool(mask.all()):
+            return [fusion(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
+        batch, num_mod = mask.shape
+        spatial = [n * s for n, s in zip(features[0].shape[3:], self.strides[0], strict=True)]
+        zero = self.zero_features(spatial, (~mask).any(dim=0), device=features[0].device)
+        m = mask.view(batch, num_mod, *([1] * (1 + SPATIAL_DIMS)))
+        fused = []
+        for level, (fusion, f) in enumerate(zip(self.fusions, features, strict=True)):
+            if level == self.num_levels - 1:
+                fused.append(fusion(f, mask, validate=False))  # bottleneck: mean of the available modalities
+            else:  # skip: the zero-input encoding of each missing modality; nothing left to fill
+                fused.append(fusion.fuse(torch.where(m, f, zero[level].to(f.dtype)).flatten(1, 2)))
+        return fused
+
     # ------------------------------------------------------------------ decoder
-    def _decode(self, features: Sequence[torch.Tensor], mask: torch.Tensor, deep: bool) -> Any:
-        fused = [fusion(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
+    def _up_path(self, fused: Sequence[torch.Tensor], deep: bool) -> Any:
+        """Decoder from the fused maps (one per level): logits, or the deep-supervision list."""
         x = fused[-1]
         outs = []
         for level in range(self.num_levels - 2, -1, -1):
             x = self.up_blocks[level](x, fused[level])
             if deep and 1 <= level <= len(self.ds_heads):
                 outs.append(self.ds_heads[level - 1](x))
+        if self.head_up is not None:
+            x = self.head_up(x)
         logits = self.head(x)
         return [logits, *reversed(outs)] if deep else logits
+
+    def _decode(self, features: Sequence[torch.Tensor], mask: torch.Tensor, deep: bool) -> Any:
+        return self._up_path(self._fuse(features, mask), deep)
 
     def decode(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Decode encoder features under an availability mask.

@@ -287,6 +287,9 @@ class OMDNet(LCKDNet):
             act: as :class:`~lckd_med.networks.lckd_net.LCKDNet`.
         restore_kernel_size: kernel of the restoration modules' spatial convolution (odd; default 3).
         translate_kernel_size: kernel of the translation block's last convolution (odd; default 1).
+        head_filters: as :class:`~lckd_med.networks.lckd_net.LCKDNet` (full-resolution head of a strided stem).
+        fill_levels: must be ``"all"``: OMD restores the missing modality at every level by design (its transfer
+            losses compare restored and real features per level); LCKD's ``"bottleneck"`` rule does not apply.
 
     Raises:
         ValueError / TypeError: any invalid argument, with the reason.
@@ -306,9 +309,15 @@ class OMDNet(LCKDNet):
         act: str | Sequence = DEFAULT_ACT,
         restore_kernel_size: int | Sequence[int] = 3,
         translate_kernel_size: int | Sequence[int] = 1,
+        head_filters: int | None = None,
+        fill_levels: str = "all",
     ) -> None:
         restore_k = check_kernel_size(restore_kernel_size)
         translate_k = check_kernel_size(translate_kernel_size)
+        if fill_levels != "all":
+            raise ValueError(
+                f"OMDNet restores missing modalities at every level; fill_levels must be 'all', got {fill_levels!r}"
+            )
         super().__init__(
             in_modalities,
             out_channels,
@@ -320,6 +329,8 @@ class OMDNet(LCKDNet):
             dropout,
             norm,
             act,
+            head_filters=head_filters,
+            fill_levels=fill_levels,
         )
         self.restore_kernel_size = restore_k
         self.translate_kernel_size = translate_k
@@ -356,15 +367,7 @@ class OMDNet(LCKDNet):
     ) -> Any:
         complete = [fusion.complete(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
         fused = [fusion.translate(z, ~mask) for fusion, z in zip(self.fusions, complete, strict=True)]
-        # the up path of LCKDNet._decode, fed with OMD's fused maps
-        x = fused[-1]
-        outs = []
-        for level in range(self.num_levels - 2, -1, -1):
-            x = self.up_blocks[level](x, fused[level])
-            if deep and 1 <= level <= len(self.ds_heads):
-                outs.append(self.ds_heads[level - 1](x))
-        logits = self.head(x)
-        logits = [logits, *reversed(outs)] if deep else logits
+        logits = self._up_path(fused, deep)  # LCKDNet's decoder, fed with OMD's fused maps
         return (logits, complete) if return_complete else logits
 
     # ------------------------------------------------------------------ forward

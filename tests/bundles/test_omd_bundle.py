@@ -66,7 +66,10 @@ def test_config_keys_match_lckd(name):
             assert omd[key] == lckd[key], key
     if name == "train.json":
         assert omd["run"] == lckd["run"] and omd["training"] == "%run"
-        assert omd["network_def"]["_target_"] == "lckd_med.networks.OMDNet"
+        assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.networks.build_preset"
+        assert (omd["network_def"]["method"], lckd["network_def"]["method"]) == ("omd", "lckd")
+        assert omd["network_preset"] == lckd["network_preset"] == "lean"
+        assert (omd["fill_levels"], lckd["fill_levels"]) == ("all", "bottleneck")
         assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.OMDTrainer"
         assert omd["phase1_iterations"] == 0  # one stage
         handler = omd["train"]["handlers"][0]

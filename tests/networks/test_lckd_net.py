@@ -240,3 +240,108 @@ def test_decode_bad_features():
 def test_bad_constructor_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         LCKDNet(**kwargs)
+
+
+# ---------------------------------------------------------------------------- fill_levels and the strided stem
+def _reference_forward(net: LCKDNet, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The fill rule written out on an encoding of the zeroed input (no zero-feature cache, no substitution)."""
+    zeroed = x * mask.view(1, -1, 1, 1, 1).to(x.dtype)
+    feats = net.encode(zeroed)  # every channel encoded, zeros included, as the reference code does
+    batch = x.shape[0]
+    fused = []
+    for level, (fusion, f) in enumerate(zip(net.fusions, feats, strict=True)):
+        fill = net.fill_levels == "all" or level == net.num_levels - 1
+        fused.append(fusion(f, mask.expand(batch, -1) if fill else torch.ones(batch, 4, dtype=torch.bool)))
+    return net._up_path(fused, deep=False)
+
+
+FILL_NETS = {
+    "separate": {"filters": FILTERS},
+    "shared": {"filters": FILTERS, "share_encoder": True},
+    "stem": {"filters": FILTERS, "strides": ((2, 2, 1), 2, 2), "head_filters": 3},
+}
+
+
+@pytest.mark.parametrize("fill_levels", ["bottleneck", "all"])
+@pytest.mark.parametrize("kind", list(FILL_NETS))
+def test_sweep_equals_15_zeroed_forwards(kind, fill_levels, x):
+    torch.manual_seed(0)
+    net = LCKDNet(**FILL_NETS[kind], fill_levels=fill_levels).eval()
+    with torch.no_grad():
+        sweep = net.decode_subsets(net.encode(x), ALL_MASKS)
+        for k, name in enumerate(SUBSET_NAMES):
+            expected = _reference_forward(net, x, ALL_MASKS[k])
+            torch.testing.assert_close(sweep[:, k], expected, rtol=0, atol=1e-5, msg=name)
+            garbage = x.clone()
+            garbage[:, ~ALL_MASKS[k]] = 5.0
+            torch.testing.assert_close(net(garbage, ALL_MASKS[k]), expected, rtol=0, atol=1e-5, msg=name)
+
+
+def test_fill_levels_default_is_the_reference_bottleneck_rule():
+    assert LCKDNet().fill_levels == "bottleneck"
+    assert LCKDNet().hparams["fill_levels"] == "bottleneck"
+
+
+def test_fill_levels_differ_only_when_a_modality_is_missing(x):
+    torch.manual_seed(0)
+    a = LCKDNet(filters=FILTERS, fill_levels="bottleneck").eval()
+    b = LCKDNet(filters=FILTERS, fill_levels="all").eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+        assert not torch.allclose(a(x, ALL_MASKS[0]), b(x, ALL_MASKS[0]), atol=1e-4)
+
+
+@pytest.mark.parametrize(("fill_levels", "gets_grad"), [("bottleneck", True), ("all", False)])
+def test_missing_modality_encoder_trains_only_under_bottleneck(fill_levels, gets_grad, x):
+    torch.manual_seed(0)
+    net = LCKDNet(filters=FILTERS, fill_levels=fill_levels).train()
+    net(x, torch.tensor([True, True, False, True])).sum().backward()
+    grads = [p.grad for p in net.encoders[2].levels[0].parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads) == gets_grad
+
+
+def test_zero_features_cache_follows_parameter_updates():
+    torch.manual_seed(0)
+    net = LCKDNet(filters=FILTERS).eval()
+    with torch.no_grad():
+        first = net.zero_features((8, 8, 8))
+        assert net.zero_features((8, 8, 8)) is first
+        expected = net.encode(torch.zeros(1, 4, 8, 8, 8))
+        for f, e in zip(first, expected, strict=True):
+            torch.testing.assert_close(f, e, rtol=0, atol=1e-6)
+        net.encoders[1].levels[0].norm1.bias.add_(0.5)  # zero input: only biases matter
+        second = net.zero_features((8, 8, 8))
+    assert second is not first
+    assert not torch.equal(second[0][:, 1], first[0][:, 1])
+    assert net.zero_features((16, 8, 8))[0].shape[-3:] == (16, 8, 8)
+
+
+def test_strided_stem_head_outputs_full_resolution(x):
+    net = LCKDNet(filters=FILTERS, strides=((2, 2, 1), 2, 2), deep_supervision=True).train()
+    assert net.head_filters == FILTERS[0] // 2
+    assert net.size_divisor == (8, 8, 4)
+    out = net(x)
+    assert out[0].shape == (2, NUM_REGIONS, SIZE, SIZE, SIZE)
+    assert out[1].shape == (2, NUM_REGIONS, SIZE // 4, SIZE // 4, SIZE // 2)
+
+
+def test_hparams_without_fill_levels_load_as_all():
+    hparams = LCKDNet(filters=(2, 4)).hparams
+    del hparams["fill_levels"], hparams["head_filters"]
+    assert LCKDNet.from_hparams(hparams).fill_levels == "all"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"fill_levels": "skips"}, ValueError, "fill_levels"),
+        ({"fill_levels": None}, ValueError, "fill_levels"),
+        ({"head_filters": 4}, ValueError, "strided stem"),
+        ({"strides": ((2, 2, 1), 2), "head_filters": 0}, ValueError, "head_filters"),
+        ({"strides": ((2, 2, 1), 2), "head_filters": 2.5}, ValueError, "head_filters"),
+    ],
+)
+def test_bad_fill_and_head_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LCKDNet(filters=(4, 8), **kwargs)

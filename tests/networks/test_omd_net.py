@@ -183,6 +183,7 @@ def test_hparams_round_trip_and_checkpoint_registry(net):
         (lambda: OMDFusion(channels=4, num_modalities=1.5), ValueError),
         (lambda: OMDNet.from_hparams({"filters": [4, 8], "mean_fill": True}), ValueError),
         (lambda: OMDNet.from_hparams([("filters", [4, 8])]), TypeError),
+        (lambda: OMDNet(filters=(4, 8), fill_levels="bottleneck"), ValueError),
     ],
     ids=[
         "restore_kernel_even",
@@ -202,6 +203,7 @@ def test_hparams_round_trip_and_checkpoint_registry(net):
         "fusion_modalities",
         "hparams_unknown_key",
         "hparams_not_mapping",
+        "fill_levels_bottleneck",
     ],
 )
 def test_bad_arguments(factory, error):
@@ -239,3 +241,16 @@ def test_bad_arguments(factory, error):
 def test_bad_inputs(net, x, call, error):
     with pytest.raises(error):
         call(net, x)
+
+
+def test_lean_stem_sweep_equals_forwards():
+    """OMD with a strided stem and full-resolution head: one encoding + 15 decodes == 15 forwards."""
+    torch.manual_seed(0)
+    net = OMDNet(filters=(4, 8, 8), strides=((2, 2, 1), 2, 2), head_filters=4).eval()
+    assert net.fill_levels == "all"
+    x = torch.randn(1, 4, 16, 16, 8)
+    masks = torch.stack([torch.from_numpy(subset_to_mask(s)) for s in SUBSET_NAMES])
+    with torch.no_grad():
+        sweep = net.decode_subsets(net.encode(x), masks)
+        for k in range(len(SUBSET_NAMES)):
+            torch.testing.assert_close(sweep[:, k], net(x * masks[k].view(1, 4, 1, 1, 1), masks[k]), atol=1e-5, rtol=0)

@@ -1,0 +1,102 @@
+"""Named network configurations (presets) for both methods, and the builder the bundles use.
+
+A preset fixes the architecture (channels per level, the stride of the first level, the full-resolution head);
+the method (``"lckd"`` -> :class:`~lckd_med.networks.lckd_net.LCKDNet`, ``"omd"`` ->
+:class:`~lckd_med.networks.omd_net.OMDNet`) and every other constructor argument (``fill_levels``,
+``share_encoder``, ...) are given separately. Compute per input voxel (``FlopCounterMode``, see
+``docs/performance.md``, measured by ``python -m lckd_med.benchmarks.suite``):
+
+=============== ======================== ============ ===================================================
+preset          channels per level       first stride  purpose
+=============== ======================== ============ ===================================================
+``lean``        32, 64, 128, 256, 320    (2, 2, 1)     default: the reference network's strided stem (its
+                                                       (1, 2, 2) in (D, H, W) order), light full-res head
+``lean_small``  16, 32, 64, 128          (2, 2, 1)     CPU demo and short comparisons
+``fullres``     32, 64, 128, 256, 320    (1, 1, 1)     lckd_med's network before the lean default: the whole
+                                                       U-Net at full resolution (2.6 MFLOP/voxel to train)
+=============== ======================== ============ ===================================================
+
+Axis order is the project's ``(H, W, D)`` (D = axial slices), so ``(2, 2, 1)`` halves the in-plane resolution
+only, as the reference's first convolution does on its ``(D, H, W)`` crops.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from lckd_med.networks.encoder import check_filters
+from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.omd_net import OMDNet
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "METHODS", "preset_hparams", "build_preset"]
+
+#: Preset name -> architecture: ``filters`` per level, ``stem_stride`` (stride of the first level; the other levels
+#: halve every axis) and ``head_filters`` of the full-resolution head (``None``: the network's default,
+#: ``filters[0] // 2``; ignored without a strided stem).
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "lean": MappingProxyType({"filters": (32, 64, 128, 256, 320), "stem_stride": (2, 2, 1), "head_filters": 16}),
+        "lean_small": MappingProxyType({"filters": (16, 32, 64, 128), "stem_stride": (2, 2, 1), "head_filters": 8}),
+        "fullres": MappingProxyType(
+            {"filters": (32, 64, 128, 256, 320), "stem_stride": (1, 1, 1), "head_filters": None}
+        ),
+    }
+)
+#: The preset the bundles and the benchmark suite use unless told otherwise.
+DEFAULT_PRESET = "lean"
+#: Method name -> network class.
+METHODS: Mapping[str, type[LCKDNet]] = MappingProxyType({"lckd": LCKDNet, "omd": OMDNet})
+
+
+def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> dict[str, Any]:
+    """Constructor arguments of preset ``name`` for ``method``, with ``overrides`` applied.
+
+    Overrides set to ``None`` are ignored (bundle configs pass ``null`` for "the preset's value"). Overriding
+    ``filters`` keeps the preset's stem: the strides become ``stem_stride`` then 2 for every further level; the
+    head then gets the network's default width unless ``head_filters`` is given too.
+
+    Args:
+        name: a key of :data:`PRESETS`.
+        method: a key of :data:`METHODS`.
+        overrides: any constructor argument of the method's network.
+
+    Returns:
+        keyword arguments for the network class (``METHODS[method](**hparams)``).
+
+    Raises:
+        ValueError: unknown preset, method or argument.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown network preset {name!r}; choose from {sorted(PRESETS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    preset = PRESETS[name]
+    allowed = set(inspect.signature(METHODS[method].__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {METHODS[method].__name__} arguments {unknown}; allowed: {sorted(allowed)}")
+    filters = check_filters(overrides.get("filters", preset["filters"]))
+    stem = tuple(preset["stem_stride"])
+    hparams: dict[str, Any] = {
+        "filters": list(filters),
+        "strides": [list(stem)] + [[2, 2, 2]] * (len(filters) - 1),
+    }
+    if stem != (1, 1, 1) and "filters" not in overrides and preset["head_filters"] is not None:
+        hparams["head_filters"] = preset["head_filters"]
+    hparams.update(overrides)
+    hparams["filters"] = list(filters)
+    return hparams
+
+
+def build_preset(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> LCKDNet:
+    """The network of preset ``name`` for ``method`` (untrained); see :func:`preset_hparams`.
+
+    Example (what ``bundles/lckd/train.json`` does)::
+
+        net = build_preset("lean", "lckd", fill_levels="bottleneck", filters=None)
+    """
+    return METHODS[method](**preset_hparams(name, method, **overrides))

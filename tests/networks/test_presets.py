@@ -1,0 +1,72 @@
+"""Network presets: every preset builds for both methods, overrides, today's network kept as ``fullres``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lckd_med.networks import DEFAULT_PRESET, PRESETS, LCKDNet, OMDNet, build_preset, preset_hparams
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize(("method", "cls"), [("lckd", LCKDNet), ("omd", OMDNet)])
+def test_every_preset_builds_for_both_methods(name, method, cls):
+    net = build_preset(name, method)
+    assert type(net) is cls
+    assert net.filters == tuple(PRESETS[name]["filters"])
+    assert net.strides[0] == tuple(PRESETS[name]["stem_stride"])
+    rebuilt = cls.from_hparams(json.loads(json.dumps(net.hparams)))
+    assert rebuilt.hparams == net.hparams
+
+
+def test_default_preset_is_lean_with_reference_fill():
+    assert DEFAULT_PRESET == "lean"
+    net = build_preset()
+    assert net.strides[0] == (2, 2, 1) and net.head_filters == 16 and net.fill_levels == "bottleneck"
+    assert build_preset(method="omd").fill_levels == "all"
+
+
+def test_fullres_preset_is_the_previous_default_network():
+    old, new = LCKDNet(fill_levels="all"), build_preset("fullres", fill_levels="all")
+    assert old.hparams == new.hparams
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"filters": None, "share_encoder": None}, {"filters": [32, 64, 128, 256, 320], "head_filters": 16}),
+        ({"filters": [8, 16, 32]}, {"strides": [[2, 2, 1], [2, 2, 2], [2, 2, 2]]}),
+        ({"filters": [8, 16], "head_filters": 2}, {"head_filters": 2}),
+        ({"fill_levels": "all", "share_encoder": True}, {"fill_levels": "all", "share_encoder": True}),
+    ],
+)
+def test_overrides(overrides, expected):
+    hparams = preset_hparams("lean", **overrides)
+    for key, value in expected.items():
+        assert hparams[key] == value, key
+    assert "head_filters" not in preset_hparams("lean", filters=[8, 16])  # the network's default width then
+    LCKDNet(**hparams)
+
+
+def test_small_override_runs_forward():
+    net = build_preset("lean", filters=[4, 8]).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 4, 8, 8, 4)).shape == (1, 3, 8, 8, 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (("tiny",), {}, "unknown network preset"),
+        (("lean", "unet"), {}, "unknown method"),
+        (("lean",), {"depth": 3}, "unknown LCKDNet arguments"),
+        (("lean", "lckd"), {"restore_kernel_size": 3}, "unknown LCKDNet arguments"),
+        (("lean",), {"filters": []}, "filters"),
+    ],
+)
+def test_bad_arguments(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        preset_hparams(*args, **kwargs)
