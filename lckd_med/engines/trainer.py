@@ -51,7 +51,8 @@ class ModalityDropoutTrainer(SupervisedTrainer):
     Args:
         seg_loss: segmentation loss on logits ``(B, 3, *S)`` (passed to MONAI as ``loss_function``).
         dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
-            not seeded by the caller it is seeded from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
+            not seeded by the caller it is seeded from torch's global generator here (so
+            ``monai.utils.set_determinism`` makes phase 2 reproducible).
         phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
         Other arguments as in :class:`monai.engines.SupervisedTrainer`.
@@ -122,7 +123,8 @@ class LCKDTrainer(ModalityDropoutTrainer):
         teacher_state: shared current teachers (updated by the election handler).
         phase1_iterations: iterations with all modalities before modality dropout starts.
         dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
-            not seeded by the caller it is seeded from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
+            not seeded by the caller it is seeded from torch's global generator here (so
+            ``monai.utils.set_determinism`` makes phase 2 reproducible).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
     """
 

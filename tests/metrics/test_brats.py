@@ -164,6 +164,18 @@ def test_pooled_hd95_matches_independent_brute_force(kind_a, kind_b, spacing):
         assert directed_max_hd95(a, b, spacing) == pytest.approx(_brute_directed_max_hd95(a, b, spacing), abs=1e-3)
 
 
+@pytest.mark.parametrize("spacing", SPACINGS, ids=["iso", "aniso_a", "aniso_b"])
+@pytest.mark.parametrize("kind", ["random", "thin", "border"])
+def test_pooled_hd95_matches_medpy(kind, spacing):
+    """medpy's hd95 is what CaPTk 1.8.1 (the BraTS 2018-2021 scoring) runs; installed with the dev extra."""
+    medpy_binary = pytest.importorskip("medpy.metric.binary")
+    rng = np.random.default_rng(zlib.crc32(repr((kind, spacing)).encode()))
+    for _ in range(3):
+        a, b = MASK_KINDS[kind](rng, (14, 17, 11)), _random_blob(rng, (14, 17, 11))
+        expected = medpy_binary.hd95(a, b, voxelspacing=spacing, connectivity=1)
+        assert legacy_hd95(a, b, spacing) == pytest.approx(expected, abs=1e-3)
+
+
 def test_pooled_and_directed_max_differ_and_directed_max_is_never_lower():
     rng = np.random.default_rng(1234)
     gaps = []
