@@ -79,12 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--test_fold", type=_fold_or_none, default=0, help="fold held out for testing, or 'none' (default 0)"
     )
     p.add_argument("--val_fold", type=int, default=1, help="fold used for validation (default 1)")
-    p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="folder layout (default auto)")
-    p.add_argument(
-        "--release", type=_release, default=None, help="BraTS year forcing the label convention (2023+: ET=3)"
-    )
-    p.add_argument("--workers", type=int, default=default_workers(), help="validation processes (default min(4, cpus))")
-    p.add_argument("--allow_unlabelled", action="store_true", help="keep cases without a segmentation (label null)")
     lists = p.add_mutually_exclusive_group()
     lists.add_argument(
         "--protocol",
@@ -101,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="splits from your own lists, e.g. training=train.txt validation=val.txt testing=test.csv "
         "(one case id per line, or a CSV with a case_id/id or path column)",
     )
+    p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="folder layout (default auto)")
+    p.add_argument(
+        "--release", type=_release, default=None, help="BraTS year forcing the label convention (2023+: ET=3)"
+    )
+    p.add_argument("--workers", type=int, default=default_workers(), help="validation processes (default min(4, cpus))")
+    p.add_argument("--allow_unlabelled", action="store_true", help="keep cases without a segmentation (label null)")
     return p
 
 
@@ -129,12 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as err:
         _err(str(err))
         return EXIT_BAD_ARGS
-    if args.workers < 1:
-        _err(f"--workers must be >= 1, got {args.workers}")
-        return EXIT_BAD_ARGS
-    if os.path.isdir(args.output):
-        _err(f"--output is a folder, expected a JSON file path: {args.output}")
-        return EXIT_BAD_ARGS
     lists = None
     try:
         if args.protocol or args.split_lists:
@@ -142,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_split_lists(lists)
     except (ValueError, FileNotFoundError) as err:
         _err(str(err))
+        return EXIT_BAD_ARGS
+    if args.workers < 1:
+        _err(f"--workers must be >= 1, got {args.workers}")
+        return EXIT_BAD_ARGS
+    if os.path.isdir(args.output):
+        _err(f"--output is a folder, expected a JSON file path: {args.output}")
         return EXIT_BAD_ARGS
 
     try:
