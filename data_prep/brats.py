@@ -4,7 +4,11 @@ Usage::
 
     python -m data_prep.brats --dataset_dir /data/MICCAI_BraTS_2018_Data_Training --output datalist.json \\
         [--folds 5] [--seed 0] [--test_fold 0|none] [--val_fold 1] [--layout auto|brats2018|flat|brats2023] \\
-        [--release YEAR] [--workers N] [--allow_unlabelled]
+        [--release YEAR] [--workers N] [--allow_unlabelled] \\
+        [--protocol lckd2018|lckd2018_disjoint | --split_lists training=FILE [validation=FILE] [testing=FILE]]
+
+With ``--protocol`` or ``--split_lists`` the splits follow case-id lists instead of folds (see
+:mod:`lckd_med.data.splits`); listed cases missing on disk and cases on disk in no list are reported by name.
 
 The layout (and from it the label convention: ET = 4 up to 2022, 3 from 2023) is detected unless given.
 Every case is checked (readable NIfTI, 3-D, same shape and affine, finite non-empty images, valid labels); a
@@ -28,6 +32,14 @@ from lckd_med.data.layouts import (
     LayoutError,
     discover_cases,
     parse_release,
+)
+from lckd_med.data.splits import (
+    PROTOCOLS,
+    check_split_lists,
+    datalist_from_lists,
+    parse_split_list_args,
+    protocol_lists,
+    report_lines,
 )
 from lckd_med.data.validation import validate_cases
 from lckd_med.utils.progress import progress_bar
@@ -75,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--test_fold", type=_fold_or_none, default=0, help="fold held out for testing, or 'none' (default 0)"
     )
     p.add_argument("--val_fold", type=int, default=1, help="fold used for validation (default 1)")
+    lists = p.add_mutually_exclusive_group()
+    lists.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOLS),
+        default=None,
+        help="splits from a published case-id list instead of folds: "
+        + "; ".join(f"{k}: {v.description}" for k, v in PROTOCOLS.items()),
+    )
+    lists.add_argument(
+        "--split_lists",
+        nargs="+",
+        metavar="SPLIT=FILE",
+        default=None,
+        help="splits from your own lists, e.g. training=train.txt validation=val.txt testing=test.csv "
+        "(one case id per line, or a CSV with a case_id/id or path column)",
+    )
     p.add_argument("--layout", choices=("auto", *LAYOUTS), default="auto", help="folder layout (default auto)")
     p.add_argument(
         "--release", type=_release, default=None, help="BraTS year forcing the label convention (2023+: ET=3)"
@@ -109,6 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_split_args(args.folds, args.seed, args.test_fold, args.val_fold)
     except (TypeError, ValueError) as err:
+        _err(str(err))
+        return EXIT_BAD_ARGS
+    lists = None
+    try:
+        if args.protocol or args.split_lists:
+            lists = protocol_lists(args.protocol) if args.protocol else parse_split_list_args(args.split_lists)
+            check_split_lists(lists)
+    except (ValueError, FileNotFoundError) as err:
         _err(str(err))
         return EXIT_BAD_ARGS
     if args.workers < 1:
@@ -168,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"no usable case among the {len(checks)} found under {found.root}; no datalist written.")
         return EXIT_NO_DATA
 
+    if lists is not None:
+        return _write_from_lists(args, found, checks, lists)
     d = make_datalist(
         checks,
         folds=args.folds,
@@ -190,6 +228,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {split:<10} {counts['total']:>5}  ({by_grade})")
         if counts["total"] == 0 and not (split == "testing" and args.test_fold is None):
             print(f"  warning: {split} split is empty: too few usable cases for {args.folds} folds")
+    print(f"datalist written: {out}")
+    return EXIT_OK
+
+
+def _write_from_lists(args: argparse.Namespace, found, checks, lists) -> int:
+    source = args.protocol or "split_lists"
+    d, report = datalist_from_lists(
+        checks,
+        lists,
+        release=found.release,
+        layout=found.layout,
+        dataset_dir=found.root,
+        convention=found.convention,
+        source=source,
+    )
+    print(f"splits from {source} (case-id lists; --folds/--seed/--test_fold/--val_fold not used):")
+    for line in report_lines(report, lists):
+        print(line)
+    if d["meta"]["validation_in_training"]:
+        print("  note: the validation cases are also training cases (as the list says)")
+    if not d["training"]:
+        _err(f"no case of the training list is usable under {found.root}; no datalist written.")
+        return EXIT_NO_DATA
+    out = write_datalist(d, args.output)
     print(f"datalist written: {out}")
     return EXIT_OK
 

@@ -119,6 +119,7 @@ def default_runs(iterations: int) -> list[RunSpec]:
     half = iterations // 2
     no_election = {
         "validate#election#interval": 0,
+        "validate#election#first_election": None,
         "validate#election#phase_switch_iteration": None,
         "validate#election#elect_at_end": False,
     }
@@ -131,6 +132,9 @@ def default_runs(iterations: int) -> list[RunSpec]:
                 "phase1_iterations": half,
                 "kd_weight": 0.1,
                 "election_interval": 0,
+                # one election, at the switch: the short budget has no room for the reference's schedule
+                "first_election": None,
+                "elect_at_phase_switch": True,
                 "validate#election#elect_at_end": False,
             },
         ),
@@ -431,9 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"run per row and region. {data_note}; split {_split_counts(datalist)} (5 folds, seed {args.seed}). "
         f"Every run: {budget['iterations']} iterations, batch {budget['batch_size']}, crop "
         f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), filters {budget['filters']}, "
-        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with poly "
-        f"decay, seed {args.seed}. LCKD: first half all sequences, then random missing sequences, teachers elected at "
-        "the switch, KD 0.1; LCKD w/o KD: the same with KD 0; OMD: missing sequences from the start, restoration + "
+        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with the "
+        f"bundles' poly schedule (LCKD: the reference's two-phase poly), seed {args.seed}. LCKD: first half all "
+        "sequences, then random missing sequences drawn per batch, teachers elected once at the switch, KD 0.1; "
+        "LCKD w/o KD: the same with KD 0; OMD: missing sequences from the start, restoration + "
         f"{omd_recipe}; All-4 only: all sequences at every iteration. Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
         f"(train + evaluate: {per_run}). Legacy BraTS rules for empty regions; ET not post-processed. "
         f"Command: `{command}`.{short}"

@@ -211,7 +211,9 @@ def brats_affine(spacing: float = 1.0) -> np.ndarray:
     return aff
 
 
-#: HD95 (mm) when exactly one of prediction and ground truth is empty: the 240x240x155 mm diagonal.
-HD95_ONE_EMPTY_MM: float = 373.13
+#: HD95 (mm) when exactly one of prediction and ground truth is empty, on the 240x240x155 1 mm BraTS grid: the
+#: grid diagonal sqrt(240^2 + 240^2 + 155^2) = 373.1287 (legacy BraTS scoring). Other grids use their own diagonal
+#: (:func:`lckd_med.metrics.brats.image_diagonal_mm`).
+HD95_ONE_EMPTY_MM: float = float(np.sqrt(sum(float(n) ** 2 for n in BRATS_SHAPE_1MM)))
 #: Peers' ET post-processing threshold: a predicted ET smaller than this many voxels is relabelled NCR.
 ET_MIN_VOXELS: int = 500

@@ -45,6 +45,10 @@ def test_default_runs_are_the_four_recipes():
     assert runs["all4"].overrides["phase1_iterations"] == 100 and runs["all4"].overrides["kd_weight"] == 0.0
     assert runs["omd"].bundle == "omd" and runs["omd"].overrides["phase1_iterations"] == 0
     assert {r.bundle for n, r in runs.items() if n != "omd"} == {"lckd"}
+    # LCKD elects once, at the switch; the runs without distillation never elect (not even after iteration 1)
+    assert runs["lckd"].overrides["elect_at_phase_switch"] is True and runs["lckd"].overrides["first_election"] is None
+    for name in ("lckd_nokd", "all4"):
+        assert runs[name].overrides["validate#election#first_election"] is None
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.5, True, "100"])

@@ -14,6 +14,11 @@ Folds: usable cases are sorted by ``case_id``, grouped by grade (HGG, LGG, unkno
 group by a hash of ``seed`` and the case id, then dealt to folds in turn. Each grade is thus spread evenly over
 the folds and fold sizes differ by at most one. ``testing`` = fold ``test_fold`` (none when ``None``),
 ``validation`` = fold ``val_fold``, ``training`` = every other fold.
+
+Datalists made from case-id lists (a published protocol, ``--protocol lckd2018``, or ``--split_lists``;
+:mod:`lckd_med.data.splits`) have no folds: their ``meta`` holds ``split_lists`` (source, missing and unlisted case
+ids) instead, and ``validation_in_training: true`` when the validation cases are also training cases (the LCKD
+reference elects on training cases); only then may a case be in both ``training`` and ``validation``.
 """
 
 from __future__ import annotations
@@ -230,6 +235,8 @@ def validate_datalist(d: Any, source: str = "datalist") -> None:
         except ValueError as err:
             raise ValueError(f"{source}: meta.label_convention: {err}") from None
     # other top-level keys (decathlon 'name', 'description', ...) are allowed and ignored
+    # a published protocol may elect on training cases (the LCKD reference does): said explicitly in meta
+    val_in_train = meta.get("validation_in_training") is True
     seen: dict[str, str] = {}
     for split in SPLITS:
         entries = d.get(split, [])
@@ -255,9 +262,9 @@ def validate_datalist(d: Any, source: str = "datalist") -> None:
                 raise ValueError(f"{where}: 'grade' must be one of {list(GRADES)} or null, got {e.get('grade')!r}")
             if "fold" in e and not _is_int(e["fold"]):
                 raise ValueError(f"{where}: 'fold' must be an int, got {e['fold']!r}")
-            if cid in seen:
+            if cid in seen and not (val_in_train and {seen[cid], split} == {"training", "validation"}):
                 raise ValueError(f"{where}: case also listed in '{seen[cid]}' (splits must not overlap)")
-            seen[cid] = split
+            seen.setdefault(cid, split)
     rejected = d.get("rejected", [])
     if not isinstance(rejected, list) or not all(
         isinstance(r, dict) and "case_id" in r and "reason" in r for r in rejected

@@ -50,6 +50,7 @@ __all__ = [
     "MASK_KEY",
     "CASE_KEY",
     "DROPOUT_DISTRIBUTIONS",
+    "DROPOUT_GRANULARITIES",
     "LoadModalities",
     "LoadModalitiesd",
     "LabelToRegions",
@@ -71,6 +72,9 @@ CASE_KEY = "case_id"
 
 #: Named subset distributions understood by :class:`ModalityDropout` (a mapping of weights is also accepted).
 DROPOUT_DISTRIBUTIONS: tuple[str, ...] = ("uniform", "uniform_size")
+#: When :func:`drop_modalities_batch` draws: ``"batch"`` = one subset for the whole batch (the LCKD reference's
+#: phase 2), ``"sample"`` = one subset per sample.
+DROPOUT_GRANULARITIES: tuple[str, ...] = ("sample", "batch")
 
 # Channel order of MONAI's ConvertToMultiChannelBasedOnBratsClasses output.
 _MONAI_BRATS_ORDER: tuple[str, ...] = ("TC", "WT", "ET")
@@ -477,14 +481,19 @@ class ModalityDropout(RandomizableTransform):
     * a mapping ``{subset_name: weight}`` (names such as ``"t1ce+t2"``), renormalised over the feasible subsets;
       a sample whose availability admits none of them raises ValueError.
 
-    Random draws: two uniforms per sample (fire?, which subset), so a batch helper call with seed ``s`` reproduces
-    sequential single-sample calls with seed ``s``.
+    Random draws: two uniforms per draw (fire?, which subset). With ``granularity="sample"`` there is one draw per
+    sample, so a batch helper call with seed ``s`` reproduces sequential single-sample calls with seed ``s``. With
+    ``granularity="batch"`` :func:`drop_modalities_batch` makes one draw for the whole batch, from the sequences every
+    sample of the batch has (the LCKD reference: ``k = randint(1, 3)`` kept, a random subset of size ``k``, the same
+    for the batch, i.e. ``distribution="uniform_size", max_kept=3, granularity="batch"``); if the samples share no
+    sequence, each sample then draws on its own.
 
     Args:
         prob: probability of dropping, in [0, 1].
         distribution: ``"uniform"``, ``"uniform_size"`` or a mapping of subset names to non-negative weights.
         max_kept: at most this many sequences are kept (1..4); None means no limit. ``max_kept=3`` guarantees at
             least one sequence is dropped when all four are available (the "1 to 3 kept" recipe).
+        granularity: ``"sample"`` (default) or ``"batch"``, see above; a single-sample call is the same for both.
     """
 
     def __init__(
@@ -492,9 +501,13 @@ class ModalityDropout(RandomizableTransform):
         prob: float = 0.5,
         distribution: str | Mapping[str, float] = "uniform",
         max_kept: int | None = None,
+        granularity: str = "sample",
     ) -> None:
         if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f"prob must be a number in [0, 1], got {prob!r}")
+        if granularity not in DROPOUT_GRANULARITIES:
+            raise ValueError(f"granularity must be one of {DROPOUT_GRANULARITIES}, got {granularity!r}")
+        self.granularity = granularity
         if max_kept is not None and (
             isinstance(max_kept, bool) or not isinstance(max_kept, int) or not 1 <= max_kept <= NUM_MODALITIES
         ):
@@ -620,7 +633,8 @@ class ModalityDropoutd(RandomizableTransform, MapTransform):
 
     Args:
         keys: image keys (``(4, ...)``, modality order).
-        prob, distribution, max_kept: see :class:`ModalityDropout`.
+        prob, distribution, max_kept, granularity: see :class:`ModalityDropout` (a dict transform sees one sample,
+            so ``granularity`` matters only when it is passed to :func:`drop_modalities_batch`).
         mask_key: availability mask key.
         case_key: key naming the case in error messages.
         allow_missing_keys: skip image keys absent from the data.
@@ -635,9 +649,10 @@ class ModalityDropoutd(RandomizableTransform, MapTransform):
         mask_key: str = MASK_KEY,
         case_key: str = CASE_KEY,
         allow_missing_keys: bool = False,
+        granularity: str = "sample",
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.dropper = ModalityDropout(prob=prob, distribution=distribution, max_kept=max_kept)
+        self.dropper = ModalityDropout(prob=prob, distribution=distribution, max_kept=max_kept, granularity=granularity)
         RandomizableTransform.__init__(self, prob=self.dropper.prob)
         self.mask_key = mask_key
         self.case_key = case_key
@@ -679,8 +694,10 @@ def drop_modalities_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply modality dropout to a batch on its own device (e.g. GPU, inside a training step).
 
-    Random numbers come from ``transform``'s host RNG (two per sample, the same stream as sequential
-    single-sample calls) and are sampled against device-side CDF tables, so no device-to-host copy is needed.
+    Random numbers come from ``transform``'s host RNG and are sampled against device-side CDF tables. Per-sample
+    granularity: two per sample (the same stream as sequential single-sample calls), no device-to-host copy. Per-batch
+    granularity: two per batch, one subset drawn from the sequences all samples have, applied to every sample; one
+    host sync checks that they share a sequence (otherwise the batch falls back to per-sample draws).
 
     Args:
         images: ``(B, 4, ...)`` in modality order.
@@ -702,6 +719,10 @@ def drop_modalities_batch(
     device = images.device
     avail = masks.to(device=device, dtype=torch.bool)
     batch = images.shape[0]
+    if dropper.granularity == "batch":
+        dropped = _drop_batch_once(images, avail, dropper)
+        if dropped is not None:
+            return dropped
     draws = dropper.R.rand(batch, 2)
     fire_host = draws[:, 0] < dropper.prob
     if not fire_host.any():
@@ -724,6 +745,25 @@ def drop_modalities_batch(
     # rows that did not fire are returned untouched (as in the single-sample path)
     keep = (new_masks | ~(fire & ok)[:, None]).reshape(batch, NUM_MODALITIES, *([1] * (images.ndim - 2)))
     return images.masked_fill(~keep, 0), new_masks
+
+
+def _drop_batch_once(
+    images: torch.Tensor, avail: torch.Tensor, dropper: ModalityDropout
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One subset for the whole batch, drawn from the sequences all samples share; None if they share none."""
+    device = images.device
+    bits = 1 << torch.arange(NUM_MODALITIES, device=device)
+    common = (avail.all(dim=0).long() * bits).sum()
+    cdf, feasible = dropper.device_tables(device)
+    if not bool(feasible[common]):  # host sync: samples sharing no sequence cannot share one subset
+        return None
+    fire_u, u = dropper.R.rand(2)
+    if not fire_u < dropper.prob:
+        return images, avail
+    chosen = (cdf[common] <= float(u)).sum()
+    kept = ((chosen & bits) > 0)[None].expand_as(avail) & avail
+    keep = kept.reshape(*kept.shape, *([1] * (images.ndim - 2)))
+    return images.masked_fill(~keep, 0), kept
 
 
 # Own transform: no MONAI transform zeroes channels from a per-sample boolean vector.

@@ -7,6 +7,7 @@ from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpo
 from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elect_teachers, single_modality_dice
 from lckd_med.engines.omd_trainer import OMD_LOSS_KEYS, OMDTrainer, omd_loss_terms, omd_recipe_of
 from lckd_med.engines.progress import ProgressHandler
+from lckd_med.engines.schedules import LR_SCHEDULES, TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
 from lckd_med.engines.trainer import LCKDTrainer, loss_terms
 from lckd_med.engines.workflow import (
     DatasetNotFoundError,
@@ -24,6 +25,10 @@ from lckd_med.engines.workflow import (
 )
 
 __all__ = [
+    "LR_SCHEDULES",
+    "TwoPhasePolyLR",
+    "make_lr_scheduler",
+    "two_phase_poly_factor",
     "CHECKPOINT_NAME",
     "DatasetNotFoundError",
     "LCKDTrainer",

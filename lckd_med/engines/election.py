@@ -1,9 +1,17 @@
 """Teacher election: score each single modality on validation cases and elect the best one per region.
 
-Every ``interval`` iterations (and at the switch to the missing-modality phase) the current model segments the
-validation cases with each modality alone (whole volume, sliding window, one encoding per window); the mean
-legacy Dice per region decides, per region (ET, TC, WT), which modality teaches. The teacher set is the union.
-Ties go to the modality that comes first in ``MODALITIES`` so every rank and every rerun agrees.
+As in the LCKD reference (train.py), the election runs after the first iteration and then every ``interval``
+iterations (iterations 1, 5001, 10001, ... -- the reference's 0-based ``i_iter % 5000 == 0``); optionally also at the
+switch to the missing-modality phase and at the end. The current model segments the validation cases with each
+modality alone (whole volume, sliding window with uniform blending, one encoding per window); the mean score per
+region decides, per region (ET, TC, WT), which modality teaches. The teacher set is the union. Ties go to the
+modality that comes first in ``MODALITIES`` so every rank and every rerun agrees.
+
+Scores (:data:`ELECTION_SCORES`): ``"soft"`` (default, the reference's ``dice_score``): per case and region
+``2 sum(p g) / (sum p + sum g + 1)`` with ``p`` the sigmoid probabilities; ``"legacy"``: the hard legacy BraTS Dice
+of the thresholded prediction (an empty prediction on an empty region scores 1, which rewards sequences that predict
+nothing on cases without ET). A validation case that lacks a sequence on disk (``modality_mask`` False) is not scored
+for that sequence: each modality's mean runs over the cases that have it.
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS, SINGLE_SUBSETS
+from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS, SINGLE_SUBSETS, subset_to_mask
 from lckd_med.engines.checkpoint import unwrap_model
-from lckd_med.inference.sweep import sweep_subsets
+from lckd_med.inference.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.metrics import legacy_dice
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = [
     "ELECTION_COLUMNS",
+    "ELECTION_SCORES",
+    "soft_dice",
     "TeacherState",
     "single_modality_dice",
     "elect_teachers",
@@ -35,6 +45,8 @@ __all__ = [
 ]
 
 ELECTION_COLUMNS = ("iteration", "modality", "region", "dice", "elected")
+#: ``"soft"``: the reference's soft Dice of the probabilities (default); ``"legacy"``: hard legacy BraTS Dice.
+ELECTION_SCORES: tuple[str, ...] = ("soft", "legacy")
 logger = logging.getLogger(__name__)
 
 
@@ -42,10 +54,11 @@ class TeacherState:
     """The current teachers and the election record, shared by the trainer, the election and the checkpoint.
 
     Args:
-        default: teacher modality keys used before the first election (e.g. ``["t1ce"]``).
+        default: teacher modality keys used before the first election. Default: none (no distillation until the
+            first election, which the reference runs after iteration 1); e.g. ``["t1ce"]`` builds in a prior.
     """
 
-    def __init__(self, default: Sequence[str] = ("t1ce",)) -> None:
+    def __init__(self, default: Sequence[str] = ()) -> None:
         default = list(default)
         bad = [m for m in default if m not in MODALITIES]
         if bad:
@@ -65,6 +78,21 @@ class TeacherState:
         self.history = [dict(r) for r in state.get("history", [])]
 
 
+def soft_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The LCKD reference's soft Dice per region: ``2 sum(p g) / (sum p + sum g + 1)``.
+
+    Args:
+        prob: probabilities ``(R, *S)``.
+        target: binary target ``(R, *S)``.
+
+    Returns:
+        ``(R,)`` float64 scores (0 when the region is empty in the target, however small ``p``).
+    """
+    p = prob.flatten(1).double()
+    g = target.flatten(1).double()
+    return 2 * (p * g).sum(1) / (p.sum(1) + g.sum(1) + 1)
+
+
 @torch.no_grad()
 def single_modality_dice(
     network: torch.nn.Module,
@@ -75,35 +103,63 @@ def single_modality_dice(
     overlap: float = 1 / 3,
     amp: bool = True,
     threshold: float = 0.5,
-) -> tuple[torch.Tensor, int]:
-    """Sum of per-case legacy Dice for each subset and region, and the number of cases.
+    score: str = "soft",
+    mode: str = "constant",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of per-case scores for each subset and region, and the number of cases scored for each subset.
 
     Args:
         network: the model (set to eval mode here, restored afterwards).
-        loader: batches with ``image`` ``(B, 4, *S)`` and region ``label`` ``(B, 3, *S)`` (ET, TC, WT).
+        loader: batches with ``image`` ``(B, 4, *S)``, region ``label`` ``(B, 3, *S)`` (ET, TC, WT) and optionally
+            ``modality_mask`` ``(B, 4)``: a case is scored only for the subsets whose sequences it has.
         subsets: subset names to score (default: the four single modalities, modality order).
+        overlap, mode: sliding-window overlap and blending (``"constant"``: uniform, the reference's).
+        threshold: sigmoid threshold of the ``"legacy"`` score.
+        score: ``"soft"`` (reference soft Dice of the probabilities) or ``"legacy"`` (hard legacy BraTS Dice).
 
     Returns:
-        ``(sums (K, 3) float64 on CPU, n_cases)``; divide for the mean (kept apart so ranks can all-reduce).
+        ``(sums (K, 3) float64, counts (K,) int64)`` on CPU; divide for the means (kept apart so ranks can
+        all-reduce).
     """
+    if score not in ELECTION_SCORES:
+        raise ValueError(f"score must be one of {ELECTION_SCORES}, got {score!r}")
+    needs = [torch.from_numpy(subset_to_mask(s)) for s in subsets]
     was_training = network.training
     network.eval()
     sums = torch.zeros(len(subsets), NUM_REGIONS, dtype=torch.float64)
-    n = 0
+    counts = torch.zeros(len(subsets), dtype=torch.int64)
     try:
         for batch in loader:
             image = batch["image"].to(device)
             label = torch.as_tensor(batch["label"]).to(device) > 0.5
-            logits = sweep_subsets(network, image, roi_size, subsets=subsets, overlap=overlap, amp=amp)
-            pred = torch.sigmoid(logits) > threshold
+            if batch.get("modality_mask") is not None:
+                avail = torch.as_tensor(batch["modality_mask"]).reshape(image.shape[0], NUM_MODALITIES).cpu().bool()
+            else:
+                avail = torch.ones(image.shape[0], NUM_MODALITIES, dtype=torch.bool)
             for b in range(image.shape[0]):
-                for k in range(len(subsets)):
-                    for r in range(NUM_REGIONS):
-                        sums[k, r] += legacy_dice(pred[b, k, r], label[b, r])
-                n += 1
+                scored = [k for k, need in enumerate(needs) if bool((avail[b] | ~need).all())]
+                if not scored:
+                    continue
+                logits = sweep_subsets(
+                    network,
+                    image[b : b + 1],
+                    roi_size,
+                    subsets=[subsets[k] for k in scored],
+                    overlap=overlap,
+                    mode=mode,
+                    amp=amp,
+                )[0]
+                prob = torch.sigmoid(logits)
+                for i, k in enumerate(scored):
+                    if score == "soft":
+                        sums[k] += soft_dice(prob[i], label[b]).cpu()
+                    else:
+                        for r in range(NUM_REGIONS):
+                            sums[k, r] += legacy_dice(prob[i, r] > threshold, label[b, r])
+                    counts[k] += 1
     finally:
         network.train(was_training)
-    return sums, n
+    return sums, counts
 
 
 def elect_teachers(mean_dice: torch.Tensor) -> dict[str, str]:
@@ -144,11 +200,15 @@ class TeacherElectionHandler:
         teacher_state: shared with the trainer and the checkpoint handler.
         val_loader: validation batches (evaluation transforms, batch size 1 is typical).
         roi_size: sliding-window size.
-        interval: elect every ``interval`` iterations (0 disables the periodic election).
-        phase_switch_iteration: also elect at this iteration (the start of the missing-modality phase);
-            ``None`` to skip.
+        interval: elect every ``interval`` iterations after ``first_election`` (0 disables the periodic election).
+        first_election: iteration of the first election (1: after the first iteration, as the reference), the
+            periodic ones follow at ``first_election + n * interval``; ``None`` = multiples of ``interval`` only.
+        phase_switch_iteration: also elect at this iteration (the last all-sequence iteration); ``None`` to skip
+            (the reference has no extra election there).
         output_dir: ``teacher_election.csv`` is (re)written there after every election.
         overlap, amp: sliding-window overlap and bf16 autocast on CUDA.
+        mode: sliding-window blending (``"constant"``, the reference's, or ``"gaussian"``).
+        score: ``"soft"`` (reference soft Dice, default) or ``"legacy"`` (hard legacy Dice), see the module docstring.
         summary_writer: optional TensorBoard ``SummaryWriter`` (rank 0 only) for ``election/<modality>_<region>``.
         elect_at_end: also elect when training completes (so the checkpoint's teachers reflect the final model).
 
@@ -168,9 +228,23 @@ class TeacherElectionHandler:
         amp: bool = True,
         summary_writer: Any = None,
         elect_at_end: bool = False,
+        first_election: int | None = 1,
+        score: str = "soft",
+        mode: str = "constant",
     ) -> None:
         if interval < 0:
             raise ValueError(f"interval must be >= 0 (0 disables periodic elections), got {interval}")
+        if first_election is not None and (
+            isinstance(first_election, bool) or not isinstance(first_election, int) or first_election < 1
+        ):
+            raise ValueError(f"first_election must be None or an int >= 1, got {first_election!r}")
+        if score not in ELECTION_SCORES:
+            raise ValueError(f"score must be one of {ELECTION_SCORES}, got {score!r}")
+        if mode not in BLEND_MODES:
+            raise ValueError(f"mode must be one of {BLEND_MODES}, got {mode!r}")
+        self.first_election = first_election
+        self.score = score
+        self.mode = mode
         if phase_switch_iteration is not None and phase_switch_iteration < 0:
             raise ValueError(f"phase_switch_iteration must be >= 0, got {phase_switch_iteration}")
         if not 0 <= overlap < 1:
@@ -187,7 +261,11 @@ class TeacherElectionHandler:
         self.elect_at_end = elect_at_end
 
     def _due(self, engine: Engine, iteration: int) -> bool:
-        if self.interval > 0 and iteration % self.interval == 0:
+        first = self.first_election
+        if first is not None and iteration == first:
+            return True
+        offset = 0 if first is None else first
+        if self.interval > 0 and iteration >= offset and (iteration - offset) % self.interval == 0:
             return True
         return self.phase_switch_iteration is not None and iteration == self.phase_switch_iteration
 
@@ -205,19 +283,33 @@ class TeacherElectionHandler:
         # encode/decode_subsets live on the bare module, not on a DistributedDataParallel wrapper
         network = unwrap_model(engine.network)
         device = engine.state.device
-        sums, n = single_modality_dice(
-            network, self.val_loader, self.roi_size, device, overlap=self.overlap, amp=self.amp
+        sums, counts = single_modality_dice(
+            network,
+            self.val_loader,
+            self.roi_size,
+            device,
+            overlap=self.overlap,
+            amp=self.amp,
+            score=self.score,
+            mode=self.mode,
         )
         if dist.is_available() and dist.is_initialized():
-            packed = torch.cat([sums.flatten(), torch.tensor([float(n)], dtype=torch.float64)])
+            packed = torch.cat([sums.flatten(), counts.to(torch.float64)])
             packed = packed.to(device if dist.get_backend() == "nccl" else "cpu")
             dist.all_reduce(packed)
             packed = packed.cpu()
-            sums, n = packed[:-1].reshape(sums.shape), int(round(float(packed[-1])))
-        if n == 0:
+            sums = packed[: sums.numel()].reshape(sums.shape)
+            counts = packed[sums.numel() :].round().to(torch.int64)
+        if int(counts.sum()) == 0:
             raise RuntimeError("teacher election found no validation cases; check the datalist's validation split")
-        mean = sums / n
-        elected = elect_teachers(mean)
+        n = int(counts.max())
+        mean = sums / counts.clamp_min(1)[:, None].to(sums.dtype)
+        mean[counts == 0] = float("nan")
+        unscored = [m for m, c in zip(MODALITIES, counts.tolist(), strict=True) if c == 0]
+        if unscored:
+            logger.warning("teacher election: no validation case has %s; not eligible", ", ".join(unscored))
+        # scores are in [0, 1]: -1 keeps a modality no case has from being elected
+        elected = elect_teachers(torch.nan_to_num(mean, nan=-1.0))
         iteration = int(engine.state.iteration)
         self.teacher_state.teachers = [m for m in MODALITIES if m in elected.values()]
         for m, modality in enumerate(MODALITIES):

@@ -2,8 +2,8 @@
 
 One iteration, one optimizer, one stage (transfer and fusion learned together, as multi-task learning):
 
-1. draw a modality dropout per sample (as LCKD's phase 2); the dropped sequences stay in the input, since their
-   real features are the restoration targets, but the prediction under the dropout mask never reads them;
+1. draw a modality dropout (per batch or per sample, as LCKD's phase 2); the dropped sequences stay in the input,
+   since their real features are the restoration targets, but the prediction under the dropout mask never reads them;
 2. one encoding and one decoder pass of ``2B`` samples (:meth:`lckd_med.networks.OMDNet.forward` with
    ``available``): the prediction from restored features (under the dropout mask) and the prediction from real
    features (under the availability mask), with the restored and the real feature maps;
@@ -108,8 +108,8 @@ class OMDTrainer(ModalityDropoutTrainer):
             wrapped in DistributedDataParallel). Batches carry ``image`` ``(B, 4, *S)`` (modality order), region
             ``label`` ``(B, 3, *S)`` (ET, TC, WT) and ``modality_mask`` ``(B, 4)``.
         seg_loss: segmentation loss on logits ``(B, 3, *S)`` (``lckd_med.losses.segmentation_loss()``).
-        dropout: the modality dropout drawn per sample (``ModalityDropout(prob=1, max_kept=3)`` drops at least one
-            sequence of every complete sample); when not seeded by the caller it is seeded from torch's global
+        dropout: the modality dropout, per batch or per sample as its ``granularity`` says
+            (``ModalityDropout(prob=1, max_kept=3)`` drops at least one sequence of every complete sample); when not seeded by the caller it is seeded from torch's global
             generator (so ``monai.utils.set_determinism`` makes the draws reproducible).
         mmd_loss: marginal adaptation term; ``None`` = :class:`~lckd_med.losses.FeatureMMDLoss` defaults.
         kl_loss: conditional adaptation term; ``None`` = :class:`~lckd_med.losses.TemperatureKLLoss` (``T = 2``).

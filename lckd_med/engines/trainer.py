@@ -43,15 +43,16 @@ def loss_terms(output: dict[str, Any]) -> dict[str, float]:
 
 
 class ModalityDropoutTrainer(SupervisedTrainer):
-    """What every lckd_med trainer shares: two phases (all sequences, then per-sample modality dropout),
+    """What every lckd_med trainer shares: two phases (all sequences, then modality dropout),
     bf16 autocast on CUDA without a gradient scaler, and one batch-level output dict for the handlers.
 
     Subclasses implement ``_iteration``; :meth:`phase_of` tells which phase an iteration belongs to.
 
     Args:
         seg_loss: segmentation loss on logits ``(B, 3, *S)`` (passed to MONAI as ``loss_function``).
-        dropout: the modality dropout drawn per sample in phase 2; when not seeded by the caller it is seeded
-            from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
+        dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
+            not seeded by the caller it is seeded from torch's global generator here (so
+            ``monai.utils.set_determinism`` makes phase 2 reproducible).
         phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
         Other arguments as in :class:`monai.engines.SupervisedTrainer`.
@@ -121,8 +122,9 @@ class LCKDTrainer(ModalityDropoutTrainer):
         kd_levels: encoder levels distilled (``-1`` = bottleneck).
         teacher_state: shared current teachers (updated by the election handler).
         phase1_iterations: iterations with all modalities before modality dropout starts.
-        dropout: the modality dropout drawn per sample in phase 2; when not seeded by the caller it is seeded
-            from torch's global generator here (so ``monai.utils.set_determinism`` makes phase 2 reproducible).
+        dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
+            not seeded by the caller it is seeded from torch's global generator here (so
+            ``monai.utils.set_determinism`` makes phase 2 reproducible).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
     """
 

@@ -29,8 +29,8 @@ from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
 from lckd_med.inference.batch import check_case_id
-from lckd_med.inference.sweep import sweep_subsets
-from lckd_med.metrics import case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.inference.sweep import BLEND_MODES, sweep_subsets
+from lckd_med.metrics import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
 from lckd_med.utils.io import save_label_map
 from lckd_med.utils.progress import progress_bar
@@ -68,6 +68,9 @@ class SubsetEvaluator:
         subsets: subset names to evaluate (default all 15, canonical order).
         roi_size: sliding-window size; ``None`` uses the training crop stored in the checkpoint.
         overlap: sliding-window overlap (1/3 as the reference recipe).
+        sw_mode: window blending, ``"constant"`` (uniform averaging, the reference's) or ``"gaussian"``.
+        hd95_method: ``"pooled"`` (legacy BraTS scoring, default) or ``"directed_max"`` (see
+            :mod:`lckd_med.metrics.brats`).
         threshold: sigmoid threshold of each region channel.
         postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3; peers' 500), scaled to each
             case's voxel size, reported beside the raw scores; 0 disables.
@@ -90,6 +93,8 @@ class SubsetEvaluator:
         overlap: float = 1 / 3,
         threshold: float = 0.5,
         postprocess_min_et: int = 500,
+        sw_mode: str = "constant",
+        hd95_method: str = "pooled",
         store_in_checkpoint: bool = True,
         max_cases: int | None = None,
         device: str = "auto",
@@ -111,6 +116,10 @@ class SubsetEvaluator:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if sw_mode not in BLEND_MODES:
+            raise ValueError(f"sw_mode must be one of {BLEND_MODES}, got {sw_mode!r}")
+        if hd95_method not in HD95_METHODS:
+            raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
         if postprocess_min_et < 0:
             raise ValueError(f"postprocess_min_et must be >= 0, got {postprocess_min_et}")
         self.ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME
@@ -121,6 +130,8 @@ class SubsetEvaluator:
         self.subsets = subsets
         self.roi_size = None if roi_size is None else [int(v) for v in roi_size]
         self.overlap = overlap
+        self.sw_mode = sw_mode
+        self.hd95_method = hd95_method
         self.threshold = threshold
         self.postprocess_min_et = int(postprocess_min_et)
         self.store_in_checkpoint = store_in_checkpoint
@@ -171,7 +182,14 @@ class SubsetEvaluator:
             subsets = self._case_subsets(entry)
             image = sample[IMAGE_KEY].unsqueeze(0).to(self.device)
             logits = sweep_subsets(
-                net, image, roi, subsets=subsets, overlap=self.overlap, amp=self.amp, device=torch.device("cpu")
+                net,
+                image,
+                roi,
+                subsets=subsets,
+                overlap=self.overlap,
+                mode=self.sw_mode,
+                amp=self.amp,
+                device=torch.device("cpu"),
             )
             pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
             k = len(subsets)
@@ -194,13 +212,13 @@ class SubsetEvaluator:
                 if self.save_predictions:
                     save_label_map(labels, ref, self.output_dir / "predictions" / subset / f"{case_id}.nii.gz")
                 scored = region_masks_from_labels(labels, conv)  # exactly what the saved file holds
-                metrics = case_region_metrics(scored, gt, spacing)
+                metrics = case_region_metrics(scored, gt, spacing, self.hd95_method)
                 metrics_pp = None
                 if self.postprocess_min_et > 0:
                     processed = postprocess_et(scored, min_et_voxels)
                     # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
                     unchanged = np.array_equal(processed, scored)
-                    metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing)
+                    metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing, self.hd95_method)
                 rows.extend(rows_from_case_metrics(case_id, subset, metrics, metrics_pp))
         for why in skipped:
             logger.warning("skipped %s", why)
@@ -212,7 +230,8 @@ class SubsetEvaluator:
         caption = (
             f"{n_cases} case(s) of the {self.split} split of {self.datalist.name}; checkpoint at iteration "
             f"{ckpt.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
-            "(legacy BraTS rules for empty regions); ET post-processed: predicted ET < "
+            f"(legacy BraTS rules for empty regions; HD95 {self.hd95_method}); windows blended {self.sw_mode}; "
+            "ET post-processed: predicted ET < "
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
         )
         write_reports(df, self.output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))

@@ -17,7 +17,12 @@ from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, mask_to_subset, subset_to_mask
 
-__all__ = ["subset_masks", "SubsetSweepPredictor", "sweep_subsets", "autocast_context"]
+__all__ = ["BLEND_MODES", "subset_masks", "SubsetSweepPredictor", "sweep_subsets", "autocast_context"]
+
+#: Sliding-window blending of overlapping windows (:func:`monai.inferers.sliding_window_inference` ``mode``):
+#: ``"constant"`` = uniform averaging, as the LCKD reference (its ``predict_sliding`` sums window outputs and divides
+#: by the count), the default; ``"gaussian"`` weights window centres more (nnU-Net's choice), an option.
+BLEND_MODES: tuple[str, ...] = ("constant", "gaussian")
 
 
 def subset_masks(subsets: Sequence[str] = SUBSET_NAMES) -> torch.Tensor:
@@ -75,7 +80,7 @@ def sweep_subsets(
     available: torch.Tensor | None = None,
     overlap: float = 1 / 3,
     sw_batch_size: int = 1,
-    mode: str = "gaussian",
+    mode: str = "constant",
     amp: bool = True,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
@@ -89,8 +94,10 @@ def sweep_subsets(
         subsets: subset names to decode (default: the 15 in canonical order).
         available: optional ``(B, 4)`` availability of the modalities on disk; a subset needing an unavailable
             modality raises ``ValueError`` instead of silently decoding zeros.
-        overlap, sw_batch_size, mode: as in :func:`monai.inferers.sliding_window_inference` (1/3 overlap and
-            Gaussian blending match the reference recipe).
+        overlap, sw_batch_size: as in :func:`monai.inferers.sliding_window_inference` (1/3 overlap, as the
+            reference recipe).
+        mode: window blending, one of :data:`BLEND_MODES`: ``"constant"`` (uniform averaging, the reference's,
+            default) or ``"gaussian"``.
         amp: bf16 autocast on CUDA.
         sw_device, device: where windows run and where the stitched output lives (CPU saves GPU memory on
             large volumes).
@@ -100,6 +107,8 @@ def sweep_subsets(
     """
     if image.ndim != 5 or image.shape[1] != NUM_MODALITIES:
         raise ValueError(f"image must have shape (B, {NUM_MODALITIES}, H, W, D), got {tuple(image.shape)}")
+    if mode not in BLEND_MODES:
+        raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
     masks = subset_masks(subsets)
     if available is not None:
         available = torch.as_tensor(available, dtype=torch.bool).reshape(image.shape[0], NUM_MODALITIES).cpu()

@@ -1,9 +1,14 @@
 """LCKD cross-modal knowledge distillation loss (teacher modalities -> the other present modalities).
 
 For every sample, every elected teacher modality present in that sample, and every *other* modality present in
-that sample, the distance between the detached teacher feature and the student feature; the loss averages these
-(sample, teacher, student) pairs over the batch, so batches mixing different modality subsets are handled
-per sample. MONAI has no cross-modal / masked feature-distillation loss, hence this module.
+that sample, the distance between the detached teacher feature and the student feature. Default reduction
+``"pair_sum"`` is the reference code's arithmetic (loss_Dual.py / DualNet.py): the SUM over (teacher, student) pairs
+of an L1 whose mean runs over the batch and the feature elements. A pair absent from a sample adds 0 for it and the
+batch mean still divides by the batch size, so when every sample has the same subset (the reference's per-batch
+dropout) this is exactly the reference value. ``"mean"`` (average over (sample, teacher, student) pairs) is an option:
+it keeps the KD scale independent of how many teachers and students are present, but makes the effective KD weight
+1/2 to 1/6 of the reference's for the same ``kd_weight``. MONAI has no cross-modal / masked feature-distillation
+loss, hence this module.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from torch import nn
 from lckd_med.constants import MODALITIES, NUM_MODALITIES
 from lckd_med.networks.fusion import check_mask
 
-__all__ = ["CrossModalDistillationLoss", "teacher_mask"]
+__all__ = ["KD_REDUCTIONS", "CrossModalDistillationLoss", "teacher_mask"]
 
 _DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
-_REDUCTIONS = ("mean", "sum")
+#: ``"pair_sum"``: sum over (teacher, student) pairs of the batch-mean distance (reference, default);
+#: ``"mean"``: mean over (sample, teacher, student) pairs; ``"sum"``: sum over (sample, teacher, student) pairs.
+KD_REDUCTIONS: tuple[str, ...] = ("pair_sum", "mean", "sum")
+_REDUCTIONS = KD_REDUCTIONS
 
 
 def teacher_mask(
@@ -64,21 +72,28 @@ def teacher_mask(
 class CrossModalDistillationLoss(nn.Module):
     """Distance between detached teacher-modality features and every other present modality's features.
 
-    ``loss = reduce over pairs (b, t, s) with mask[b, t], teachers[t], mask[b, s], s != t of
-    distance(features[b, s], features[b, t].detach())``, where ``distance`` is the element mean of ``|.|``
-    (``"l1"``, LCKD's choice) or of ``(.)^2`` (``"mse"``). With a list of levels the per-level losses are averaged.
+    With ``d[b, t, s] = distance(features[b, s], features[b, t].detach())`` over pairs with ``mask[b, t]``,
+    ``teachers[t]``, ``mask[b, s]``, ``s != t`` (``distance`` = element mean of ``|.|``, ``"l1"``, LCKD's choice, or of
+    ``(.)^2``, ``"mse"``):
+
+    * ``"pair_sum"`` (reference, default): ``sum_{b,t,s} d[b, t, s] / B`` -- the sum over (teacher, student) pairs of
+      a batch-mean L1;
+    * ``"mean"``: ``sum d / number of (b, t, s) pairs``;
+    * ``"sum"``: ``sum d``.
+
+    With a list of levels the per-level losses are averaged.
     The loss is exactly 0 with zero gradient when no pair exists (no teacher present, or a teacher alone).
     The LCKD weight (0.1) is applied by the caller.
 
     Args:
         distance: ``"l1"`` or ``"mse"``.
-        reduction: ``"mean"`` over pairs, or ``"sum"`` of pair distances.
+        reduction: one of :data:`KD_REDUCTIONS` (default ``"pair_sum"``, the reference's).
 
     Raises:
         ValueError: unknown ``distance`` or ``reduction``.
     """
 
-    def __init__(self, distance: str = "l1", reduction: str = "mean") -> None:
+    def __init__(self, distance: str = "l1", reduction: str = "pair_sum") -> None:
         super().__init__()
         if distance not in _DISTANCES:
             raise ValueError(f"distance must be one of {sorted(_DISTANCES)}, got {distance!r}")
@@ -109,6 +124,8 @@ class CrossModalDistillationLoss(nn.Module):
             count = count + pairs.sum()
         if self.reduction == "sum":
             return total
+        if self.reduction == "pair_sum":
+            return total / batch
         return total / count.clamp_min(1)  # no device sync; 0 / 1 when there is no pair
 
     def forward(

@@ -5,6 +5,10 @@ Why not ``monai.losses.DiceCELoss(sigmoid=True)``: with more than one channel it
 The ET, TC, WT channels are nested, independent sigmoids -- a voxel of ET has target ``(1, 1, 1)`` -- so softmax CE
 is the wrong loss for them (checked in MONAI 1.6.1: it equals Dice + ``F.cross_entropy``). :class:`DiceBCELoss`
 pairs MONAI's ``DiceLoss`` with ``BCEWithLogitsLoss`` instead.
+
+Term arithmetic of the LCKD reference (loss_Dual.py): soft Dice averaged over the 3 region channels + the SUM of the
+3 per-channel BCEs (each a mean over the batch and voxels). ``bce_reduction="sum_channels"`` (default) reproduces that;
+``"mean"`` (one BCE mean over channels too, 1/3 of the reference's) is an option that weighs Dice and BCE equally.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["DiceBCELoss", "segmentation_loss", "SEGMENTATION_LOSS_DEFAULTS"]
+__all__ = ["BCE_REDUCTIONS", "DiceBCELoss", "segmentation_loss", "SEGMENTATION_LOSS_DEFAULTS"]
+
+#: ``"sum_channels"``: sum over region channels of each channel's mean BCE (reference, default); ``"mean"``: one mean.
+BCE_REDUCTIONS: tuple[str, ...] = ("sum_channels", "mean")
 
 #: Defaults of :func:`segmentation_loss` (MONAI ``DiceLoss`` arguments). Chosen as MONAI's BraTS recipe, except
 #: ``squared_pred=False`` (plain soft Dice, as nnU-Net): ``smooth_nr=0`` so a sample whose region is empty adds a
@@ -34,11 +41,13 @@ _FIXED = {"sigmoid": True, "softmax": False, "to_onehot_y": False, "include_back
 
 
 class DiceBCELoss(_Loss):
-    """``lambda_dice * DiceLoss(sigmoid) + lambda_bce * BCEWithLogits`` on independent channels.
+    """``lambda_dice * DiceLoss(sigmoid) + lambda_bce * BCE`` on independent channels.
 
     Args:
-        lambda_dice: weight of the MONAI soft Dice term (``>= 0``).
+        lambda_dice: weight of the MONAI soft Dice term (``>= 0``; Dice is averaged over channels).
         lambda_bce: weight of the binary cross-entropy term (``>= 0``).
+        bce_reduction: ``"sum_channels"`` (sum over channels of per-channel mean BCEs, the LCKD reference's, default)
+            or ``"mean"`` (mean over channels and voxels).
         pos_weight: optional ``BCEWithLogitsLoss`` positive-class weight, one per channel.
         **dice_kwargs: further ``monai.losses.DiceLoss`` arguments.
 
@@ -53,9 +62,13 @@ class DiceBCELoss(_Loss):
         lambda_dice: float = 1.0,
         lambda_bce: float = 1.0,
         pos_weight: torch.Tensor | None = None,
+        bce_reduction: str = "sum_channels",
         **dice_kwargs: Any,
     ) -> None:
         super().__init__()
+        if bce_reduction not in BCE_REDUCTIONS:
+            raise ValueError(f"bce_reduction must be one of {BCE_REDUCTIONS}, got {bce_reduction!r}")
+        self.bce_reduction = bce_reduction
         for name, value in (("lambda_dice", lambda_dice), ("lambda_bce", lambda_bce)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -71,7 +84,11 @@ class DiceBCELoss(_Loss):
         if input.shape != target.shape:
             raise ValueError(f"input {tuple(input.shape)} and target {tuple(target.shape)} must have the same shape")
         target = target.to(input.dtype)
-        return self.lambda_dice * self.dice(input, target) + self.lambda_bce * self.bce(input, target)
+        bce = self.bce(input, target)
+        if self.bce_reduction == "sum_channels":
+            # every channel has the same number of elements: the overall mean x C = the sum of per-channel means
+            bce = bce * input.shape[1]
+        return self.lambda_dice * self.dice(input, target) + self.lambda_bce * bce
 
 
 def segmentation_loss(**kwargs: Any) -> DiceBCELoss:
@@ -79,7 +96,7 @@ def segmentation_loss(**kwargs: Any) -> DiceBCELoss:
 
     Args:
         **kwargs: ``DiceBCELoss`` / ``monai.losses.DiceLoss`` arguments overriding the defaults (e.g.
-            ``batch=True``, ``lambda_bce=0.5``).
+            ``batch=True``, ``lambda_bce=0.5``, ``bce_reduction="mean"``).
 
     Raises:
         ValueError: an argument that contradicts independent sigmoid region channels (``softmax=True``,

@@ -1,9 +1,12 @@
-"""lckd_med.metrics: BraTS per-case metrics (legacy empty-region rules) and ET post-processing."""
+"""lckd_med.metrics: BraTS per-case metrics (legacy BraTS scoring: empty rules, pooled HD95) and ET post-processing."""
 
 from __future__ import annotations
 
 from lckd_med.metrics.brats import (
+    HD95_METHODS,
     case_region_metrics,
+    directed_max_hd95,
+    image_diagonal_mm,
     legacy_dice,
     legacy_hd95,
     postprocess_et,
@@ -11,8 +14,11 @@ from lckd_med.metrics.brats import (
 )
 
 __all__ = [
+    "HD95_METHODS",
     "legacy_dice",
     "legacy_hd95",
+    "directed_max_hd95",
+    "image_diagonal_mm",
     "region_masks_from_labels",
     "case_region_metrics",
     "postprocess_et",

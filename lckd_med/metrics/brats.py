@@ -1,4 +1,4 @@
-"""BraTS per-case metrics with the legacy (2017-2022) empty-region rules, and ET post-processing.
+"""BraTS per-case metrics with the legacy (2017-2022) BraTS scoring rules, and ET post-processing.
 
 Regions are always handled in :data:`lckd_med.constants.REGIONS` order (ET, TC, WT). Masks may be numpy arrays
 or torch tensors (CPU or CUDA); each input is converted once to a CPU numpy boolean array.
@@ -6,16 +6,22 @@ or torch tensors (CPU or CUDA); each input is converted once to a CPU numpy bool
 Empty-region rules (the legacy BraTS evaluation, applied per case and region):
 
 * prediction and truth both empty: Dice 1.0, HD95 0.0 mm;
-* exactly one empty: Dice 0.0, HD95 :data:`~lckd_med.constants.HD95_ONE_EMPTY_MM` (the 240x240x155 mm diagonal);
+* exactly one empty: Dice 0.0, HD95 = the diagonal of the case's own image grid in mm (:func:`image_diagonal_mm`:
+  373.1287 mm on the 240x240x155 1 mm BraTS grid, :data:`~lckd_med.constants.HD95_ONE_EMPTY_MM`);
 * both non-empty: Dice ``2|A∩B| / (|A|+|B|)``, HD95 as below.
 
-HD95 definition (both non-empty): surface voxels are the voxels of a mask removed by one binary erosion with the
-6-connected (face) structuring element, the image border counting as background; with voxel spacing applied,
-``d(A->B)`` is the Euclidean distance from each surface voxel of ``A`` to the nearest surface voxel of ``B``, and
-``HD95 = max(P95(d(A->B)), P95(d(B->A)))`` with linear-interpolated percentiles -- the medpy / BraTS-toolkit
-definition. MONAI 1.6.1's ``compute_hausdorff_distance(percentile=95, directed=False)`` computes exactly this (one
-percentile per direction, then the maximum; not a percentile of the pooled distances), so it does the work here;
-it returns NaN when either mask is empty, which is why the empty cases are decided before calling it.
+HD95 (both non-empty), default ``"pooled"`` -- the BraTS 2018-2021 scoring (CaPTk 1.8.1's Hausdorff95 tool, which
+calls medpy's ``hd95``; nnU-Net's BraTS evaluation does the same): the surface voxels of a mask are the voxels removed
+by one binary erosion with the 6-connected (face) structuring element, the image edge counting as background; with
+voxel spacing applied, the Euclidean distance from every surface voxel of ``A`` to the nearest surface voxel of
+``B`` and from every surface voxel of ``B`` to the nearest of ``A`` are POOLED into one array, and HD95 is its
+95th percentile (numpy's linear interpolation).
+
+``"directed_max"`` (:func:`directed_max_hd95`) is the other common definition, ``max(P95(d(A->B)), P95(d(B->A)))``
+(MONAI's ``compute_hausdorff_distance(percentile=95, directed=False)``); it is never below the pooled value and
+differs by up to a few mm, so it is kept only as a named option, not comparable with published BraTS tables.
+MONAI returns only the two directed percentiles, not the raw distances, so the pooled value is computed here from
+``scipy.ndimage`` erosion and Euclidean distance transform.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from scipy import ndimage
 
 from lckd_med.constants import (
     ET_MIN_VOXELS,
-    HD95_ONE_EMPTY_MM,
     NUM_REGIONS,
     REGIONS,
     LabelConvention,
@@ -39,14 +45,21 @@ from lckd_med.constants import (
 )
 
 __all__ = [
+    "HD95_METHODS",
     "legacy_dice",
     "legacy_hd95",
+    "directed_max_hd95",
+    "image_diagonal_mm",
     "region_masks_from_labels",
     "case_region_metrics",
     "postprocess_et",
 ]
 
 _ET, _TC = REGIONS.index("ET"), REGIONS.index("TC")
+
+#: HD95 definitions: ``"pooled"`` (legacy BraTS / medpy, the default) and ``"directed_max"``.
+HD95_METHODS: tuple[str, ...] = ("pooled", "directed_max")
+_FACE_CONNECTED = ndimage.generate_binary_structure(3, 1)
 
 
 def _to_bool_array(x: Any, name: str) -> np.ndarray:
@@ -99,12 +112,39 @@ def _dice(p: np.ndarray, g: np.ndarray) -> float:
     return float(value.item())
 
 
-def _hd95(p: np.ndarray, g: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    p_any, g_any = bool(p.any()), bool(g.any())
-    if not p_any and not g_any:
-        return 0.0
-    if p_any != g_any:
-        return float(HD95_ONE_EMPTY_MM)
+def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float] | np.ndarray = (1.0, 1.0, 1.0)) -> float:
+    """Diagonal of an image grid in mm, ``sqrt(sum((n_i * s_i)^2))``: the HD95 penalty when one mask is empty.
+
+    Args:
+        shape: array shape ``(H, W, D)``.
+        spacing: voxel size in mm along the same axes.
+
+    Returns:
+        373.1287 for the 240x240x155 1 mm BraTS grid.
+    """
+    dims = tuple(int(n) for n in shape)
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"shape must be three positive sizes, got {tuple(shape)!r}")
+    sp = _check_spacing(spacing)
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(dims, sp, strict=True))))
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    # border_value=0: the image edge counts as background, so a mask touching it has a surface there (as medpy)
+    return mask & ~ndimage.binary_erosion(mask, structure=_FACE_CONNECTED, border_value=0)
+
+
+def _pooled_hd95(p: np.ndarray, g: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    # Crop to the union's bounding box: every surface voxel lies inside it and the masks are empty outside it, so
+    # erosion and distances are unchanged, and a small tumour in a 240x240x155 image costs little.
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(p | g))
+    sp, sg = _surface(p[box]), _surface(g[box])
+    d_pg = ndimage.distance_transform_edt(~sg, sampling=spacing)[sp]
+    d_gp = ndimage.distance_transform_edt(~sp, sampling=spacing)[sg]
+    return float(np.percentile(np.concatenate([d_pg, d_gp]), 95))
+
+
+def _directed_max_hd95(p: np.ndarray, g: np.ndarray, spacing: tuple[float, float, float]) -> float:
     with warnings.catch_warnings():
         # MONAI 1.6.1 passes its own deprecated argument internally; the warning is noise for our callers.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
@@ -118,6 +158,23 @@ def _hd95(p: np.ndarray, g: np.ndarray, spacing: tuple[float, float, float]) -> 
             spacing=list(spacing),
         )
     return float(value.item())
+
+
+def _check_method(method: str) -> str:
+    if method not in HD95_METHODS:
+        raise ValueError(f"hd95 method must be one of {HD95_METHODS}, got {method!r}")
+    return method
+
+
+def _hd95(p: np.ndarray, g: np.ndarray, spacing: tuple[float, float, float], method: str = "pooled") -> float:
+    p_any, g_any = bool(p.any()), bool(g.any())
+    if not p_any and not g_any:
+        return 0.0
+    if p_any != g_any:
+        return image_diagonal_mm(p.shape, spacing)
+    if method == "directed_max":
+        return _directed_max_hd95(p, g, spacing)
+    return _pooled_hd95(p, g, spacing)
 
 
 def legacy_dice(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float:
@@ -142,10 +199,10 @@ def legacy_hd95(
     gt: np.ndarray | torch.Tensor,
     spacing: Sequence[float] | np.ndarray = (1.0, 1.0, 1.0),
 ) -> float:
-    """Symmetric 95th-percentile Hausdorff distance in mm with the legacy BraTS empty rules.
+    """95th-percentile Hausdorff distance in mm as the legacy BraTS scoring computes it (pooled directions).
 
-    See the module docstring for the exact definition (max of the two directed 95th percentiles over surface
-    voxels, spacing applied).
+    See the module docstring for the exact definition (one 95th percentile of both directions' surface distances
+    pooled, spacing applied, medpy's ``hd95``).
 
     Args:
         pred: predicted mask ``(H, W, D)``, bool (or 0/1), numpy or torch (any device).
@@ -153,14 +210,35 @@ def legacy_hd95(
         spacing: voxel size in mm along the three array axes.
 
     Returns:
-        0.0 if both are empty, :data:`~lckd_med.constants.HD95_ONE_EMPTY_MM` if exactly one is empty, else the
-        HD95 in mm.
+        0.0 if both are empty, the grid diagonal :func:`image_diagonal_mm` if exactly one is empty, else the HD95
+        in mm.
 
     Raises:
         ValueError: shapes differ, not 3-D, non-binary values, or spacing not three positive numbers.
     """
     p, g = _check_pair(pred, gt, 3, "masks")
-    return _hd95(p, g, _check_spacing(spacing))
+    return _hd95(p, g, _check_spacing(spacing), "pooled")
+
+
+def directed_max_hd95(
+    pred: np.ndarray | torch.Tensor,
+    gt: np.ndarray | torch.Tensor,
+    spacing: Sequence[float] | np.ndarray = (1.0, 1.0, 1.0),
+) -> float:
+    """``max(P95(d(pred->gt)), P95(d(gt->pred)))`` in mm, with the same surfaces and empty rules as :func:`legacy_hd95`.
+
+    Not the BraTS definition (it is never below it); kept as the ``"directed_max"`` option.
+
+    Args:
+        pred: predicted mask ``(H, W, D)``, bool (or 0/1), numpy or torch (any device).
+        gt: ground-truth mask of the same shape.
+        spacing: voxel size in mm along the three array axes.
+
+    Raises:
+        ValueError: shapes differ, not 3-D, non-binary values, or spacing not three positive numbers.
+    """
+    p, g = _check_pair(pred, gt, 3, "masks")
+    return _hd95(p, g, _check_spacing(spacing), "directed_max")
 
 
 def region_masks_from_labels(
@@ -209,13 +287,16 @@ def case_region_metrics(
     pred_regions: np.ndarray | torch.Tensor,
     gt_regions: np.ndarray | torch.Tensor,
     spacing: Sequence[float] | np.ndarray = (1.0, 1.0, 1.0),
+    hd95_method: str = "pooled",
 ) -> dict[str, dict[str, float]]:
     """Dice and HD95 of every region of one case.
 
     Args:
         pred_regions: predicted region masks ``(3, H, W, D)`` in REGIONS order (ET, TC, WT).
         gt_regions: ground-truth region masks, same shape and order.
-        spacing: voxel size in mm along the three spatial axes.
+        spacing: voxel size in mm along the three spatial axes (also sizes the one-empty penalty, the grid
+            diagonal).
+        hd95_method: ``"pooled"`` (legacy BraTS, default) or ``"directed_max"``.
 
     Returns:
         ``{"ET": {"dice": .., "hd95": ..}, "TC": {...}, "WT": {...}}`` (keys in REGIONS order).
@@ -225,7 +306,8 @@ def case_region_metrics(
     if p.shape != g.shape:
         raise ValueError(f"pred_regions and gt_regions must have one shape, got {p.shape} and {g.shape}")
     sp = _check_spacing(spacing)
-    return {r: {"dice": _dice(p[i], g[i]), "hd95": _hd95(p[i], g[i], sp)} for i, r in enumerate(REGIONS)}
+    method = _check_method(hd95_method)
+    return {r: {"dice": _dice(p[i], g[i]), "hd95": _hd95(p[i], g[i], sp, method)} for i, r in enumerate(REGIONS)}
 
 
 def postprocess_et(

@@ -310,7 +310,8 @@ def format_table(summary: pd.DataFrame, title: str | None = None, caption: str |
             "Dice (%) and HD95 (mm) as mean ± std over cases for each set of available sequences "
             f"(modality keys {', '.join(MODALITIES)}); Mean averages the {n_present} of {len(SUBSET_NAMES)} subsets "
             "evaluated. Legacy BraTS rules: both masks empty -> Dice 100, HD95 0; exactly one empty -> Dice 0, "
-            f"HD95 {HD95_ONE_EMPTY_MM:g} mm."
+            f"HD95 = the image diagonal ({HD95_ONE_EMPTY_MM:.4f} mm on the 240x240x155 1 mm grid); HD95 is one 95th "
+            "percentile of both directions' surface distances pooled (BraTS 2018-2021 scoring)."
         )
         if pp:
             caption += " ET pp: ET after post-processing (a small predicted ET relabelled as necrosis)."

@@ -25,12 +25,17 @@ LCKD_ONLY = {
     "kd_weight",
     "kd_distance",
     "kd_levels",
+    "kd_reduction",
     "kd_loss",
     "default_teachers",
     "election_interval",
+    "first_election",
+    "elect_at_phase_switch",
+    "election_score",
     "teacher_state",
     "val_max_cases",
     "sw_overlap",
+    "sw_mode",
     "validate",
 }
 

@@ -328,6 +328,48 @@ def test_dropout_distribution_statistics(distribution, available, max_kept):
     assert dropper.probabilities(subset_to_mask(available)) == pytest.approx(expected)
 
 
+def test_per_batch_dropout_is_the_reference_k_then_subset_histogram():
+    """Reference phase 2: once per batch, k = randint(1, 3) kept, then a random subset of size k."""
+    n_batches, batch = 6000, 2
+    dropper = ModalityDropout(prob=1.0, distribution="uniform_size", max_kept=3, granularity="batch")
+    dropper.set_random_state(seed=9)
+    kept_of_batch = []
+    for _ in range(n_batches):
+        rows = _draw_batch(dropper, "flair+t1+t1ce+t2", batch)
+        assert len(set(rows)) == 1, "one subset for the whole batch"
+        kept_of_batch.append(rows[0])
+    for k in (1, 2, 3):
+        freq = sum(len(s.split("+")) == k for s in kept_of_batch) / n_batches
+        assert abs(freq - 1 / 3) < 4 * math.sqrt(2 / 9 / n_batches), (k, freq)
+    for s, p in _expected("uniform_size", "flair+t1+t1ce+t2", 3).items():
+        freq = kept_of_batch.count(s) / n_batches
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / n_batches) + 1e-9, (s, freq, p)
+
+
+def test_per_sample_uniform_option_differs_from_the_reference_sizes():
+    """The per-sample uniform-over-14 option keeps 1/2/3 sequences with probability 4/14, 6/14, 4/14."""
+    n = 6000
+    dropper = ModalityDropout(prob=1.0, distribution="uniform", max_kept=3, granularity="sample")
+    dropper.set_random_state(seed=4)
+    kept = _draw_batch(dropper, "flair+t1+t1ce+t2", n)
+    freq2 = sum(len(s.split("+")) == 2 for s in kept) / n
+    assert abs(freq2 - 6 / 14) < 0.03 and len(set(kept[:20])) > 1
+
+
+def test_per_batch_dropout_draws_from_the_shared_sequences_and_falls_back_per_sample():
+    dropper = ModalityDropout(prob=1.0, distribution="uniform_size", max_kept=3, granularity="batch")
+    dropper.set_random_state(seed=2)
+    masks = torch.stack([torch.as_tensor(subset_to_mask(s)) for s in ("flair+t1ce+t2", "t1+t1ce+t2")])
+    for _ in range(50):
+        _, kept = drop_modalities_batch(torch.ones(2, 4, 1), masks, dropper)
+        assert torch.equal(kept[0], kept[1]) and bool(kept.any(dim=1).all())
+        assert not bool(kept[:, [0, 1]].any()), "only t1ce/t2 are shared"
+    disjoint = torch.stack([torch.as_tensor(subset_to_mask(s)) for s in ("flair+t1", "t1ce+t2")])
+    for _ in range(20):
+        _, kept = drop_modalities_batch(torch.ones(2, 4, 1), disjoint, dropper)
+        assert bool((kept <= disjoint).all()) and bool(kept.any(dim=1).all())
+
+
 @pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
 def test_dropout_prob_fraction(prob):
     n = 4000
@@ -451,6 +493,7 @@ def test_batch_helper_bad_arguments(images, masks, transform, exc):
         ({"max_kept": 5}, ValueError, "max_kept"),
         ({"max_kept": 2.5}, ValueError, "max_kept"),
         ({"max_kept": True}, ValueError, "max_kept"),
+        ({"granularity": "case"}, ValueError, "granularity"),
     ],
 )
 def test_dropout_bad_arguments(kwargs, exc, match):

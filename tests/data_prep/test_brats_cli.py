@@ -278,3 +278,89 @@ def test_unreadable_case_folder_is_named_not_misdescribed(tmp_path: Path, capsys
     finally:
         (root / "BraTS20_Training_005").chmod(0o755)
     assert "cannot read case folder" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ split protocols
+@pytest.fixture(scope="module")
+def some_lckd_cases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[str]]]:
+    """Three validation-list cases, three train-only cases and one case no list names, in the 2018 layout."""
+    from lckd_med.data.splits import protocol_lists
+
+    lists = protocol_lists("lckd2018")
+    val = lists["validation"][:3]
+    train_only = [c for c in lists["training"] if c not in lists["validation"]][:3]
+    root = tmp_path_factory.mktemp("lckd18") / "MICCAI_BraTS_2018_Data_Training"
+    for cid in (*val, *train_only, "Brats18_NotListed_1"):
+        write_case(root / "HGG" / cid)
+    return root, {"val": val, "train_only": train_only}
+
+
+def test_protocol_lckd2018_names_missing_cases_and_writes_the_rest(some_lckd_cases, tmp_path, capsys):
+    root, ids = some_lckd_cases
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", root, "--output", out, "--workers", "1", "--protocol", "lckd2018") == 0
+    text = capsys.readouterr().out
+    assert "training   listed  285, written    6, missing on disk 279" in text
+    assert "validation listed   57, written    3, missing on disk 54" in text
+    assert "none of the testing cases is in this folder" in text and "Brats18_CBICA_AAM_1" in text
+    from lckd_med.data.splits import protocol_lists
+
+    first_missing = next(c for c in protocol_lists("lckd2018")["training"] if c not in ids["val"] + ids["train_only"])
+    assert first_missing in text  # a missing case is named
+    assert "on disk but in no list (1, left out): Brats18_NotListed_1" in text
+    d = json.loads(out.read_text())
+    assert sorted(e["case_id"] for e in d["training"]) == sorted(ids["val"] + ids["train_only"])
+    assert sorted(e["case_id"] for e in d["validation"]) == sorted(ids["val"])  # also training: the reference
+    assert d["testing"] == [] and d["meta"]["validation_in_training"] is True
+    assert d["meta"]["split_lists"]["source"] == "lckd2018"
+    assert len(d["meta"]["split_lists"]["missing"]["training"]) == 279
+    assert d["meta"]["split_lists"]["not_listed"] == ["Brats18_NotListed_1"]
+    assert len(load_datalist(out, "validation")) == 3  # the overlapping file loads
+
+
+def test_protocol_disjoint_keeps_validation_out_of_training(some_lckd_cases, tmp_path, capsys):
+    root, ids = some_lckd_cases
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", root, "--output", out, "--workers", "1", "--protocol", "lckd2018_disjoint") == 0
+    d = json.loads(out.read_text())
+    assert sorted(e["case_id"] for e in d["training"]) == sorted(ids["train_only"])
+    assert sorted(e["case_id"] for e in d["validation"]) == sorted(ids["val"])
+    assert d["meta"]["validation_in_training"] is False
+
+
+def test_split_lists_txt_and_csv(some_lckd_cases, tmp_path, capsys):
+    root, ids = some_lckd_cases
+    (tmp_path / "train.txt").write_text("\n".join(ids["train_only"] + ["Brats18_Gone_1"]) + "\n")
+    (tmp_path / "test.csv").write_text("path,grade\n" + "".join(f"HGG/{c},HGG\n" for c in ids["val"]))
+    out = tmp_path / "dl.json"
+    args = ["training=" + str(tmp_path / "train.txt"), "testing=" + str(tmp_path / "test.csv")]
+    assert run("--dataset_dir", root, "--output", out, "--workers", "1", "--split_lists", *args) == 0
+    text = capsys.readouterr().out
+    assert "missing: Brats18_Gone_1" in text and "Brats18_NotListed_1" in text
+    d = json.loads(out.read_text())
+    assert sorted(e["case_id"] for e in d["testing"]) == sorted(ids["val"])
+    assert d["validation"] == [] and d["meta"]["split_lists"]["source"] == "split_lists"
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--split_lists", "train=x.txt"], "unknown split"),
+        (["--split_lists", "training=/nonexistent/list.txt"], "split list not found"),
+        (["--protocol", "lckd2018", "--split_lists", "training=a.txt"], "not allowed with"),
+    ],
+    ids=["unknown_split", "missing_file", "both"],
+)
+def test_split_list_bad_arguments(some_lckd_cases, tmp_path, capsys, extra, match):
+    root, _ = some_lckd_cases
+    assert run("--dataset_dir", root, "--output", tmp_path / "dl.json", *extra) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "dl.json").exists()
+
+
+def test_split_lists_without_any_listed_case_on_disk_writes_nothing(some_lckd_cases, tmp_path, capsys):
+    root, _ = some_lckd_cases
+    (tmp_path / "train.txt").write_text("Brats18_Elsewhere_1\n")
+    out = tmp_path / "dl.json"
+    assert run("--dataset_dir", root, "--output", out, "--split_lists", f"training={tmp_path / 'train.txt'}") == 1
+    assert "no case of the training list" in capsys.readouterr().err and not out.exists()

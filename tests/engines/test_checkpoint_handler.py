@@ -62,7 +62,7 @@ def _trainer(
     scheduler = torch.optim.lr_scheduler.PolynomialLR(
         optimizer, total_iters=total_iters or max_epochs * EPOCH_LENGTH, power=0.9
     )
-    state = TeacherState()
+    state = TeacherState(default=["t1ce"])
     handler = TrainingCheckpointHandler(
         ckpt_dir,
         "LCKDNet",
@@ -285,7 +285,8 @@ def test_bundle_resumes_with_more_iterations(tmp_path, small_dataset, caplog):
     _train_bundle(tmp_path, data, num_iterations=8)
     first = load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)
     assert (first["iteration"], first["phase"]) == (8, 2)
-    assert _csv_iterations(tmp_path / "out" / "teacher_election.csv") == [4, 8]
+    # elections after iteration 1, then every 4 (1 + 4n), and at the end
+    assert _csv_iterations(tmp_path / "out" / "teacher_election.csv") == [1, 5, 8]
 
     caplog.set_level("INFO", logger="lckd_med")
     _train_bundle(tmp_path, data, num_iterations=16)
@@ -295,7 +296,7 @@ def test_bundle_resumes_with_more_iterations(tmp_path, small_dataset, caplog):
     assert second["train_config"]["num_iterations"] == 16
     assert second["scheduler"]["last_epoch"] == 16 and second["scheduler"]["total_iters"] == 16
     assert second["election_history"][: len(first["election_history"])] == first["election_history"]
-    assert _csv_iterations(tmp_path / "out" / "teacher_election.csv") == [4, 8, 12, 16]
+    assert _csv_iterations(tmp_path / "out" / "teacher_election.csv") == [1, 5, 8, 9, 13, 16]
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])  # it learned
 
     caplog.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from lckd_med.engines.election import (
     TeacherState,
     elect_teachers,
     single_modality_dice,
+    soft_dice,
 )
 
 SIZE = 8
@@ -130,23 +132,91 @@ def test_teacher_state_rejects_unknown_modality():
 
 
 # ------------------------------------------------------------------------------------------ single_modality_dice
-def test_single_modality_dice_matches_hand_computation():
+def test_single_modality_legacy_dice_option_matches_hand_computation():
     net = ThresholdNet().train()
     loader = [_case(), _case()]
-    sums, n = single_modality_dice(net, loader, roi_size=(SIZE,) * 3, device="cpu", amp=False)
-    assert n == 2 and sums.shape == (NUM_MODALITIES, NUM_REGIONS) and sums.dtype == torch.float64
+    sums, counts = single_modality_dice(net, loader, roi_size=(SIZE,) * 3, device="cpu", amp=False, score="legacy")
+    assert counts.tolist() == [2] * NUM_MODALITIES
+    n = 2
+    assert sums.shape == (NUM_MODALITIES, NUM_REGIONS) and sums.dtype == torch.float64
     torch.testing.assert_close(sums / n, _expected_mean_dice(), rtol=0, atol=1e-6)
     assert elect_teachers(sums / n) == {"ET": "t1ce", "TC": "t2", "WT": "flair"}
     assert net.training  # mode restored
 
 
-def test_single_modality_dice_empty_regions_follow_legacy_rules():
+def test_single_modality_legacy_dice_empty_regions_follow_legacy_rules():
     """A case without tumour: modalities predicting nothing score 1, the others 0."""
     case = _case()
     case["label"] = torch.zeros_like(case["label"])
-    sums, n = single_modality_dice(ThresholdNet(), [case], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    sums, _ = single_modality_dice(
+        ThresholdNet(), [case], roi_size=(SIZE,) * 3, device="cpu", amp=False, score="legacy"
+    )
     expected = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)[:, None].repeat(1, NUM_REGIONS)
     torch.testing.assert_close(sums, expected)
+
+
+class HalfNet(ThresholdNet):
+    """Logit 0 everywhere (probability 0.5) for every subset."""
+
+    def decode_subsets(self, features: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(super().decode_subsets(features, masks))
+
+
+def test_default_score_is_the_reference_soft_dice():
+    """p = 0.5 everywhere: soft Dice = 2 * 0.5 |G| / (0.5 N + |G| + 1), the reference's dice_score."""
+    sums, counts = single_modality_dice(HalfNet(), [_case()], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    n_vox = SIZE**3
+    expected = torch.tensor([2 * 0.5 * g / (0.5 * n_vox + g + 1) for g in (8, 27, 64)], dtype=torch.float64)
+    torch.testing.assert_close(sums, expected.repeat(NUM_MODALITIES, 1))
+    assert counts.tolist() == [1] * NUM_MODALITIES
+    # an empty region scores 0 whatever is predicted: predicting nothing is not rewarded
+    case = _case()
+    case["label"] = torch.zeros_like(case["label"])
+    sums, _ = single_modality_dice(ThresholdNet(), [case], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    torch.testing.assert_close(sums, torch.zeros(NUM_MODALITIES, NUM_REGIONS, dtype=torch.float64))
+
+
+def test_soft_dice_formula():
+    prob = torch.tensor([[0.2, 0.8, 0.0, 1.0]])
+    target = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert soft_dice(prob, target).item() == pytest.approx(2 * 1.8 / (2.0 + 2.0 + 1.0))
+
+
+def test_a_sequence_missing_on_disk_is_never_scored():
+    full, no_t2 = _case(), _case()
+    no_t2["image"][:, 3] = 0
+    no_t2["modality_mask"] = torch.tensor([[True, True, True, False]])
+    sums, counts = single_modality_dice(ThresholdNet(), [full, no_t2], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    assert counts.tolist() == [2, 2, 2, 1]
+    one, _ = single_modality_dice(ThresholdNet(), [full], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    torch.testing.assert_close(sums[3], one[3])  # t2's score is the full case's alone
+
+
+def test_handler_never_elects_a_sequence_no_case_has(tmp_path):
+    case = _case()
+    case["image"][:, 3] = 0
+    case["modality_mask"] = torch.tensor([[True, True, True, False]])
+    state = TeacherState()
+    handler = TeacherElectionHandler(state, [case], roi_size=(SIZE,) * 3, interval=1, output_dir=tmp_path, amp=False)
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    engine.run(range(1), max_epochs=1)
+    assert "t2" not in state.teachers and state.teachers
+    assert all(math.isnan(r["dice"]) for r in state.history if r["modality"] == "t2")
+
+
+def test_default_schedule_elects_after_the_first_iteration_then_every_interval(tmp_path):
+    state = TeacherState()
+    assert state.teachers == []  # no built-in prior: no distillation before the first election
+    handler = TeacherElectionHandler(state, [_case()], roi_size=(SIZE,) * 3, interval=4, output_dir=tmp_path, amp=False)
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    seen = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(list(state.teachers)))
+    engine.run(range(10), max_epochs=1)
+    # the reference's 0-based i_iter % 5000 == 0 -> 1-based iterations 1, 1 + interval, ...
+    assert sorted({r["iteration"] for r in state.history}) == [1, 5, 9]
+    assert seen[0] == ["flair", "t1ce", "t2"]  # iteration 2 on uses the elected teachers
 
 
 # ------------------------------------------------------------------------------------------ the handler
@@ -178,6 +248,8 @@ def test_handler_elects_on_schedule_and_writes_csv(tmp_path):
         phase_switch_iteration=3,
         amp=False,
         elect_at_end=True,
+        first_election=None,
+        score="legacy",
     )
     engine = _engine(ThresholdNet())
     handler.attach(engine)
@@ -219,7 +291,7 @@ def test_handler_elects_at_end_when_schedule_missed_it(tmp_path):
     engine = _engine(ThresholdNet())
     handler.attach(engine)
     engine.run(range(5), max_epochs=1)
-    assert {r["iteration"] for r in state.history} == {5}
+    assert {r["iteration"] for r in state.history} == {1, 5}
 
 
 def test_handler_without_validation_cases_raises(tmp_path):
@@ -237,8 +309,11 @@ def test_handler_without_validation_cases_raises(tmp_path):
         ({"phase_switch_iteration": -2}, "phase_switch_iteration"),
         ({"overlap": 1.0}, "overlap"),
         ({"overlap": -0.1}, "overlap"),
+        ({"first_election": 0}, "first_election"),
+        ({"score": "hard"}, "score"),
+        ({"mode": "mean"}, "mode"),
     ],
-    ids=["interval", "phase_switch", "overlap_1", "overlap_negative"],
+    ids=["interval", "phase_switch", "overlap_1", "overlap_negative", "first_election", "score", "mode"],
 )
 def test_handler_bad_arguments(tmp_path, kwargs, match):
     args = {"interval": 4, "output_dir": tmp_path, **kwargs}

@@ -62,7 +62,7 @@ def test_sweep_equals_separate_forward_passes(net, image, swept):
                 sw_batch_size=1,
                 predictor=lambda w, m=mask: net(w, m[None].expand(w.shape[0], -1)),
                 overlap=1 / 3,
-                mode="gaussian",
+                mode="constant",  # the default blend must be the reference's uniform average
             )
         torch.testing.assert_close(swept[:, k], torch.as_tensor(single), rtol=0, atol=1e-5, msg=name)
 
@@ -129,3 +129,13 @@ def test_autocast_is_a_no_op_on_cpu():
         assert not torch.is_autocast_enabled("cpu")
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
+
+
+def test_gaussian_blend_is_an_option_that_changes_the_output(net, image, swept):
+    gauss = sweep_subsets(net, image, ROI, subsets=[SUBSET_NAMES[-1]], amp=False, mode="gaussian")
+    assert not torch.allclose(gauss[:, 0], swept[:, -1], atol=1e-4)
+
+
+def test_sweep_rejects_unknown_blend_mode(net, image):
+    with pytest.raises(ValueError, match="window blending"):
+        sweep_subsets(net, image, ROI, subsets=["t1"], amp=False, mode="average")

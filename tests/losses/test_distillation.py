@@ -34,9 +34,48 @@ def _feats() -> torch.Tensor:
         (["t1"], "l1", 1.0),
     ],
 )
-def test_hand_computed_values(teachers, distance, expected):
-    loss = CrossModalDistillationLoss(distance=distance)(_feats(), MASK, teachers)
+def test_hand_computed_values_mean_option(teachers, distance, expected):
+    loss = CrossModalDistillationLoss(distance=distance, reduction="mean")(_feats(), MASK, teachers)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def _reference_kd(feats: torch.Tensor, kept: list[str], teachers: list[str]) -> torch.Tensor:
+    """The reference arithmetic written out: SUM over (teacher, present student) of a batch-mean L1."""
+    order = ["flair", "t1", "t1ce", "t2"]
+    total = torch.zeros(())
+    for t in teachers:
+        if t not in kept:
+            continue
+        for s in kept:
+            ti, si = order.index(t), order.index(s)
+            total = total + torch.nn.functional.l1_loss(feats[:, si], feats[:, ti].detach())
+    return total
+
+
+@pytest.mark.parametrize(
+    ("kept", "teachers"),
+    [
+        (["flair", "t1", "t1ce", "t2"], ["t1ce", "flair"]),  # phase 1: 2 teachers x 3 students = 6 pairs
+        (["flair", "t1ce", "t2"], ["t1ce"]),
+        (["t1", "t1ce"], ["flair", "t1ce"]),  # an absent teacher does not teach
+        (["t2"], ["t1ce"]),  # no teacher present: 0
+    ],
+)
+def test_default_is_the_reference_pair_sum_on_a_known_feature_set(kept, teachers):
+    torch.manual_seed(3)
+    feats = torch.randn(2, 4, 3, 4, 4, 4)
+    mask = torch.tensor([[m in kept for m in ("flair", "t1", "t1ce", "t2")]] * 2)  # one subset per batch
+    loss = CrossModalDistillationLoss()(feats, mask, teachers)
+    torch.testing.assert_close(loss, _reference_kd(feats, kept, teachers))
+    if len(kept) == 4 and len(teachers) == 2:
+        # the reference value is 6x the pair average: averaging is an option, not the default
+        mean = CrossModalDistillationLoss(reduction="mean")(feats, mask, teachers)
+        torch.testing.assert_close(loss, 6 * mean)
+
+
+def test_pair_sum_with_per_sample_subsets_divides_by_the_batch():
+    loss = CrossModalDistillationLoss(reduction="pair_sum")(_feats(), MASK, ["t1ce"])
+    assert loss.item() == pytest.approx((1.5 + 2.0 + 1.0) / 2)
 
 
 def test_sum_reduction():
@@ -74,7 +113,7 @@ def test_missing_modality_content_does_not_leak():
     poisoned = FEATS.clone()
     poisoned[~MASK] = float("nan")
     loss = CrossModalDistillationLoss()(poisoned, MASK, ["t1ce"])
-    assert loss.item() == pytest.approx((1.5 + 2.0 + 1.0) / 3)
+    assert loss.item() == pytest.approx((1.5 + 2.0 + 1.0) / 2)
 
 
 def test_list_of_levels_is_mean_of_levels():

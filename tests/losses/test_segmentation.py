@@ -26,11 +26,28 @@ def _logits_target():
     return logits, target
 
 
-def test_segmentation_loss_is_dice_plus_bce():
+def _per_channel_bce_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference's BCE term: one BCE per region channel (mean over batch and voxels), summed over the 3."""
+    return sum(F.binary_cross_entropy_with_logits(logits[:, c], target[:, c].float()) for c in range(logits.shape[1]))
+
+
+def test_segmentation_loss_default_is_mean_dice_plus_sum_of_channel_bces():
     logits, target = _logits_target()
     expected = DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5)(logits, target.float())
-    expected = expected + F.binary_cross_entropy_with_logits(logits, target.float())
+    expected = expected + _per_channel_bce_sum(logits, target)
     torch.testing.assert_close(segmentation_loss()(logits, target), expected)
+
+
+def test_mean_bce_option_is_one_third_of_the_reference_bce():
+    logits, target = _logits_target()
+    loss = segmentation_loss(lambda_dice=0.0, bce_reduction="mean")
+    torch.testing.assert_close(loss(logits, target), F.binary_cross_entropy_with_logits(logits, target.float()))
+    torch.testing.assert_close(3 * loss(logits, target), _per_channel_bce_sum(logits, target))
+
+
+def test_bad_bce_reduction():
+    with pytest.raises(ValueError, match="bce_reduction"):
+        DiceBCELoss(bce_reduction="sum")
 
 
 def test_segmentation_loss_is_not_monai_dice_ce_softmax():
@@ -45,7 +62,7 @@ def test_segmentation_loss_overrides_and_weights():
     logits, target = _logits_target()
     loss = segmentation_loss(batch=True, lambda_dice=0.0, lambda_bce=2.0)
     assert loss.dice.batch is True
-    torch.testing.assert_close(loss(logits, target), 2 * F.binary_cross_entropy_with_logits(logits, target.float()))
+    torch.testing.assert_close(loss(logits, target), 2 * _per_channel_bce_sum(logits, target))
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,21 @@
-"""Tests for lckd_med.metrics.brats: legacy empty rules, HD95 definition, region masks, ET post-processing."""
+"""Tests for lckd_med.metrics.brats: legacy empty rules, HD95 definitions, region masks, ET post-processing."""
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+from scipy.spatial.distance import cdist
 
 from lckd_med.constants import BRATS_2023, BRATS_LEGACY, ET_MIN_VOXELS, HD95_ONE_EMPTY_MM, REGIONS
 from lckd_med.metrics.brats import (
     case_region_metrics,
+    directed_max_hd95,
+    image_diagonal_mm,
     legacy_dice,
     legacy_hd95,
     postprocess_et,
@@ -41,8 +45,8 @@ CUBE_SHIFTED = _box((2, 2, 4), (6, 6, 8))  # shares half of CUBE's 64 voxels
 # name, pred, gt, spacing, expected dice, expected hd95
 RULES = [
     ("both_empty", EMPTY, EMPTY, (1, 1, 1), 1.0, 0.0),
-    ("pred_empty", EMPTY, CUBE, (1, 1, 1), 0.0, HD95_ONE_EMPTY_MM),
-    ("gt_empty", CUBE, EMPTY, (1, 1, 1), 0.0, HD95_ONE_EMPTY_MM),
+    ("pred_empty", EMPTY, CUBE, (1, 1, 1), 0.0, math.sqrt(3 * 12**2)),  # the 12x12x12 grid's diagonal
+    ("gt_empty", CUBE, EMPTY, (1.0, 2.0, 0.5), 0.0, math.sqrt(12**2 + 24**2 + 6**2)),
     ("identical", CUBE, CUBE, (1, 1, 1), 1.0, 0.0),
     ("disjoint_voxels_anisotropic", _voxel(1, 1, 1), _voxel(1, 1, 5), (1.0, 1.0, 2.0), 0.0, 8.0),
     ("half_overlap", CUBE, CUBE_SHIFTED, (1, 1, 1), 0.5, 2.0),
@@ -78,11 +82,46 @@ def test_cuda_tensors_accepted():
     assert out.is_cuda and not bool(out[0].any())
 
 
-def _directed_p95(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
-    """Independent medpy-style reference: distances from A's surface voxels to B's surface, spacing applied."""
-    surf_a = a ^ ndimage.binary_erosion(a, structure=ndimage.generate_binary_structure(3, 1))
-    surf_b = b ^ ndimage.binary_erosion(b, structure=ndimage.generate_binary_structure(3, 1))
-    return ndimage.distance_transform_edt(~surf_b, sampling=spacing)[surf_a]
+def test_one_empty_penalty_is_the_brats_grid_diagonal():
+    assert HD95_ONE_EMPTY_MM == pytest.approx(373.1287, abs=1e-4)
+    assert image_diagonal_mm((240, 240, 155)) == pytest.approx(373.1287, abs=1e-4)
+    assert image_diagonal_mm((120, 120, 78), (2.0, 2.0, 2.0)) == pytest.approx(math.sqrt(240**2 + 240**2 + 156**2))
+    big = np.zeros((240, 240, 155), bool)
+    big[100:104, 100:104, 70:74] = True
+    assert legacy_hd95(big, np.zeros_like(big)) == pytest.approx(373.1287, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape, spacing", [((2, 3), (1, 1, 1)), ((0, 4, 4), (1, 1, 1)), ((4, 4, 4), (1, 1))])
+def test_image_diagonal_bad_args(shape, spacing):
+    with pytest.raises(ValueError, match="shape|spacing"):
+        image_diagonal_mm(shape, spacing)
+
+
+def _brute_surface(m: np.ndarray) -> np.ndarray:
+    """Independent surface: a voxel with a face neighbour outside the mask or outside the image (no scipy erosion)."""
+    padded = np.pad(m, 1, constant_values=False)
+    interior = np.ones_like(m)
+    for axis in range(3):
+        for step in (-1, 1):
+            interior &= np.roll(padded, step, axis=axis)[1:-1, 1:-1, 1:-1]
+    return m & ~interior
+
+
+def _brute_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
+    """For every surface voxel of A, the Euclidean distance (mm) to the nearest surface voxel of B, by brute force."""
+    pa = np.argwhere(_brute_surface(a)) * np.asarray(spacing, float)
+    pb = np.argwhere(_brute_surface(b)) * np.asarray(spacing, float)
+    return cdist(pa, pb).min(axis=1)
+
+
+def _brute_pooled_hd95(a, b, spacing) -> float:
+    return float(np.percentile(np.concatenate([_brute_distances(a, b, spacing), _brute_distances(b, a, spacing)]), 95))
+
+
+def _brute_directed_max_hd95(a, b, spacing) -> float:
+    return float(
+        max(np.percentile(_brute_distances(a, b, spacing), 95), np.percentile(_brute_distances(b, a, spacing), 95))
+    )
 
 
 def _random_blob(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
@@ -90,20 +129,76 @@ def _random_blob(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.nd
     return noise > np.quantile(noise, rng.uniform(0.6, 0.9))
 
 
-def test_hd95_matches_scipy_reference_on_random_shapes_with_anisotropic_spacing():
+def _thin(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """A one-voxel-thick plate plus a one-voxel line: every voxel is a surface voxel."""
+    m = np.zeros(shape, bool)
+    m[rng.integers(1, shape[0] - 1), 2:-3, 3:-2] = True
+    m[2:-2, rng.integers(0, shape[1]), rng.integers(0, shape[2])] = True
+    return m
+
+
+def _border(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+    """A blob cut by the image edge on several faces (the edge must count as background)."""
+    m = _random_blob(rng, shape)
+    m[: shape[0] // 2, : shape[1] // 3, :] = True
+    m[:, -2:, -3:] = True
+    return m
+
+
+MASK_KINDS = {"random": _random_blob, "thin": _thin, "border": _border}
+SPACINGS = [(1.0, 1.0, 1.0), (0.8, 1.5, 2.5), (2.0, 0.5, 1.0)]
+
+
+@pytest.mark.parametrize("spacing", SPACINGS, ids=["iso", "aniso_a", "aniso_b"])
+@pytest.mark.parametrize(
+    "kind_a, kind_b", [("random", "random"), ("thin", "random"), ("border", "border"), ("thin", "border")]
+)
+def test_pooled_hd95_matches_independent_brute_force(kind_a, kind_b, spacing):
+    rng = np.random.default_rng(zlib.crc32(repr((kind_a, kind_b, spacing)).encode()))
+    shape = (14, 17, 11)
+    for _ in range(3):
+        a, b = MASK_KINDS[kind_a](rng, shape), MASK_KINDS[kind_b](rng, shape)
+        expected = _brute_pooled_hd95(a, b, spacing)
+        assert legacy_hd95(a, b, spacing) == pytest.approx(expected, abs=1e-3)
+        assert legacy_hd95(b, a, spacing) == pytest.approx(expected, abs=1e-3)  # symmetric
+        assert directed_max_hd95(a, b, spacing) == pytest.approx(_brute_directed_max_hd95(a, b, spacing), abs=1e-3)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS, ids=["iso", "aniso_a", "aniso_b"])
+@pytest.mark.parametrize("kind", ["random", "thin", "border"])
+def test_pooled_hd95_matches_medpy(kind, spacing):
+    """medpy's hd95 is what CaPTk 1.8.1 (the BraTS 2018-2021 scoring) runs; installed with the dev extra."""
+    medpy_binary = pytest.importorskip("medpy.metric.binary")
+    rng = np.random.default_rng(zlib.crc32(repr((kind, spacing)).encode()))
+    for _ in range(3):
+        a, b = MASK_KINDS[kind](rng, (14, 17, 11)), _random_blob(rng, (14, 17, 11))
+        expected = medpy_binary.hd95(a, b, voxelspacing=spacing, connectivity=1)
+        assert legacy_hd95(a, b, spacing) == pytest.approx(expected, abs=1e-3)
+
+
+def test_pooled_and_directed_max_differ_and_directed_max_is_never_lower():
     rng = np.random.default_rng(1234)
-    spacing = (0.8, 1.5, 2.5)
-    pooled_differs = False
-    for _ in range(6):
+    gaps = []
+    for _ in range(8):
         a, b = _random_blob(rng, (20, 24, 16)), _random_blob(rng, (20, 24, 16))
-        d_ab, d_ba = _directed_p95(a, b, spacing), _directed_p95(b, a, spacing)
-        expected = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
-        assert legacy_hd95(a, b, spacing) == pytest.approx(expected, rel=1e-5, abs=1e-5)
-        assert legacy_hd95(b, a, spacing) == pytest.approx(expected, rel=1e-5, abs=1e-5)  # symmetric
-        pooled = np.percentile(np.concatenate([d_ab, d_ba]), 95)
-        pooled_differs |= not math.isclose(pooled, expected, rel_tol=1e-3)
-    # The random shapes must tell the legacy "max of directed P95" from a P95 of the pooled distances.
-    assert pooled_differs
+        pooled, dmax = legacy_hd95(a, b, (0.8, 1.5, 2.5)), directed_max_hd95(a, b, (0.8, 1.5, 2.5))
+        assert dmax >= pooled - 1e-9
+        gaps.append(dmax - pooled)
+    # The default must be the pooled BraTS definition, not the max of the directed percentiles.
+    assert max(gaps) > 0.1
+
+
+def test_case_region_metrics_hd95_method_option():
+    rng = np.random.default_rng(7)
+    a = np.stack([_random_blob(rng, (16, 16, 12)) for _ in range(3)])
+    b = np.stack([_random_blob(rng, (16, 16, 12)) for _ in range(3)])
+    pooled = case_region_metrics(a, b)
+    dmax = case_region_metrics(a, b, hd95_method="directed_max")
+    for i, r in enumerate(REGIONS):
+        assert pooled[r]["hd95"] == pytest.approx(_brute_pooled_hd95(a[i], b[i], (1, 1, 1)), abs=1e-3)
+        assert dmax[r]["hd95"] == pytest.approx(_brute_directed_max_hd95(a[i], b[i], (1, 1, 1)), abs=1e-3)
+    with pytest.raises(ValueError, match="hd95 method"):
+        case_region_metrics(a, b, hd95_method="max")
 
 
 def test_hd95_spacing_order_follows_array_axes():
@@ -178,7 +273,7 @@ def test_case_region_metrics_per_region():
     spacing = (1.0, 1.0, 3.0)
     out = case_region_metrics(torch.from_numpy(pred), gt, spacing)
     assert list(out) == list(REGIONS)
-    assert out["ET"] == {"dice": 0.0, "hd95": HD95_ONE_EMPTY_MM}
+    assert out["ET"] == {"dice": 0.0, "hd95": pytest.approx(math.sqrt(12**2 + 12**2 + 36**2))}  # this grid's diagonal
     assert out["TC"]["dice"] == pytest.approx(0.5)
     assert out["TC"]["hd95"] == pytest.approx(legacy_hd95(CUBE, CUBE_SHIFTED, spacing))
     assert out["WT"] == {"dice": 1.0, "hd95": 0.0}

@@ -1,0 +1,106 @@
+"""Learning-rate schedules of the training bundles: the LCKD reference's two-phase poly decay, or one poly decay.
+
+The reference trains phase 1 (all sequences) as its own run, ``lr = lr0 * (1 - it / 80000) ** 0.9`` for
+``it = 0 .. 79999``, and phase 2 (missing sequences) as a new run from the phase-1 weights whose schedule is the poly of
+the full length evaluated from 80k: ``lr = lr0 * (1 - it / 115000) ** 0.9`` for ``it = 80000 .. 114999``. So the LR
+falls to ~0 at the end of phase 1 and jumps back to ``lr0 * (35/115) ** 0.9 = 0.343 lr0`` when phase 2 starts.
+torch has no such schedule (``SequentialLR`` would restart the second poly at its own step 0), hence
+:class:`TwoPhasePolyLR`.
+
+Step convention (MONAI's ``LrScheduleHandler(epoch_level=False)`` steps after every iteration): engine iteration ``i``
+(1-based) trains with the factor of step ``it = i - 1``, the reference's 0-based ``i_iter``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
+
+__all__ = ["LR_SCHEDULES", "TwoPhasePolyLR", "two_phase_poly_factor", "make_lr_scheduler"]
+
+#: ``"two_phase_poly"``: the reference's (default of the LCKD bundle); ``"poly"``: one poly decay over all iterations.
+LR_SCHEDULES: tuple[str, ...] = ("two_phase_poly", "poly")
+
+
+def two_phase_poly_factor(step: int, total_iters: int, phase1_iters: int, power: float = 0.9) -> float:
+    """LR multiplier at 0-based ``step``: poly over ``phase1_iters`` to 0, then the poly over ``total_iters``.
+
+    Args:
+        step: 0-based iteration index (engine iteration - 1).
+        total_iters: iterations of the whole training (115000 in the reference).
+        phase1_iters: iterations of phase 1 (80000); 0 gives one poly over ``total_iters``.
+        power: poly exponent (0.9).
+
+    Returns:
+        ``(1 - step / phase1_iters) ** power`` while ``step < phase1_iters``, else
+        ``(1 - step / total_iters) ** power``; 0 from ``total_iters`` on.
+    """
+    if step < phase1_iters:
+        return (1.0 - step / phase1_iters) ** power
+    return max(0.0, 1.0 - min(step, total_iters) / total_iters) ** power
+
+
+class TwoPhasePolyLR(LRScheduler):
+    """The LCKD reference's two-run poly schedule as one scheduler (see the module docstring).
+
+    Args:
+        optimizer: wrapped optimizer (its ``lr`` is ``lr0``).
+        total_iters: iterations of the whole training (``>= 1``).
+        phase1_iters: iterations of phase 1, ``0 <= phase1_iters <= total_iters``.
+        power: poly exponent (``> 0``).
+        last_epoch: as in :class:`torch.optim.lr_scheduler.LRScheduler`.
+
+    Raises:
+        ValueError: an argument out of range.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        phase1_iters: int,
+        power: float = 0.9,
+        last_epoch: int = -1,
+    ) -> None:
+        if isinstance(total_iters, bool) or not isinstance(total_iters, int) or total_iters < 1:
+            raise ValueError(f"total_iters must be an int >= 1, got {total_iters!r}")
+        if isinstance(phase1_iters, bool) or not isinstance(phase1_iters, int) or not 0 <= phase1_iters <= total_iters:
+            raise ValueError(f"phase1_iters must be an int in [0, total_iters={total_iters}], got {phase1_iters!r}")
+        if not power > 0:
+            raise ValueError(f"power must be > 0, got {power!r}")
+        self.total_iters = total_iters
+        self.phase1_iters = phase1_iters
+        self.power = float(power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self._get_closed_form_lr()
+
+    def _get_closed_form_lr(self) -> list[float]:
+        f = two_phase_poly_factor(self.last_epoch, self.total_iters, self.phase1_iters, self.power)
+        return [base * f for base in self.base_lrs]
+
+
+def make_lr_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, num_iterations: int, phase1_iterations: int, power: float = 0.9
+) -> Any:
+    """The schedule named ``name`` (one of :data:`LR_SCHEDULES`).
+
+    Args:
+        name: ``"two_phase_poly"`` (:class:`TwoPhasePolyLR`, the LCKD reference) or ``"poly"``
+            (:class:`torch.optim.lr_scheduler.PolynomialLR` over ``num_iterations``, the former default).
+        optimizer: wrapped optimizer.
+        num_iterations: total training iterations.
+        phase1_iterations: iterations of phase 1 (ignored by ``"poly"``).
+        power: poly exponent.
+
+    Raises:
+        ValueError: unknown name or bad numbers.
+    """
+    if name == "two_phase_poly":
+        return TwoPhasePolyLR(optimizer, int(num_iterations), int(phase1_iterations), power)
+    if name == "poly":
+        return PolynomialLR(optimizer, total_iters=int(num_iterations), power=power)
+    raise ValueError(f"unknown lr schedule {name!r}; use one of {LR_SCHEDULES}")

@@ -1,0 +1,78 @@
+"""Learning-rate schedules: the reference's two-phase poly, the single-poly option, bad arguments, state round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lckd_med.engines.schedules import TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
+
+
+def _optimizer(lr: float = 0.01) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def _lrs(scheduler, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        out.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (0, 1.0),
+        (4, (1 - 4 / 8) ** 0.9),
+        (7, (1 - 7 / 8) ** 0.9),
+        (8, (1 - 8 / 20) ** 0.9),  # phase 2 restarts on the full-length poly, not at 1
+        (19, (1 - 19 / 20) ** 0.9),
+        (20, 0.0),
+        (25, 0.0),
+    ],
+)
+def test_two_phase_factor(step, expected):
+    assert two_phase_poly_factor(step, total_iters=20, phase1_iters=8) == pytest.approx(expected)
+
+
+def test_scheduler_follows_the_factor_and_poly_option_is_torch_polynomial():
+    two = make_lr_scheduler("two_phase_poly", _optimizer(), 20, 8)
+    assert _lrs(two, 20) == pytest.approx([0.01 * two_phase_poly_factor(i, 20, 8) for i in range(20)])
+    poly = make_lr_scheduler("poly", _optimizer(), 20, 8)
+    ref = torch.optim.lr_scheduler.PolynomialLR(_optimizer(), total_iters=20, power=0.9)
+    assert _lrs(poly, 20) == pytest.approx(_lrs(ref, 20))
+    # without a phase 1 the two schedules are one poly
+    assert _lrs(make_lr_scheduler("two_phase_poly", _optimizer(), 20, 0), 20) == pytest.approx(
+        _lrs(torch.optim.lr_scheduler.PolynomialLR(_optimizer(), total_iters=20, power=0.9), 20)
+    )
+
+
+def test_state_dict_round_trip_resumes_the_schedule():
+    a = TwoPhasePolyLR(_optimizer(), 20, 8)
+    _lrs(a, 10)
+    b = TwoPhasePolyLR(_optimizer(), 20, 8)
+    b.load_state_dict(a.state_dict())
+    b.optimizer.param_groups[0]["lr"] = b.get_last_lr()[0]
+    assert _lrs(b, 5) == pytest.approx(_lrs(a, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"total_iters": 0, "phase1_iters": 0}, "total_iters"),
+        ({"total_iters": 10, "phase1_iters": 11}, "phase1_iters"),
+        ({"total_iters": 10, "phase1_iters": -1}, "phase1_iters"),
+        ({"total_iters": 10, "phase1_iters": 5, "power": 0.0}, "power"),
+    ],
+    ids=["total", "phase1_too_long", "phase1_negative", "power"],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TwoPhasePolyLR(_optimizer(), **kwargs)
+
+
+def test_unknown_schedule_name():
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        make_lr_scheduler("cosine", _optimizer(), 10, 5)
