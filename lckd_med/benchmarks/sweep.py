@@ -45,7 +45,7 @@ def separate_passes(
             with autocast_context(w.device, amp):
                 return net(w, m.expand(w.shape[0], -1)).float()
 
-        outs.append(sliding_window_inference(x, tuple(roi), 1, predictor, overlap=overlap, mode="gaussian"))
+        outs.append(sliding_window_inference(x, tuple(roi), 1, predictor, overlap=overlap, mode="constant"))
     return torch.stack([torch.as_tensor(o) for o in outs], dim=1)
 
 
