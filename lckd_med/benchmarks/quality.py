@@ -39,7 +39,10 @@ from lckd_med.networks import build_preset
 from lckd_med.reports import REPORT_FILES, read_summary
 from lckd_med.utils.io import write_text_atomic
 
-__all__ = ["NETWORKS", "step_time_ratio", "main"]
+__all__ = ["NETWORKS", "FULLRES_FILTERS", "step_time_ratio", "main"]
+
+#: Channels of the CPU-scaled previous default (``python -m lckd_med.compare``'s CPU budget before the presets).
+FULLRES_FILTERS = [8, 16, 32, 64]
 
 #: Run name -> (label, network overrides of the bundle). ``"filters": None`` keeps the preset's own channels;
 #: otherwise ``--filters`` applies (the preset's stem kept).
@@ -79,7 +82,9 @@ def _run(cmd: list[str], log: Path) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=600, help="training iterations of the fullres run")
-    p.add_argument("--filters", type=int, nargs="+", default=None, help="channels of both (default: compare's cpu)")
+    p.add_argument(
+        "--filters", type=int, nargs="+", default=None, help=f"channels of fullres and lean (default {FULLRES_FILTERS})"
+    )
     p.add_argument("--work_dir", default=None, help="default bundles/lckd/runs/quality")
     p.add_argument("--out", default=None, help="Markdown table (default <work_dir>/quality.md)")
     p.add_argument("--seed", type=int, default=0)
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     budget = dict(BUDGETS["cpu"])
-    filters = list(args.filters or budget["filters"])
+    filters = list(args.filters or FULLRES_FILTERS)
     roi, batch = list(budget["roi"]), int(budget["batch_size"])
     work = Path(args.work_dir) if args.work_dir else Path(bundle_dir("lckd")) / "runs" / "quality"
     dataset = Path(ensure_synthetic(work / "data", cases=budget["cases"], spacing=budget["spacing"], seed=args.seed))
