@@ -1,6 +1,7 @@
 """Quality at equal CPU wall-clock: the lean default network vs lckd_med's previous default, LCKD recipe.
 
-``python -m lckd_med.benchmarks.quality [--iterations 600] [--filters 8 16 32 64] [--work_dir DIR] [--out FILE]``
+``python -m lckd_med.benchmarks.quality [--iterations 600] [--filters 8 16 32 64] [--run_iterations lean=N ...]
+[--runs fullres lean lean_small] [--work_dir DIR] [--out FILE]``
 
 Both runs go through the real LCKD bundle (``train.json`` + ``demo.json`` + overrides, as ``python -m
 lckd_med.compare`` does) on the same synthetic data, split, seed, crop, channel widths and recipe (first half all
@@ -8,8 +9,11 @@ sequences, then random missing sequences, teachers elected at the switch, KD 0.1
 
 * ``fullres``: the previous default -- whole U-Net at full resolution, mean-fill at every level
   (``network_preset=fullres``, ``fill_levels=all``) -- for ``--iterations`` iterations;
-* ``lean``: the new default (``network_preset=lean``, ``fill_levels=bottleneck``) for as many iterations as fit
-  in the same training time, from the ratio of the two networks' step times measured here first.
+* ``lean``: the lean architecture (``network_preset=lean``, ``fill_levels=bottleneck``) with the same channels;
+* ``lean_small``: the lean default scaled to the CPU (``network_preset=lean_small``, its own channels);
+
+the lean runs get as many iterations as fit in the same training time: ``--run_iterations`` or, by default, from
+the ratio of the networks' step times measured here first (network only, so bundle overheads are not included).
 
 Both are evaluated on the 15 subsets of the held-out test split; the per-subset mean Dice table (ET, TC, WT) and
 the measured wall times are written to ``--out`` and printed. Synthetic data and a short CPU budget: this checks
