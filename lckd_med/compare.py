@@ -68,7 +68,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "spacing": 3.0,
         "iterations": 300,
         "roi": [32, 32, 32],
-        "filters": [8, 16, 32, 64],
+        # the lean default scaled to the CPU; the lean stem with filters 8-64 (a 4-channel head) did not learn TC
+        # or ET in this budget (docs/performance.md)
+        "network_preset": "lean_small",
+        "filters": None,
         "batch_size": 2,
         "optimizer": "adamw",
         "learning_rate": 0.003,
@@ -80,6 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "spacing": 2.0,
         "iterations": 3000,
         "roi": [64, 64, 64],
+        "network_preset": "lean",
         "filters": [16, 32, 64, 128, 256],
         "batch_size": 2,
         "optimizer": "adamw",
@@ -317,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, default=None, help="synthetic voxel size in mm")
     parser.add_argument("--iterations", type=int, default=None, help="training iterations of every run")
     parser.add_argument("--roi", type=int, nargs=3, default=None, help="training crop = evaluation window")
+    parser.add_argument("--network_preset", default=None, help="network preset (lckd_med.networks.PRESETS)")
     parser.add_argument("--filters", type=int, nargs="+", default=None, help="network channels per level")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=None)
@@ -335,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("spacing", args.spacing),
         ("iterations", args.iterations),
         ("roi", args.roi),
+        ("network_preset", args.network_preset),
         ("filters", args.filters),
         ("batch_size", args.batch_size),
         ("learning_rate", args.learning_rate),
@@ -379,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "num_iterations": int(budget["iterations"]),
         "epoch_length": max(1, min(50, int(budget["iterations"]) // 2)),
         "roi_size": list(budget["roi"]),
-        "filters": list(budget["filters"]),
+        "network_preset": str(budget["network_preset"]),
+        "filters": list(budget["filters"]) if budget["filters"] is not None else None,
         "batch_size": int(budget["batch_size"]),
         "optimizer_name": str(budget["optimizer"]),
         "learning_rate": float(budget["learning_rate"]),
@@ -434,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Mean Dice (%) over the {n_test} held-out test case(s) for each set of available sequences; bold = best "
         f"run per row and region. {data_note}; split {_split_counts(datalist)} (5 folds, seed {args.seed}). "
         f"Every run: {budget['iterations']} iterations, batch {budget['batch_size']}, crop "
-        f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), filters {budget['filters']}, "
+        f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), network preset {budget['network_preset']}"
+        f"{'' if budget['filters'] is None else ' with filters ' + str(budget['filters'])}, "
         f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with the "
         f"bundles' poly schedule (LCKD: the reference's two-phase poly), seed {args.seed}. LCKD: first half all "
         "sequences, then random missing sequences drawn per batch, teachers elected once at the switch, KD 0.1; "

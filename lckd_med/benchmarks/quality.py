@@ -1,6 +1,7 @@
 """Quality at equal CPU wall-clock: the lean default network vs lckd_med's previous default, LCKD recipe.
 
-``python -m lckd_med.benchmarks.quality [--iterations 600] [--filters 8 16 32 64] [--work_dir DIR] [--out FILE]``
+``python -m lckd_med.benchmarks.quality [--iterations 600] [--filters 8 16 32 64] [--run_iterations lean=N ...]
+[--runs fullres lean lean_small] [--work_dir DIR] [--out FILE]``
 
 Both runs go through the real LCKD bundle (``train.json`` + ``demo.json`` + overrides, as ``python -m
 lckd_med.compare`` does) on the same synthetic data, split, seed, crop, channel widths and recipe (first half all
@@ -8,8 +9,11 @@ sequences, then random missing sequences, teachers elected at the switch, KD 0.1
 
 * ``fullres``: the previous default -- whole U-Net at full resolution, mean-fill at every level
   (``network_preset=fullres``, ``fill_levels=all``) -- for ``--iterations`` iterations;
-* ``lean``: the new default (``network_preset=lean``, ``fill_levels=bottleneck``) for as many iterations as fit
-  in the same training time, from the ratio of the two networks' step times measured here first.
+* ``lean``: the lean architecture (``network_preset=lean``, ``fill_levels=bottleneck``) with the same channels;
+* ``lean_small``: the lean default scaled to the CPU (``network_preset=lean_small``, its own channels);
+
+the lean runs get as many iterations as fit in the same training time: ``--run_iterations`` or, by default, from
+the ratio of the networks' step times measured here first (network only, so bundle overheads are not included).
 
 Both are evaluated on the 15 subsets of the held-out test split; the per-subset mean Dice table (ET, TC, WT) and
 the measured wall times are written to ``--out`` and printed. Synthetic data and a short CPU budget: this checks
@@ -39,7 +43,10 @@ from lckd_med.networks import build_preset
 from lckd_med.reports import REPORT_FILES, read_summary
 from lckd_med.utils.io import write_text_atomic
 
-__all__ = ["NETWORKS", "step_time_ratio", "main"]
+__all__ = ["NETWORKS", "FULLRES_FILTERS", "step_time_ratio", "main"]
+
+#: Channels of the CPU-scaled previous default (``python -m lckd_med.compare``'s CPU budget before the presets).
+FULLRES_FILTERS = [8, 16, 32, 64]
 
 #: Run name -> (label, network overrides of the bundle). ``"filters": None`` keeps the preset's own channels;
 #: otherwise ``--filters`` applies (the preset's stem kept).
@@ -79,7 +86,9 @@ def _run(cmd: list[str], log: Path) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--iterations", type=int, default=600, help="training iterations of the fullres run")
-    p.add_argument("--filters", type=int, nargs="+", default=None, help="channels of both (default: compare's cpu)")
+    p.add_argument(
+        "--filters", type=int, nargs="+", default=None, help=f"channels of fullres and lean (default {FULLRES_FILTERS})"
+    )
     p.add_argument("--work_dir", default=None, help="default bundles/lckd/runs/quality")
     p.add_argument("--out", default=None, help="Markdown table (default <work_dir>/quality.md)")
     p.add_argument("--seed", type=int, default=0)
@@ -99,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     budget = dict(BUDGETS["cpu"])
-    filters = list(args.filters or budget["filters"])
+    filters = list(args.filters or FULLRES_FILTERS)
     roi, batch = list(budget["roi"]), int(budget["batch_size"])
     work = Path(args.work_dir) if args.work_dir else Path(bundle_dir("lckd")) / "runs" / "quality"
     dataset = Path(ensure_synthetic(work / "data", cases=budget["cases"], spacing=budget["spacing"], seed=args.seed))
