@@ -63,12 +63,28 @@ class ExportableSegmenter(torch.nn.Module):
         """Logits ``(B, 3, H, W, D)`` (ET, TC, WT) of ``x`` ``(B, 4, H, W, D)``; all-zero channels are missing."""
         mask = x.flatten(2).abs().amax(dim=2) > 0  # (B, M): a channel with any non-zero voxel is present
         if not torch.jit.is_tracing():
-            return self.network.decode(self.network.encode(x), mask)
+            return self._decode(self.network.encode(x), mask)
         # the networks' argument checks read tensors as Python bools; they pass on the trace input and drop out of
         # the graph, which is right here because the mask itself flows through the graph as a tensor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return self.network.decode(self.network.encode(x), mask)
+            return self._decode(self.network.encode(x), mask)
+
+    def _decode(self, features: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Decode an encoding of every channel without branching on which sequences are present.
+
+        Under ``fill_levels="bottleneck"`` the network's own ``decode`` takes a shortcut when every sequence is
+        present and otherwise swaps in cached zero-input encodings, both decided in Python: a trace made on a
+        full input would record mean-fill at every level. Here every channel was encoded from ``x``, so a missing
+        channel's skip features already are its zero-input encoding (normalisation is per sample): the skips are
+        fused as they are and only the bottleneck is mean-filled, all as tensor operations.
+        """
+        net = self.network
+        if getattr(net, "fill_levels", "all") != "bottleneck":
+            return net.decode(features, mask)
+        fused = [fusion.fuse(f.flatten(1, 2)) for fusion, f in zip(net.fusions[:-1], features[:-1], strict=True)]
+        fused.append(net.fusions[-1](features[-1], mask, validate=False))
+        return net._up_path(fused, deep=False)
 
     # the checkpoint stores the bare network's weights: read and write them without the wrapper's prefix
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
