@@ -138,9 +138,20 @@ def default_runs(iterations: int) -> list[RunSpec]:
                 "validate#election#elect_at_end": False,
             },
         ),
-        RunSpec("lckd_nokd", "LCKD w/o KD", "lckd", {"phase1_iterations": half, "kd_weight": 0.0, **no_election}),
+        RunSpec(
+            "lckd_nokd",
+            "LCKD w/o KD",
+            "lckd",
+            {"method_name": "lckd_nokd", "phase1_iterations": half, "kd_weight": 0.0, **no_election},
+        ),
         RunSpec("omd", "OMD", "omd", {"phase1_iterations": 0}),
-        RunSpec("all4", "All-4 only", "lckd", {"phase1_iterations": iterations, "kd_weight": 0.0, **no_election}),
+        # phase1_iterations only keeps the LR schedule of the earlier runs; the method never drops a sequence
+        RunSpec(
+            "all4",
+            "All-4 only",
+            "lckd",
+            {"method_name": "all4", "phase1_iterations": iterations, "kd_weight": 0.0, **no_election},
+        ),
     ]
 
 

@@ -10,7 +10,7 @@ from lckd_med.methods.base import TrainBatch, TrainingMethod, float_logits
 from lckd_med.methods.baselines import FullModalityMethod, NoDistillationMethod
 from lckd_med.methods.lckd import LCKDMethod
 from lckd_med.methods.omd import OMDMethod
-from lckd_med.methods.registry import METHODS, get_method
+from lckd_med.methods.registry import METHODS, build_method, get_method
 
 __all__ = [
     "TrainBatch",
@@ -22,4 +22,5 @@ __all__ = [
     "FullModalityMethod",
     "METHODS",
     "get_method",
+    "build_method",
 ]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from lckd_med.methods.base import TrainingMethod
 from lckd_med.methods.baselines import FullModalityMethod, NoDistillationMethod
 from lckd_med.methods.lckd import LCKDMethod
 from lckd_med.methods.omd import OMDMethod
 
-__all__ = ["METHODS", "get_method"]
+__all__ = ["METHODS", "get_method", "build_method"]
 
-#: Registered training methods; the name is also the key of :data:`lckd_med.networks.presets.METHODS` family
-#: (``network_name`` says which network the method trains).
+#: Registered training methods (``network_name`` of each says which network it trains).
 METHODS: dict[str, type[TrainingMethod]] = {
     "lckd": LCKDMethod,
     "omd": OMDMethod,
@@ -28,3 +30,17 @@ def get_method(name: str) -> type[TrainingMethod]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; registered: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def build_method(name: str, **settings: Any) -> TrainingMethod:
+    """The method ``name`` built from the settings its constructor takes; the others are ignored.
+
+    A bundle passes every setting of its method family (e.g. LCKD's ``teacher_state``, ``kd_loss``, ``kd_weight``,
+    ``kd_levels``) so that switching ``method_name`` to a baseline that needs none of them is a one-key change.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    cls = get_method(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    return cls(**{k: v for k, v in settings.items() if k in accepted})
