@@ -75,7 +75,13 @@ def test_config_keys_match_lckd(name):
         assert (omd["network_def"]["method"], lckd["network_def"]["method"]) == ("omd", "lckd")
         assert omd["network_preset"] == lckd["network_preset"] == "lean"
         assert (omd["fill_levels"], lckd["fill_levels"]) == ("all", "bottleneck")
-        assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.OMDTrainer"
+        # one trainer for every method; the method is chosen by name from lckd_med.methods.METHODS
+        assert (
+            omd["train"]["trainer"]["_target_"]
+            == lckd["train"]["trainer"]["_target_"]
+            == "lckd_med.engines.MethodTrainer"
+        )
+        assert (omd["method_name"], lckd["method_name"]) == ("omd", "lckd")
         assert omd["phase1_iterations"] == 0  # one stage
         handler = omd["train"]["handlers"][0]
         assert handler["network_name"] == "OMDNet" and handler["method"] == "omd"
