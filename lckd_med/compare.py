@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
-from lckd_med.demo import bundle_command
+from lckd_med.demo import DEMO_CONFIGS, bundle_command
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
@@ -408,7 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_over = {**common, **run.overrides, "ckpt_dir": str(ckpt_dir), "output_dir": str(out_dir)}
         if run.bundle == "lckd":
             train_over["val_max_cases"] = int(budget["val_max_cases"])
-        train_cmd = bundle_command("training", run.bundle, ["train.json", "demo.json"], overrides_argv(train_over))
+        train_cmd = bundle_command(
+            "training", run.bundle, DEMO_CONFIGS[run.bundle, "training"], overrides_argv(train_over)
+        )
         eval_over = {
             "dataset_dir": str(dataset),
             "datalist": str(datalist),
@@ -417,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "roi_size": list(budget["roi"]),
             "max_cases": args.max_eval_cases,
         }
-        eval_cmd = bundle_command("evaluate", run.bundle, ["evaluate.json", "demo.json"], overrides_argv(eval_over))
+        eval_cmd = bundle_command(
+            "evaluate", run.bundle, DEMO_CONFIGS[run.bundle, "evaluate"], overrides_argv(eval_over)
+        )
         t_train = _run(train_cmd, work / run.name / "train.log", args.dry_run)
         t_eval = _run(eval_cmd, work / run.name / "evaluate.log", args.dry_run)
         timings[run.name] = (t_train, t_eval)
