@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from lckd_med.data.transforms import ModalityDropout
 from lckd_med.engines.trainer import MethodTrainer
 from lckd_med.methods.omd import OMDMethod
 
@@ -63,24 +62,12 @@ class OMDTrainer(MethodTrainer):
     adaptation losses -> one optimizer step.
 
     Args:
-        device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers: as in
-            :class:`monai.engines.SupervisedTrainer`; ``network`` is an :class:`~lckd_med.networks.OMDNet` (bare or
-            wrapped in DistributedDataParallel). Batches carry ``image`` ``(B, 4, *S)`` (modality order), region
-            ``label`` ``(B, 3, *S)`` (ET, TC, WT) and ``modality_mask`` ``(B, 4)``.
-        seg_loss: segmentation loss on logits ``(B, 3, *S)`` (``lckd_med.losses.segmentation_loss()``).
-        dropout: the modality dropout, per batch or per sample as its ``granularity`` says
-            (``ModalityDropout(prob=1, max_kept=3)`` drops at least one sequence of every complete sample); when not seeded by the caller it is seeded from torch's global
-            generator (so ``monai.utils.set_determinism`` makes the draws reproducible).
-        mmd_loss: marginal adaptation term; ``None`` = :class:`~lckd_med.losses.FeatureMMDLoss` defaults.
-        kl_loss: conditional adaptation term; ``None`` = :class:`~lckd_med.losses.TemperatureKLLoss` (``T = 2``).
-        mmd_weight: weight of the MMD term (0 disables it).
-        kl_weight: weight of the KL term (0 disables it).
-        real_seg_weight: weight of the segmentation loss of the prediction from real features (the in-step
-            teacher; 0 trains it only through the shared layers).
-        mmd_levels: encoder levels whose restorations enter the MMD (``None`` = all; ``-1`` = bottleneck).
+        mmd_loss, kl_loss, mmd_weight, kl_weight, real_seg_weight, mmd_levels: as
+            :class:`~lckd_med.methods.OMDMethod` (keywords).
         phase1_iterations: iterations without dropout before it starts (0 = one stage from the first iteration;
             > 0 mimics LCKD's warm-up for ablations).
-        amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
+        kwargs: every other argument of :class:`MethodTrainer` (keywords), ``method`` excepted; ``network`` is an
+            :class:`~lckd_med.networks.OMDNet` (bare or DDP-wrapped).
 
     Raises:
         TypeError: ``network`` is not an OMDNet, a weight is not a number.
@@ -89,13 +76,7 @@ class OMDTrainer(MethodTrainer):
 
     def __init__(
         self,
-        device: str | torch.device,
-        max_epochs: int,
-        train_data_loader: Any,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        dropout: ModalityDropout,
+        *,
         mmd_loss: Callable[..., torch.Tensor] | None = None,
         kl_loss: Callable[..., torch.Tensor] | None = None,
         mmd_weight: float = 0.1,
@@ -103,24 +84,7 @@ class OMDTrainer(MethodTrainer):
         real_seg_weight: float = 1.0,
         mmd_levels: Sequence[int] | None = None,
         phase1_iterations: int = 0,
-        epoch_length: int | None = None,
-        train_handlers: Sequence | None = None,
-        amp: bool = True,
         **kwargs: Any,
     ) -> None:
         method = OMDMethod(mmd_loss, kl_loss, mmd_weight, kl_weight, real_seg_weight, mmd_levels)
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            seg_loss=seg_loss,
-            dropout=dropout,
-            phase1_iterations=phase1_iterations,
-            method=method,
-            epoch_length=epoch_length,
-            train_handlers=train_handlers,
-            amp=amp,
-            **kwargs,
-        )
+        super().__init__(method=method, phase1_iterations=phase1_iterations, **kwargs)

@@ -166,46 +166,18 @@ class LCKDTrainer(MethodTrainer):
     """:class:`MethodTrainer` running :class:`~lckd_med.methods.LCKDMethod` (``seg + kd_weight * KD``).
 
     Args:
-        device, max_epochs, train_data_loader, network, optimizer, epoch_length, train_handlers: as in
-            :class:`monai.engines.SupervisedTrainer`.
-        seg_loss: segmentation loss on logits ``(B, 3, *S)`` (``lckd_med.losses.segmentation_loss()``: Dice + BCE).
-        teacher_state, kd_loss, kd_weight, kd_levels: as :class:`~lckd_med.methods.LCKDMethod`.
-        dropout, phase1_iterations, amp: as :class:`MethodTrainer`.
+        teacher_state, kd_loss, kd_weight, kd_levels: as :class:`~lckd_med.methods.LCKDMethod` (keywords).
+        kwargs: every other argument of :class:`MethodTrainer` (keywords), ``method`` excepted.
     """
 
     def __init__(
         self,
-        device: str | torch.device,
-        max_epochs: int,
-        train_data_loader: Any,
-        network: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
         teacher_state: TeacherState,
-        dropout: ModalityDropout,
-        phase1_iterations: int,
         kd_loss: Callable[..., torch.Tensor] | None = None,
         kd_weight: float = 0.1,
         kd_levels: Sequence[int] = (-1,),
-        epoch_length: int | None = None,
-        train_handlers: Sequence | None = None,
-        amp: bool = True,
         **kwargs: Any,
     ) -> None:
-        method = LCKDMethod(teacher_state, kd_loss, kd_weight, kd_levels)
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            seg_loss=seg_loss,
-            dropout=dropout,
-            phase1_iterations=phase1_iterations,
-            method=method,
-            epoch_length=epoch_length,
-            train_handlers=train_handlers,
-            amp=amp,
-            **kwargs,
-        )
+        super().__init__(method=LCKDMethod(teacher_state, kd_loss, kd_weight, kd_levels), **kwargs)
         self.teacher_state = teacher_state
