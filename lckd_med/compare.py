@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
-from lckd_med.demo import bundle_command
+from lckd_med.demo import DEMO_CONFIGS, bundle_command
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
@@ -142,9 +142,20 @@ def default_runs(iterations: int) -> list[RunSpec]:
                 "validate#election#elect_at_end": False,
             },
         ),
-        RunSpec("lckd_nokd", "LCKD w/o KD", "lckd", {"phase1_iterations": half, "kd_weight": 0.0, **no_election}),
+        RunSpec(
+            "lckd_nokd",
+            "LCKD w/o KD",
+            "lckd",
+            {"method_name": "lckd_nokd", "phase1_iterations": half, "kd_weight": 0.0, **no_election},
+        ),
         RunSpec("omd", "OMD", "omd", {"phase1_iterations": 0}),
-        RunSpec("all4", "All-4 only", "lckd", {"phase1_iterations": iterations, "kd_weight": 0.0, **no_election}),
+        # phase1_iterations only keeps the LR schedule of the earlier runs; the method never drops a sequence
+        RunSpec(
+            "all4",
+            "All-4 only",
+            "lckd",
+            {"method_name": "all4", "phase1_iterations": iterations, "kd_weight": 0.0, **no_election},
+        ),
     ]
 
 
@@ -404,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_over = {**common, **run.overrides, "ckpt_dir": str(ckpt_dir), "output_dir": str(out_dir)}
         if run.bundle == "lckd":
             train_over["val_max_cases"] = int(budget["val_max_cases"])
-        train_cmd = bundle_command("training", run.bundle, ["train.json", "demo.json"], overrides_argv(train_over))
+        train_cmd = bundle_command(
+            "training", run.bundle, DEMO_CONFIGS[run.bundle, "training"], overrides_argv(train_over)
+        )
         eval_over = {
             "dataset_dir": str(dataset),
             "datalist": str(datalist),
@@ -413,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "roi_size": list(budget["roi"]),
             "max_cases": args.max_eval_cases,
         }
-        eval_cmd = bundle_command("evaluate", run.bundle, ["evaluate.json", "demo.json"], overrides_argv(eval_over))
+        eval_cmd = bundle_command(
+            "evaluate", run.bundle, DEMO_CONFIGS[run.bundle, "evaluate"], overrides_argv(eval_over)
+        )
         t_train = _run(train_cmd, work / run.name / "train.log", args.dry_run)
         t_eval = _run(eval_cmd, work / run.name / "evaluate.log", args.dry_run)
         timings[run.name] = (t_train, t_eval)

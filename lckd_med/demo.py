@@ -18,14 +18,34 @@ from pathlib import Path
 
 from lckd_med.engines.workflow import bundle_dir
 
-__all__ = ["main", "bundle_command"]
+__all__ = ["main", "bundle_command", "DEMO_CONFIGS"]
+
+#: Configs merged, in order (later files override), per ``(bundle, run id)`` of the CPU demo. OMD's training
+#: config is an overlay of LCKD's; both demos start from ``bundles/lckd/demo.json`` (OMD's adds two keys).
+DEMO_CONFIGS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("lckd", "training"): ("lckd/train.json", "lckd/demo.json"),
+    ("lckd", "evaluate"): ("lckd/evaluate.json", "lckd/demo.json"),
+    ("omd", "training"): ("lckd/train.json", "omd/train.json", "lckd/demo.json", "omd/demo.json"),
+    ("omd", "evaluate"): ("omd/evaluate.json", "lckd/demo.json"),
+}
 
 
 def bundle_command(run_id: str, bundle: str, configs: Sequence[str], overrides: Sequence[str] = ()) -> list[str]:
-    """``python -m monai.bundle run <run_id> --config_file "['a.json','b.json']" [overrides]`` as argv."""
-    root = Path(bundle_dir(bundle))
-    files = ",".join(f"'{root / c}'" for c in configs)
-    return [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", f"[{files}]", *overrides]
+    """``python -m monai.bundle run <run_id> --config_file "['a.json','b.json']" --meta_file M [overrides]`` as argv.
+
+    Args:
+        run_id: the config id to run (``training``, ``evaluate``).
+        bundle: the bundle whose ``metadata.json`` describes the run (MONAI would look next to the first config).
+        configs: ``"<bundle>/<file>"`` paths (a bare file name means ``bundle``'s), merged in order.
+        overrides: ``--key value`` arguments.
+    """
+    paths = [Path(bundle_dir(c.split("/")[0] if "/" in c else bundle)) / c.split("/")[-1] for c in configs]
+    files = ",".join(f"'{p}'" for p in paths)
+    meta = str(Path(bundle_dir(bundle)) / "metadata.json")
+    return [
+        sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", f"[{files}]", "--meta_file", meta,
+        *overrides,
+    ]  # fmt: skip
 
 
 def _run(cmd: list[str]) -> None:
@@ -46,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("demo_data", "demo_output", "demo_models"):
             shutil.rmtree(root / "runs" / name, ignore_errors=True)
     try:
-        _run(bundle_command("training", args.bundle, ["train.json", "demo.json"]))
-        _run(bundle_command("evaluate", args.bundle, ["evaluate.json", "demo.json"]))
+        _run(bundle_command("training", args.bundle, DEMO_CONFIGS[args.bundle, "training"]))
+        _run(bundle_command("evaluate", args.bundle, DEMO_CONFIGS[args.bundle, "evaluate"]))
     except subprocess.CalledProcessError as e:
         print(f"\ndemo step failed with exit code {e.returncode}: {' '.join(e.cmd)}", file=sys.stderr)
         return e.returncode or 1

@@ -16,6 +16,7 @@ from lckd_med.compare import (
     write_comparison,
 )
 from lckd_med.constants import REGIONS, SUBSET_NAMES
+from lckd_med.methods import METHODS
 from lckd_med.reports import summarize
 
 LABELS = {"lckd": "LCKD", "lckd_nokd": "LCKD w/o KD", "omd": "OMD", "all4": "All-4 only"}
@@ -49,6 +50,7 @@ def test_default_runs_are_the_four_recipes():
     assert runs["lckd"].overrides["elect_at_phase_switch"] is True and runs["lckd"].overrides["first_election"] is None
     for name in ("lckd_nokd", "all4"):
         assert runs[name].overrides["validate#election#first_election"] is None
+        assert runs[name].overrides["method_name"] == name and name in METHODS  # the baselines are methods
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.5, True, "100"])

@@ -5,10 +5,10 @@ from __future__ import annotations
 from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpointHandler
 from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elect_teachers, single_modality_dice
-from lckd_med.engines.omd_trainer import OMD_LOSS_KEYS, OMDTrainer, omd_loss_terms, omd_recipe_of
+from lckd_med.engines.omd_trainer import OMDTrainer, omd_recipe_of
 from lckd_med.engines.progress import ProgressHandler
 from lckd_med.engines.schedules import LR_SCHEDULES, TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
-from lckd_med.engines.trainer import LCKDTrainer, loss_terms
+from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
 from lckd_med.engines.workflow import (
     DatasetNotFoundError,
     bundle_datalist,
@@ -32,6 +32,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "DatasetNotFoundError",
     "LCKDTrainer",
+    "MethodTrainer",
     "ProgressHandler",
     "TeacherElectionHandler",
     "TeacherState",
@@ -53,8 +54,6 @@ __all__ = [
     "save_checkpoint",
     "setup_logging",
     "single_modality_dice",
-    "OMD_LOSS_KEYS",
     "OMDTrainer",
-    "omd_loss_terms",
     "omd_recipe_of",
 ]

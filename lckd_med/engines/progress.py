@@ -1,4 +1,4 @@
-"""A progress line a person can follow: iteration, phase, teachers, loss terms, speed and time left.
+"""A progress line a person can follow: iteration, phase, the method's state, loss terms, speed and time left.
 
 MONAI's ``StatsHandler`` logs losses but neither throughput nor an estimate of the time left, which is what
 one watches during a multi-hour run; this handler adds that line every ``every`` iterations.
@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ProgressHandler"]
+__all__ = ["ProgressHandler", "loss_terms"]
+
+
+def loss_terms(output: dict[str, Any]) -> dict[str, float]:
+    """The scalar loss terms of one iteration's output (``loss`` first, then the method's terms in its order).
+
+    Every 0-dim tensor of the output is a term: that is what a method's ``compute_loss`` returns, so the handlers
+    (``StatsHandler``/``TensorBoardStatsHandler`` ``output_transform``, :class:`ProgressHandler`) log whatever
+    terms the method has.
+    """
+    terms = {k: float(v) for k, v in output.items() if isinstance(v, torch.Tensor) and v.dim() == 0}
+    return {**({"loss": terms.pop("loss")} if "loss" in terms else {}), **terms}
 
 
 def _fmt_seconds(s: float) -> str:
@@ -22,7 +35,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 class ProgressHandler:
-    """Log ``iter i/N (p%) | phase | teachers | loss terms | s/it | ETA`` every ``every`` iterations.
+    """Log ``iter i/N (p%) | phase | <method state> | loss terms | s/it | ETA`` every ``every`` iterations.
+
+    The method state is every ``engine.state`` attribute named in ``engine.state.status_keys`` (LCKD: its
+    ``teachers``, ``-`` when none); the loss terms are :func:`loss_terms` of the output.
 
     Args:
         every: iterations between lines (>= 1).
@@ -51,15 +67,18 @@ class ProgressHandler:
         done = max(it - self._it0, 1)
         per_it = (time.perf_counter() - self._t0) / done
         out = engine.state.output or {}
-        terms = " ".join(f"{k}={float(out[k]):.4f}" for k in ("loss", "seg_loss", "kd_loss") if k in out)
+        terms = " ".join(f"{k}={v:.4f}" for k, v in loss_terms(out).items())
         pct = f" ({100.0 * it / total:.0f}%)" if total else ""
+        status = "".join(
+            f" | {k} {getattr(engine.state, k, None) or '-'}" for k in getattr(engine.state, "status_keys", ())
+        )
         self.logger.info(
-            "iter %d/%d%s | phase %s | teachers %s | %s | %.3f s/it | ETA %s",
+            "iter %d/%d%s | phase %s%s | %s | %.3f s/it | ETA %s",
             it,
             total,
             pct,
             getattr(engine.state, "phase", "?"),
-            getattr(engine.state, "teachers", "?") or "-",
+            status,
             terms,
             per_it,
             _fmt_seconds(per_it * max(total - it, 0)),

@@ -6,6 +6,8 @@ Features of all modalities are stacked on dim 1: ``(B, M, C, H, W, D)`` with ``M
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from monai.networks.blocks import Convolution
 from torch import nn
@@ -14,7 +16,7 @@ from lckd_med.constants import NUM_MODALITIES
 from lckd_med.networks.encoder import DEFAULT_ACT, check_layer_spec
 from lckd_med.networks.norm import DEFAULT_NORM
 
-__all__ = ["mean_fill", "check_mask", "ModalityFusion", "FILL_LEVELS"]
+__all__ = ["mean_fill", "check_mask", "ModalityFusion", "MeanFillFusion", "FILL_LEVELS"]
 
 #: Values of the networks' ``fill_levels`` option, default first. ``"bottleneck"``: only the bottleneck feature of
 #: a missing modality is replaced by the mean of the available ones, skip connections carry the encoding of a zero
@@ -138,3 +140,62 @@ class ModalityFusion(nn.Module):
             )
         filled = mean_fill(features, mask, validate=validate)
         return self.fuse(filled.flatten(1, 2))
+
+
+class MeanFillFusion(nn.ModuleList):
+    """LCKD's fusion strategy: one :class:`ModalityFusion` per level under the ``fill_levels`` rule.
+
+    A ``ModuleList`` (entry ``l`` fuses level ``l``) so the checkpoint keys stay ``fusions.<l>.*``.
+
+    Args:
+        filters: channels per level, first level -> bottleneck.
+        num_modalities: ``M``.
+        norm, act: MONAI layer specs.
+        fill_levels: ``"bottleneck"`` (the reference code: only the bottleneck feature of a missing modality is
+            replaced by the mean of the available ones, its skips carry the zero-input encoding) or ``"all"``
+            (mean-fill at every level). See :data:`FILL_LEVELS`.
+
+    Raises:
+        ValueError: unknown ``fill_levels``.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int],
+        num_modalities: int = NUM_MODALITIES,
+        norm: str | tuple = DEFAULT_NORM,
+        act: str | tuple = DEFAULT_ACT,
+        fill_levels: str = "bottleneck",
+    ) -> None:
+        if fill_levels not in FILL_LEVELS:
+            raise ValueError(f"fill_levels must be one of {list(FILL_LEVELS)}, got {fill_levels!r}")
+        super().__init__(ModalityFusion(f, num_modalities, norm, act) for f in filters)
+        self.fill_levels = fill_levels
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        mask: torch.Tensor,
+        zero_features: Callable[[torch.Tensor], list[torch.Tensor]],
+    ) -> list[torch.Tensor]:
+        """Fused ``(B, C_l, *S_l)`` map per level (``mask`` ``(B, M)`` already validated).
+
+        Args:
+            features: per level ``(B, M, C_l, *S_l)`` encoder features.
+            mask: ``(B, M)`` bool availability.
+            zero_features: ``needed (M,) bool -> `` per level ``(1, M, C_l, *S_l)`` encodings of an all-zero input
+                (the owning network's :meth:`zero_features` at this window size).
+        """
+        if self.fill_levels == "all" or bool(mask.all()):
+            return [fusion(f, mask, validate=False) for fusion, f in zip(self, features, strict=True)]
+        batch, num_mod = mask.shape
+        zero = zero_features((~mask).any(dim=0))
+        m = mask.view(batch, num_mod, *([1] * (features[0].dim() - 2)))
+        last = len(self) - 1
+        fused = []
+        for level, (fusion, f) in enumerate(zip(self, features, strict=True)):
+            if level == last:
+                fused.append(fusion(f, mask, validate=False))  # bottleneck: mean of the available modalities
+            else:  # skip: the zero-input encoding of each missing modality; nothing left to fill
+                fused.append(fusion.fuse(torch.where(m, f, zero[level].to(f.dtype)).flatten(1, 2)))
+        return fused

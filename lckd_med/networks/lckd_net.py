@@ -1,5 +1,8 @@
 """LCKD segmentation network: one 3D U-Net encoder per MRI sequence, mean-fill fusion, shared decoder.
 
+A :class:`~lckd_med.networks.model.MissingModalityNet` with the
+:class:`~lckd_med.networks.fusion.MeanFillFusion` strategy.
+
 Shapes and orders: input ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_med.constants.MODALITIES` ``[i]``;
 availability mask ``(B, M)`` bool in the same order; output ``(B, 3, H, W, D)`` logits of independent sigmoid
 channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
@@ -19,77 +22,29 @@ missing channels, which is what lets :meth:`LCKDNet.decode_subsets` evaluate all
 
 from __future__ import annotations
 
-import inspect
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from monai.networks.blocks import Convolution
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock, get_conv_layer
-from monai.networks.nets import DynUNet
-from torch import nn
+import functools
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
-from lckd_med.networks.encoder import (
-    DEFAULT_ACT,
-    DEFAULT_FILTERS,
-    SPATIAL_DIMS,
-    UNetEncoder,
-    check_dropout,
-    check_filters,
-    check_kernel_size,
-    check_kernel_stride,
-    check_layer_spec,
-    check_strides,
-)
-from lckd_med.networks.fusion import FILL_LEVELS, ModalityFusion, check_mask
+from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS
+from lckd_med.networks.fusion import FILL_LEVELS, MeanFillFusion
+from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.norm import DEFAULT_NORM
 
 __all__ = ["LCKDNet"]
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _to_json(value: Any) -> Any:
-    """Tuples -> lists, recursively, so ``hparams`` survives a JSON round trip unchanged."""
-    if isinstance(value, (tuple, list)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    return value
-
-
-class LCKDNet(nn.Module):
+class LCKDNet(MissingModalityNet):
     """Per-modality 3D U-Net encoders ("students"), mean-fill fusion, one shared decoder.
 
     The ready-made configurations (the lean default, today's full-resolution U-Net, a CPU-sized one) are in
     :mod:`lckd_med.networks.presets`; the constructor's own defaults are the full-resolution U-Net.
 
     Args:
-        in_modalities: number of input sequences ``M`` (channels of the input, one encoder each).
-        out_channels: output channels (3 region logits ET, TC, WT).
-        filters: encoder/decoder channels per level, first level -> bottleneck.
-        strides: per-level strides (int or 3 ints); ``None`` -> 1 at the first level, 2 at the others. A first
-            stride above 1 is a strided stem (the reference network strides its first convolution): the U-Net then
-            runs at reduced resolution and a light head (see ``head_filters``) brings the logits back to full
-            resolution.
-        kernel_size: odd int or 3 odd ints for every convolution.
-        share_encoder: one encoder for all modalities (the reference code's choice) instead of one each; the
-            modalities then run in one batched pass (``M`` folded into the batch).
-        deep_supervision: in training mode :meth:`decode` / :meth:`forward` return a list of logits, one per
-            decoder level, full resolution first, each at its own resolution (feed MONAI ``DeepSupervisionLoss``,
-            which resizes the target); in eval mode the full-resolution logits only.
-        dropout: dropout probability after each convolution of encoders and decoder.
-        norm: MONAI normalisation spec (default batch-1-safe instance norm, affine).
-        act: MONAI activation spec (default LeakyReLU 0.01).
-        head_filters: channels of the full-resolution head used with a strided stem: transposed convolution
-            (kernel = stride = ``strides[0]``) ``filters[0] -> head_filters``, one ``3^3`` conv-norm-act, then the
-            ``1x1x1`` output convolution. ``None`` -> ``max(1, filters[0] // 2)``. Must be ``None`` without a stem.
+        in_modalities, out_channels, filters, strides, kernel_size, share_encoder, deep_supervision, dropout, norm,
+            act, head_filters: as :class:`~lckd_med.networks.model.MissingModalityNet` (``share_encoder`` is the
+            reference code's choice of one encoder for all modalities).
         fill_levels: which fused levels replace a missing modality by the mean of the available ones:
             ``"bottleneck"`` (default; the reference code) or ``"all"`` (see the module docstring).
 
@@ -102,9 +57,9 @@ class LCKDNet(nn.Module):
         ``find_unused_parameters=True`` since a modality missing from a whole batch leaves its encoder unused.
     """
 
-    #: Voxel budget (batch x window volume, summed over the masks decoded together) of one
-    #: :meth:`decode_subsets` pass when ``chunk_size`` is ``None``: two 128^3 windows.
-    SUBSET_BATCH_VOXELS: int = 2 * 128**3
+    #: Hyper-parameters saved before ``fill_levels`` existed get ``"all"``: those networks were trained with
+    #: mean-fill at every level.
+    LEGACY_HPARAMS: ClassVar[dict[str, Any]] = {"fill_levels": "all"}
 
     def __init__(
         self,
@@ -121,382 +76,23 @@ class LCKDNet(nn.Module):
         head_filters: int | None = None,
         fill_levels: str = "bottleneck",
     ) -> None:
-        super().__init__()
-        self.in_modalities = _positive_int(in_modalities, "in_modalities")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.filters = check_filters(filters)
-        if len(self.filters) < 2:
-            raise ValueError(f"filters needs at least 2 levels (one skip + bottleneck), got {list(self.filters)}")
-        self.strides = check_strides(strides, len(self.filters))
-        self.kernel_size = check_kernel_size(kernel_size)
-        check_kernel_stride(self.kernel_size, self.strides)
-        for name, flag in (("share_encoder", share_encoder), ("deep_supervision", deep_supervision)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
-        self.share_encoder = share_encoder
-        self.deep_supervision = deep_supervision
-        self.dropout = check_dropout(dropout)
-        self.norm = check_layer_spec(norm, "norm")
-        self.act = check_layer_spec(act, "act")
         if fill_levels not in FILL_LEVELS:
             raise ValueError(f"fill_levels must be one of {list(FILL_LEVELS)}, got {fill_levels!r}")
+        super().__init__(
+            in_modalities,
+            out_channels,
+            filters,
+            strides,
+            kernel_size,
+            share_encoder,
+            deep_supervision,
+            dropout,
+            norm,
+            act,
+            head_filters,
+            functools.partial(MeanFillFusion, fill_levels=fill_levels),
+        )
         self.fill_levels = fill_levels
-        stem = self.strides[0]
-        if stem == (1, 1, 1):
-            if head_filters is not None:
-                raise ValueError(
-                    f"head_filters={head_filters!r} needs a strided stem (strides[0] > 1); the first level already "
-                    "runs at full resolution"
-                )
-            self.head_filters = None
-        else:
-            default_head = max(1, self.filters[0] // 2)
-            self.head_filters = default_head if head_filters is None else _positive_int(head_filters, "head_filters")
-        # cache of zero-input encodings for inference (see zero_features)
-        self._zero_cache: tuple[tuple, list[torch.Tensor]] | None = None
 
-        def make_encoder() -> UNetEncoder:
-            return UNetEncoder(1, self.filters, self.strides, self.kernel_size, self.norm, self.act, self.dropout)
-
-        self.encoders = nn.ModuleList([make_encoder() for _ in range(1 if share_encoder else self.in_modalities)])
-        self.fusions = nn.ModuleList(ModalityFusion(f, self.in_modalities, self.norm, self.act) for f in self.filters)
-        # up_blocks[l] maps level l+1 to level l, concatenating the fused skip of level l
-        self.up_blocks = nn.ModuleList(
-            UnetUpBlock(
-                SPATIAL_DIMS,
-                self.filters[level + 1],
-                self.filters[level],
-                kernel_size=self.kernel_size,
-                stride=1,
-                upsample_kernel_size=self.strides[level + 1],
-                norm_name=self.norm,
-                act_name=self.act,
-                dropout=self.dropout or None,
-            )
-            for level in range(len(self.filters) - 1)
-        )
-        # full-resolution head of a strided stem: upsample to few channels, one conv-norm-act at full resolution
-        self.head_up = (
-            None
-            if self.head_filters is None
-            else nn.Sequential(
-                get_conv_layer(
-                    SPATIAL_DIMS,
-                    self.filters[0],
-                    self.head_filters,
-                    kernel_size=stem,
-                    stride=stem,
-                    conv_only=True,
-                    is_transposed=True,
-                ),
-                Convolution(
-                    SPATIAL_DIMS,
-                    self.head_filters,
-                    self.head_filters,
-                    kernel_size=self.kernel_size,
-                    norm=self.norm,
-                    act=self.act,
-                ),
-            )
-        )
-        self.head = UnetOutBlock(SPATIAL_DIMS, self.head_filters or self.filters[0], self.out_channels)
-        # deep-supervision heads on decoder levels 1 .. L-2 (level 0 uses `head`)
-        self.ds_heads = nn.ModuleList(
-            UnetOutBlock(SPATIAL_DIMS, self.filters[level], self.out_channels)
-            for level in range(1, len(self.filters) - 1 if deep_supervision else 1)
-        )
-        self.apply(DynUNet.initialize_weights)  # MONAI's nnU-Net init (Kaiming, LeakyReLU slope 0.01)
-
-    # ------------------------------------------------------------------ configuration
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """Every constructor argument, JSON-serialisable (tuples as lists); :meth:`from_hparams` inverts it."""
-        return _to_json(
-            {
-                "in_modalities": self.in_modalities,
-                "out_channels": self.out_channels,
-                "filters": self.filters,
-                "strides": self.strides,
-                "kernel_size": self.kernel_size,
-                "share_encoder": self.share_encoder,
-                "deep_supervision": self.deep_supervision,
-                "dropout": self.dropout,
-                "norm": self.norm,
-                "act": self.act,
-                "head_filters": self.head_filters,
-                "fill_levels": self.fill_levels,
-            }
-        )
-
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> LCKDNet:
-        """Rebuild a network (untrained) from :attr:`hparams`, e.g. as stored in a checkpoint.
-
-        Hyper-parameters saved before ``fill_levels`` existed get ``"all"``: those networks were trained with
-        mean-fill at every level.
-
-        Raises:
-            TypeError: ``hparams`` is not a mapping.
-            ValueError: unknown keys.
-        """
-        if not isinstance(hparams, Mapping):
-            raise TypeError(f"hparams must be a mapping, got {type(hparams).__name__}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(hparams) - allowed)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} hparams {unknown}; allowed: {sorted(allowed)}")
-        return cls(**{"fill_levels": "all", **dict(hparams)})
-
-    @property
-    def size_divisor(self) -> tuple[int, int, int]:
-        """Per-dimension product of the strides: every spatial size must be a multiple of it."""
-        return tuple(math.prod(s[d] for s in self.strides) for d in range(SPATIAL_DIMS))
-
-    @property
-    def num_levels(self) -> int:
-        """Number of resolution levels (bottleneck included)."""
-        return len(self.filters)
-
-    # ------------------------------------------------------------------ checks
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Validated input as a plain tensor (MetaTensor metadata is not needed inside the network)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 + SPATIAL_DIMS or x.shape[1] != self.in_modalities:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"input must be (B, {self.in_modalities}, H, W, D), got {shape}")
-        spatial = tuple(x.shape[2:])
-        if any(n % d for n, d in zip(spatial, self.size_divisor, strict=True)):
-            raise ValueError(
-                f"spatial size {spatial} must be divisible by net.size_divisor={self.size_divisor} "
-                f"(product of strides {[list(s) for s in self.strides]}); pad or crop the input"
-            )
-        return x if type(x) is torch.Tensor else x.as_subclass(torch.Tensor)
-
-    def _check_features(self, features: Sequence[torch.Tensor]) -> int:
-        if not isinstance(features, Sequence) or len(features) != self.num_levels:
-            n = len(features) if isinstance(features, Sequence) else type(features).__name__
-            raise ValueError(f"features must be a list of {self.num_levels} levels, got {n}")
-        batch = features[0].shape[0]
-        for level, (f, c) in enumerate(zip(features, self.filters, strict=True)):
-            if f.dim() != 3 + SPATIAL_DIMS or f.shape[0] != batch or f.shape[1:3] != (self.in_modalities, c):
-                raise ValueError(
-                    f"features[{level}] must be (B, {self.in_modalities}, {c}, H, W, D), got {tuple(f.shape)}"
-                )
-        return batch
-
-    # ------------------------------------------------------------------ encoder
-    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Encode every modality with its own encoder (each sees only its channel).
-
-        Args:
-            x: ``(B, M, H, W, D)`` input, modality order.
-            mask: optional ``(B, M)`` bool; missing (sample, modality) pairs are not encoded and hold zeros
-                (the decoder replaces them anyway). ``None`` encodes everything.
-
-        Returns:
-            One ``(B, M, filters[l], H_l, W_l, D_l)`` tensor per level, full resolution first.
-        """
-        x = self._check_input(x)
-        batch, num_mod = x.shape[:2]
-        todo = None if mask is None else check_mask(mask, batch, num_mod, require_any=False).to(x.device)
-        if todo is not None and bool(todo.all()):
-            todo = None
-        if self.share_encoder:
-            flat = x.reshape(batch * num_mod, 1, *x.shape[2:])
-            if todo is None:
-                feats = self.encoders[0](flat)
-            else:
-                idx = torch.nonzero(todo.flatten()).flatten()
-                feats = [self._scatter(f, idx, batch * num_mod) for f in self.encoders[0](flat[idx])]
-            return [f.reshape(batch, num_mod, *f.shape[1:]) for f in feats]
-        per_mod: list[list[torch.Tensor]] = []
-        for m, enc in enumerate(self.encoders):
-            if todo is None:
-                per_mod.append(enc(x[:, m : m + 1]))
-                continue
-            idx = torch.nonzero(todo[:, m]).flatten()
-            if idx.numel() == 0:
-                per_mod.append([])  # filled with zeros below, once a dtype is known
-            else:
-                per_mod.append([self._scatter(f, idx, batch) for f in enc(x[idx, m : m + 1])])
-        ref = next(p for p in per_mod if p)
-        return [
-            torch.stack([p[level] if p else torch.zeros_like(ref[level]) for p in per_mod], dim=1)
-            for level in range(self.num_levels)
-        ]
-
-    @staticmethod
-    def _scatter(values: torch.Tensor, idx: torch.Tensor, size: int) -> torch.Tensor:
-        """Rows ``values`` placed at ``idx`` of a zero tensor with ``size`` rows (differentiable)."""
-        if idx.numel() == size:
-            return values
-        out = values.new_zeros((size, *values.shape[1:]))
-        return out.index_copy(0, idx, values)
-
-    # ------------------------------------------------------------------ missing modalities
-    def zero_features(
-        self, spatial: Sequence[int], needed: torch.Tensor | None = None, *, device: torch.device | str | None = None
-    ) -> list[torch.Tensor]:
-        """Encoder outputs for an all-zero input of each modality (the skip features of a missing modality).
-
-        Computed at batch 1 (normalisation is per sample, so this equals encoding a zeroed channel inside any
-        batch). Without autograd (inference) the result is cached for the last ``(spatial, device, dtype,
-        autocast)`` and parameter versions, so a sliding window pays for it once per window shape; with autograd
-        it is recomputed (and differentiable), as the reference code encodes its zeroed channels every step.
-
-        Args:
-            spatial: input spatial size ``(H, W, D)``.
-            needed: optional ``(M,)`` bool, the modalities to encode (others hold zeros); ``None`` = all.
-            device: where to compute (default: the parameters' device).
-
-        Returns:
-            One ``(1, M, filters[l], H_l, W_l, D_l)`` tensor per level, full resolution first.
-        """
-        param = next(self.encoders.parameters())
-        device = torch.device(device) if device is not None else param.device
-        spatial = tuple(int(n) for n in spatial)
-        cache = not torch.is_grad_enabled()
-        if cache:
-            needed = None
-            key = (
-                spatial,
-                str(device),
-                param.dtype,
-                torch.is_autocast_enabled(device.type),
-                torch.get_autocast_dtype(device.type),
-                self.training,
-                tuple((p.data_ptr(), p._version) for p in self.encoders.parameters()),
-            )
-            if self._zero_cache is not None and self._zero_cache[0] == key:
-                return self._zero_cache[1]
-        zeros = torch.zeros(1, 1, *spatial, dtype=param.dtype, device=device)
-        num_mod = self.in_modalities
-        if self.share_encoder:
-            out = [f.unsqueeze(1).expand(1, num_mod, *f.shape[1:]) for f in self.encoders[0](zeros)]
-        else:
-            todo = [True] * num_mod if needed is None else [bool(v) for v in needed.tolist()]
-            per_mod = [enc(zeros) if todo[m] else None for m, enc in enumerate(self.encoders)]
-            ref = next(p for p in per_mod if p is not None)
-            out = [
-                torch.stack([p[level] if p is not None else torch.zeros_like(ref[level]) for p in per_mod], dim=1)
-                for level in range(self.num_levels)
-            ]
-        if cache:
-            self._zero_cache = (key, out)
-        return out
-
-    def _fuse(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
-        """Fused ``(B, C_l, *S_l)`` map per level under the ``fill_levels`` rule (``mask`` already validated)."""
-        if self.fill_levels == "all" or bool(mask.all()):
-            return [fusion(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
-        batch, num_mod = mask.shape
-        spatial = [n * s for n, s in zip(features[0].shape[3:], self.strides[0], strict=True)]
-        zero = self.zero_features(spatial, (~mask).any(dim=0), device=features[0].device)
-        m = mask.view(batch, num_mod, *([1] * (1 + SPATIAL_DIMS)))
-        fused = []
-        for level, (fusion, f) in enumerate(zip(self.fusions, features, strict=True)):
-            if level == self.num_levels - 1:
-                fused.append(fusion(f, mask, validate=False))  # bottleneck: mean of the available modalities
-            else:  # skip: the zero-input encoding of each missing modality; nothing left to fill
-                fused.append(fusion.fuse(torch.where(m, f, zero[level].to(f.dtype)).flatten(1, 2)))
-        return fused
-
-    # ------------------------------------------------------------------ decoder
-    def _up_path(self, fused: Sequence[torch.Tensor], deep: bool) -> Any:
-        """Decoder from the fused maps (one per level): logits, or the deep-supervision list."""
-        x = fused[-1]
-        outs = []
-        for level in range(self.num_levels - 2, -1, -1):
-            x = self.up_blocks[level](x, fused[level])
-            if deep and 1 <= level <= len(self.ds_heads):
-                outs.append(self.ds_heads[level - 1](x))
-        if self.head_up is not None:
-            x = self.head_up(x)
-        logits = self.head(x)
-        return [logits, *reversed(outs)] if deep else logits
-
-    def _decode(self, features: Sequence[torch.Tensor], mask: torch.Tensor, deep: bool) -> Any:
-        return self._up_path(self._fuse(features, mask), deep)
-
-    def decode(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """Decode encoder features under an availability mask.
-
-        Args:
-            features: output of :meth:`encode`, one ``(B, M, C_l, *S_l)`` tensor per level.
-            mask: ``(B, M)`` bool (``(M,)`` broadcasts); every sample needs one available modality.
-
-        Returns:
-            ``(B, out_channels, H, W, D)`` logits; with ``deep_supervision`` in training mode a list of logits,
-            full resolution first, one per decoder level at that level's resolution.
-        """
-        batch = self._check_features(features)
-        mask = check_mask(mask, batch, self.in_modalities).to(features[0].device)
-        return self._decode(features, mask, self.deep_supervision and self.training)
-
-    def decode_subsets(
-        self, features: Sequence[torch.Tensor], masks: torch.Tensor, chunk_size: int | None = None
-    ) -> torch.Tensor:
-        """Decode one encoding under ``K`` availability masks (e.g. the 15 subsets) without re-encoding.
-
-        The masks are batched: features are repeated ``k`` times along the batch and decoded in one pass of
-        ``k * B`` samples, ``k = chunk_size`` masks at a time. ``None`` picks the largest ``k`` with
-        ``k * B * H * W * D <=`` :attr:`SUBSET_BATCH_VOXELS` (at least 1): small windows get all 15 subsets in one
-        pass, a 128^3 window is decoded 2 masks at a time (GPU time at that size is compute-bound, so larger
-        batches buy little and cost memory linearly). ``1`` is a plain loop. Per-sample normalisation makes the
-        result independent of ``chunk_size`` (up to float round-off).
-        Deep-supervision heads are not used.
-
-        Args:
-            features: output of :meth:`encode` (encode with ``mask=None`` so every modality is present).
-            masks: ``(K, M)`` bool, one availability mask per row, each with at least one ``True``.
-            chunk_size: masks decoded per pass; ``None`` = automatic (see above).
-
-        Returns:
-            ``(B, K, out_channels, H, W, D)`` logits; ``[:, k]`` equals ``decode(features, masks[k])``.
-        """
-        batch = self._check_features(features)
-        if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or masks.dim() != 2:
-            raise ValueError(f"masks must be a (K, {self.in_modalities}) torch.bool tensor, got {masks!r}")
-        if masks.shape[1] != self.in_modalities or masks.shape[0] == 0:
-            raise ValueError(f"masks must have shape (K>=1, {self.in_modalities}), got {tuple(masks.shape)}")
-        if not bool(masks.any(dim=1).all()):
-            raise ValueError("every mask in masks needs at least one available modality")
-        num = masks.shape[0]
-        if chunk_size is None:
-            voxels = batch * math.prod(features[0].shape[3:])
-            chunk_size = max(1, min(num, self.SUBSET_BATCH_VOXELS // max(voxels, 1)))
-        _positive_int(chunk_size, "chunk_size")
-        masks = masks.to(features[0].device)
-        outs = []
-        for start in range(0, num, chunk_size):
-            chunk = masks[start : start + chunk_size]
-            k = chunk.shape[0]
-            feats = [f.repeat(k, *([1] * (f.dim() - 1))) for f in features] if k > 1 else list(features)
-            logits = self._decode(feats, chunk.repeat_interleave(batch, dim=0), deep=False)
-            outs.append(logits.reshape(k, batch, *logits.shape[1:]).transpose(0, 1))
-        return torch.cat(outs, dim=1)
-
-    # ------------------------------------------------------------------ forward
-    def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, return_features: bool = False
-    ) -> torch.Tensor | list[torch.Tensor] | tuple[Any, list[torch.Tensor]]:
-        """Segment ``x`` of shape ``(B, M, H, W, D)`` given which sequences are available.
-
-        Args:
-            x: input, modality order; spatial size a multiple of :attr:`size_divisor`. Missing channels may hold
-                anything (zeros by convention): they are neither encoded nor used.
-            mask: ``(B, M)`` bool availability (``(M,)`` broadcasts); ``None`` = all available.
-            return_features: also return the per-level encoder features (for the distillation loss); entries of
-                missing modalities are zeros.
-
-        Returns:
-            logits (see :meth:`decode`), or ``(logits, features)`` with ``features[l]`` of shape
-            ``(B, M, filters[l], H_l, W_l, D_l)``.
-        """
-        x = self._check_input(x)
-        batch = x.shape[0]
-        if mask is None:
-            mask = torch.ones(batch, self.in_modalities, dtype=torch.bool, device=x.device)
-        mask = check_mask(mask, batch, self.in_modalities).to(x.device)
-        features = self.encode(x, mask)
-        logits = self._decode(features, mask, self.deep_supervision and self.training)
-        return (logits, features) if return_features else logits
+    def _extra_hparams(self) -> dict[str, Any]:
+        return {"fill_levels": self.fill_levels}

@@ -3,8 +3,9 @@
 The paper gives the idea (transfer and fusion learned in one stage as two tasks); no code was published, so the
 blocks below are lckd_med's reading of it for 3D MRI with four sequences (see ``docs/omd.md``):
 
-* **Encoders**: one 3D U-Net encoder per sequence, exactly :class:`~lckd_med.networks.lckd_net.LCKDNet`'s
-  (this class subclasses it; the decoder, the 15-subset sweep and the checks are LCKDNet's too).
+* **Encoders and decoder**: the shared parts of :class:`~lckd_med.networks.model.MissingModalityNet` (the same as
+  :class:`~lckd_med.networks.lckd_net.LCKDNet`'s); OMD only brings its fusion strategy,
+  :class:`RestoreTranslateFusion`.
 * **Joint adaptation network** (transfer task), :class:`ModalityRestoration`, at every encoder level: for each
   modality ``m`` a restoration module predicts ``m``'s feature map from the *available* modalities' feature maps.
   Available features pass through unchanged; only missing slots are replaced by restorations.
@@ -21,12 +22,12 @@ encoding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from monai.networks.blocks import Convolution
-from monai.networks.nets import DynUNet
 from torch import nn
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
@@ -38,16 +39,11 @@ from lckd_med.networks.encoder import (
     check_layer_spec,
 )
 from lckd_med.networks.fusion import check_mask
-from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.model import MissingModalityNet
+from lckd_med.networks.model import positive_int as _positive_int
 from lckd_med.networks.norm import DEFAULT_NORM
 
-__all__ = ["ModalityRestoration", "CrossTranslation", "OMDFusion", "OMDNet", "OMDOutput"]
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+__all__ = ["ModalityRestoration", "CrossTranslation", "OMDFusion", "RestoreTranslateFusion", "OMDNet", "OMDOutput"]
 
 
 def _check_stacked(features: torch.Tensor, num_modalities: int, channels: int) -> None:
@@ -256,6 +252,49 @@ class OMDFusion(nn.Module):
         return self.translate(self.restore(features, mask, validate=False), ~mask)
 
 
+class RestoreTranslateFusion(nn.ModuleList):
+    """OMD's fusion strategy: one :class:`OMDFusion` per level (restoration, then shared cross translation).
+
+    A ``ModuleList`` (entry ``l`` fuses level ``l``) so the checkpoint keys stay ``fusions.<l>.*``.
+
+    Args:
+        filters: channels per level, first level -> bottleneck.
+        num_modalities: ``M``.
+        norm, act: MONAI layer specs.
+        restore_kernel_size, translate_kernel_size: as :class:`OMDFusion`.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int],
+        num_modalities: int = NUM_MODALITIES,
+        norm: str | Sequence = DEFAULT_NORM,
+        act: str | Sequence = DEFAULT_ACT,
+        restore_kernel_size: int | Sequence[int] = 3,
+        translate_kernel_size: int | Sequence[int] = 1,
+    ) -> None:
+        super().__init__(
+            OMDFusion(f, num_modalities, restore_kernel_size, translate_kernel_size, norm, act) for f in filters
+        )
+
+    def complete(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per level ``(B, M, C_l, *S_l)`` features with the missing slots restored (``mask`` validated)."""
+        return [fusion.complete(f, mask, validate=False) for fusion, f in zip(self, features, strict=True)]
+
+    def translate(self, complete: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per level fused ``(B, C_l, *S_l)`` maps from complete features (restored slots = ``~mask``)."""
+        return [fusion.translate(z, ~mask) for fusion, z in zip(self, complete, strict=True)]
+
+    def forward(
+        self,
+        features: Sequence[torch.Tensor],
+        mask: torch.Tensor,
+        zero_features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    ) -> list[torch.Tensor]:
+        """Fused ``(B, C_l, *S_l)`` map per level; ``zero_features`` is unused (nothing reads a missing input)."""
+        return self.translate(self.complete(features, mask), mask)
+
+
 class OMDOutput(NamedTuple):
     """Training outputs of :meth:`OMDNet.forward` when ``available`` is given.
 
@@ -274,20 +313,20 @@ class OMDOutput(NamedTuple):
     dropped: torch.Tensor
 
 
-class OMDNet(LCKDNet):
+class OMDNet(MissingModalityNet):
     """Per-modality 3D U-Net encoders, restoration + shared cross translation at every level, shared decoder.
 
-    Same interface as :class:`~lckd_med.networks.lckd_net.LCKDNet` (``encode``, ``decode``, ``decode_subsets``,
-    ``forward``, ``hparams``, ``from_hparams``, ``size_divisor``), so the sweep, evaluation, batch inference and
-    checkpoints work unchanged. Training additionally calls ``forward(x, mask, available=...)``, which returns an
+    A :class:`~lckd_med.networks.model.MissingModalityNet` with the :class:`RestoreTranslateFusion` strategy, so it
+    has the interface of :class:`~lckd_med.networks.protocol.SegmentationNetwork` and the sweep, evaluation, batch
+    inference and checkpoints work unchanged. Training additionally calls ``forward(x, mask, available=...)``, which returns an
     :class:`OMDOutput` with the predictions from restored and from real features and both feature sets.
 
     Args:
         in_modalities, out_channels, filters, strides, kernel_size, share_encoder, deep_supervision, dropout, norm,
-            act: as :class:`~lckd_med.networks.lckd_net.LCKDNet`.
+            act: as :class:`~lckd_med.networks.model.MissingModalityNet`.
         restore_kernel_size: kernel of the restoration modules' spatial convolution (odd; default 3).
         translate_kernel_size: kernel of the translation block's last convolution (odd; default 1).
-        head_filters: as :class:`~lckd_med.networks.lckd_net.LCKDNet` (full-resolution head of a strided stem).
+        head_filters: as :class:`~lckd_med.networks.model.MissingModalityNet` (full-resolution head of a strided stem).
         fill_levels: must be ``"all"``: OMD restores the missing modality at every level by design (its transfer
             losses compare restored and real features per level); LCKD's ``"bottleneck"`` rule does not apply.
 
@@ -329,23 +368,17 @@ class OMDNet(LCKDNet):
             dropout,
             norm,
             act,
-            head_filters=head_filters,
-            fill_levels=fill_levels,
+            head_filters,
+            functools.partial(RestoreTranslateFusion, restore_kernel_size=restore_k, translate_kernel_size=translate_k),
         )
+        self.fill_levels = fill_levels
         self.restore_kernel_size = restore_k
         self.translate_kernel_size = translate_k
-        # replaces LCKDNet's mean-fill fusion; LCKDNet's decode path calls fusions[l](features, mask, validate=...)
-        self.fusions = nn.ModuleList(
-            OMDFusion(f, self.in_modalities, restore_k, translate_k, self.norm, self.act) for f in self.filters
-        )
-        self.fusions.apply(DynUNet.initialize_weights)
 
     # ------------------------------------------------------------------ configuration
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """Every constructor argument, JSON-serialisable; :meth:`from_hparams` inverts it."""
+    def _extra_hparams(self) -> dict[str, Any]:
         return {
-            **super().hparams,
+            "fill_levels": self.fill_levels,
             "restore_kernel_size": list(self.restore_kernel_size),
             "translate_kernel_size": list(self.translate_kernel_size),
         }
@@ -360,15 +393,12 @@ class OMDNet(LCKDNet):
         """
         batch = self._check_features(features)
         mask = check_mask(mask, batch, self.in_modalities).to(features[0].device)
-        return [fusion.complete(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
+        return self.fusions.complete(features, mask)
 
-    def _decode(
-        self, features: Sequence[torch.Tensor], mask: torch.Tensor, deep: bool, return_complete: bool = False
-    ) -> Any:
-        complete = [fusion.complete(f, mask, validate=False) for fusion, f in zip(self.fusions, features, strict=True)]
-        fused = [fusion.translate(z, ~mask) for fusion, z in zip(self.fusions, complete, strict=True)]
-        logits = self._up_path(fused, deep)  # LCKDNet's decoder, fed with OMD's fused maps
-        return (logits, complete) if return_complete else logits
+    def _decode_with_complete(self, features: Sequence[torch.Tensor], mask: torch.Tensor, deep: bool) -> Any:
+        """``(logits, complete features)`` under a validated ``mask``."""
+        complete = self.fusions.complete(features, mask)
+        return self.decoder(self.fusions.translate(complete, mask), deep), complete
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -383,14 +413,14 @@ class OMDNet(LCKDNet):
         Args:
             x: input, modality order; spatial size a multiple of :attr:`size_divisor`.
             mask: ``(B, M)`` bool, the modalities the prediction may use (``None`` = all, or ``available``).
-            return_features: as :meth:`LCKDNet.forward` (ignored when ``available`` is given).
+            return_features: as :meth:`MissingModalityNet.forward` (ignored when ``available`` is given).
             available: ``(B, M)`` bool, the modalities actually present in ``x`` (a superset of ``mask``). The
                 modalities in ``available`` but not in ``mask`` are encoded too: their real features are the
                 restoration targets and give the prediction from real features. All outputs come from one encoding
                 and one decoder pass of ``2B`` samples (``B`` when nothing is dropped).
 
         Returns:
-            logits as :meth:`LCKDNet.forward`; with ``available`` an :class:`OMDOutput`.
+            logits as :meth:`MissingModalityNet.forward`; with ``available`` an :class:`OMDOutput`.
 
         Raises:
             ValueError: bad shapes, or ``mask`` marks a modality that ``available`` does not.
@@ -407,10 +437,10 @@ class OMDNet(LCKDNet):
         deep = self.deep_supervision and self.training
         dropped = available & ~mask
         if not bool(dropped.any()):
-            logits, complete = self._decode(features, mask, deep, return_complete=True)
+            logits, complete = self._decode_with_complete(features, mask, deep)
             return OMDOutput(logits, logits, complete, features, dropped)
         both = [torch.cat([f, f], dim=0) for f in features]
-        logits, complete = self._decode(both, torch.cat([mask, available], dim=0), deep, return_complete=True)
+        logits, complete = self._decode_with_complete(both, torch.cat([mask, available], dim=0), deep)
 
         def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return t[:batch], t[batch:]

@@ -29,6 +29,7 @@ from typing import Any
 
 from lckd_med.networks.encoder import check_filters
 from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.omd_net import OMDNet
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "METHODS", "preset_hparams", "build_preset"]
@@ -48,7 +49,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
 #: The preset the bundles and the benchmark suite use unless told otherwise.
 DEFAULT_PRESET = "lean"
 #: Method name -> network class.
-METHODS: Mapping[str, type[LCKDNet]] = MappingProxyType({"lckd": LCKDNet, "omd": OMDNet})
+METHODS: Mapping[str, type[MissingModalityNet]] = MappingProxyType({"lckd": LCKDNet, "omd": OMDNet})
 
 
 def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
     return hparams
 
 
-def build_preset(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> LCKDNet:
+def build_preset(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> MissingModalityNet:
     """The network of preset ``name`` for ``method`` (untrained); see :func:`preset_hparams`.
 
     Example (what ``bundles/lckd/train.json`` does)::

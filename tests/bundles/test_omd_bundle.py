@@ -1,4 +1,9 @@
-"""The omd bundle: same files, keys, commands and outputs as the lckd bundle; tiny train -> evaluate -> inference."""
+"""The omd bundle: an overlay of the lckd bundle's training config; same outputs; tiny train -> evaluate -> inference.
+
+OMD's training configs are overlays merged after LCKD's (MONAI merges a config-file list, later files override):
+``['bundles/lckd/train.json','bundles/omd/train.json']`` (+ ``bundles/lckd/demo.json``, ``bundles/omd/demo.json`` for
+the CPU demo, + ``bundles/lckd/multi_gpu_train.json`` for several GPUs), with ``--meta_file bundles/omd/metadata.json``.
+"""
 
 from __future__ import annotations
 
@@ -20,24 +25,6 @@ from lckd_med.reports import REPORT_FILES
 
 OMD = Path(bundle_dir("omd"))
 LCKD = Path(bundle_dir("lckd"))
-# keys of lckd/train.json that only make sense with teacher election / feature distillation
-LCKD_ONLY = {
-    "kd_weight",
-    "kd_distance",
-    "kd_levels",
-    "kd_reduction",
-    "kd_loss",
-    "default_teachers",
-    "election_interval",
-    "first_election",
-    "elect_at_phase_switch",
-    "election_score",
-    "teacher_state",
-    "val_max_cases",
-    "sw_overlap",
-    "sw_mode",
-    "validate",
-}
 
 
 def _files(bundle: Path) -> set[str]:
@@ -48,9 +35,27 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_same_files_as_the_lckd_bundle():
-    assert _files(OMD) == _files(LCKD)
-    assert {"train.json", "demo.json", "evaluate.json", "inference.json", "multi_gpu_train.json"} <= _files(OMD)
+def test_same_files_as_the_lckd_bundle_but_the_multi_gpu_overlay():
+    assert _files(OMD) == _files(LCKD) - {"multi_gpu_train.json"}  # LCKD's multi-GPU overlay serves both
+
+
+def _merged(*paths: Path) -> dict:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    return parser.get()
+
+
+def _blocks(path: Path, size: int = 6) -> set[tuple[str, ...]]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return {tuple(lines[i : i + size]) for i in range(len(lines) - size + 1)}
+
+
+@pytest.mark.parametrize("name", ["train.json", "demo.json"])
+def test_overlays_share_no_block_with_lckd(name):
+    """The OMD overlays hold only what differs: no six-line block in common with LCKD's config."""
+    assert _blocks(OMD / name) & _blocks(LCKD / name) == set()
 
 
 @pytest.mark.parametrize("name", ["evaluate.json", "inference.json"])
@@ -61,24 +66,26 @@ def test_evaluate_and_inference_configs_match_lckd_except_the_bundle(name):
     assert omd == lckd
 
 
-@pytest.mark.parametrize("name", ["train.json", "demo.json", "multi_gpu_train.json"])
-def test_config_keys_match_lckd(name):
-    omd, lckd = _json(OMD / name), _json(LCKD / name)
-    missing = set(lckd) - set(omd) - LCKD_ONLY - {"validate#sampler", "validate#dataloader#sampler"}
-    assert missing == set()
-    for key in ("dataset_dir", "output_dir", "ckpt_dir", "datalist", "datalist_file", "label_convention"):
-        if key in lckd:
-            assert omd[key] == lckd[key], key
-    if name == "train.json":
-        assert omd["run"] == lckd["run"] and omd["training"] == "%run"
-        assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.networks.build_preset"
-        assert (omd["network_def"]["method"], lckd["network_def"]["method"]) == ("omd", "lckd")
-        assert omd["network_preset"] == lckd["network_preset"] == "lean"
-        assert (omd["fill_levels"], lckd["fill_levels"]) == ("all", "bottleneck")
-        assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.OMDTrainer"
-        assert omd["phase1_iterations"] == 0  # one stage
-        handler = omd["train"]["handlers"][0]
-        assert handler["network_name"] == "OMDNet" and handler["method"] == "omd"
+def test_merged_config_is_omd():
+    lckd = _json(LCKD / "train.json")
+    omd = _merged(LCKD / "train.json", OMD / "train.json")
+    assert set(omd) >= set(lckd)
+    for key in ("dataset_dir", "output_dir", "ckpt_dir", "datalist", "datalist_file", "label_convention", "run"):
+        assert omd[key] == lckd[key], key
+    assert omd["bundle_root"] == "$lckd_med.engines.bundle_dir('omd')"
+    assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.networks.build_preset"
+    assert (omd["network_def"]["method"], lckd["network_def"]["method"]) == ("omd", "lckd")
+    assert omd["network_def"]["restore_kernel_size"] == "@restore_kernel_size"
+    assert omd["network_preset"] == lckd["network_preset"] == "lean"
+    assert (omd["fill_levels"], lckd["fill_levels"]) == ("all", "bottleneck")
+    # one trainer for every method; the method is chosen by name from lckd_med.methods.METHODS
+    assert omd["train"]["trainer"] == lckd["train"]["trainer"]
+    assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.MethodTrainer"
+    assert (omd["method_name"], lckd["method_name"]) == ("omd", "lckd")
+    assert omd["phase1_iterations"] == 0  # one stage
+    assert omd["method_handlers"] == [] and omd["teacher_state"] is None  # no election, no teachers
+    demo = _merged(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
+    assert demo["phase1_iterations"] == 0 and demo["mmd_max_samples"] == 256
 
 
 def test_import_lines_stay_pure():
@@ -112,14 +119,18 @@ def test_tiny_training_then_evaluation_through_the_cli(tmp_path):
     common = ["--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out")]
     common += ["--ckpt_dir", str(tmp_path / "models")]
     train = [
-        sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(OMD / "train.json"), *common,
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", f"['{LCKD / 'train.json'}','{OMD / 'train.json'}']", "--meta_file", str(OMD / "metadata.json"),
+        *common,
         "--filters", "[4,8,16]", "--roi_size", "[32,32,32]", "--num_iterations", "2", "--epoch_length", "1",
         "--num_workers", "0", "--log_every", "1", "--amp", "False", "--mmd_max_samples", "64",
     ]  # fmt: skip
     proc = subprocess.run(train, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert "iter 2/2" in log and "kd_loss=" in log
+    assert (
+        "iter 2/2" in log and "adaptation_loss=" in log and "teachers" not in log.split("iter 2/2")[1].splitlines()[0]
+    )
     ckpt = load_checkpoint(tmp_path / "models" / "model.pt")
     assert ckpt["network"]["name"] == "OMDNet" and ckpt["method"] == "omd" and ckpt["iteration"] == 2
     assert ckpt["train_config"]["roi_size"] == [32, 32, 32] and ckpt["train_config"]["kl_temperature"] == 2.0

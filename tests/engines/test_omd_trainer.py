@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lckd_med.data.transforms import ModalityDropout
-from lckd_med.engines import OMD_LOSS_KEYS, OMDTrainer, omd_loss_terms, omd_recipe_of
+from lckd_med.engines import OMDTrainer, loss_terms, omd_recipe_of
 from lckd_med.losses import FeatureMMDLoss, TemperatureKLLoss, segmentation_loss
 from lckd_med.networks import LCKDNet, OMDNet
 
@@ -57,26 +57,30 @@ def test_one_stage_iteration_trains_with_every_term():
     before = {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
     trainer.run()
     out = trainer.state.output
-    assert set(OMD_LOSS_KEYS) <= set(out)
-    terms = omd_loss_terms(out)
+    assert {"loss", "seg_loss", "seg_real_loss", "mmd_loss", "kl_loss", "adaptation_loss"} <= set(out)
+    terms = loss_terms(out)
     assert all(math.isfinite(v) for v in terms.values())
     assert terms["seg_real_loss"] > 0 and terms["mmd_loss"] > 0 and terms["kl_loss"] > 0
     expected = terms["seg_loss"] + terms["seg_real_loss"] + 0.1 * terms["mmd_loss"] + 1.0 * terms["kl_loss"]
     assert terms["loss"] == pytest.approx(expected, rel=1e-5)
-    assert terms["kd_loss"] == pytest.approx(0.1 * terms["mmd_loss"] + terms["kl_loss"], rel=1e-5)
+    assert terms["adaptation_loss"] == pytest.approx(0.1 * terms["mmd_loss"] + terms["kl_loss"], rel=1e-5)
     assert trainer.state.phase == 2 and trainer.state.iteration == 2
     after = trainer.network.state_dict()
     # restoration and translation blocks (the transfer and fusion tasks) were updated in the same step
-    for key in ("fusions.0.restore.hidden.conv.weight", "fusions.1.translate.out.conv.weight", "head.conv.conv.weight"):
+    for key in (
+        "fusions.0.restore.hidden.conv.weight",
+        "fusions.1.translate.out.conv.weight",
+        "decoder.head.conv.conv.weight",
+    ):
         assert not torch.equal(before[key], after[key]), key
 
 
 def test_phase_one_has_no_dropout_and_no_adaptation_terms():
     trainer = _trainer(iterations=2, phase1_iterations=10)
     trainer.run()
-    terms = omd_loss_terms(trainer.state.output)
+    terms = loss_terms(trainer.state.output)
     assert trainer.state.phase == 1
-    assert terms["seg_real_loss"] == terms["mmd_loss"] == terms["kl_loss"] == terms["kd_loss"] == 0.0
+    assert terms["seg_real_loss"] == terms["mmd_loss"] == terms["kl_loss"] == terms["adaptation_loss"] == 0.0
     assert terms["loss"] == pytest.approx(terms["seg_loss"])
 
 
@@ -84,7 +88,7 @@ def test_phase_one_has_no_dropout_and_no_adaptation_terms():
 def test_zero_weight_switches_a_term_off(weights):
     trainer = _trainer(iterations=1, **weights)
     trainer.run()
-    terms = omd_loss_terms(trainer.state.output)
+    terms = loss_terms(trainer.state.output)
     key = {"mmd_weight": "mmd_loss", "kl_weight": "kl_loss", "real_seg_weight": "seg_real_loss"}[next(iter(weights))]
     assert terms[key] == 0.0
     others = {"mmd_loss", "kl_loss", "seg_real_loss"} - {key}
@@ -95,10 +99,10 @@ def test_mmd_levels_and_custom_losses_are_used():
     trainer = _trainer(
         iterations=1, mmd_levels=[-1], mmd_loss=FeatureMMDLoss(max_samples=8), kl_loss=TemperatureKLLoss(4.0)
     )
-    assert trainer.mmd_levels == [1]
-    assert trainer.kl_loss.temperature == 4.0
+    assert trainer.method.mmd_levels == [1]
+    assert trainer.method.kl_loss.temperature == 4.0
     trainer.run()
-    assert omd_loss_terms(trainer.state.output)["mmd_loss"] > 0
+    assert loss_terms(trainer.state.output)["mmd_loss"] > 0
 
 
 def test_recipe_is_json_serialisable():

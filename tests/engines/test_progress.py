@@ -24,6 +24,7 @@ def _engine() -> Engine:
     def _state(e):
         e.state.phase = 1 if e.state.iteration <= 4 else 2
         e.state.teachers = "t1ce" if e.state.iteration <= 4 else ""
+        e.state.status_keys = ("teachers",)  # the method's state shown on the line (LCKD: its teachers)
 
     return engine
 
@@ -41,6 +42,18 @@ def test_logs_every_n_iterations(caplog):
     assert first.groups()[:4] == ("3", "38", "1", "t1ce")
     assert second.groups()[:4] == ("6", "75", "2", "-")  # no teacher shown as '-'
     assert first.group(5) == "loss=0.5000 seg_loss=0.2500 kd_loss=2.5000"  # other output keys are not terms
+
+
+def test_line_without_method_state(caplog):
+    """A method without state (OMD, the baselines) shows no teachers field at all."""
+    engine = Engine(lambda e, b: {"loss": torch.tensor(1.0), "mmd_loss": torch.tensor(0.5)})
+    ProgressHandler(every=2, logger_name=LOGGER).attach(engine)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        engine.run(range(2), max_epochs=1)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert re.fullmatch(r"iter 2/2 \(100%\) \| phase \? \| loss=1\.0000 mmd_loss=0\.5000 \| .* s/it \| ETA .*", line), (
+        line
+    )
 
 
 @pytest.mark.parametrize(

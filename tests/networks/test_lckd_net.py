@@ -252,7 +252,7 @@ def _reference_forward(net: LCKDNet, x: torch.Tensor, mask: torch.Tensor) -> tor
     for level, (fusion, f) in enumerate(zip(net.fusions, feats, strict=True)):
         fill = net.fill_levels == "all" or level == net.num_levels - 1
         fused.append(fusion(f, mask.expand(batch, -1) if fill else torch.ones(batch, 4, dtype=torch.bool)))
-    return net._up_path(fused, deep=False)
+    return net.decoder(fused, deep=False)
 
 
 FILL_NETS = {
