@@ -80,11 +80,13 @@ class ExportableSegmenter(torch.nn.Module):
         fused as they are and only the bottleneck is mean-filled, all as tensor operations.
         """
         net = self.network
-        if getattr(net, "fill_levels", "all") != "bottleneck":
+        fusions = getattr(net, "fusions", None)
+        if getattr(fusions, "fill_levels", None) != "bottleneck":
             return net.decode(features, mask)
-        fused = [fusion.fuse(f.flatten(1, 2)) for fusion, f in zip(net.fusions[:-1], features[:-1], strict=True)]
-        fused.append(net.fusions[-1](features[-1], mask, validate=False))
-        return net._up_path(fused, deep=False)
+        levels = list(fusions)
+        fused = [fusion.fuse(f.flatten(1, 2)) for fusion, f in zip(levels[:-1], features[:-1], strict=True)]
+        fused.append(levels[-1](features[-1], mask, validate=False))
+        return net.decoder(fused, False)
 
     # the checkpoint stores the bare network's weights: read and write them without the wrapper's prefix
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
