@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from lckd_med.prediction.device import resolve_device
+
 __all__ = [
     "bundle_dir",
     "prepare_datalist",
@@ -212,13 +214,8 @@ def epochs_for(num_iterations: int, epoch_length: int) -> int:
     return math.ceil(num_iterations / epoch_length)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available (local rank under torchrun), else CPU; or the device named."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
+#: the one device resolver (:mod:`lckd_med.prediction.device`), under its bundle-config name
+pick_device = resolve_device
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -48,11 +48,11 @@ from lckd_med.constants import (
     subset_name,
 )
 from lckd_med.constants import label_convention as to_label_convention
-from lckd_med.data.pipelines import eval_transforms, normalize_roi_size
+from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
-from lckd_med.inference.sweep import sweep_subsets
+from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
@@ -287,23 +287,11 @@ def discover_inference_cases(
     return [_scan_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    return dev
-
-
 class BatchInference:
     """Segment every case of a folder (or manifest) with one checkpoint, whatever sequences each case has.
 
     Per case: :func:`~lckd_med.inference.geometry.check_and_align` -> ``eval_transforms(with_label=False)`` ->
-    :func:`~lckd_med.inference.sweep.sweep_subsets` on the subset of present sequences -> sigmoid > ``threshold``
+    :class:`~lckd_med.prediction.SubsetPredictor` on the subset of present sequences -> sigmoid > ``threshold``
     -> ``Invertd`` back to the input grid -> ``LabelConvention.regions_to_labels(ET, TC, WT)`` -> uint8 NIfTI.
 
     Args:
@@ -365,7 +353,7 @@ class BatchInference:
         self.input_dir = Path(input_dir) if input_dir is not None else None
         self.output_dir = Path(output_dir)
         self.manifest = Path(manifest) if manifest is not None else None
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.amp = amp
         self.overlap = float(overlap)
         self.threshold = float(threshold)
@@ -376,20 +364,20 @@ class BatchInference:
         self._owned: set[str] = set()  # names of the label maps that report lists: ours to replace
 
         self.ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
-        if roi_size is None:
-            roi_size = (self.ckpt.get("train_config") or {}).get("roi_size")
-            if roi_size is None:
-                raise ValueError(f"{self.ckpt_path}: checkpoint has no train_config.roi_size; pass roi_size")
-            if isinstance(roi_size, list):
-                roi_size = tuple(roi_size)
-        self.roi_size = normalize_roi_size(roi_size)
         self.convention = to_label_convention(
             self.ckpt["label_convention"] if label_convention is None else label_convention
         )
         self.network = build_network(self.ckpt).eval().to(self.device)
-        divisor = getattr(self.network, "size_divisor", None)
-        if divisor is not None and any(r % int(d) for r, d in zip(self.roi_size, divisor, strict=True)):
-            raise ValueError(f"roi_size {self.roi_size} must be divisible by the network's size divisor {divisor}")
+        self.predictor = SubsetPredictor(
+            self.network,
+            resolve_roi_size(roi_size, self.ckpt, self.network, where=str(self.ckpt_path)),
+            overlap=self.overlap,
+            amp=self.amp,
+            sw_batch_size=self.sw_batch_size,
+            device=self.device,
+            output_device="cpu",
+        )
+        self.roi_size = self.predictor.roi_size
         self.subset_dice: Mapping[str, Mapping[str, float]] = self.ckpt.get("subset_dice") or {}
         self.transforms = eval_transforms(self.convention, with_label=False)
         self.inverter = Invertd(
@@ -437,18 +425,7 @@ class BatchInference:
                 f"non-finite values after intensity normalisation of {files}: intensities too large for the float32 "
                 "z-score; rescale these images"
             )
-        logits = sweep_subsets(
-            self.network,
-            image.as_tensor()[None],
-            self.roi_size,
-            subsets=[case.subset],
-            available=mask[None],
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            amp=self.amp,
-            sw_device=self.device,
-            device="cpu",
-        )
+        logits = self.predictor(image.as_tensor()[None], [case.subset], available=mask[None])
         regions = (torch.sigmoid(logits[0, 0]) > self.threshold).float()  # (3, h, w, d), ET, TC, WT
         d[_PRED_KEY] = MetaTensor(regions)
         inverted = np.asarray(self.inverter(d)[_PRED_KEY].detach().cpu().numpy()) > 0.5

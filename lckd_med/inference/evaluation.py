@@ -27,10 +27,10 @@ from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, l
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, save_checkpoint
-from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
+from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
-from lckd_med.inference.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.metrics import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.prediction import BLEND_MODES, SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
 from lckd_med.utils.io import save_label_map
 from lckd_med.utils.progress import progress_bar
@@ -136,7 +136,7 @@ class SubsetEvaluator:
         self.postprocess_min_et = int(postprocess_min_et)
         self.store_in_checkpoint = store_in_checkpoint
         self.max_cases = max_cases
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.amp = amp
         self.progress = progress
         self.num_workers = int(num_workers)
@@ -153,9 +153,15 @@ class SubsetEvaluator:
             )
         ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         net = build_network(ckpt).to(self.device).eval()
-        roi = self.roi_size or ckpt.get("train_config", {}).get("roi_size")
-        if not roi:
-            raise ValueError(f"{self.ckpt_path} stores no training roi_size; pass roi_size")
+        predictor = SubsetPredictor(
+            net,
+            resolve_roi_size(self.roi_size, ckpt, net, where=str(self.ckpt_path)),
+            overlap=self.overlap,
+            mode=self.sw_mode,
+            amp=self.amp,
+            device=self.device,
+            output_device="cpu",
+        )
         conv = label_convention(datalist_meta(self.datalist).get("label_convention", ckpt["label_convention"]))
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
         for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
@@ -180,17 +186,7 @@ class SubsetEvaluator:
             case_id = sample["case_id"]
             entry = by_id[case_id]
             subsets = self._case_subsets(entry)
-            image = sample[IMAGE_KEY].unsqueeze(0).to(self.device)
-            logits = sweep_subsets(
-                net,
-                image,
-                roi,
-                subsets=subsets,
-                overlap=self.overlap,
-                mode=self.sw_mode,
-                amp=self.amp,
-                device=torch.device("cpu"),
-            )
+            logits = predictor(sample[IMAGE_KEY].unsqueeze(0), subsets)
             pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
             k = len(subsets)
             # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
