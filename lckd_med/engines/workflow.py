@@ -76,8 +76,8 @@ def prepare_datalist(
 ) -> str:
     """Path of a usable datalist: ``datalist`` when it exists, else one made from ``dataset_dir`` there.
 
-    Making it runs the same code as ``python -m data_prep.brats`` (discovery, validation, stratified folds)
-    and prints its summary.
+    Making it calls :func:`lckd_med.data.prepare.build_datalist`, the code behind ``python -m data_prep.brats``
+    (discovery, validation, stratified folds), and logs its summary.
 
     Raises:
         DatasetNotFoundError: no datalist and ``dataset_dir`` missing, empty or without a usable case.
@@ -90,13 +90,15 @@ def prepare_datalist(
         raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir does not exist"))
     if not any(dataset_dir.iterdir()):
         raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir is empty"))
-    from data_prep.brats import main as brats_main
+    from lckd_med.data.layouts import LayoutError
+    from lckd_med.data.prepare import NoUsableCaseError, build_datalist
 
-    argv = ["--dataset_dir", str(dataset_dir), "--output", str(datalist), "--folds", str(folds), "--seed", str(seed)]
-    argv += ["--test_fold", str(test_fold), "--val_fold", str(val_fold)]
-    code = brats_main(argv)
-    if code != 0 or not datalist.is_file():
-        raise DatasetNotFoundError(_no_data_message(dataset_dir, "no usable BraTS case found in dataset_dir"))
+    try:
+        build_datalist(dataset_dir, datalist, folds=folds, seed=seed, test_fold=test_fold, val_fold=val_fold)
+    except (LayoutError, NoUsableCaseError) as e:
+        raise DatasetNotFoundError(
+            _no_data_message(dataset_dir, f"no usable BraTS case found in dataset_dir ({e})")
+        ) from e
     return str(datalist)
 
 
