@@ -24,6 +24,7 @@ from lckd_med.inference.geometry import (
     read_volume,
     reference_modality,
 )
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.prediction.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "VolumeGeometry",
     "REFERENCE_PRIORITY",
     "SubsetEvaluator",
+    "SUBSET_DICE_NAME",
+    "read_subset_dice",
     "summary_table",
     "voxel_spacing",
     "BatchInference",

@@ -52,6 +52,7 @@ from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
+from lckd_med.inference.subset_dice import read_subset_dice
 from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
@@ -378,7 +379,8 @@ class BatchInference:
             output_device="cpu",
         )
         self.roi_size = self.predictor.roi_size
-        self.subset_dice: Mapping[str, Mapping[str, float]] = self.ckpt.get("subset_dice") or {}
+        # what evaluation measured per subset (subset_dice.json beside model.pt; older model.pt files hold it)
+        self.subset_dice: Mapping[str, Mapping[str, float]] = read_subset_dice(self.ckpt_path, self.ckpt)
         self.transforms = eval_transforms(self.convention, with_label=False)
         self.inverter = Invertd(
             keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
