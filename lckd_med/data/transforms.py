@@ -34,6 +34,7 @@ from monai.transforms import (
 from monai.utils import TransformBackends
 
 from lckd_med.constants import (
+    AFFINE_ATOL_MM,
     MODALITIES,
     NUM_MODALITIES,
     REGIONS,
@@ -241,7 +242,7 @@ class LoadModalities(Transform):
                     f"{prefix}shape mismatch: {MODALITIES[i]} file {ordered[i]} has shape {tuple(img.shape[1:])} "
                     f"but {MODALITIES[first_i]} file {ref_path} has {tuple(ref.shape[1:])}"
                 )
-            if not torch.allclose(img.affine, ref.affine, atol=1e-3):
+            if not torch.allclose(img.affine, ref.affine, atol=AFFINE_ATOL_MM):
                 warnings.warn(
                     f"{prefix}affine of {MODALITIES[i]} file {ordered[i]} differs from {ref_path}; "
                     f"using the affine of {MODALITIES[first_i]}",

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from lckd_med.constants import MODALITIES, LabelConvention, label_convention
+from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES, LabelConvention, label_convention
 from lckd_med.data.layouts import BratsCase, Issue
 
 __all__ = [
@@ -36,8 +36,6 @@ __all__ = [
     "validate_cases",
 ]
 
-#: Largest difference between affine entries (mm) still counted as "same grid".
-AFFINE_ATOL_MM: float = 1e-3
 #: Deflate cannot compress more than about 1032:1; a ``.nii.gz`` whose header claims more data than this times
 #: its size is lying (a corrupt or hostile header), and reading it would first allocate the claimed size.
 GZIP_MAX_RATIO: int = 1100

@@ -54,6 +54,7 @@ from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.subset_dice import read_subset_dice
 from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
@@ -336,12 +337,9 @@ class BatchInference:
         for name, flag in (("amp", amp), ("progress", progress), ("overwrite", overwrite)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
-        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be a number in [0, 1), got {overlap!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
+        fraction(overlap, "overlap")
+        fraction(threshold, "threshold", low_open=True)
+        positive_int(sw_batch_size, "sw_batch_size")
         if input_dir is None and manifest is None:
             raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
         if manifest is None and not Path(input_dir).is_dir():  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
-from lckd_med.constants import MODALITIES
+from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES
 from lckd_med.data.validation import check_normalisable, check_volume_header
 
 __all__ = [
@@ -59,8 +59,8 @@ __all__ = [
 
 #: Order in which the reference sequence (the grid every other sequence is resampled onto) is chosen.
 REFERENCE_PRIORITY: tuple[str, ...] = ("t1ce", "flair", "t2", "t1")
-#: Two affines within this absolute tolerance (mm, per entry) describe the same grid.
-AFFINE_ATOL: float = 1e-3
+#: Two affines within this absolute tolerance (mm, per entry) describe the same grid (the project's one value).
+AFFINE_ATOL: float = AFFINE_ATOL_MM
 #: Slack (mm) added on every side of the reference field of view before measuring the overlap, so fields of view
 #: that differ by a few millimetres (a rounded header, a slice more or less) count as fully overlapping.
 CENTRE_TOLERANCE_MM: float = 3.0

@@ -14,6 +14,7 @@ import torch
 
 from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
+from lckd_med.utils.checks import fraction, positive_int
 
 __all__ = ["SubsetPredictor", "resolve_roi_size"]
 
@@ -83,18 +84,14 @@ class SubsetPredictor:
         device: str | torch.device = "auto",
         output_device: str | torch.device | None = None,
     ) -> None:
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if mode not in BLEND_MODES:
             raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
-        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
+        self.sw_batch_size = positive_int(sw_batch_size, "sw_batch_size")
         self.network = network
         self.roi_size = resolve_roi_size(roi_size, network=network)
-        self.overlap = float(overlap)
+        self.overlap = fraction(overlap, "overlap")
         self.mode = mode
         self.amp = bool(amp)
-        self.sw_batch_size = sw_batch_size
         self.device = resolve_device(device)
         self.output_device = self.device if output_device is None else torch.device(output_device)
 

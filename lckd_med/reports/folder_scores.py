@@ -29,10 +29,19 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from lckd_med.constants import ET_MIN_VOXELS, MODALITIES, SUBSET_NAMES, LabelConvention, label_convention, subset_name
+from lckd_med.constants import (
+    AFFINE_ATOL_MM,
+    ET_MIN_VOXELS,
+    MODALITIES,
+    SUBSET_NAMES,
+    LabelConvention,
+    label_convention,
+    subset_name,
+)
 from lckd_med.data.layouts import LayoutError, discover_cases
 from lckd_med.metrics.brats import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
+from lckd_med.utils.checks import non_negative_int
 from lckd_med.utils.progress import progress_bar
 
 __all__ = [
@@ -47,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest difference between affine entries (mm) for a prediction to count as overlaying its label.
-AFFINE_ATOL_MM: float = 1e-3
 #: Report written by batch inference beside its label maps (gives each case's subset).
 INFERENCE_REPORT = "inference_report.csv"
 _EXTENSIONS = (".nii.gz", ".nii")
@@ -189,8 +196,7 @@ def score_folder(
     default = subset_name(MODALITIES) if subset is None else subset
     if default not in SUBSET_NAMES:
         raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSET_NAMES}")
-    if isinstance(postprocess_min_et, bool) or not isinstance(postprocess_min_et, int) or postprocess_min_et < 0:
-        raise ValueError(f"postprocess_min_et must be an int >= 0, got {postprocess_min_et!r}")
+    non_negative_int(postprocess_min_et, "postprocess_min_et")
     if hd95_method not in HD95_METHODS:
         raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
     given = label_convention(release) if release is not None else None
