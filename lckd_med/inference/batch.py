@@ -43,11 +43,11 @@ from lckd_med.constants import (
     MODALITIES,
     REGIONS,
     RELEASE_FILE_SUFFIXES,
-    SEGMENTATION_SUFFIX,
     LabelConvention,
     subset_name,
 )
 from lckd_med.constants import label_convention as to_label_convention
+from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
@@ -74,7 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 #: Columns a manifest CSV must have (modality columns in ``MODALITIES`` order).
 MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", *MODALITIES)
 #: Columns of ``inference_report.csv``, in order.
@@ -90,7 +89,6 @@ REPORT_COLUMNS: tuple[str, ...] = (
 )
 REPORT_NAME = "inference_report.csv"
 _PRED_KEY = "pred"
-_SEPARATORS = ("_", "-")
 #: Prefix of the per-case working folders (resampled sequences) made inside ``output_dir``.
 _WORK_PREFIX = ".lckd_align_"
 
@@ -124,40 +122,6 @@ class InferenceCase:
         return subset_name(self.present) if self.present else ""
 
 
-def _strip_nifti(name: str) -> str | None:
-    lower = name.lower()
-    for ext in NIFTI_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return None
-
-
-# suffix (lower case) -> modality key, over both naming schemes
-_SUFFIX_TO_MODALITY: dict[str, str] = {
-    suffix.lower(): mod for scheme in RELEASE_FILE_SUFFIXES.values() for mod, suffix in scheme.items()
-}
-
-
-def match_sequence_file(filename: str) -> str | None:
-    """Modality key of a BraTS-named sequence file, or None (segmentations and other files).
-
-    Matches on the suffix only, so the prefix may differ from the case folder name: ``X_flair.nii.gz`` and
-    ``X-t2f.nii.gz`` are FLAIR, ``X_t1ce.nii`` and ``X-t1c.nii.gz`` T1ce; ``_`` and ``-`` are both accepted
-    as separator, case is ignored. ``*_seg`` / ``*-seg`` files give None.
-    """
-    stem = _strip_nifti(filename)
-    if stem is None or filename.startswith("."):
-        return None
-    for sep in _SEPARATORS:
-        if sep in stem:
-            suffix = stem.rsplit(sep, 1)[1].lower()
-            if suffix == SEGMENTATION_SUFFIX:
-                return None
-            if suffix in _SUFFIX_TO_MODALITY:
-                return _SUFFIX_TO_MODALITY[suffix]
-    return None
-
-
 def _scan_case_folder(folder: Path) -> InferenceCase:
     case = InferenceCase(case_id=folder.name, source=folder)
     found: dict[str, list[Path]] = {}
@@ -179,7 +143,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
         if f.is_file():
             if mod is not None:
                 found.setdefault(mod, []).append(f)
-            elif not f.name.startswith(".") and _strip_nifti(f.name) is None:
+            elif not f.name.startswith(".") and nifti_stem(f.name) is None:
                 ignored.append(printable(f.name))
     if ignored:
         case.notes.append(f"ignored {len(ignored)} non-NIfTI file(s): {', '.join(ignored[:5])}")
@@ -195,7 +159,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
     if not found:
         names = " or ".join(
             "<case>" + sep + "{" + ",".join(s.values()) + "}.nii.gz"
-            for sep, s in zip(_SEPARATORS, RELEASE_FILE_SUFFIXES.values(), strict=True)
+            for sep, s in zip(SEPARATORS, RELEASE_FILE_SUFFIXES.values(), strict=True)
         )
         case.error = f"no sequences in {folder} (expected files named {names})"
     return case

@@ -39,6 +39,7 @@ from lckd_med.constants import (
     subset_name,
 )
 from lckd_med.data.layouts import LayoutError, discover_cases
+from lckd_med.data.naming import nifti_stem
 from lckd_med.metrics.brats import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
 from lckd_med.utils.checks import non_negative_int
@@ -58,7 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: Report written by batch inference beside its label maps (gives each case's subset).
 INFERENCE_REPORT = "inference_report.csv"
-_EXTENSIONS = (".nii.gz", ".nii")
 _LABEL_SUFFIXES = ("", "_seg", "-seg")
 
 
@@ -78,11 +78,7 @@ class FolderScores:
 
 
 def _stem(name: str) -> str | None:
-    low = name.lower()
-    for ext in _EXTENSIONS:
-        if low.endswith(ext) and not name.startswith("."):
-            return name[: -len(ext)]
-    return None
+    return None if name.startswith(".") else nifti_stem(name)
 
 
 def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
