@@ -383,11 +383,11 @@ def _inf(p: Path) -> None:
     "maker, expected",
     [
         (_corrupt_gzip, "corrupt|cannot be read"),
-        (_not_nifti, "cannot be read as NIfTI"),
+        (_not_nifti, "cannot read as NIfTI"),
         (_four_d, "not a single 3D volume"),
         (_far, "too far apart"),
         (_nan, "1 NaN"),
-        (_inf, "1 infinite"),
+        (_inf, "1 Inf"),
     ],
 )
 def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
