@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EVALUATE_EXAMPLE,
         formatter_class=_formatter,
     )
-    ev.add_argument("--pred_dir", required=True, help="folder of <case_id>.nii.gz label maps")
+    ev.add_argument(
+        "--pred_dir",
+        required=True,
+        help="folder of <case_id>.nii.gz label maps, or of <subset>/ sub-folders (the evaluate bundle's predictions/)",
+    )
     ev.add_argument("--labels", required=True, help="BraTS dataset folder or folder of label files")
     ev.add_argument("-o", "--output_dir", required=True, help="folder for the reports")
     ev.add_argument("--subset", default=None, help="subset of the predictions, e.g. t1ce+t2 (default: all four)")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "AFFINE_ATOL_MM",
     "MODALITIES",
     "NUM_MODALITIES",
     "REGIONS",
@@ -217,3 +218,7 @@ def brats_affine(spacing: float = 1.0) -> np.ndarray:
 HD95_ONE_EMPTY_MM: float = float(np.sqrt(sum(float(n) ** 2 for n in BRATS_SHAPE_1MM)))
 #: Peers' ET post-processing threshold: a predicted ET smaller than this many voxels is relabelled NCR.
 ET_MIN_VOXELS: int = 500
+#: Largest difference between two affines' entries (mm) for them to describe the same grid: used by dataset
+#: validation, the inference geometry checks, the loader's per-case check and the folder scorer (one value, so a
+#: case that validation accepts is never refused later).
+AFFINE_ATOL_MM: float = 1e-3

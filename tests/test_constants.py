@@ -95,3 +95,12 @@ def test_brats_affine():
     assert aff2[0, 0] == -2 and aff2[1, 1] == -2 and aff2[2, 2] == 2
     with pytest.raises(ValueError):
         C.brats_affine(0)
+
+
+def test_one_affine_tolerance():
+    from lckd_med.constants import AFFINE_ATOL_MM
+    from lckd_med.data import validation
+    from lckd_med.inference import geometry
+    from lckd_med.reports import folder_scores
+
+    assert validation.AFFINE_ATOL_MM is folder_scores.AFFINE_ATOL_MM is geometry.AFFINE_ATOL is AFFINE_ATOL_MM

@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lckd_med.benchmarks.train_step import make_batch, training_loss
-from lckd_med.inference.sweep import subset_masks
+from lckd_med.prediction.sweep import subset_masks
 
 __all__ = ["count_flops", "flops_per_voxel", "saved_activation_bytes", "encodes_once"]
 

@@ -35,8 +35,8 @@ from lckd_med.benchmarks.sweep import separate_passes, time_call
 from lckd_med.benchmarks.train_step import benchmark_step, make_batch, training_loss
 from lckd_med.constants import FULL_SUBSET, NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES
 from lckd_med.engines.workflow import pick_device
-from lckd_med.inference.sweep import autocast_context, subset_masks, sweep_subsets
 from lckd_med.networks import DEFAULT_NORM, DEFAULT_PRESET, PRESETS, build_preset
+from lckd_med.prediction.sweep import autocast_context, subset_masks, sweep_subsets
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["MODELS", "BASELINE", "build_models", "run_suite", "markdown_tables", "measure_bf16_peak", "main"]
@@ -135,7 +135,7 @@ def whole_case_seconds(
 ) -> dict[str, float]:
     """Seconds for one ``(1, 4, *shape)`` case by sliding window (1/3 overlap) under one subset and all 15.
 
-    The project's networks run :func:`~lckd_med.inference.sweep.sweep_subsets` (each window encoded once); the
+    The project's networks run :func:`~lckd_med.prediction.sweep.sweep_subsets` (each window encoded once); the
     peers run one sliding window per subset with the missing channels zeroed.
     """
     gen = torch.Generator().manual_seed(1)

@@ -20,8 +20,8 @@ from monai.inferers import sliding_window_inference
 from lckd_med.constants import NUM_MODALITIES, SUBSET_NAMES
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.engines.workflow import pick_device
-from lckd_med.inference.sweep import autocast_context, subset_masks, sweep_subsets
 from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
+from lckd_med.prediction.sweep import autocast_context, subset_masks, sweep_subsets
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["separate_passes", "time_call", "main"]

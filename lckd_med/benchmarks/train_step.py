@@ -20,9 +20,9 @@ import torch
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.engines.workflow import make_optimizer, pick_device
-from lckd_med.inference.sweep import autocast_context
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
 from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
+from lckd_med.prediction.sweep import autocast_context
 
 __all__ = ["KINDS", "PHASE2_MASK", "make_batch", "training_loss", "benchmark_step", "main"]
 

@@ -41,6 +41,7 @@ from lckd_med.constants import (
     LabelConvention,
     label_convention,
 )
+from lckd_med.data.naming import NIFTI_EXTENSIONS, is_nifti, nifti_stem
 from lckd_med.utils.io import printable
 
 __all__ = [
@@ -76,7 +77,6 @@ LAYOUT_PATTERNS: dict[str, str] = {
 }
 #: Grade folder names of the brats2018 layout (matched case-insensitively).
 GRADES: tuple[str, ...] = ("HGG", "LGG")
-NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 
 # Per layout: separator between case id and suffix, and the naming scheme in RELEASE_FILE_SUFFIXES.
 _SCHEME: dict[str, tuple[str, str]] = {
@@ -244,16 +244,8 @@ def scan_folder(folder: Path) -> FolderScan:
     )
 
 
-def _is_nifti(name: str) -> bool:
-    return name.lower().endswith(NIFTI_EXTENSIONS)
-
-
 def _stem(name: str) -> str:
-    low = name.lower()
-    for ext in NIFTI_EXTENSIONS:
-        if low.endswith(ext):
-            return name[: -len(ext)]
-    return name
+    return nifti_stem(name) or name
 
 
 def _suffix_map(layout: str) -> dict[str, str]:
@@ -266,7 +258,7 @@ def _suffix_map(layout: str) -> dict[str, str]:
 
 def _parse_name(name: str, layout: str) -> tuple[str, str] | None:
     """``(prefix, key)`` of a recognised NIfTI file name in ``layout``, else ``None``."""
-    if not _is_nifti(name):
+    if not is_nifti(name):
         return None
     sep, _ = _SCHEME[layout]
     stem = _stem(name)
@@ -402,7 +394,7 @@ class _Walker:
             return
         self.deferred.extend((link, folder, depth) for link in scan.links)
         n_cases = sum(self.visit_child(d, folder, depth) for d in scan.dirs)
-        nifti = [f for f in scan.files if _is_nifti(f.name)]
+        nifti = [f for f in scan.files if is_nifti(f.name)]
         if n_cases:
             for f in scan.files:
                 if not f.name.lower().endswith(_METADATA_EXTENSIONS):
@@ -551,7 +543,7 @@ def _collect_case(scan: FolderScan, layout: str, grade: str | None, problems: li
     for f in scan.files:
         parsed = _parse_name(f.name, layout)
         if parsed is None:
-            if _is_nifti(f.name):
+            if is_nifti(f.name):
                 unrecognised.append(f.name)
                 local.append(
                     Issue(

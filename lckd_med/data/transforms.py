@@ -34,6 +34,7 @@ from monai.transforms import (
 from monai.utils import TransformBackends
 
 from lckd_med.constants import (
+    AFFINE_ATOL_MM,
     MODALITIES,
     NUM_MODALITIES,
     REGIONS,
@@ -42,7 +43,8 @@ from lckd_med.constants import (
     parse_subset,
     subset_name,
 )
-from lckd_med.data.validation import check_volume_file
+from lckd_med.data.naming import NIFTI_EXTENSIONS
+from lckd_med.data.volume import read_nifti
 
 __all__ = [
     "IMAGE_KEY",
@@ -181,8 +183,12 @@ class LoadModalities(Transform):
         prefix = _case_prefix(case_id)
         if not os.path.isfile(path):
             raise ValueError(f"{prefix}{what} file does not exist: {path}")
+        if str(path).lower().endswith(NIFTI_EXTENSIONS):
+            # the one reader's header checks (implausible size, NaN affine, shape) before any voxel is read
+            header = read_nifti(path, read_data=False)
+            if header.problems:
+                raise ValueError(f"{prefix}cannot read {what} file {path}: {header.problems[0]}")
         try:
-            check_volume_file(path)  # implausible size or NaN affine: before any voxel is read
             # runtime reader: LoadImage would otherwise retry every installed reader (slow, vague error)
             img = (loader or self.loader)(path, reader=self.reader)
         except Exception as e:  # any reader failure becomes one clear error naming the file
@@ -241,7 +247,7 @@ class LoadModalities(Transform):
                     f"{prefix}shape mismatch: {MODALITIES[i]} file {ordered[i]} has shape {tuple(img.shape[1:])} "
                     f"but {MODALITIES[first_i]} file {ref_path} has {tuple(ref.shape[1:])}"
                 )
-            if not torch.allclose(img.affine, ref.affine, atol=1e-3):
+            if not torch.allclose(img.affine, ref.affine, atol=AFFINE_ATOL_MM):
                 warnings.warn(
                     f"{prefix}affine of {MODALITIES[i]} file {ordered[i]} differs from {ref_path}; "
                     f"using the affine of {MODALITIES[first_i]}",

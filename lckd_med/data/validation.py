@@ -8,9 +8,7 @@ sequence file that is present but broken is.
 
 from __future__ import annotations
 
-import gzip
 import os
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -20,8 +18,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from lckd_med.constants import MODALITIES, LabelConvention, label_convention
+from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES, LabelConvention, label_convention
 from lckd_med.data.layouts import BratsCase, Issue
+from lckd_med.data.volume import describe_error, read_nifti
 
 __all__ = [
     "AFFINE_ATOL_MM",
@@ -36,8 +35,6 @@ __all__ = [
     "validate_cases",
 ]
 
-#: Largest difference between affine entries (mm) still counted as "same grid".
-AFFINE_ATOL_MM: float = 1e-3
 #: Deflate cannot compress more than about 1032:1; a ``.nii.gz`` whose header claims more data than this times
 #: its size is lying (a corrupt or hostile header), and reading it would first allocate the claimed size.
 GZIP_MAX_RATIO: int = 1100
@@ -163,29 +160,6 @@ class CaseCheck:
     shape: tuple[int, int, int] | None = None
 
 
-def _fmt_err(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or "no details"
-    if isinstance(err, (zlib.error, gzip.BadGzipFile)):
-        return f"corrupt gzip data: {text}"
-    return f"{type(err).__name__}: {text}"
-
-
-def _check_intensities(path: Path, data: np.ndarray, reasons: list[Issue]) -> None:
-    nonfinite = 0
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        n_nan = int(np.count_nonzero(np.isnan(data)))
-        n_inf = int(np.count_nonzero(np.isinf(data)))
-        nonfinite = n_nan + n_inf
-        reasons.append(Issue(str(path), f"non-finite intensities: {n_nan} NaN and {n_inf} Inf voxels"))
-    # NaN and Inf count as non-zero, so remove them before judging "all zero"
-    if int(np.count_nonzero(data)) - nonfinite == 0:
-        reasons.append(Issue(str(path), "image is all zero (empty volume)"))
-    elif not nonfinite:
-        problem = normalisation_problem(data)
-        if problem:
-            reasons.append(Issue(str(path), problem))
-
-
 def _check_label(
     path: Path, data: np.ndarray, convention: LabelConvention, reasons: list[Issue], warnings: list[Issue]
 ) -> None:
@@ -267,31 +241,13 @@ def validate_case(
         files.append(("label", case.label))
     ref: tuple[Path, tuple[int, ...], np.ndarray] | None = None
     for key, path in files:
-        try:
-            img = nib.load(str(path))
-        except Exception as err:  # any loader failure is a reason, never a crash
-            reasons.append(Issue(str(path), f"cannot read as NIfTI ({_fmt_err(err)})"))
+        read = read_nifti(path, label=key == "label")  # header guards, shape, voxels, intensity checks
+        warnings.extend(Issue(str(path), w) for w in read.warnings)
+        if read.image is None or (read.data is None and read.problems):
+            reasons.extend(Issue(str(path), p) for p in read.problems)
             continue
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            reasons.append(Issue(str(path), f"not a NIfTI image (read as {type(img).__name__})"))
-            continue
-        try:
-            check_volume_header(img, path)
-        except ValueError as err:
-            reasons.append(Issue(str(path), str(err).removeprefix(f"{path}: ")))
-            continue
-        shape = tuple(int(s) for s in img.shape)
-        squeeze = len(shape) == 4 and shape[3] == 1
-        if squeeze:
-            warnings.append(Issue(str(path), f"4-D file with a single volume {shape}: squeezed to 3-D"))
-            shape = shape[:3]
-        elif len(shape) != 3:
-            reasons.append(Issue(str(path), f"expected a 3-D volume, got shape {shape}"))
-            continue
-        affine = np.asarray(img.affine, dtype=float)
-        if not np.isfinite(affine).all():
-            reasons.append(Issue(str(path), "affine has non-finite entries"))
-            continue
+        shape = tuple(int(v) for v in read.image.shape[:3])
+        affine = np.asarray(read.image.affine, dtype=float)
         if ref is None:
             ref = (path, shape, affine)
         else:
@@ -306,18 +262,10 @@ def validate_case(
                         f"affine differs from {ref_path.name} by up to {diff:.4g} mm (tolerance {affine_atol})",
                     )
                 )
-        try:
-            data = np.asanyarray(img.dataobj)
-        except Exception as err:  # truncated/corrupt data is a reason, never a crash
-            reasons.append(Issue(str(path), f"cannot read image data, file truncated or corrupt ({_fmt_err(err)})"))
-            continue
-        if squeeze:
-            data = data[..., 0]
-        if key == "label":
-            _check_label(path, data, convention, reasons, warnings)
-        else:
-            _check_intensities(path, data, reasons)
-        del data, img
+        reasons.extend(Issue(str(path), p) for p in read.problems)
+        if key == "label" and read.data is not None:
+            _check_label(path, read.data, convention, reasons, warnings)
+        del read
     return CaseCheck(
         case=case,
         ok=not reasons,
@@ -332,7 +280,7 @@ def _crashed(case: BratsCase, err: BaseException) -> CaseCheck:
     return CaseCheck(
         case=case,
         ok=False,
-        reasons=(Issue(str(case.dir), f"validation crashed ({_fmt_err(err)})"),),
+        reasons=(Issue(str(case.dir), f"validation crashed ({describe_error(err)})"),),
         missing_modalities=case.missing_modalities,
     )
 

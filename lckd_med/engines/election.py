@@ -30,8 +30,8 @@ from ignite.engine import Engine, Events
 
 from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS, SINGLE_SUBSETS, subset_to_mask
 from lckd_med.engines.checkpoint import unwrap_model
-from lckd_med.inference.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.metrics import legacy_dice
+from lckd_med.prediction import BLEND_MODES, SubsetPredictor
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = [
@@ -123,6 +123,7 @@ def single_modality_dice(
     """
     if score not in ELECTION_SCORES:
         raise ValueError(f"score must be one of {ELECTION_SCORES}, got {score!r}")
+    predictor = SubsetPredictor(network, roi_size, overlap=overlap, mode=mode, amp=amp, device=device)
     needs = [torch.from_numpy(subset_to_mask(s)) for s in subsets]
     was_training = network.training
     network.eval()
@@ -140,15 +141,7 @@ def single_modality_dice(
                 scored = [k for k, need in enumerate(needs) if bool((avail[b] | ~need).all())]
                 if not scored:
                     continue
-                logits = sweep_subsets(
-                    network,
-                    image[b : b + 1],
-                    roi_size,
-                    subsets=[subsets[k] for k in scored],
-                    overlap=overlap,
-                    mode=mode,
-                    amp=amp,
-                )[0]
+                logits = predictor(image[b : b + 1], [subsets[k] for k in scored])[0]
                 prob = torch.sigmoid(logits)
                 for i, k in enumerate(scored):
                     if score == "soft":

@@ -29,9 +29,9 @@ from lckd_med.data.transforms import (
 )
 from lckd_med.engines.election import TeacherState
 from lckd_med.engines.progress import loss_terms
-from lckd_med.inference.sweep import autocast_context
 from lckd_med.methods.base import TrainBatch, TrainingMethod
 from lckd_med.methods.lckd import LCKDMethod
+from lckd_med.prediction import autocast_context
 
 __all__ = ["MethodTrainer", "LCKDTrainer", "loss_terms", "seed_if_unseeded"]
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from lckd_med.prediction.device import resolve_device
+
 __all__ = [
     "bundle_dir",
     "prepare_datalist",
@@ -74,8 +76,8 @@ def prepare_datalist(
 ) -> str:
     """Path of a usable datalist: ``datalist`` when it exists, else one made from ``dataset_dir`` there.
 
-    Making it runs the same code as ``python -m data_prep.brats`` (discovery, validation, stratified folds)
-    and prints its summary.
+    Making it calls :func:`lckd_med.data.prepare.build_datalist`, the code behind ``python -m data_prep.brats``
+    (discovery, validation, stratified folds), and logs its summary.
 
     Raises:
         DatasetNotFoundError: no datalist and ``dataset_dir`` missing, empty or without a usable case.
@@ -88,13 +90,15 @@ def prepare_datalist(
         raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir does not exist"))
     if not any(dataset_dir.iterdir()):
         raise DatasetNotFoundError(_no_data_message(dataset_dir, "dataset_dir is empty"))
-    from data_prep.brats import main as brats_main
+    from lckd_med.data.layouts import LayoutError
+    from lckd_med.data.prepare import NoUsableCaseError, build_datalist
 
-    argv = ["--dataset_dir", str(dataset_dir), "--output", str(datalist), "--folds", str(folds), "--seed", str(seed)]
-    argv += ["--test_fold", str(test_fold), "--val_fold", str(val_fold)]
-    code = brats_main(argv)
-    if code != 0 or not datalist.is_file():
-        raise DatasetNotFoundError(_no_data_message(dataset_dir, "no usable BraTS case found in dataset_dir"))
+    try:
+        build_datalist(dataset_dir, datalist, folds=folds, seed=seed, test_fold=test_fold, val_fold=val_fold)
+    except (LayoutError, NoUsableCaseError) as e:
+        raise DatasetNotFoundError(
+            _no_data_message(dataset_dir, f"no usable BraTS case found in dataset_dir ({e})")
+        ) from e
     return str(datalist)
 
 
@@ -212,13 +216,8 @@ def epochs_for(num_iterations: int, epoch_length: int) -> int:
     return math.ceil(num_iterations / epoch_length)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available (local rank under torchrun), else CPU; or the device named."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
+#: the one device resolver (:mod:`lckd_med.prediction.device`), under its bundle-config name
+pick_device = resolve_device
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -1,4 +1,5 @@
-"""lckd_med.inference: sliding-window subset sweeps, geometry checks and batch inference on user scans."""
+"""lckd_med.inference: evaluation, geometry checks and batch inference on user scans (the sweep lives in
+:mod:`lckd_med.prediction`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from lckd_med.inference.geometry import (
     read_volume,
     reference_modality,
 )
-from lckd_med.inference.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
+from lckd_med.prediction.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 
 __all__ = [
     "sweep_subsets",
@@ -38,6 +40,8 @@ __all__ = [
     "VolumeGeometry",
     "REFERENCE_PRIORITY",
     "SubsetEvaluator",
+    "SUBSET_DICE_NAME",
+    "read_subset_dice",
     "summary_table",
     "voxel_spacing",
     "BatchInference",

@@ -43,16 +43,18 @@ from lckd_med.constants import (
     MODALITIES,
     REGIONS,
     RELEASE_FILE_SUFFIXES,
-    SEGMENTATION_SUFFIX,
     LabelConvention,
     subset_name,
 )
 from lckd_med.constants import label_convention as to_label_convention
-from lckd_med.data.pipelines import eval_transforms, normalize_roi_size
+from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
+from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
-from lckd_med.inference.sweep import sweep_subsets
+from lckd_med.inference.subset_dice import read_subset_dice
+from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
@@ -72,7 +74,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 #: Columns a manifest CSV must have (modality columns in ``MODALITIES`` order).
 MANIFEST_COLUMNS: tuple[str, ...] = ("case_id", *MODALITIES)
 #: Columns of ``inference_report.csv``, in order.
@@ -88,7 +89,6 @@ REPORT_COLUMNS: tuple[str, ...] = (
 )
 REPORT_NAME = "inference_report.csv"
 _PRED_KEY = "pred"
-_SEPARATORS = ("_", "-")
 #: Prefix of the per-case working folders (resampled sequences) made inside ``output_dir``.
 _WORK_PREFIX = ".lckd_align_"
 
@@ -122,40 +122,6 @@ class InferenceCase:
         return subset_name(self.present) if self.present else ""
 
 
-def _strip_nifti(name: str) -> str | None:
-    lower = name.lower()
-    for ext in NIFTI_EXTENSIONS:
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return None
-
-
-# suffix (lower case) -> modality key, over both naming schemes
-_SUFFIX_TO_MODALITY: dict[str, str] = {
-    suffix.lower(): mod for scheme in RELEASE_FILE_SUFFIXES.values() for mod, suffix in scheme.items()
-}
-
-
-def match_sequence_file(filename: str) -> str | None:
-    """Modality key of a BraTS-named sequence file, or None (segmentations and other files).
-
-    Matches on the suffix only, so the prefix may differ from the case folder name: ``X_flair.nii.gz`` and
-    ``X-t2f.nii.gz`` are FLAIR, ``X_t1ce.nii`` and ``X-t1c.nii.gz`` T1ce; ``_`` and ``-`` are both accepted
-    as separator, case is ignored. ``*_seg`` / ``*-seg`` files give None.
-    """
-    stem = _strip_nifti(filename)
-    if stem is None or filename.startswith("."):
-        return None
-    for sep in _SEPARATORS:
-        if sep in stem:
-            suffix = stem.rsplit(sep, 1)[1].lower()
-            if suffix == SEGMENTATION_SUFFIX:
-                return None
-            if suffix in _SUFFIX_TO_MODALITY:
-                return _SUFFIX_TO_MODALITY[suffix]
-    return None
-
-
 def _scan_case_folder(folder: Path) -> InferenceCase:
     case = InferenceCase(case_id=folder.name, source=folder)
     found: dict[str, list[Path]] = {}
@@ -177,7 +143,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
         if f.is_file():
             if mod is not None:
                 found.setdefault(mod, []).append(f)
-            elif not f.name.startswith(".") and _strip_nifti(f.name) is None:
+            elif not f.name.startswith(".") and nifti_stem(f.name) is None:
                 ignored.append(printable(f.name))
     if ignored:
         case.notes.append(f"ignored {len(ignored)} non-NIfTI file(s): {', '.join(ignored[:5])}")
@@ -193,7 +159,7 @@ def _scan_case_folder(folder: Path) -> InferenceCase:
     if not found:
         names = " or ".join(
             "<case>" + sep + "{" + ",".join(s.values()) + "}.nii.gz"
-            for sep, s in zip(_SEPARATORS, RELEASE_FILE_SUFFIXES.values(), strict=True)
+            for sep, s in zip(SEPARATORS, RELEASE_FILE_SUFFIXES.values(), strict=True)
         )
         case.error = f"no sequences in {folder} (expected files named {names})"
     return case
@@ -287,23 +253,11 @@ def discover_inference_cases(
     return [_scan_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    return dev
-
-
 class BatchInference:
     """Segment every case of a folder (or manifest) with one checkpoint, whatever sequences each case has.
 
     Per case: :func:`~lckd_med.inference.geometry.check_and_align` -> ``eval_transforms(with_label=False)`` ->
-    :func:`~lckd_med.inference.sweep.sweep_subsets` on the subset of present sequences -> sigmoid > ``threshold``
+    :class:`~lckd_med.prediction.SubsetPredictor` on the subset of present sequences -> sigmoid > ``threshold``
     -> ``Invertd`` back to the input grid -> ``LabelConvention.regions_to_labels(ET, TC, WT)`` -> uint8 NIfTI.
 
     Args:
@@ -347,12 +301,9 @@ class BatchInference:
         for name, flag in (("amp", amp), ("progress", progress), ("overwrite", overwrite)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
-        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be a number in [0, 1), got {overlap!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be a number in (0, 1), got {threshold!r}")
-        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}")
+        fraction(overlap, "overlap")
+        fraction(threshold, "threshold", low_open=True)
+        positive_int(sw_batch_size, "sw_batch_size")
         if input_dir is None and manifest is None:
             raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
         if manifest is None and not Path(input_dir).is_dir():  # type: ignore[arg-type]
@@ -365,7 +316,7 @@ class BatchInference:
         self.input_dir = Path(input_dir) if input_dir is not None else None
         self.output_dir = Path(output_dir)
         self.manifest = Path(manifest) if manifest is not None else None
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.amp = amp
         self.overlap = float(overlap)
         self.threshold = float(threshold)
@@ -376,21 +327,22 @@ class BatchInference:
         self._owned: set[str] = set()  # names of the label maps that report lists: ours to replace
 
         self.ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
-        if roi_size is None:
-            roi_size = (self.ckpt.get("train_config") or {}).get("roi_size")
-            if roi_size is None:
-                raise ValueError(f"{self.ckpt_path}: checkpoint has no train_config.roi_size; pass roi_size")
-            if isinstance(roi_size, list):
-                roi_size = tuple(roi_size)
-        self.roi_size = normalize_roi_size(roi_size)
         self.convention = to_label_convention(
             self.ckpt["label_convention"] if label_convention is None else label_convention
         )
         self.network = build_network(self.ckpt).eval().to(self.device)
-        divisor = getattr(self.network, "size_divisor", None)
-        if divisor is not None and any(r % int(d) for r, d in zip(self.roi_size, divisor, strict=True)):
-            raise ValueError(f"roi_size {self.roi_size} must be divisible by the network's size divisor {divisor}")
-        self.subset_dice: Mapping[str, Mapping[str, float]] = self.ckpt.get("subset_dice") or {}
+        self.predictor = SubsetPredictor(
+            self.network,
+            resolve_roi_size(roi_size, self.ckpt, self.network, where=str(self.ckpt_path)),
+            overlap=self.overlap,
+            amp=self.amp,
+            sw_batch_size=self.sw_batch_size,
+            device=self.device,
+            output_device="cpu",
+        )
+        self.roi_size = self.predictor.roi_size
+        # what evaluation measured per subset (subset_dice.json beside model.pt; older model.pt files hold it)
+        self.subset_dice: Mapping[str, Mapping[str, float]] = read_subset_dice(self.ckpt_path, self.ckpt)
         self.transforms = eval_transforms(self.convention, with_label=False)
         self.inverter = Invertd(
             keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
@@ -437,18 +389,7 @@ class BatchInference:
                 f"non-finite values after intensity normalisation of {files}: intensities too large for the float32 "
                 "z-score; rescale these images"
             )
-        logits = sweep_subsets(
-            self.network,
-            image.as_tensor()[None],
-            self.roi_size,
-            subsets=[case.subset],
-            available=mask[None],
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            amp=self.amp,
-            sw_device=self.device,
-            device="cpu",
-        )
+        logits = self.predictor(image.as_tensor()[None], [case.subset], available=mask[None])
         regions = (torch.sigmoid(logits[0, 0]) > self.threshold).float()  # (3, h, w, d), ET, TC, WT
         d[_PRED_KEY] = MetaTensor(regions)
         inverted = np.asarray(self.inverter(d)[_PRED_KEY].detach().cpu().numpy()) > 0.5

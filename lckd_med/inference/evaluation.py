@@ -1,16 +1,23 @@
 """Evaluate a trained model under every modality subset and write the per-subset reports.
 
-For each case of the chosen split: one sliding-window pass that encodes every window once and decodes it for
-all subsets the case allows; predictions are inverted to the input's own grid (shape, affine, orientation),
-turned into BraTS labels, optionally saved, and scored against the ground-truth file with the legacy BraTS
-rules. Scoring the label map that is written (not the network-space masks) makes the CSV reproducible from the
-saved files.
+Two steps, the nnU-Net pattern. Predict: for each case of the chosen split, one sliding-window pass
+(:class:`~lckd_med.prediction.SubsetPredictor`) that encodes every window once and decodes it for all subsets the
+case allows; predictions are inverted to the input's own grid (shape, affine, orientation), turned into BraTS
+labels and written to ``predictions/<subset>/<case_id>``. Score: that folder against the datalist's label files
+with :func:`lckd_med.reports.folder_scores.score_folder`, the code behind ``lckd-med evaluate-folder``, so the CSV is
+reproducible from the saved files and predictions of any other tool score the same way. Without
+``save_predictions`` the label maps go to a scratch folder removed afterwards.
+
+The per-subset mean Dice also goes to ``subset_dice.json`` beside ``model.pt`` (:data:`SUBSET_DICE_NAME`): batch
+inference reads it to tell users what to expect from the sequences they have.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,19 +30,29 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Invertd
 
-from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
+from lckd_med.constants import (
+    MODALITIES,
+    NUM_REGIONS,
+    REGIONS,
+    SUBSET_NAMES,
+    LabelConvention,
+    label_convention,
+    parse_subset,
+)
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
-from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, save_checkpoint
-from lckd_med.engines.workflow import datalist_meta, load_split, pick_device
+from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint
+from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
-from lckd_med.inference.sweep import BLEND_MODES, sweep_subsets
-from lckd_med.metrics import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
-from lckd_med.reports import REPORT_FILES, format_table, read_summary, rows_from_case_metrics, summarize, write_reports
-from lckd_med.utils.io import save_label_map
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
+from lckd_med.metrics import HD95_METHODS
+from lckd_med.prediction import BLEND_MODES, SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.reports import REPORT_FILES, format_table, read_summary, summarize, write_reports
+from lckd_med.reports.folder_scores import score_folder, voxel_spacing
+from lckd_med.utils.io import save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
-__all__ = ["SubsetEvaluator", "voxel_spacing", "summary_table"]
+__all__ = ["SUBSET_DICE_NAME", "SubsetEvaluator", "read_subset_dice", "voxel_spacing", "summary_table"]
 
 logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
@@ -44,11 +61,6 @@ _PRED_KEY = "pred"
 def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Collate of a batch of one: the sample dict itself (Invertd needs its MetaTensors uncollated)."""
     return batch[0]
-
-
-def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along the three array axes of an affine."""
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 
 
 def summary_table(output_dir: str | os.PathLike) -> str:
@@ -74,8 +86,8 @@ class SubsetEvaluator:
         threshold: sigmoid threshold of each region channel.
         postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3; peers' 500), scaled to each
             case's voxel size, reported beside the raw scores; 0 disables.
-        store_in_checkpoint: store the per-subset mean Dice in ``model.pt`` (``subset_dice``) so inference can
-            tell users what to expect for the sequences they have.
+        write_subset_dice: write the per-subset mean Dice to ``subset_dice.json`` beside ``model.pt`` so batch
+            inference can tell users what to expect for the sequences they have.
         max_cases: evaluate only the first cases of the split (smoke runs).
         device: ``"auto"`` (CUDA when available) or a device name; ``amp``: bf16 autocast on CUDA.
         num_workers: loader processes preparing the next cases while one is swept (0: in the main process).
@@ -95,7 +107,7 @@ class SubsetEvaluator:
         postprocess_min_et: int = 500,
         sw_mode: str = "constant",
         hd95_method: str = "pooled",
-        store_in_checkpoint: bool = True,
+        write_subset_dice: bool = True,
         max_cases: int | None = None,
         device: str = "auto",
         amp: bool = True,
@@ -134,9 +146,9 @@ class SubsetEvaluator:
         self.hd95_method = hd95_method
         self.threshold = threshold
         self.postprocess_min_et = int(postprocess_min_et)
-        self.store_in_checkpoint = store_in_checkpoint
+        self.write_subset_dice = write_subset_dice
         self.max_cases = max_cases
-        self.device = pick_device(device)
+        self.device = resolve_device(device)
         self.amp = amp
         self.progress = progress
         self.num_workers = int(num_workers)
@@ -153,18 +165,24 @@ class SubsetEvaluator:
             )
         ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
         net = build_network(ckpt).to(self.device).eval()
-        roi = self.roi_size or ckpt.get("train_config", {}).get("roi_size")
-        if not roi:
-            raise ValueError(f"{self.ckpt_path} stores no training roi_size; pass roi_size")
+        predictor = SubsetPredictor(
+            net,
+            resolve_roi_size(self.roi_size, ckpt, net, where=str(self.ckpt_path)),
+            overlap=self.overlap,
+            mode=self.sw_mode,
+            amp=self.amp,
+            device=self.device,
+            output_device="cpu",
+        )
         conv = label_convention(datalist_meta(self.datalist).get("label_convention", ckpt["label_convention"]))
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
         for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
             check_case_id(str(entry.get("case_id", "")), f"datalist {self.datalist}")
         transform = eval_transforms(convention=conv, with_label=False)
         inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
-        rows: list[dict[str, Any]] = []
         skipped: list[str] = []
         todo = []
+        todo_entries: list[dict[str, Any]] = []
         for entry in entries:
             if not entry.get("label"):
                 skipped.append(f"{entry['case_id']}: no label file")
@@ -172,59 +190,43 @@ class SubsetEvaluator:
                 skipped.append(f"{entry['case_id']}: none of the requested subsets is available")
             else:
                 todo.append({k: entry.get(k) for k in (*MODALITIES, "case_id")})
+                todo_entries.append(entry)
         by_id = {e["case_id"]: e for e in entries}
         # workers load and preprocess the next cases while the current one is swept
         loader = DataLoader(Dataset(todo, transform), batch_size=1, num_workers=self.num_workers, collate_fn=_single)
+        # predict into a fresh staging folder and score exactly that; it becomes predictions/ (replacing an
+        # earlier run's, so no stale file is ever mistaken for this run's) or, without save_predictions, goes away
+        stage = self.output_dir / ".predictions_partial"
+        shutil.rmtree(stage, ignore_errors=True)
+        suffix = ".nii.gz" if self.save_predictions else ".nii"  # scratch files skip gzip: written once, read once
         t_start = time.perf_counter()
-        for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
-            case_id = sample["case_id"]
-            entry = by_id[case_id]
-            subsets = self._case_subsets(entry)
-            image = sample[IMAGE_KEY].unsqueeze(0).to(self.device)
-            logits = sweep_subsets(
-                net,
-                image,
-                roi,
-                subsets=subsets,
-                overlap=self.overlap,
-                mode=self.sw_mode,
-                amp=self.amp,
-                device=torch.device("cpu"),
+        try:
+            for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
+                self._predict_case(sample, by_id[sample["case_id"]], predictor, inverter, conv, stage, suffix)
+            labels = {e["case_id"]: e["label"] for e in todo_entries}
+            if not labels:
+                raise RuntimeError(f"no case of the {self.split!r} split of {self.datalist} could be evaluated")
+            scores = score_folder(
+                stage,
+                labels,
+                release=conv,
+                postprocess_min_et=self.postprocess_min_et,
+                progress=False,
+                hd95_method=self.hd95_method,
             )
-            pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
-            k = len(subsets)
-            # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
-            sample[_PRED_KEY] = MetaTensor(pred.reshape(k * NUM_REGIONS, *pred.shape[2:]))
-            inverted = inverter(sample)[_PRED_KEY]
-            inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
-            inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
-            gt_img = nib.load(entry["label"])
-            gt = region_masks_from_labels(np.asarray(gt_img.dataobj), conv)
-            spacing = voxel_spacing(gt_img.affine)
-            ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
-            # the peers' threshold is in 1 mm voxels: keep the same physical size on coarser grids
-            min_et_voxels = max(1, round(self.postprocess_min_et / float(np.prod(spacing))))
-            if inverted.shape[2:] != gt.shape[1:]:
-                raise RuntimeError(f"{case_id}: inverted prediction {inverted.shape[2:]} != label {gt.shape[1:]}")
-            for i, subset in enumerate(subsets):
-                regions = dict(zip(REGIONS, inverted[i], strict=True))
-                labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
-                if self.save_predictions:
-                    save_label_map(labels, ref, self.output_dir / "predictions" / subset / f"{case_id}.nii.gz")
-                scored = region_masks_from_labels(labels, conv)  # exactly what the saved file holds
-                metrics = case_region_metrics(scored, gt, spacing, self.hd95_method)
-                metrics_pp = None
-                if self.postprocess_min_et > 0:
-                    processed = postprocess_et(scored, min_et_voxels)
-                    # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
-                    unchanged = np.array_equal(processed, scored)
-                    metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing, self.hd95_method)
-                rows.extend(rows_from_case_metrics(case_id, subset, metrics, metrics_pp))
+            if self.save_predictions:
+                shutil.rmtree(self.output_dir / "predictions", ignore_errors=True)
+                stage.rename(self.output_dir / "predictions")
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         for why in skipped:
             logger.warning("skipped %s", why)
-        if not rows:
-            raise RuntimeError(f"no case of the {self.split!r} split of {self.datalist} could be evaluated")
-        df = pd.DataFrame(rows)
+        # case order of the split, then subset order: the table reads as before the predict/score split
+        order = {cid: i for i, cid in enumerate(labels)}
+        df = scores.metrics.assign(
+            _c=scores.metrics["case_id"].map(order), _s=scores.metrics["subset"].map(SUBSET_NAMES.index)
+        )
+        df = df.sort_values(["_c", "_s"], kind="stable").drop(columns=["_c", "_s"]).reset_index(drop=True)
         elapsed = time.perf_counter() - t_start
         n_cases = df["case_id"].nunique()
         caption = (
@@ -235,25 +237,52 @@ class SubsetEvaluator:
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
         )
         write_reports(df, self.output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
-        if self.store_in_checkpoint:
-            self._store(ckpt, df)
+        if self.write_subset_dice:
+            self._write_subset_dice(ckpt, df)
         logger.info(
             "evaluated %d case(s) x %d subset(s) in %.1f s -> %s", n_cases, len(self.subsets), elapsed, self.output_dir
         )
         return df
 
-    def _store(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
+    def _predict_case(
+        self,
+        sample: dict[str, Any],
+        entry: dict[str, Any],
+        predictor: SubsetPredictor,
+        inverter: Invertd,
+        conv: LabelConvention,
+        pred_root: Path,
+        suffix: str,
+    ) -> None:
+        """Write ``pred_root/<subset>/<case_id><suffix>`` for every subset the case allows, on its input grid."""
+        case_id = sample["case_id"]
+        subsets = self._case_subsets(entry)
+        logits = predictor(sample[IMAGE_KEY].unsqueeze(0), subsets)
+        pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
+        k = len(subsets)
+        # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
+        sample[_PRED_KEY] = MetaTensor(pred.reshape(k * NUM_REGIONS, *pred.shape[2:]))
+        inverted = inverter(sample)[_PRED_KEY]
+        inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
+        inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
+        ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
+        for i, subset in enumerate(subsets):
+            regions = dict(zip(REGIONS, inverted[i], strict=True))
+            labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
+            save_label_map(labels, ref, pred_root / subset / f"{case_id}{suffix}")
+
+    def _write_subset_dice(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
         summary = summarize(df, allow_partial=True)
         subset_dice = {}
         for _, row in summary.iterrows():
             name = row["subset"]
             if name in SUBSET_NAMES and row["n_cases"] > 0:
                 subset_dice[name] = {r: float(row[f"{r}_dice_mean"]) for r in REGIONS}
-        ckpt["subset_dice"] = subset_dice
-        ckpt["subset_dice_source"] = {
+        source = {
             "split": self.split,
             "datalist": str(self.datalist),
             "n_cases": int(df["case_id"].nunique()),
             "iteration": int(ckpt.get("iteration", 0)),
         }
-        save_checkpoint(self.ckpt_path, ckpt)
+        payload = {"subset_dice": subset_dice, "source": source}
+        write_text_atomic(self.ckpt_path.with_name(SUBSET_DICE_NAME), json.dumps(payload, indent=2) + "\n")

@@ -40,8 +40,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
-from lckd_med.constants import MODALITIES
-from lckd_med.data.validation import check_normalisable, check_volume_header
+from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES
+from lckd_med.data.volume import read_nifti
 
 __all__ = [
     "REFERENCE_PRIORITY",
@@ -59,8 +59,8 @@ __all__ = [
 
 #: Order in which the reference sequence (the grid every other sequence is resampled onto) is chosen.
 REFERENCE_PRIORITY: tuple[str, ...] = ("t1ce", "flair", "t2", "t1")
-#: Two affines within this absolute tolerance (mm, per entry) describe the same grid.
-AFFINE_ATOL: float = 1e-3
+#: Two affines within this absolute tolerance (mm, per entry) describe the same grid (the project's one value).
+AFFINE_ATOL: float = AFFINE_ATOL_MM
 #: Slack (mm) added on every side of the reference field of view before measuring the overlap, so fields of view
 #: that differ by a few millimetres (a rounded header, a slice more or less) count as fully overlapping.
 CENTRE_TOLERANCE_MM: float = 3.0
@@ -150,37 +150,15 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
         axis is dropped).
 
     Raises:
-        GeometryError: missing, unreadable, corrupt or non-NIfTI file; not a single 3D volume; NaN or infinite
-        voxels (counted); all voxels zero.
+        GeometryError: the first problem :func:`lckd_med.data.volume.read_nifti` lists: missing, unreadable,
+        corrupt or non-NIfTI file; implausible header; not a single 3D volume; NaN or infinite voxels (counted);
+        all voxels zero; intensities overflowing the z-score.
     """
     path = Path(path)
-    what = _label(modality, path)
-    if not path.is_file():
-        raise GeometryError(f"{what} does not exist")
-    try:
-        img = nib.load(path)
-    except Exception as e:  # nibabel raises several types for unreadable / non-image files
-        raise GeometryError(f"{what} cannot be read as NIfTI ({type(e).__name__}: {e})") from e
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise GeometryError(f"{what} is not a NIfTI image (nibabel read it as {type(img).__name__})")
-    check_volume_header(img, path)  # implausible size or NaN affine: refused before any voxel is read
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
-        raise GeometryError(f"{what} is not a single 3D volume (shape {shape}); give one 3D volume per sequence file")
-    try:
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape[:3])
-    except Exception as e:  # truncated or corrupt gzip streams surface here, not at nib.load
-        raise GeometryError(f"{what} is corrupt: its voxel data cannot be read ({type(e).__name__}: {e})") from e
-    n_nan = int(np.isnan(data).sum())
-    n_inf = int(np.isinf(data).sum())
-    if n_nan or n_inf:
-        raise GeometryError(
-            f"{what} has {n_nan} NaN and {n_inf} infinite voxel(s) out of {data.size}; fix or leave out this file"
-        )
-    if not data.any():
-        raise GeometryError(f"{what} holds only zeros; leave it out if the sequence was not acquired")
-    check_normalisable(data, path)  # huge finite intensities overflow the z-score into an all-zero "ok" result
-    return img, data
+    read = read_nifti(path)  # the one reader: header guards, shape, voxels, intensity checks
+    if read.problems:
+        raise GeometryError(f"{_label(modality, path)}: {read.problems[0]}")
+    return read.image, np.asarray(read.data, dtype=np.float32)
 
 
 def reference_modality(modalities: Mapping[str, object] | list[str] | tuple[str, ...]) -> str:

@@ -5,8 +5,9 @@ Input:
 * ``pred_dir``: ``<case_id>.nii.gz`` (or ``.nii``) label maps, e.g. the output of batch inference or
   ``lckd-med predict``, or any other tool's, in the labels of one BraTS convention. When batch inference's
   ``inference_report.csv`` sits beside them, each case is reported under the subset of sequences it was
-  segmented from (its ``modalities`` column); otherwise under ``subset`` (default all four).
-* ``labels``: a BraTS dataset folder in any layout :mod:`lckd_med.data.layouts` discovers (the segmentation of each
+  segmented from (its ``modalities`` column); otherwise under ``subset`` (default all four). Sub-folders named
+  after a subset (the evaluate bundle's ``predictions/<subset>/<case_id>.nii.gz``) are scored under that subset.
+* ``labels``: a ``case_id -> file`` mapping (what evaluation passes, from its datalist), a BraTS dataset folder in any layout :mod:`lckd_med.data.layouts` discovers (the segmentation of each
   case), or a plain folder of ``<case_id>.nii.gz`` / ``<case_id>_seg.nii.gz`` / ``<case_id>-seg.nii.gz`` files.
 
 Each prediction must overlay its label (same shape, affines within :data:`AFFINE_ATOL_MM`). Metrics are
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +29,36 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from lckd_med.constants import ET_MIN_VOXELS, MODALITIES, SUBSET_NAMES, LabelConvention, label_convention, subset_name
+from lckd_med.constants import (
+    AFFINE_ATOL_MM,
+    ET_MIN_VOXELS,
+    MODALITIES,
+    SUBSET_NAMES,
+    LabelConvention,
+    label_convention,
+    subset_name,
+)
 from lckd_med.data.layouts import LayoutError, discover_cases
-from lckd_med.metrics.brats import case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.data.naming import nifti_stem
+from lckd_med.metrics.brats import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
+from lckd_med.utils.checks import non_negative_int
 from lckd_med.utils.progress import progress_bar
 
-__all__ = ["AFFINE_ATOL_MM", "INFERENCE_REPORT", "FolderScores", "find_predictions", "find_labels", "score_folder"]
+__all__ = [
+    "AFFINE_ATOL_MM",
+    "INFERENCE_REPORT",
+    "FolderScores",
+    "find_predictions",
+    "find_labels",
+    "score_folder",
+    "voxel_spacing",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Largest difference between affine entries (mm) for a prediction to count as overlaying its label.
-AFFINE_ATOL_MM: float = 1e-3
 #: Report written by batch inference beside its label maps (gives each case's subset).
 INFERENCE_REPORT = "inference_report.csv"
-_EXTENSIONS = (".nii.gz", ".nii")
 _LABEL_SUFFIXES = ("", "_seg", "-seg")
 
 
@@ -61,11 +78,7 @@ class FolderScores:
 
 
 def _stem(name: str) -> str | None:
-    low = name.lower()
-    for ext in _EXTENSIONS:
-        if low.endswith(ext) and not name.startswith("."):
-            return name[: -len(ext)]
-    return None
+    return None if name.startswith(".") else nifti_stem(name)
 
 
 def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
@@ -133,66 +146,83 @@ def _convention_of(values: set[int], given: LabelConvention | None) -> LabelConv
     return label_convention(2023 if 3 in values and 4 not in values else 2018)
 
 
+def _prediction_sets(pred_dir: Path, default: str) -> list[tuple[str | None, Path]]:
+    """``(subset or None, folder)``: ``pred_dir`` itself (subset from the report or ``default``) and every
+    sub-folder named after a subset, as the evaluate bundle's ``predictions/<subset>/`` layout."""
+    sets: list[tuple[str | None, Path]] = [(None, pred_dir)]
+    sets += [(d.name, d) for d in sorted(pred_dir.iterdir()) if d.is_dir() and d.name in SUBSET_NAMES]
+    return sets
+
+
 def score_folder(
     pred_dir: str | os.PathLike,
-    labels: str | os.PathLike,
+    labels: str | os.PathLike | Mapping[str, str | os.PathLike],
     output_dir: str | os.PathLike | None = None,
     subset: str | None = None,
-    release: int | str | None = None,
+    release: int | str | LabelConvention | None = None,
     postprocess_min_et: int = ET_MIN_VOXELS,
     progress: bool = True,
+    hd95_method: str = "pooled",
+    caption: str | None = None,
 ) -> FolderScores:
     """Score every prediction of ``pred_dir`` that has a label (see the module docstring) and write the reports.
 
     Args:
-        pred_dir: folder of ``<case_id>.nii.gz`` label maps.
-        labels: BraTS dataset folder, or folder of ``<case_id>[_seg].nii.gz`` label files.
+        pred_dir: folder of ``<case_id>.nii.gz`` label maps, and/or of sub-folders named after subsets
+            (``flair+t1ce/<case_id>.nii.gz``, the evaluate bundle's ``predictions/`` layout), each scored under
+            its folder's subset.
+        labels: BraTS dataset folder, folder of ``<case_id>[_seg].nii.gz`` label files, or ``case_id -> file``.
         output_dir: where ``subset_metrics.csv``, ``subset_summary.{csv,md}`` and the heat map go; None writes
             nothing.
         subset: subset the predictions were made from (canonical name such as ``"t1ce+t2"``), used for cases
             without a row in ``inference_report.csv``; default all four sequences.
-        release: BraTS year of the labels (2023+: ET = 3); None takes the dataset's, else reads the label values.
-        postprocess_min_et: ET post-processing threshold in mm^3 (0 disables the ``*_pp`` columns' change).
+        release: BraTS year (2023+: ET = 3) or label convention of the labels; None takes the dataset's, else
+            reads the label values.
+        postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3), scaled to each case's voxel
+            size and reported in the ``*_pp`` columns; 0 disables it (no ``*_pp`` columns).
         progress: progress bar over cases (see :mod:`lckd_med.utils.progress`).
+        hd95_method: ``"pooled"`` (legacy BraTS, default) or ``"directed_max"`` (:mod:`lckd_med.metrics.brats`).
+        caption: caption of the Markdown table (default: what was scored against what).
 
     Raises:
         FileNotFoundError: a folder is missing.
-        ValueError: bad ``subset`` or ``release``; no prediction could be scored (the message lists why).
+        ValueError: bad ``subset``, ``release`` or ``hd95_method``; no prediction could be scored (the message
+            lists why).
     """
     default = subset_name(MODALITIES) if subset is None else subset
     if default not in SUBSET_NAMES:
         raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSET_NAMES}")
-    if isinstance(postprocess_min_et, bool) or not isinstance(postprocess_min_et, int) or postprocess_min_et < 0:
-        raise ValueError(f"postprocess_min_et must be an int >= 0, got {postprocess_min_et!r}")
+    non_negative_int(postprocess_min_et, "postprocess_min_et")
+    if hd95_method not in HD95_METHODS:
+        raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
     given = label_convention(release) if release is not None else None
-    preds = find_predictions(pred_dir)
-    gts, dataset_convention = find_labels(labels)
+    pred_root = Path(pred_dir)
+    if not pred_root.is_dir():
+        raise FileNotFoundError(f"prediction folder {pred_root} does not exist or is not a folder")
+    if isinstance(labels, Mapping):
+        gts, dataset_convention = {str(k): Path(v) for k, v in labels.items()}, None
+    else:
+        gts, dataset_convention = find_labels(labels)
     given = given or dataset_convention
-    subsets = _case_subsets(Path(pred_dir), default)
-    problems = [f"{cid}: no label in {labels}" for cid in preds if cid not in gts]
-    problems += [f"{cid}: no prediction in {pred_dir}" for cid in gts if cid not in preds]
+    problems: list[str] = []
+    todo: list[tuple[str, str, Path]] = []  # (case_id, subset, prediction file)
+    for folder_subset, folder in _prediction_sets(pred_root, default):
+        preds = find_predictions(folder)
+        subsets = _case_subsets(folder, default) if folder_subset is None else {}
+        problems += [
+            f"{cid}: no label in {labels if not isinstance(labels, Mapping) else 'the label list'}"
+            for cid in preds
+            if cid not in gts
+        ]
+        todo += [(cid, folder_subset or subsets.get(cid, default), f) for cid, f in preds.items() if cid in gts]
+    scored = {cid for cid, _, _ in todo}
+    problems += [f"{cid}: no prediction in {pred_dir}" for cid in gts if cid not in scored]
     rows: list[dict[str, object]] = []
-    todo = [cid for cid in preds if cid in gts]
-    for cid in progress_bar(todo, desc="score", enabled=progress):
+    for cid, case_subset, pred_file in progress_bar(todo, desc="score", enabled=progress):
         try:
-            p_img, g_img = nib.load(preds[cid]), nib.load(gts[cid])
-            if p_img.shape[:3] != g_img.shape[:3] or not np.allclose(p_img.affine, g_img.affine, 0.0, AFFINE_ATOL_MM):
-                raise ValueError(
-                    f"prediction {preds[cid]} (shape {p_img.shape}) does not overlay label {gts[cid]} "
-                    f"(shape {g_img.shape}): different grid"
-                )
-            p_arr = np.asarray(p_img.dataobj).reshape(p_img.shape[:3])
-            g_arr = np.asarray(g_img.dataobj).reshape(g_img.shape[:3])
-            conv = _convention_of(set(np.unique(p_arr).tolist()) | set(np.unique(g_arr).tolist()), given)
-            pred, gt = region_masks_from_labels(p_arr, conv), region_masks_from_labels(g_arr, conv)
-            spacing = tuple(float(s) for s in np.sqrt((g_img.affine[:3, :3] ** 2).sum(axis=0)))
-            metrics = case_region_metrics(pred, gt, spacing)
-            min_voxels = max(1, round(postprocess_min_et / float(np.prod(spacing)))) if postprocess_min_et else 0
-            processed = postprocess_et(pred, min_voxels)
-            metrics_pp = metrics if np.array_equal(processed, pred) else case_region_metrics(processed, gt, spacing)
-            rows.extend(rows_from_case_metrics(cid, subsets.get(cid, default), metrics, metrics_pp))
+            rows.extend(_score_case(cid, case_subset, pred_file, gts[cid], given, postprocess_min_et, hd95_method))
         except Exception as e:  # one unreadable or mismatched case must not stop the scoring
-            problems.append(f"{cid}: {e}")
+            problems.append(f"{cid}: {e}")  # the file path names the subset folder
     for p in problems:
         logger.warning("left out %s", p)
     if not rows:
@@ -203,9 +233,49 @@ def score_folder(
     reports: dict[str, Path] = {}
     if output_dir is not None:
         n = df["case_id"].nunique()
-        caption = (
-            f"{n} case(s) of {Path(pred_dir).name} scored against {Path(labels).name}. Dice in %, HD95 in mm (legacy "
-            f"BraTS rules for empty regions); ET post-processed: predicted ET < {postprocess_min_et} mm^3 relabelled NCR."
-        )
+        if caption is None:
+            caption = (
+                f"{n} case(s) of {pred_root.name} scored against "
+                f"{'the label list' if isinstance(labels, Mapping) else Path(labels).name}. Dice in %, HD95 in mm "
+                f"(legacy BraTS rules for empty regions; HD95 {hd95_method}); ET post-processed: predicted ET < "
+                f"{postprocess_min_et} mm^3 relabelled NCR."
+            )
         reports = write_reports(df, output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
     return FolderScores(metrics=df, problems=tuple(problems), reports=reports)
+
+
+def _score_case(
+    cid: str,
+    subset: str,
+    pred_file: Path,
+    label_file: Path,
+    given: LabelConvention | None,
+    postprocess_min_et: int,
+    hd95_method: str,
+) -> list[dict[str, object]]:
+    """Rows of one prediction file scored against its label file (legacy BraTS rules, label's voxel size)."""
+    p_img, g_img = nib.load(pred_file), nib.load(label_file)
+    if p_img.shape[:3] != g_img.shape[:3] or not np.allclose(p_img.affine, g_img.affine, 0.0, AFFINE_ATOL_MM):
+        raise ValueError(
+            f"prediction {pred_file} (shape {p_img.shape}) does not overlay label {label_file} "
+            f"(shape {g_img.shape}): different grid"
+        )
+    p_arr = np.asarray(p_img.dataobj).reshape(p_img.shape[:3])
+    g_arr = np.asarray(g_img.dataobj).reshape(g_img.shape[:3])
+    conv = _convention_of(set(np.unique(p_arr).tolist()) | set(np.unique(g_arr).tolist()), given)
+    pred, gt = region_masks_from_labels(p_arr, conv), region_masks_from_labels(g_arr, conv)
+    spacing = voxel_spacing(g_img.affine)
+    metrics = case_region_metrics(pred, gt, spacing, hd95_method)
+    metrics_pp = None
+    if postprocess_min_et > 0:
+        # the threshold is in 1 mm voxels: keep the same physical size on coarser grids
+        processed = postprocess_et(pred, max(1, round(postprocess_min_et / float(np.prod(spacing)))))
+        # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
+        unchanged = np.array_equal(processed, pred)
+        metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing, hd95_method)
+    return rows_from_case_metrics(cid, subset, metrics, metrics_pp)
+
+
+def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the three array axes of an affine."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))

@@ -6,6 +6,7 @@ first: no dataset, and one corrupt case among good ones.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from lckd_med.engines.checkpoint import load_checkpoint
 from lckd_med.engines.election import ELECTION_COLUMNS
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.inference import REPORT_NAME
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.reports import REPORT_FILES
 
 pytestmark = pytest.mark.slow
@@ -93,7 +95,8 @@ def test_evaluate_writes_subset_reports(work, evaluated):
     summary = (work / "out" / REPORT_FILES["summary_md"]).read_text()
     assert "FLAIR+T1+T1ce+T2" in summary
     assert "| Mean |" in evaluated.stdout  # the table is printed at the end of the run
-    assert list(load_checkpoint(work / "models" / "model.pt")["subset_dice"]) == list(SUBSET_NAMES)
+    subset_dice = json.loads((work / "models" / SUBSET_DICE_NAME).read_text())["subset_dice"]
+    assert list(subset_dice) == list(SUBSET_NAMES)
     assert len(list((work / "out" / "predictions").rglob("*.nii.gz"))) == 15 * 2  # two held-out cases
 
 
@@ -127,7 +130,7 @@ def test_inference_on_cases_with_missing_sequences(work, evaluated):
     report = pd.read_csv(work / "preds" / REPORT_NAME).set_index("case_id")
     assert dict(report["modalities"]) == {"caseA": "flair+t1ce", "caseB": "t2"}
     assert set(report["status"]) == {"ok"}
-    expected = load_checkpoint(work / "models" / "model.pt")["subset_dice"]
+    expected = json.loads((work / "models" / SUBSET_DICE_NAME).read_text())["subset_dice"]
     assert report.loc["caseB", "expected_dice_WT"] == pytest.approx(expected["t2"]["WT"], abs=1e-6)
     for case_id, folder in cases.items():
         ref = nib.load(next(folder.glob("*.nii.gz")))

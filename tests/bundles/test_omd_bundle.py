@@ -21,6 +21,7 @@ from lckd_med.constants import SUBSET_NAMES
 from lckd_med.data.synthetic import write_dataset
 from lckd_med.engines.checkpoint import load_checkpoint
 from lckd_med.engines.workflow import bundle_dir
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.reports import REPORT_FILES
 
 OMD = Path(bundle_dir("omd"))
@@ -147,7 +148,7 @@ def test_tiny_training_then_evaluation_through_the_cli(tmp_path):
         assert (tmp_path / "out" / name).is_file(), name
     summary = pd.read_csv(tmp_path / "out" / REPORT_FILES["summary_csv"])
     assert summary["subset"].tolist() == [*SUBSET_NAMES, "mean"]
-    assert set(load_checkpoint(tmp_path / "models" / "model.pt")["subset_dice"]) == set(SUBSET_NAMES)
+    assert set(json.loads((tmp_path / "models" / SUBSET_DICE_NAME).read_text())["subset_dice"]) == set(SUBSET_NAMES)
 
     # inference on a case that lacks its T1ce file
     case = next(p for p in sorted((tmp_path / "data").glob("*/*")) if p.is_dir())

@@ -8,6 +8,7 @@ union brain box of the inputs, 0 elsewhere", which checks the inversion to the i
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -30,6 +31,7 @@ from lckd_med.inference.batch import (
     match_sequence_file,
     read_manifest,
 )
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.networks import LCKDNet
 
 SHAPE = (24, 24, 16)
@@ -381,11 +383,11 @@ def _inf(p: Path) -> None:
     "maker, expected",
     [
         (_corrupt_gzip, "corrupt|cannot be read"),
-        (_not_nifti, "cannot be read as NIfTI"),
+        (_not_nifti, "cannot read as NIfTI"),
         (_four_d, "not a single 3D volume"),
         (_far, "too far apart"),
         (_nan, "1 NaN"),
-        (_inf, "1 infinite"),
+        (_inf, "1 Inf"),
     ],
 )
 def test_batch_inference_bad_file(ckpt, tmp_path, maker, expected):
@@ -643,3 +645,17 @@ def test_bad_manifest_is_one_clear_error(tmp_path, content, match):
     (tmp_path / "m.csv").write_bytes(content)
     with pytest.raises(ValueError, match=match):
         read_manifest(tmp_path / "m.csv")
+
+
+def test_expected_dice_read_from_the_json_beside_the_checkpoint(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "model.pt")  # no subset_dice inside: evaluation writes the JSON instead
+    (tmp_path / "in").mkdir()
+    payload = {"subset_dice": {"t1ce+t2": {"ET": 0.7, "TC": 0.8, "WT": 0.9}}, "source": {"iteration": 0}}
+    (tmp_path / SUBSET_DICE_NAME).write_text(json.dumps(payload))
+    runner = BatchInference(ckpt, tmp_path / "in", tmp_path / "out", device="cpu", progress=False)
+    assert runner._expected_dice("t1ce+t2") == {
+        "expected_dice_ET": 0.7,
+        "expected_dice_TC": 0.8,
+        "expected_dice_WT": 0.9,
+    }
+    assert runner._expected_dice("flair")["expected_dice_ET"] is None

@@ -15,10 +15,17 @@ from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, l
 from lckd_med.data.synthetic import write_dataset
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from lckd_med.engines.workflow import prepare_datalist
-from lckd_med.inference.evaluation import SubsetEvaluator, summary_table, voxel_spacing
+from lckd_med.inference.evaluation import (
+    SUBSET_DICE_NAME,
+    SubsetEvaluator,
+    read_subset_dice,
+    summary_table,
+    voxel_spacing,
+)
 from lckd_med.metrics import legacy_dice, region_masks_from_labels
 from lckd_med.networks import LCKDNet
 from lckd_med.reports import REPORT_FILES
+from lckd_med.reports.folder_scores import score_folder
 
 CONV = label_convention("brats2018")
 ROI = [16, 16, 16]
@@ -144,15 +151,45 @@ def test_dice_equals_legacy_dice_of_the_saved_files(setup):
     assert non_trivial > 0  # the random network predicts partial overlaps, not only empty masks
 
 
-def test_subset_dice_stored_in_checkpoint(setup):
-    ckpt = load_checkpoint(setup["root"] / "models" / "model.pt")
+def test_subset_dice_written_beside_the_checkpoint(setup):
+    ckpt_path = setup["root"] / "models" / "model.pt"
+    data = json.loads((ckpt_path.with_name(SUBSET_DICE_NAME)).read_text())
     summary = pd.read_csv(setup["out"] / REPORT_FILES["summary_csv"]).set_index("subset")
-    assert list(ckpt["subset_dice"]) == list(SUBSET_NAMES)
-    for s, scores in ckpt["subset_dice"].items():
+    assert list(data["subset_dice"]) == list(SUBSET_NAMES)
+    for s, scores in data["subset_dice"].items():
         for r in REGIONS:
             assert scores[r] == pytest.approx(summary.loc[s, f"{r}_dice_mean"], abs=1e-9)
-    assert ckpt["subset_dice_source"]["split"] == "testing" and ckpt["subset_dice_source"]["n_cases"] == 2
-    assert ckpt["iteration"] == 8  # the rest of the checkpoint is kept
+    assert data["source"]["split"] == "testing" and data["source"]["n_cases"] == 2
+    assert data["source"]["iteration"] == 8
+    ckpt = load_checkpoint(ckpt_path)
+    assert "subset_dice" not in ckpt  # evaluation never rewrites model.pt
+    assert read_subset_dice(ckpt_path, ckpt) == data["subset_dice"]
+
+
+def test_subset_dice_of_another_iteration_is_not_used(setup, tmp_path):
+    src = setup["root"] / "models" / SUBSET_DICE_NAME
+    (tmp_path / SUBSET_DICE_NAME).write_text(src.read_text())
+    old = {"flair": {"ET": 0.1, "TC": 0.2, "WT": 0.3}}
+    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9, "subset_dice": old}) == old  # older model.pt
+    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9}) == {}
+    assert (
+        read_subset_dice(tmp_path / "model.pt", {"iteration": 8})["flair"]
+        == json.loads(src.read_text())["subset_dice"]["flair"]
+    )
+
+
+def test_scratch_predictions_are_removed(setup):
+    assert not (setup["out"] / ".predictions_partial").exists()
+
+
+def test_evaluate_folder_scores_the_saved_predictions_the_same(setup, tmp_path):
+    labels = {e["case_id"]: e["label"] for e in setup["entries"]}
+    again = score_folder(setup["out"] / "predictions", labels, tmp_path, release="brats2018", progress=False)
+    cols = ["case_id", "subset", "region", "dice", "hd95", "dice_pp", "hd95_pp"]
+    key = ["case_id", "subset", "region"]
+    a = setup["df"][cols].sort_values(key).reset_index(drop=True)
+    b = again.metrics[cols].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_roi_size_must_come_from_somewhere(setup, tmp_path):
@@ -165,14 +202,14 @@ def test_roi_size_must_come_from_somewhere(setup, tmp_path):
         subsets=["t2"],
         device="cpu",
         progress=False,
-        store_in_checkpoint=False,
+        write_subset_dice=False,
     )
     with pytest.raises(ValueError, match="roi_size"):
         evaluator.run()
     evaluator.roi_size = ROI
     df = evaluator.run()
     assert set(df["subset"]) == {"t2"} and df["case_id"].nunique() == 1
-    assert "subset_dice" not in load_checkpoint(tmp_path / "models" / "model.pt")
+    assert not (tmp_path / "models" / SUBSET_DICE_NAME).exists()
 
 
 def test_missing_checkpoint_says_how_to_make_one(setup, tmp_path):

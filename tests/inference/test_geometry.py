@@ -103,14 +103,14 @@ def _zeros(p: Path) -> None:
 @pytest.mark.parametrize(
     "maker, name, expected",
     [
-        (_corrupt_gzip, "c_t1.nii.gz", "cannot be read|corrupt"),
-        (_text, "c_t1.nii", "cannot be read as NIfTI"),
-        (_gzip_text, "c_t1.nii.gz", "cannot be read|corrupt"),
+        (_corrupt_gzip, "c_t1.nii.gz", "cannot read|corrupt"),
+        (_text, "c_t1.nii", "cannot read as NIfTI"),
+        (_gzip_text, "c_t1.nii.gz", "cannot read|corrupt"),
         (_four_d, "c_t1.nii.gz", "not a single 3D volume"),
         (_two_d, "c_t1.nii.gz", "not a single 3D volume"),
-        (_nan, "c_t1.nii.gz", "2 NaN and 0 infinite"),
-        (_inf, "c_t1.nii.gz", "0 NaN and 1 infinite"),
-        (_zeros, "c_t1.nii.gz", "only zeros"),
+        (_nan, "c_t1.nii.gz", "2 NaN and 0 Inf"),
+        (_inf, "c_t1.nii.gz", "0 NaN and 1 Inf"),
+        (_zeros, "c_t1.nii.gz", "all zero"),
         (None, "absent_t1.nii.gz", "does not exist"),
     ],
 )

@@ -8,8 +8,8 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, subset_to_mask
-from lckd_med.inference.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 from lckd_med.networks import LCKDNet
+from lckd_med.prediction.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 
 ROI = (16, 16, 16)
 SHAPE = (24, 20, 28)  # larger than the ROI on every axis: windows overlap and get blended

@@ -1,0 +1,118 @@
+"""The one predictor: sliding window, encode once, decode the requested subsets, on one device.
+
+Teacher election (:mod:`lckd_med.engines.election`), evaluation (:mod:`lckd_med.inference.evaluation`) and batch
+inference (:mod:`lckd_med.inference.batch`) all predict through :class:`SubsetPredictor`, so the window size
+fallback, the overlap, the blending, autocast and the device are chosen in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lckd_med.prediction.device import resolve_device
+from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
+from lckd_med.utils.checks import fraction, positive_int
+
+__all__ = ["SubsetPredictor", "resolve_roi_size"]
+
+
+def resolve_roi_size(
+    roi_size: int | Sequence[int] | None,
+    ckpt: Mapping[str, Any] | None = None,
+    network: torch.nn.Module | None = None,
+    where: str = "checkpoint",
+) -> tuple[int, ...]:
+    """The sliding-window size: the one given, else the training crop stored in the checkpoint.
+
+    Args:
+        roi_size: an int (a cube), a sequence of ints, or ``None`` for the checkpoint's ``train_config.roi_size``.
+        ckpt: the loaded checkpoint dict (only read when ``roi_size`` is ``None``).
+        network: when given, the window must be divisible by its ``size_divisor``.
+        where: names the checkpoint in the error messages.
+
+    Raises:
+        ValueError: no size anywhere, a non-positive size, or a size the network cannot take.
+    """
+    if roi_size is None:
+        roi_size = ((ckpt or {}).get("train_config") or {}).get("roi_size")
+        if not roi_size:
+            raise ValueError(f"{where} stores no training roi_size (train_config.roi_size); pass roi_size")
+    if isinstance(roi_size, (bool, str, bytes)):
+        raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}")
+    if isinstance(roi_size, int):
+        roi_size = (roi_size,) * 3
+    try:
+        roi = tuple(roi_size)
+    except TypeError:
+        raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}") from None
+    if any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
+        raise ValueError(f"roi_size must be positive ints, got {roi_size!r}")
+    divisor = getattr(network, "size_divisor", None) if network is not None else None
+    if divisor is not None and (len(divisor) != len(roi) or any(r % int(d) for r, d in zip(roi, divisor, strict=True))):
+        raise ValueError(f"roi_size {roi} must be divisible by the network's size divisor {tuple(divisor)}")
+    return roi
+
+
+class SubsetPredictor:
+    """Whole-volume subset logits of one network: sliding window, each window encoded once.
+
+    Args:
+        network: a network with ``encode`` / ``decode_subsets`` (see :class:`~lckd_med.prediction.sweep.
+            SubsetSweepPredictor`); the caller sets eval mode.
+        roi_size: sliding-window size (see :func:`resolve_roi_size` for the checkpoint fallback).
+        overlap: window overlap in [0, 1) (1/3, as the reference recipe).
+        mode: window blending, one of :data:`~lckd_med.prediction.sweep.BLEND_MODES` (``"constant"``: uniform
+            averaging, the reference's).
+        amp: bf16 autocast when the windows run on CUDA.
+        sw_batch_size: windows per forward pass.
+        device: where the windows run (``"auto"`` etc., see :func:`resolve_device`).
+        output_device: where the stitched logits live; ``None`` keeps them on ``device`` (election scores on
+            the GPU), ``"cpu"`` saves GPU memory on whole scans (evaluation, batch inference).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        roi_size: Sequence[int],
+        overlap: float = 1 / 3,
+        mode: str = "constant",
+        amp: bool = True,
+        sw_batch_size: int = 1,
+        device: str | torch.device = "auto",
+        output_device: str | torch.device | None = None,
+    ) -> None:
+        if mode not in BLEND_MODES:
+            raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
+        self.sw_batch_size = positive_int(sw_batch_size, "sw_batch_size")
+        self.network = network
+        self.roi_size = resolve_roi_size(roi_size, network=network)
+        self.overlap = fraction(overlap, "overlap")
+        self.mode = mode
+        self.amp = bool(amp)
+        self.device = resolve_device(device)
+        self.output_device = self.device if output_device is None else torch.device(output_device)
+
+    @torch.no_grad()
+    def __call__(
+        self, image: torch.Tensor, subsets: Sequence[str], available: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, 4, *S)`` under ``subsets``.
+
+        ``available`` ``(B, 4)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
+        """
+        return sweep_subsets(
+            self.network,
+            torch.as_tensor(image).as_subclass(torch.Tensor),
+            self.roi_size,
+            subsets=subsets,
+            available=available,
+            overlap=self.overlap,
+            sw_batch_size=self.sw_batch_size,
+            mode=self.mode,
+            amp=self.amp,
+            sw_device=self.device,
+            device=self.output_device,
+        )
