@@ -76,9 +76,9 @@ def make_checkpoint(path: Path, subset_dice=None, convention: str = "brats2018",
     torch.manual_seed(0)
     net = LCKDNet(filters=(4, 8, 16))
     with torch.no_grad():
-        for p in net.head.parameters():
+        for p in net.decoder.head.parameters():
             p.zero_()
-        dict(net.head.named_parameters())["conv.conv.bias"].fill_(10.0)
+        dict(net.decoder.head.named_parameters())["conv.conv.bias"].fill_(10.0)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "network": {"name": "LCKDNet", "hparams": net.hparams},

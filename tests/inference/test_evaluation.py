@@ -44,7 +44,7 @@ def _checkpoint(ckpt_dir: Path, roi: list[int] | None = ROI) -> Path:
     torch.manual_seed(0)
     net = LCKDNet(filters=(4, 8, 16))
     with torch.no_grad():  # bias the logits towards ~50 % foreground so every region gets predictions
-        net.head.conv.conv.bias.fill_(0.0)
+        net.decoder.head.conv.conv.bias.fill_(0.0)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "network": {"name": "LCKDNet", "hparams": net.hparams},
