@@ -45,6 +45,8 @@ __all__ = [
     "TOOL_NAME",
     "check_split_args",
     "assign_folds",
+    "case_entry",
+    "new_datalist",
     "make_datalist",
     "validate_datalist",
     "write_datalist",
@@ -126,7 +128,8 @@ def assign_folds(grades: Mapping[str, str | None], folds: int, seed: int = 0) ->
     return {cid: k % folds for k, cid in enumerate(order)}
 
 
-def _entry(check: CaseCheck, fold: int) -> dict[str, Any]:
+def case_entry(check: CaseCheck, fold: int | None = None) -> dict[str, Any]:
+    """One split entry of a validated case: id, absolute sequence and label paths, grade, and ``fold`` if given."""
     case = check.case
     entry: dict[str, Any] = {"case_id": case.case_id}
     for m in MODALITIES:
@@ -134,8 +137,59 @@ def _entry(check: CaseCheck, fold: int) -> dict[str, Any]:
         entry[m] = None if p is None else str(Path(p).resolve())
     entry["label"] = None if case.label is None else str(Path(case.label).resolve())
     entry["grade"] = case.grade
-    entry["fold"] = int(fold)
+    if fold is not None:
+        entry["fold"] = int(fold)
     return entry
+
+
+def new_datalist(
+    checks: Iterable[CaseCheck],
+    *,
+    release: int | str,
+    layout: str,
+    dataset_dir: str | os.PathLike,
+    convention: int | str | LabelConvention | None,
+    split_meta: dict[str, Any],
+) -> tuple[dict[str, Any], list[CaseCheck]]:
+    """What every datalist maker starts from: the checked inputs and a datalist with its ``meta`` block, empty
+    splits and one ``rejected`` record per reason of every rejected case.
+
+    Args:
+        checks: results of :func:`lckd_med.data.validation.validate_case`, in any order.
+        release, layout, dataset_dir, convention: as in :func:`make_datalist`.
+        split_meta: how the splits are made (folds and seed, or lists), written into ``meta`` after the
+            conventions.
+
+    Returns:
+        ``(datalist, checks as a list)``.
+
+    Raises:
+        TypeError / ValueError: an unknown release or layout, a non-``CaseCheck``, a case id given twice.
+    """
+    year = parse_release(release)
+    conv = label_convention(year if convention is None else convention)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    checks = list(checks)
+    for c in checks:
+        if not isinstance(c, CaseCheck):
+            raise TypeError(f"checks must hold CaseCheck objects, got {type(c).__name__}")
+    dupes = sorted(cid for cid, n in Counter(c.case.case_id for c in checks).items() if n > 1)
+    if dupes:
+        raise ValueError(f"case ids given more than once: {dupes}")
+    meta = {"release": year, "label_convention": conv.name, "modalities": list(MODALITIES), "regions": list(REGIONS)}
+    meta |= split_meta
+    meta |= {
+        "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+        "layout": layout,
+        "tool": TOOL_NAME,
+        "version": __version__,
+    }
+    out: dict[str, Any] = {"meta": meta, **{split: [] for split in SPLITS}, "rejected": []}
+    for c in sorted((c for c in checks if not c.ok), key=lambda c: c.case.case_id):
+        for issue in c.reasons:
+            out["rejected"].append({"case_id": c.case.case_id, "file": issue.file, "reason": issue.reason})
+    return out, checks
 
 
 def make_datalist(
@@ -167,47 +221,21 @@ def make_datalist(
         TypeError / ValueError: bad argument, or a case id given twice.
     """
     check_split_args(folds, seed, test_fold, val_fold)
-    year = parse_release(release)
-    conv = label_convention(year if convention is None else convention)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    checks = list(checks)
-    for c in checks:
-        if not isinstance(c, CaseCheck):
-            raise TypeError(f"checks must hold CaseCheck objects, got {type(c).__name__}")
-    dupes = sorted(cid for cid, n in Counter(c.case.case_id for c in checks).items() if n > 1)
-    if dupes:
-        raise ValueError(f"case ids given more than once: {dupes}")
-
+    split_meta = {
+        "folds": int(folds),
+        "seed": int(seed),
+        "test_fold": None if test_fold is None else int(test_fold),
+        "val_fold": int(val_fold),
+    }
+    out, checks = new_datalist(
+        checks, release=release, layout=layout, dataset_dir=dataset_dir, convention=convention, split_meta=split_meta
+    )
     usable = sorted((c for c in checks if c.ok), key=lambda c: c.case.case_id)
     fold_of = assign_folds({c.case.case_id: c.case.grade for c in usable}, folds, seed)
-    out: dict[str, Any] = {
-        "meta": {
-            "release": year,
-            "label_convention": conv.name,
-            "modalities": list(MODALITIES),
-            "regions": list(REGIONS),
-            "folds": int(folds),
-            "seed": int(seed),
-            "test_fold": None if test_fold is None else int(test_fold),
-            "val_fold": int(val_fold),
-            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
-            "layout": layout,
-            "tool": TOOL_NAME,
-            "version": __version__,
-        },
-        "training": [],
-        "validation": [],
-        "testing": [],
-        "rejected": [],
-    }
     for c in usable:
         fold = fold_of[c.case.case_id]
         split = "testing" if fold == test_fold else "validation" if fold == val_fold else "training"
-        out[split].append(_entry(c, fold))
-    for c in sorted((c for c in checks if not c.ok), key=lambda c: c.case.case_id):
-        for issue in c.reasons:
-            out["rejected"].append({"case_id": c.case.case_id, "file": issue.file, "reason": issue.reason})
+        out[split].append(case_entry(c, fold))
     return out
 
 

@@ -31,10 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lckd_med import __version__
-from lckd_med.constants import MODALITIES, REGIONS, LabelConvention, label_convention
-from lckd_med.data.datalist import SPLITS, TOOL_NAME
-from lckd_med.data.layouts import LAYOUTS, parse_release
+from lckd_med.constants import LabelConvention
+from lckd_med.data.datalist import SPLITS, case_entry, new_datalist
 from lckd_med.data.validation import CaseCheck
 
 __all__ = [
@@ -225,17 +223,6 @@ def check_split_lists(lists: Mapping[str, Sequence[str]]) -> bool:
     return bool(set(lists.get("validation", ())) & set(lists.get("training", ())))
 
 
-def _entry(check: CaseCheck) -> dict[str, Any]:
-    case = check.case
-    entry: dict[str, Any] = {"case_id": case.case_id}
-    for m in MODALITIES:
-        p = case.paths.get(m)
-        entry[m] = None if p is None else str(Path(p).resolve())
-    entry["label"] = None if case.label is None else str(Path(case.label).resolve())
-    entry["grade"] = case.grade
-    return entry
-
-
 def datalist_from_lists(
     checks: Iterable[CaseCheck],
     lists: Mapping[str, Sequence[str]],
@@ -261,45 +248,25 @@ def datalist_from_lists(
         ValueError: bad lists (testing overlapping training/validation, unknown split) or arguments.
     """
     overlap = check_split_lists(lists)
-    year = parse_release(release)
-    conv = label_convention(year if convention is None else convention)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    checks = list(checks)
+    out, checks = new_datalist(
+        checks,
+        release=release,
+        layout=layout,
+        dataset_dir=dataset_dir,
+        convention=convention,
+        split_meta={"split_lists": {}, "validation_in_training": overlap},
+    )
     on_disk = {c.case.case_id: c for c in checks}
-    if len(on_disk) != len(checks):
-        raise ValueError("case ids given more than once among the checks")
     report = SplitReport()
     listed: set[str] = set()
-    out: dict[str, Any] = {
-        "meta": {
-            "release": year,
-            "label_convention": conv.name,
-            "modalities": list(MODALITIES),
-            "regions": list(REGIONS),
-            "split_lists": {},
-            "validation_in_training": overlap,
-            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
-            "layout": layout,
-            "tool": TOOL_NAME,
-            "version": __version__,
-        },
-        "training": [],
-        "validation": [],
-        "testing": [],
-        "rejected": [],
-    }
     for split in SPLITS:
         ids = list(lists.get(split, ()))
         listed.update(ids)
         report.missing[split] = [i for i in ids if i not in on_disk]
         report.rejected_listed[split] = [i for i in ids if i in on_disk and not on_disk[i].ok]
-        out[split] = [_entry(on_disk[i]) for i in sorted(ids) if i in on_disk and on_disk[i].ok]
+        out[split] = [case_entry(on_disk[i]) for i in sorted(ids) if i in on_disk and on_disk[i].ok]
         report.counts[split] = len(out[split])
     report.not_listed = sorted(cid for cid, c in on_disk.items() if c.ok and cid not in listed)
-    for c in sorted((c for c in checks if not c.ok), key=lambda c: c.case.case_id):
-        for issue in c.reasons:
-            out["rejected"].append({"case_id": c.case.case_id, "file": issue.file, "reason": issue.reason})
     out["meta"]["split_lists"] = {
         "source": source,
         "listed": {s: len(lists.get(s, ())) for s in SPLITS},
