@@ -94,8 +94,11 @@ class MissingModalityNet(nn.Module):
     """
 
     #: Voxel budget (batch x window volume, summed over the masks decoded together) of one
-    #: :meth:`decode_subsets` pass when ``chunk_size`` is ``None``: two 128^3 windows.
+    #: :meth:`decode_subsets` pass on an accelerator when ``chunk_size`` is ``None``: two 128^3 windows.
     SUBSET_BATCH_VOXELS: int = 2 * 128**3
+    #: The same on the CPU, smaller: a pass there is memory-bound, and 15 masks of a 48^3 window decoded together
+    #: were measured slower than 2-5 at a time (docs/performance.md, ``python -m lckd_med.benchmarks.sweep``).
+    SUBSET_BATCH_VOXELS_CPU: int = 3 * 2**17
     #: ``from_hparams`` defaults for keys missing from hyper-parameters saved by older versions.
     LEGACY_HPARAMS: ClassVar[dict[str, Any]] = {}
 
@@ -389,7 +392,8 @@ class MissingModalityNet(nn.Module):
         ``k * B`` samples, ``k = chunk_size`` masks at a time. ``None`` picks the largest ``k`` with
         ``k * B * H * W * D <=`` :attr:`SUBSET_BATCH_VOXELS` (at least 1): small windows get all 15 subsets in one
         pass, a 128^3 window is decoded 2 masks at a time (GPU time at that size is compute-bound, so larger
-        batches buy little and cost memory linearly). ``1`` is a plain loop. Per-sample normalisation makes the
+        batches buy little and cost memory linearly). On the CPU the budget is :attr:`SUBSET_BATCH_VOXELS_CPU`
+        (3 masks of a 48^3 window). ``1`` is a plain loop. Per-sample normalisation makes the
         result independent of ``chunk_size`` (up to float round-off).
         Deep-supervision heads are not used.
 
@@ -411,7 +415,9 @@ class MissingModalityNet(nn.Module):
         num = masks.shape[0]
         if chunk_size is None:
             voxels = batch * math.prod(features[0].shape[3:])
-            chunk_size = max(1, min(num, self.SUBSET_BATCH_VOXELS // max(voxels, 1)))
+            cpu = features[0].device.type == "cpu"
+            budget = self.SUBSET_BATCH_VOXELS_CPU if cpu else self.SUBSET_BATCH_VOXELS
+            chunk_size = max(1, min(num, budget // max(voxels, 1)))
         positive_int(chunk_size, "chunk_size")
         masks = masks.to(features[0].device)
         outs = []

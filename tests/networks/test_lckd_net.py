@@ -62,13 +62,28 @@ def test_automatic_chunk_size_respects_voxel_budget(monkeypatch):
     widths = []
     decode = net._decode
     monkeypatch.setattr(net, "_decode", lambda f, m, deep: widths.append(len(m)) or decode(f, m, deep))
-    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS", 3 * 2 * 4**3)  # three masks of a (2, 4^3) batch per pass
+    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS_CPU", 3 * 2 * 4**3)  # three masks of a (2, 4^3) batch per pass
     assert net.decode_subsets(features, ALL_MASKS).shape == (2, 15, 3, 4, 4, 4)
     assert widths == [3 * 2] * 5
     widths.clear()
-    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS", 1)  # smaller than one window: plain loop
+    monkeypatch.setattr(net, "SUBSET_BATCH_VOXELS_CPU", 1)  # smaller than one window: plain loop
     net.decode_subsets(features, ALL_MASKS[:4])
     assert widths == [2] * 4
+
+
+@pytest.mark.parametrize(
+    ("attr", "device_type", "used"), [("SUBSET_BATCH_VOXELS_CPU", "cpu", True), ("SUBSET_BATCH_VOXELS", "cpu", False)]
+)
+def test_cpu_has_its_own_subset_budget(monkeypatch, attr, device_type, used):
+    net = LCKDNet(filters=(2, 2))
+    features = net.encode(torch.randn(1, 4, 4, 4, 4))
+    widths = []
+    decode = net._decode
+    monkeypatch.setattr(net, "_decode", lambda f, m, deep: widths.append(len(m)) or decode(f, m, deep))
+    monkeypatch.setattr(net, attr, 5 * 4**3)  # five masks of a (1, 4^3) batch per pass
+    net.decode_subsets(features, ALL_MASKS)
+    assert features[0].device.type == device_type
+    assert widths == ([5] * 3 if used else [15])  # the CPU budget fits all 15 masks of a tiny window
 
 
 def test_mixed_subset_batch_is_per_sample(net, x):
