@@ -5,6 +5,7 @@ Kept in Python so the JSON configs stay declarative and every ``$`` expression s
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 from lckd_med.prediction.device import resolve_device
 
 __all__ = [
+    "bundles_root",
     "bundle_dir",
     "prepare_datalist",
     "bundle_datalist",
@@ -43,13 +45,40 @@ class DatasetNotFoundError(FileNotFoundError):
     """No usable BraTS data where the config points; the message names both ways out."""
 
 
+def bundles_root() -> Path:
+    """Folder holding the bundles (``lckd``, ``omd``).
+
+    An installed wheel ships them as package data, ``lckd_med/bundles`` (``pyproject.toml`` maps the repository's
+    top-level ``bundles/`` there); a source checkout, editable install or not, has them beside the package, in the
+    repository's ``bundles/``. Both are looked up from where ``lckd_med`` was imported, never from the working
+    directory.
+
+    Raises:
+        FileNotFoundError: neither folder exists (an install made without the bundle files).
+    """
+    package = Path(str(importlib.resources.files("lckd_med")))
+    for root in (package / "bundles", package.parent / "bundles"):  # wheel, then source checkout
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(
+        f"no bundles folder in {package / 'bundles'} (installed package) nor in {package.parent / 'bundles'} "
+        "(source checkout); reinstall lckd_med with `pip install .` or `pip install -e .` from the repository"
+    )
+
+
 def bundle_dir(name: str) -> str:
-    """Folder of ``bundles/<name>`` in the repository this package was installed from (editable install),
-    else ``./bundles/<name>`` under the working directory."""
-    repo = Path(__file__).resolve().parents[2] / "bundles" / name
-    if repo.is_dir():
-        return str(repo)
-    return str(Path.cwd() / "bundles" / name)
+    """Folder of the bundle ``name`` (``"lckd"``, ``"omd"``) under :func:`bundles_root`: what the configs use as
+    ``bundle_root``, so they find their default ``runs/`` folders from any working directory.
+
+    Raises:
+        FileNotFoundError: no such bundle (the message lists the bundles there).
+    """
+    root = bundles_root()
+    path = root / name
+    if not (path / "metadata.json").is_file():
+        have = sorted(p.name for p in root.iterdir() if (p / "metadata.json").is_file())
+        raise FileNotFoundError(f"no bundle {name!r} in {root}; the bundles there are {have}")
+    return str(path)
 
 
 def _no_data_message(dataset_dir: str | os.PathLike, why: str) -> str:
