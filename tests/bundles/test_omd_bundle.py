@@ -77,6 +77,8 @@ def test_evaluate_and_inference_overlays_only_name_the_omd_folder(name):
 
 
 def test_merged_config_is_omd():
+    from monai.bundle import ConfigParser
+
     lckd = _json(LCKD / "train.json")
     omd = _merged(LCKD / "train.json", OMD / "train.json")
     assert set(omd) >= set(lckd)
@@ -84,7 +86,13 @@ def test_merged_config_is_omd():
         assert omd[key] == lckd[key], key
     assert omd["bundle_root"] == "$lckd_med.engines.bundle_dir('omd')"
     assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.networks.build_preset"
-    assert (omd["network_def"]["method"], lckd["network_def"]["method"]) == ("omd", "lckd")
+    # the network follows the method: its network_family (a key of lckd_med.networks.presets.METHODS)
+    parsed = {}
+    for name, files in {"omd": (LCKD / "train.json", OMD / "train.json"), "lckd": (LCKD / "train.json",)}.items():
+        parser = ConfigParser()
+        parser.read_config([str(p) for p in files])
+        parsed[name] = parser.get_parsed_content("network_def#method")
+    assert parsed == {"omd": "omd", "lckd": "lckd"}
     assert omd["network_def"]["restore_kernel_size"] == "@restore_kernel_size"
     assert omd["network_preset"] == lckd["network_preset"] == "lean"
     assert (omd["fill_levels"], lckd["fill_levels"]) == ("all", "bottleneck")

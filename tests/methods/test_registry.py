@@ -18,7 +18,8 @@ from lckd_med.methods import (
     build_method,
     get_method,
 )
-from lckd_med.networks import LCKDNet, OMDNet
+from lckd_med.networks import LCKDNet, OMDNet, build_preset
+from lckd_med.networks.presets import METHODS as NETWORK_FAMILIES
 
 SIZE = 16
 
@@ -90,6 +91,15 @@ def test_one_trainer_runs_every_method(name, net, terms, phase):
     assert trainer.state.status_keys == (("teachers",) if name == "lckd" else ())
     if name == "lckd_nokd":
         assert logged["kd_loss"] == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_binds_the_network_of_its_family(name):
+    """One source for method -> network: the method's network_family, a key of the presets' network table."""
+    family = METHODS[name].network_family
+    net = build_preset("fullres", family, filters=[4, 8])
+    assert type(net) is NETWORK_FAMILIES[family]
+    build_method(name, teacher_state=TeacherState(["t1ce"])).bind(net, segmentation_loss())  # OMD checks its net
 
 
 def test_omd_method_needs_an_omd_net():
