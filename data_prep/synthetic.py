@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from lckd_med.data.synthetic import MAX_RELEASE, MIN_RELEASE, release_layout, validate_release, write_dataset
+from lckd_med.data.synthetic import RELEASES_ACCEPTED, release_layout, validate_release, write_dataset
 
 __all__ = ["build_parser", "main"]
 
@@ -59,10 +59,7 @@ def _release(text: str) -> int:
     try:
         return validate_release(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a BraTS year {MIN_RELEASE}-{MAX_RELEASE} (2018-2022: legacy naming, 2023+: BraTS-GLI naming), "
-            f"got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"must be {RELEASES_ACCEPTED}, got {text!r}") from None
 
 
 def _fraction(text: str) -> float:
