@@ -16,12 +16,7 @@ from lckd_med.networks import LCKDNet
 SIZE = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(n: int, mask: list[bool] | None = None, batch: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -29,6 +29,7 @@ from lckd_med.engines.workflow import (
     setup_logging,
     user_error_of,
 )
+from tests.testkit import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -219,26 +220,6 @@ def test_user_error_of_finds_the_lckd_med_error_under_the_parser_wrapper(tmp_pat
         assert user_error_of(_chained(e)) is e
 
 
-def _tiny_checkpoint(path: Path) -> None:
-    from lckd_med.constants import MODALITIES, REGIONS
-    from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-    from lckd_med.networks import LCKDNet
-
-    net = LCKDNet(filters=(4, 8, 16))
-    save_checkpoint(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "network": {"name": "LCKDNet", "hparams": net.hparams},
-            "model": net.state_dict(),
-            "modalities": list(MODALITIES),
-            "regions": list(REGIONS),
-            "label_convention": "brats2018",
-            "train_config": {"roi_size": [16, 16, 16]},
-        },
-    )
-
-
 _MANIFEST_HEADER = "case_id,flair,t1,t1ce,t2\n"
 CLI_CASES = {
     # case: (checkpoint bytes or None for a valid one, manifest bytes or None, output is a file, expected message)
@@ -257,7 +238,7 @@ def test_bundle_cli_input_errors_are_one_line(tmp_path, case):
     models, out = tmp_path / "models", tmp_path / "out"
     models.mkdir()
     if ckpt_bytes is None:
-        _tiny_checkpoint(models / "model.pt")
+        save_tiny_checkpoint(models / "model.pt")
     else:
         (models / "model.pt").write_bytes(ckpt_bytes)
     if output_is_file:

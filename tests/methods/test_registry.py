@@ -36,9 +36,8 @@ def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
-    torch.manual_seed(0)
-    trainer = MethodTrainer(
+def _trainer(method: object, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
+    return MethodTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_batches(),
@@ -50,6 +49,11 @@ def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> Metho
         method=method,
         amp=False,
     )
+
+
+def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
+    torch.manual_seed(0)
+    trainer = _trainer(method, net, phase1)
     trainer.run()
     return trainer
 
@@ -108,16 +112,5 @@ def test_omd_method_needs_an_omd_net():
 
 
 def test_trainer_needs_a_method():
-    net = LCKDNet(filters=(4, 8))
     with pytest.raises(TypeError, match="method"):
-        MethodTrainer(
-            device="cpu",
-            max_epochs=1,
-            train_data_loader=_batches(),
-            network=net,
-            optimizer=torch.optim.SGD(net.parameters(), lr=1e-3),
-            seg_loss=segmentation_loss(),
-            dropout=ModalityDropout(prob=1.0, max_kept=3),
-            phase1_iterations=0,
-            method="lckd",
-        )
+        _trainer("lckd", LCKDNet(filters=(4, 8)))
