@@ -16,33 +16,32 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from lckd_med.data.synthetic import MAX_RELEASE, MIN_RELEASE, release_layout, validate_release, write_dataset
+from lckd_med.data.synthetic import RELEASES_ACCEPTED, release_layout, validate_release, write_dataset
 
 __all__ = ["build_parser", "main"]
 
 _SPACINGS = (1.0, 2.0)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of cases, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(low: int, expected: str) -> Callable[[str], int]:
+    """An argparse ``type``: an int >= ``low``; ``expected`` says what was wanted when the text is not an int."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_positive_int = _int_at_least(1, "a whole number of cases")
+_seed = _int_at_least(0, "a non-negative integer seed")
 
 
 def _spacing(text: str) -> float:
@@ -59,10 +58,7 @@ def _release(text: str) -> int:
     try:
         return validate_release(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a BraTS year {MIN_RELEASE}-{MAX_RELEASE} (2018-2022: legacy naming, 2023+: BraTS-GLI naming), "
-            f"got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"must be {RELEASES_ACCEPTED}, got {text!r}") from None
 
 
 def _fraction(text: str) -> float:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lckd_med.constants import MODALITIES
 
@@ -76,6 +77,11 @@ The .safetensors file holds the network weights and, as text metadata, the netwo
 modality/region order and label convention: enough to rebuild the network, and no code can ride along."""
 
 
+def _command(sub: Any, name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """One sub-command: ``summary`` in ``lckd-med --help``, ``description`` and the ``epilog`` example in its own."""
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lckd-med`` parser with its sub-commands."""
     p = argparse.ArgumentParser(
@@ -87,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="<command>")
 
-    pr = sub.add_parser(
+    pr = _command(
+        sub,
         "predict",
-        help="segment one case from its sequence files",
-        description="Segment one case from whichever of its four MRI sequences you have.",
-        epilog=PREDICT_EXAMPLE,
-        formatter_class=_formatter,
+        "segment one case from its sequence files",
+        "Segment one case from whichever of its four MRI sequences you have.",
+        PREDICT_EXAMPLE,
     )
     for m in MODALITIES:
         pr.add_argument(f"--{m}", metavar="FILE", default=None, help=f"{m} NIfTI file (optional)")
@@ -113,12 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    ev = sub.add_parser(
+    ev = _command(
+        sub,
         "evaluate-folder",
-        help="score a folder of label maps against BraTS labels",
-        description="Dice and HD95 (legacy BraTS rules) of every prediction in a folder, per-subset reports.",
-        epilog=EVALUATE_EXAMPLE,
-        formatter_class=_formatter,
+        "score a folder of label maps against BraTS labels",
+        "Dice and HD95 (legacy BraTS rules) of every prediction in a folder, per-subset reports.",
+        EVALUATE_EXAMPLE,
     )
     ev.add_argument(
         "--pred_dir",
@@ -132,21 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--postprocess_min_et", type=int, default=None, help="ET post-processing threshold, mm^3")
     ev.add_argument("--no_progress", action="store_true", help="no progress bar")
 
-    ex = sub.add_parser(
+    ex = _command(
+        sub,
         "export-safetensors",
-        help="write the network weights of model.pt as .safetensors",
-        description="Export the network weights of an lckd_med checkpoint to a safetensors file.",
-        epilog=EXPORT_EXAMPLE,
-        formatter_class=_formatter,
+        "write the network weights of model.pt as .safetensors",
+        "Export the network weights of an lckd_med checkpoint to a safetensors file.",
+        EXPORT_EXAMPLE,
     )
     ex.add_argument("--ckpt", required=True, help="checkpoint (model.pt)")
     ex.add_argument("-o", "--output", default=None, help="file to write (default: beside --ckpt, .safetensors)")
-    im = sub.add_parser(
+    im = _command(
+        sub,
         "import-safetensors",
-        help="make an inference checkpoint from a .safetensors file",
-        description="Write an lckd_med checkpoint (model.pt) from a safetensors file made by export-safetensors.",
-        epilog=EXPORT_EXAMPLE,
-        formatter_class=_formatter,
+        "make an inference checkpoint from a .safetensors file",
+        "Write an lckd_med checkpoint (model.pt) from a safetensors file made by export-safetensors.",
+        EXPORT_EXAMPLE,
     )
     im.add_argument("--weights", required=True, help=".safetensors file")
     im.add_argument("-o", "--output", required=True, help="checkpoint to write (model.pt)")

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
+from lckd_med.data.datalist import read_datalist, split_counts
 from lckd_med.demo import DEMO_CONFIGS, bundle_command
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
@@ -317,9 +318,7 @@ def _run(cmd: list[str], log: Path, dry_run: bool) -> float:
 
 
 def _split_counts(datalist: Path) -> str:
-    with open(datalist) as f:
-        data = json.load(f)
-    return ", ".join(f"{len(data.get(k, []))} {k}" for k in ("training", "validation", "testing"))
+    return ", ".join(f"{c['total']} {split}" for split, c in split_counts(read_datalist(datalist)).items())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

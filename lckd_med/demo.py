@@ -20,13 +20,14 @@ from lckd_med.engines.workflow import bundle_dir
 
 __all__ = ["main", "bundle_command", "DEMO_CONFIGS"]
 
-#: Configs merged, in order (later files override), per ``(bundle, run id)`` of the CPU demo. OMD's training
-#: config is an overlay of LCKD's; both demos start from ``bundles/lckd/demo.json`` (OMD's adds two keys).
+#: Configs merged, in order (later files override), per ``(bundle, run id)`` of the CPU demo. OMD's configs are
+#: overlays of LCKD's (its evaluate.json only names its folder); both demos add ``bundles/lckd/demo.json`` (OMD's
+#: training adds two keys more).
 DEMO_CONFIGS: dict[tuple[str, str], tuple[str, ...]] = {
     ("lckd", "training"): ("lckd/train.json", "lckd/demo.json"),
     ("lckd", "evaluate"): ("lckd/evaluate.json", "lckd/demo.json"),
     ("omd", "training"): ("lckd/train.json", "omd/train.json", "lckd/demo.json", "omd/demo.json"),
-    ("omd", "evaluate"): ("omd/evaluate.json", "lckd/demo.json"),
+    ("omd", "evaluate"): ("lckd/evaluate.json", "omd/evaluate.json", "lckd/demo.json"),
 }
 
 

@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: small procedural BraTS datasets on disk (2 mm grid, 120x120x78).
+"""Shared pytest fixtures: small procedural BraTS datasets on disk (2 mm grid, 120x120x78), and ``one_thread``.
 
 Session-scoped and lazy: a dataset is written once, the first time a test asks for it. Tests must treat the
-returned directories as read-only (copy them to ``tmp_path`` before modifying anything).
+returned directories as read-only (copy them to ``tmp_path`` before modifying anything). Shared helper functions
+are in ``tests/testkit.py``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lckd_med.data.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): their
+    tensors are tiny, and threads competing for the few busy cores of a test machine make them many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

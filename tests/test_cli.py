@@ -17,9 +17,7 @@ import pytest
 import torch
 
 from lckd_med.cli import main
-from lckd_med.constants import MODALITIES, REGIONS
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from lckd_med.networks import LCKDNet
+from tests.testkit import save_tiny_checkpoint, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 22, 16)
@@ -33,13 +31,7 @@ def lps_affine() -> np.ndarray:
 
 
 def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    affine = lps_affine() if affine is None else affine
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_qform(affine, 1)
-    img.header.set_sform(affine, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-    return path
+    return write_nifti(path, data, lps_affine() if affine is None else affine)
 
 
 def volume(seed: int) -> np.ndarray:
@@ -48,29 +40,13 @@ def volume(seed: int) -> np.ndarray:
     return data
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = LCKDNet(filters=(4, 8, 16))
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": "LCKDNet", "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": "brats2018",
-        "train_config": {"roi_size": [16, 16, 16]},
-        "subset_dice": {"flair+t1ce": {"ET": 0.5, "TC": 0.6, "WT": 0.7}},
-    }
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", payload)
+    subset_dice = {"flair+t1ce": {"ET": 0.5, "TC": 0.6, "WT": 0.7}}
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", subset_dice=subset_dice)
 
 
 # ---------------------------------------------------------------------------------------------- help and entry point

@@ -13,6 +13,7 @@ prefix. The evaluation chain keeps MetaTensor metadata so ``Invertd`` maps predi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.transforms import (
@@ -176,37 +177,18 @@ def train_transforms_split(
 
 
 def train_transforms(
-    roi_size: int | Sequence[int],
-    convention: int | str | LabelConvention = "brats2018",
-    num_samples: int = 1,
-    pos: float = 1.0,
-    neg: float = 1.0,
-    augment: bool = True,
-    dropout_prob: float = 0.0,
-    dropout_distribution: str | Mapping[str, float] = "uniform",
-    max_kept: int | None = None,
-    **kwargs,
+    roi_size: int | Sequence[int], convention: int | str | LabelConvention = "brats2018", **kwargs: Any
 ) -> Compose:
     """Full training chain (flat, so ``CacheDataset`` caches everything before ``RandCropByPosNegLabeld``).
 
-    Args: see :func:`train_transforms_split` (extra keyword arguments are passed on to it).
+    Args: see :func:`train_transforms_split`; every other keyword argument (``num_samples``, ``pos``, ``neg``,
+    ``augment``, ``dropout_prob``, ...) is passed on to it.
 
     Returns:
         Compose mapping a datalist entry to a list of ``num_samples`` dicts with ``image`` ``(4, *roi)``,
         ``label`` ``(3, *roi)`` (ET, TC, WT) float32 and ``modality_mask`` ``(4,)`` bool.
     """
-    prefix, suffix = train_transforms_split(
-        roi_size,
-        convention=convention,
-        num_samples=num_samples,
-        pos=pos,
-        neg=neg,
-        augment=augment,
-        dropout_prob=dropout_prob,
-        dropout_distribution=dropout_distribution,
-        max_kept=max_kept,
-        **kwargs,
-    )
+    prefix, suffix = train_transforms_split(roi_size, convention=convention, **kwargs)
     return Compose([*prefix.transforms, *suffix.transforms])
 
 

@@ -40,6 +40,7 @@ from lckd_med.constants import (
     file_suffixes,
     label_convention,
 )
+from lckd_med.data.layouts import parse_release
 from lckd_med.utils.io import save_nifti_atomic
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TISSUES",
     "MIN_RELEASE",
     "MAX_RELEASE",
+    "RELEASES_ACCEPTED",
     "MIN_SPACING",
     "MAX_SPACING",
     "validate_release",
@@ -96,20 +98,19 @@ _CONTRAST: dict[str, tuple[float, ...]] = {
 _SCALE: dict[str, float] = {"flair": 450.0, "t1": 650.0, "t1ce": 800.0, "t2": 900.0}
 
 
+#: What :func:`validate_release` accepts, as its messages (and ``python -m data_prep.synthetic``'s) say it.
+RELEASES_ACCEPTED = f"a BraTS year {MIN_RELEASE}-{MAX_RELEASE} (2018-2022: legacy naming, 2023+: BraTS-GLI naming)"
+
+
 def validate_release(release: int | str) -> int:
-    """The release year as an int, or ValueError for years this generator does not reproduce."""
+    """The release year as an int (parsed by :func:`lckd_med.data.layouts.parse_release`), or ValueError for years
+    this generator does not reproduce."""
     try:
-        year = int(str(release).strip().lower().removeprefix("brats"))
+        year = parse_release(release)
     except ValueError:
-        raise ValueError(
-            f"release must be a BraTS year {MIN_RELEASE}-{MAX_RELEASE} (2018-2022: legacy naming, 2023+: "
-            f"BraTS-GLI naming), got {release!r}"
-        ) from None
-    if not MIN_RELEASE <= year <= MAX_RELEASE:
-        raise ValueError(
-            f"release must be a BraTS year {MIN_RELEASE}-{MAX_RELEASE} (2018-2022: legacy naming, 2023+: "
-            f"BraTS-GLI naming), got {release!r}"
-        )
+        year = None
+    if year is None or not MIN_RELEASE <= year <= MAX_RELEASE:
+        raise ValueError(f"release must be {RELEASES_ACCEPTED}, got {release!r}")
     return year
 
 

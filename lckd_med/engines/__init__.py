@@ -5,7 +5,7 @@ from __future__ import annotations
 from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpointHandler
 from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elect_teachers, single_modality_dice
-from lckd_med.engines.omd_trainer import OMDTrainer, omd_recipe_of
+from lckd_med.engines.omd_trainer import OMDTrainer
 from lckd_med.engines.progress import ProgressHandler
 from lckd_med.engines.schedules import LR_SCHEDULES, TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
 from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
@@ -55,5 +55,4 @@ __all__ = [
     "setup_logging",
     "single_modality_dice",
     "OMDTrainer",
-    "omd_recipe_of",
 ]

@@ -4,13 +4,14 @@ MONAI's ``SupervisedTrainer`` computes ``loss(pred, label)`` from one forward pa
 need the availability mask, a phase-dependent modality dropout and their own loss terms. :class:`MethodTrainer`
 keeps MONAI's engine, events and handlers and replaces only ``_iteration``, which asks the method for
 ``(loss, prediction, terms)``. :class:`LCKDTrainer` (and :class:`lckd_med.engines.OMDTrainer`) are the same engine
-built from their method's arguments, as the bundle configs name them.
+with :attr:`MethodTrainer.method_name` set: they build their registered method from the keyword arguments its
+constructor takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,7 @@ from lckd_med.data.transforms import (
 from lckd_med.engines.election import TeacherState
 from lckd_med.engines.progress import loss_terms
 from lckd_med.methods.base import TrainBatch, TrainingMethod
-from lckd_med.methods.lckd import LCKDMethod
+from lckd_med.methods.registry import build_method, method_parameters
 from lckd_med.prediction import autocast_context
 
 __all__ = ["MethodTrainer", "LCKDTrainer", "loss_terms", "seed_if_unseeded"]
@@ -62,15 +63,25 @@ class MethodTrainer(SupervisedTrainer):
     ``modality_mask`` ``(B, 4)``.
 
     Args:
-        method: the training method (bound here to ``network`` and ``seg_loss``).
+        method: the training method (bound here to ``network`` and ``seg_loss``); ``None`` only in a subclass that
+            sets :attr:`method_name`, which builds that method from the keyword arguments its constructor takes.
         seg_loss: segmentation loss on logits ``(B, 3, *S)`` (passed to MONAI as ``loss_function``).
         dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
             not seeded by the caller it is seeded from torch's global generator here (so
             ``monai.utils.set_determinism`` makes phase 2 reproducible).
-        phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start).
+        phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start; > 0 for
+            OMD mimics LCKD's warm-up, for ablations).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
         Other arguments as in :class:`monai.engines.SupervisedTrainer`.
+
+    Raises:
+        TypeError: no ``method`` and no :attr:`method_name`; a method, dropout or method setting of the wrong type.
+        ValueError: ``phase1_iterations < 0``; a bad method setting.
     """
+
+    #: A registered method (:data:`lckd_med.methods.METHODS`) built from the keyword arguments when ``method`` is
+    #: ``None`` (set by :class:`LCKDTrainer` and :class:`~lckd_med.engines.OMDTrainer`).
+    method_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -81,13 +92,16 @@ class MethodTrainer(SupervisedTrainer):
         optimizer: torch.optim.Optimizer,
         seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         dropout: ModalityDropout,
-        phase1_iterations: int,
-        method: TrainingMethod,
+        phase1_iterations: int = 0,
+        method: TrainingMethod | None = None,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = True,
         **kwargs: Any,
     ) -> None:
+        if method is None and self.method_name is not None:
+            accepted = method_parameters(self.method_name)
+            method = build_method(self.method_name, **{k: kwargs.pop(k) for k in list(kwargs) if k in accepted})
         if not isinstance(method, TrainingMethod):
             raise TypeError(f"method must be a lckd_med.methods.TrainingMethod, got {type(method).__name__}")
         if not isinstance(dropout, (ModalityDropout, ModalityDropoutd)):
@@ -165,19 +179,13 @@ class MethodTrainer(SupervisedTrainer):
 class LCKDTrainer(MethodTrainer):
     """:class:`MethodTrainer` running :class:`~lckd_med.methods.LCKDMethod` (``seg + kd_weight * KD``).
 
-    Args:
-        teacher_state, kd_loss, kd_weight, kd_levels: as :class:`~lckd_med.methods.LCKDMethod` (keywords).
-        kwargs: every other argument of :class:`MethodTrainer` (keywords), ``method`` excepted.
+    Takes :class:`~lckd_med.methods.LCKDMethod`'s arguments (``teacher_state``, ``kd_loss``, ``kd_weight``,
+    ``kd_levels``) as keywords beside :class:`MethodTrainer`'s, ``method`` excepted.
     """
 
-    def __init__(
-        self,
-        *,
-        teacher_state: TeacherState,
-        kd_loss: Callable[..., torch.Tensor] | None = None,
-        kd_weight: float = 0.1,
-        kd_levels: Sequence[int] = (-1,),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(method=LCKDMethod(teacher_state, kd_loss, kd_weight, kd_levels), **kwargs)
-        self.teacher_state = teacher_state
+    method_name = "lckd"
+
+    @property
+    def teacher_state(self) -> TeacherState:
+        """The method's teachers, shared with the election and checkpoint handlers."""
+        return self.method.teacher_state

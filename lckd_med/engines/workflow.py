@@ -5,8 +5,11 @@ Kept in Python so the JSON configs stay declarative and every ``$`` expression s
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import logging
 import math
+import numbers
 import os
 import sys
 import traceback
@@ -20,6 +23,7 @@ import torch
 from lckd_med.prediction.device import resolve_device
 
 __all__ = [
+    "bundles_root",
     "bundle_dir",
     "prepare_datalist",
     "bundle_datalist",
@@ -43,13 +47,40 @@ class DatasetNotFoundError(FileNotFoundError):
     """No usable BraTS data where the config points; the message names both ways out."""
 
 
+def bundles_root() -> Path:
+    """Folder holding the bundles (``lckd``, ``omd``).
+
+    An installed wheel ships them as package data, ``lckd_med/bundles`` (``pyproject.toml`` maps the repository's
+    top-level ``bundles/`` there); a source checkout, editable install or not, has them beside the package, in the
+    repository's ``bundles/``. Both are looked up from where ``lckd_med`` was imported, never from the working
+    directory.
+
+    Raises:
+        FileNotFoundError: neither folder exists (an install made without the bundle files).
+    """
+    package = Path(str(importlib.resources.files("lckd_med")))
+    for root in (package / "bundles", package.parent / "bundles"):  # wheel, then source checkout
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(
+        f"no bundles folder in {package / 'bundles'} (installed package) nor in {package.parent / 'bundles'} "
+        "(source checkout); reinstall lckd_med with `pip install .` or `pip install -e .` from the repository"
+    )
+
+
 def bundle_dir(name: str) -> str:
-    """Folder of ``bundles/<name>`` in the repository this package was installed from (editable install),
-    else ``./bundles/<name>`` under the working directory."""
-    repo = Path(__file__).resolve().parents[2] / "bundles" / name
-    if repo.is_dir():
-        return str(repo)
-    return str(Path.cwd() / "bundles" / name)
+    """Folder of the bundle ``name`` (``"lckd"``, ``"omd"``) under :func:`bundles_root`: what the configs use as
+    ``bundle_root``, so they find their default ``runs/`` folders from any working directory.
+
+    Raises:
+        FileNotFoundError: no such bundle (the message lists the bundles there).
+    """
+    root = bundles_root()
+    path = root / name
+    if not (path / "metadata.json").is_file():
+        have = sorted(p.name for p in root.iterdir() if (p / "metadata.json").is_file())
+        raise FileNotFoundError(f"no bundle {name!r} in {root}; the bundles there are {have}")
+    return str(path)
 
 
 def _no_data_message(dataset_dir: str | os.PathLike, why: str) -> str:
@@ -102,18 +133,13 @@ def prepare_datalist(
     return str(datalist)
 
 
-def bundle_datalist(
-    dataset_dir: str | os.PathLike,
-    datalist: str | os.PathLike,
-    folds: int = 5,
-    seed: int = 0,
-    test_fold: int = 0,
-    val_fold: int = 1,
-) -> str:
-    """:func:`prepare_datalist` for bundle configs: a missing dataset ends the run with just the message
-    (``SystemExit``) instead of a long traceback through the config parser."""
+# only __wrapped__ is set: inspect.signature and help() show prepare_datalist's arguments
+@functools.wraps(prepare_datalist, assigned=(), updated=())
+def bundle_datalist(*args: Any, **kwargs: Any) -> str:
+    """:func:`prepare_datalist` (same arguments) for bundle configs: a missing dataset ends the run with just the
+    message (``SystemExit``) instead of a long traceback through the config parser."""
     try:
-        return prepare_datalist(dataset_dir, datalist, folds=folds, seed=seed, test_fold=test_fold, val_fold=val_fold)
+        return prepare_datalist(*args, **kwargs)
     except DatasetNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -155,11 +181,21 @@ def recipe_of(
     phase1_iterations: int,
     optimizer: str,
     learning_rate: float,
-    kd_weight: float,
-    election_interval: int,
     seed: int,
+    **method_settings: Any,
 ) -> dict[str, Any]:
-    """The training recipe as a JSON-able dict, stored in the checkpoint for the record."""
+    """The training recipe as a JSON-able dict, stored in the checkpoint for the record.
+
+    Args:
+        roi_size, batch_size, num_iterations, phase1_iterations, optimizer, learning_rate, seed: what every method
+            shares (the bundle's keys of those names).
+        method_settings: the method's own (the bundle's ``method_recipe``, e.g. LCKD's ``method``, ``kd_weight``,
+            ``election_interval``; OMD's ``method``, ``mmd_weight``, ``kl_weight``, ...): numbers, strings,
+            booleans, ``None`` or lists of them.
+
+    Raises:
+        TypeError: a method setting that is not a JSON value.
+    """
     return {
         "roi_size": [int(v) for v in roi_size],
         "batch_size": int(batch_size),
@@ -167,10 +203,21 @@ def recipe_of(
         "phase1_iterations": int(phase1_iterations),
         "optimizer": str(optimizer),
         "learning_rate": float(learning_rate),
-        "kd_weight": float(kd_weight),
-        "election_interval": int(election_interval),
         "seed": int(seed),
+        **{name: _json_value(name, value) for name, value in method_settings.items()},
     }
+
+
+def _json_value(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(name, v) for v in value]
+    raise TypeError(f"recipe setting {name}={value!r} is not a JSON value (number, string, boolean, null or a list)")
 
 
 def ensure_synthetic(

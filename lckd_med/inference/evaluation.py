@@ -39,6 +39,7 @@ from lckd_med.constants import (
     label_convention,
     parse_subset,
 )
+from lckd_med.data.datalist import SPLITS
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint
@@ -114,7 +115,7 @@ class SubsetEvaluator:
         progress: bool = True,
         num_workers: int = 2,
     ) -> None:
-        if split not in ("training", "validation", "testing"):
+        if split not in SPLITS:
             raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
         subsets = list(subsets)
         if not subsets:

@@ -47,8 +47,8 @@ class TrainingMethod(ABC):
     :meth:`compute_loss` every iteration inside autocast.
     """
 
-    #: Registry name of the network class stored in the checkpoint (``lckd_med.engines.checkpoint``).
-    network_name: ClassVar[str] = "LCKDNet"
+    #: The network it trains: a key of :data:`lckd_med.networks.presets.METHODS` (``build_preset``'s ``method``).
+    network_family: ClassVar[str] = "lckd"
     #: ``False``: the trainer never enters the modality-dropout phase (the "all sequences only" baseline).
     drops_modalities: ClassVar[bool] = True
 

@@ -27,8 +27,6 @@ class LCKDMethod(TrainingMethod):
         ValueError: ``kd_weight < 0`` or no ``kd_levels``.
     """
 
-    network_name = "LCKDNet"
-
     def __init__(
         self,
         teacher_state: TeacherState,

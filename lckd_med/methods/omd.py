@@ -56,7 +56,7 @@ class OMDMethod(TrainingMethod):
         ValueError: a negative weight, bad ``mmd_levels``.
     """
 
-    network_name = "OMDNet"
+    network_family = "omd"
 
     def __init__(
         self,

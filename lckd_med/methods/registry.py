@@ -10,9 +10,9 @@ from lckd_med.methods.baselines import FullModalityMethod, NoDistillationMethod
 from lckd_med.methods.lckd import LCKDMethod
 from lckd_med.methods.omd import OMDMethod
 
-__all__ = ["METHODS", "get_method", "build_method"]
+__all__ = ["METHODS", "get_method", "method_parameters", "build_method"]
 
-#: Registered training methods (``network_name`` of each says which network it trains).
+#: Registered training methods (``network_family`` of each says which network it trains).
 METHODS: dict[str, type[TrainingMethod]] = {
     "lckd": LCKDMethod,
     "omd": OMDMethod,
@@ -32,6 +32,15 @@ def get_method(name: str) -> type[TrainingMethod]:
     return METHODS[name]
 
 
+def method_parameters(name: str) -> frozenset[str]:
+    """Names of the settings the constructor of method ``name`` takes.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    return frozenset(inspect.signature(get_method(name).__init__).parameters) - {"self"}
+
+
 def build_method(name: str, **settings: Any) -> TrainingMethod:
     """The method ``name`` built from the settings its constructor takes; the others are ignored.
 
@@ -41,6 +50,5 @@ def build_method(name: str, **settings: Any) -> TrainingMethod:
     Raises:
         ValueError: unknown name.
     """
-    cls = get_method(name)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    return cls(**{k: v for k, v in settings.items() if k in accepted})
+    accepted = method_parameters(name)
+    return get_method(name)(**{k: v for k, v in settings.items() if k in accepted})

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.networks import LCKDNet, OMDNet
+from tests.testkit import checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("lckd", "omd")
@@ -99,24 +100,16 @@ def test_verify_net_in_out(bundle, cls, name, tmp_path):
 
     torch.manual_seed(0)
     net = cls(filters=(4, 8, 16))
-    save_checkpoint(
-        tmp_path / "model.pt",
-        {
-            "format": CHECKPOINT_FORMAT,
-            "network": {"name": name, "hparams": net.hparams},
-            "model": net.state_dict(),
-            "modalities": list(MODALITIES),
-            "regions": list(REGIONS),
-            "label_convention": "brats2018",
-        },
-    )
+    save_checkpoint(tmp_path / "model.pt", checkpoint_payload(net))
+    assert load_checkpoint(tmp_path / "model.pt")["network"]["name"] == name
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         verify_net_in_out(
             net_id="network_def",
             meta_file=str(REPO / "bundles" / bundle / "metadata.json"),
-            config_file=str(REPO / "bundles" / bundle / "inference.json"),
+            # OMD's inference.json is an overlay of LCKD's that only names its folder
+            config_file=[str(REPO / "bundles" / b / "inference.json") for b in dict.fromkeys(("lckd", bundle))],
             device="cpu",
             n=2,
             ckpt_dir=str(tmp_path),

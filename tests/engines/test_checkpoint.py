@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.constants import MODALITIES
 from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
     NETWORK_REGISTRY,
@@ -21,16 +21,12 @@ from lckd_med.engines.checkpoint import (
     unwrap_model,
 )
 from lckd_med.networks import LCKDNet
+from tests.testkit import checkpoint_payload
 
 FILTERS = [4, 8]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int = 0) -> LCKDNet:
@@ -39,19 +35,7 @@ def _net(seed: int = 0) -> LCKDNet:
 
 
 def _payload(net: torch.nn.Module | None = None, **changes) -> dict:
-    net = net or _net()
-    out = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": "LCKDNet", "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": "brats2018",
-        "teachers": ["t1ce"],
-        "iteration": 8,
-    }
-    out.update(changes)
-    return out
+    return checkpoint_payload(net or _net(), **{"teachers": ["t1ce"], "iteration": 8, **changes})
 
 
 def test_save_is_atomic_and_loads_weights_only(tmp_path):

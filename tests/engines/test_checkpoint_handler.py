@@ -27,12 +27,7 @@ SIZE = 8
 EPOCH_LENGTH = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data() -> list[dict[str, torch.Tensor]]:

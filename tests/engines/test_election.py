@@ -22,12 +22,7 @@ from lckd_med.engines.election import (
 SIZE = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ThresholdNet(torch.nn.Module):

@@ -13,21 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lckd_med.constants import MODALITIES, REGIONS
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.export import ExportableSegmenter
 from lckd_med.networks import LCKDNet, OMDNet
+from tests.testkit import checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[2]
 NETWORKS = {"lckd": ("LCKDNet", LCKDNet), "omd": ("OMDNet", OMDNet)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(shape=(2, 4, 16, 32, 16)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,20 +67,14 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     torch.manual_seed(1)
     net = cls(filters=(4, 8, 16)).eval()
     models = tmp_path / "models"
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": name, "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": "brats2018",
-    }
-    save_checkpoint(models / "model.pt", payload)
+    save_checkpoint(models / "model.pt", checkpoint_payload(net))
+    assert load_checkpoint(models / "model.pt")["network"]["name"] == name
     ts = models / "model.ts"
-    # the command documented in bundles/<bundle>/README.md, with --ckpt_dir pointing at this checkpoint's folder
+    # the command documented in bundles/<bundle>/README.md (both export with LCKD's inference.json, which rebuilds the
+    # network the checkpoint describes), with --ckpt_dir pointing at this checkpoint's folder
     cmd = [
         sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
-        "--config_file", f"bundles/{bundle}/inference.json",
+        "--config_file", "bundles/lckd/inference.json",
         "--meta_file", f"bundles/{bundle}/metadata.json",
         "--ckpt_dir", str(models),
         "--ckpt_file", str(models / "model.pt"),

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
 from lckd_med.data.transforms import ModalityDropout
-from lckd_med.engines import OMDTrainer, loss_terms, omd_recipe_of
+from lckd_med.engines import OMDTrainer, loss_terms
 from lckd_med.losses import FeatureMMDLoss, TemperatureKLLoss, segmentation_loss
 from lckd_med.networks import LCKDNet, OMDNet
 
@@ -103,12 +102,6 @@ def test_mmd_levels_and_custom_losses_are_used():
     assert trainer.method.kl_loss.temperature == 4.0
     trainer.run()
     assert loss_terms(trainer.state.output)["mmd_loss"] > 0
-
-
-def test_recipe_is_json_serialisable():
-    recipe = omd_recipe_of((32, 32, 16), 2, 100, 0, "sgd", 0.01, 0.1, 1.0, 2.0, 1.0, 0)
-    assert json.loads(json.dumps(recipe)) == recipe
-    assert recipe["roi_size"] == [32, 32, 16] and recipe["method"] == "omd"
 
 
 @pytest.mark.parametrize(

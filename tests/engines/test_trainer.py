@@ -16,12 +16,7 @@ from lckd_med.networks import LCKDNet
 SIZE = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(n: int, mask: list[bool] | None = None, batch: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -181,3 +176,18 @@ def test_state_shows_current_teachers():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _trainer(_batches(1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({}, "teacher_state"), ({"teacher_state": TeacherState(), "kd_weigth": 0.1}, "kd_weigth")],
+    ids=["no_teacher_state", "misspelt_setting"],
+)
+def test_method_settings_are_checked(kwargs, match):
+    """LCKDTrainer builds LCKDMethod from the keywords its constructor takes; the rest go to MONAI's trainer."""
+    net = LCKDNet(filters=(4, 8))
+    common = {"device": "cpu", "max_epochs": 1, "train_data_loader": _batches(1), "network": net}
+    common |= {"optimizer": torch.optim.SGD(net.parameters(), lr=0.1), "seg_loss": segmentation_loss()}
+    common |= {"dropout": ModalityDropout(prob=1.0, max_kept=3)}
+    with pytest.raises(TypeError, match=match):
+        LCKDTrainer(**common, **kwargs)

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lckd_med.data.synthetic import write_dataset
 from lckd_med.engines.workflow import (
     DatasetNotFoundError,
+    bundle_datalist,
     bundle_dir,
     datalist_meta,
     ensure_synthetic,
@@ -27,6 +29,7 @@ from lckd_med.engines.workflow import (
     setup_logging,
     user_error_of,
 )
+from tests.testkit import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,14 @@ def test_prepare_datalist_without_data_names_both_ways_out(tmp_path, state):
     assert str(dataset) in msg and "--dataset_dir" in msg and "python -m data_prep.synthetic" in msg
     assert isinstance(info.value, FileNotFoundError)
     assert not (tmp_path / "datalist.json").exists()
+
+
+def test_bundle_datalist_exits_with_the_message_only(tmp_path, dataset):
+    with pytest.raises(SystemExit, match=r"^error: dataset_dir does not exist") as info:
+        bundle_datalist(tmp_path / "nowhere", tmp_path / "datalist.json", folds=3)
+    assert info.value.__cause__ is None and "--dataset_dir" in str(info.value)
+    assert bundle_datalist(dataset, tmp_path / "datalist.json", folds=3, seed=1) == str(tmp_path / "datalist.json")
+    assert datalist_meta(tmp_path / "datalist.json")["folds"] == 3
 
 
 def test_load_split_max_cases_and_errors(tmp_path, dataset):
@@ -142,10 +153,27 @@ def test_pick_device():
     assert pick_device("auto").type == expected
 
 
-def test_recipe_of_is_json_able():
-    recipe = recipe_of((16, 16, 8), 2, 100, 50, "sgd", 0.01, 0.1, 10, 0)
+@pytest.mark.parametrize(
+    "method_settings",
+    [
+        {"method": "lckd", "kd_weight": 0.1, "election_interval": 10},
+        {"method": "omd", "mmd_weight": 0.1, "kl_weight": 1, "kl_temperature": 2.0, "real_seg_weight": 1.0},
+        {"kd_levels": (-1, np.int64(2)), "weights": np.float32(0.5), "first_election": None, "flag": True},
+    ],
+    ids=["lckd", "omd", "numpy_and_lists"],
+)
+def test_recipe_of_is_json_able(method_settings):
+    recipe = recipe_of((16, 16, 8), 2, 100, 50, "sgd", 0.01, 0, **method_settings)
     assert json.loads(json.dumps(recipe)) == recipe
-    assert recipe["roi_size"] == [16, 16, 8] and recipe["phase1_iterations"] == 50
+    assert recipe["roi_size"] == [16, 16, 8] and recipe["phase1_iterations"] == 50 and recipe["seed"] == 0
+    assert set(recipe) - set(method_settings) == {
+        "roi_size", "batch_size", "num_iterations", "phase1_iterations", "optimizer", "learning_rate", "seed"
+    }  # fmt: skip
+
+
+def test_recipe_of_refuses_a_setting_that_is_not_json():
+    with pytest.raises(TypeError, match="kd_loss"):
+        recipe_of((16, 16, 8), 2, 100, 50, "sgd", 0.01, 0, kd_loss=object())
 
 
 def test_setup_logging_sets_levels():
@@ -192,26 +220,6 @@ def test_user_error_of_finds_the_lckd_med_error_under_the_parser_wrapper(tmp_pat
         assert user_error_of(_chained(e)) is e
 
 
-def _tiny_checkpoint(path: Path) -> None:
-    from lckd_med.constants import MODALITIES, REGIONS
-    from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-    from lckd_med.networks import LCKDNet
-
-    net = LCKDNet(filters=(4, 8, 16))
-    save_checkpoint(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "network": {"name": "LCKDNet", "hparams": net.hparams},
-            "model": net.state_dict(),
-            "modalities": list(MODALITIES),
-            "regions": list(REGIONS),
-            "label_convention": "brats2018",
-            "train_config": {"roi_size": [16, 16, 16]},
-        },
-    )
-
-
 _MANIFEST_HEADER = "case_id,flair,t1,t1ce,t2\n"
 CLI_CASES = {
     # case: (checkpoint bytes or None for a valid one, manifest bytes or None, output is a file, expected message)
@@ -230,7 +238,7 @@ def test_bundle_cli_input_errors_are_one_line(tmp_path, case):
     models, out = tmp_path / "models", tmp_path / "out"
     models.mkdir()
     if ckpt_bytes is None:
-        _tiny_checkpoint(models / "model.pt")
+        save_tiny_checkpoint(models / "model.pt")
     else:
         (models / "model.pt").write_bytes(ckpt_bytes)
     if output_is_file:

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lckd_med.constants import MODALITIES, REGIONS, RELEASE_FILE_SUFFIXES
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES
+from lckd_med.engines.checkpoint import save_checkpoint
 from lckd_med.inference.batch import (
     REPORT_COLUMNS,
     REPORT_NAME,
@@ -32,7 +32,7 @@ from lckd_med.inference.batch import (
     read_manifest,
 )
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
-from lckd_med.networks import LCKDNet
+from tests.testkit import checkpoint_payload, tiny_lckd_net, write_nifti
 
 SHAPE = (24, 24, 16)
 BOX = (slice(3, 20), slice(5, 19), slice(2, 12))  # asymmetric, so a wrong flip or crop shows
@@ -54,13 +54,7 @@ def volume(shape=SHAPE, seed: int = 0, box=BOX) -> np.ndarray:
 
 
 def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    affine = lps_affine() if affine is None else affine
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_qform(affine, 1)
-    img.header.set_sform(affine, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-    return path
+    return write_nifti(path, data, lps_affine() if affine is None else affine)
 
 
 def write_case(root: Path, case_id: str, modalities, scheme: str = "legacy", sep: str = "_", **kw) -> dict:
@@ -73,35 +67,20 @@ def write_case(root: Path, case_id: str, modalities, scheme: str = "legacy", sep
 
 
 def make_checkpoint(path: Path, subset_dice=None, convention: str = "brats2018", train_config=True) -> Path:
-    torch.manual_seed(0)
-    net = LCKDNet(filters=(4, 8, 16))
+    net = tiny_lckd_net()
     with torch.no_grad():
         for p in net.decoder.head.parameters():
             p.zero_()
         dict(net.decoder.head.named_parameters())["conv.conv.bias"].fill_(10.0)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": "LCKDNet", "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": convention,
-    }
+    fields = {"label_convention": convention}
     if train_config:
-        payload["train_config"] = {"roi_size": [16, 16, 16]}
+        fields["train_config"] = {"roi_size": [16, 16, 16]}
     if subset_dice is not None:
-        payload["subset_dice"] = subset_dice
-    return save_checkpoint(path, payload)
+        fields["subset_dice"] = subset_dice
+    return save_checkpoint(path, checkpoint_payload(net, **fields))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny volumes gain nothing from intra-op threads, and on a shared 2-core box OpenMP spinning makes them
-    hundreds of times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 
 from lckd_med.constants import MODALITIES, NUM_REGIONS, REGIONS, SUBSET_NAMES, label_convention, parse_subset
 from lckd_med.data.synthetic import write_dataset
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.workflow import prepare_datalist
 from lckd_med.inference.evaluation import (
     SUBSET_DICE_NAME,
@@ -23,39 +23,24 @@ from lckd_med.inference.evaluation import (
     voxel_spacing,
 )
 from lckd_med.metrics import legacy_dice, region_masks_from_labels
-from lckd_med.networks import LCKDNet
 from lckd_med.reports import REPORT_FILES
 from lckd_med.reports.folder_scores import score_folder
+from tests.testkit import checkpoint_payload, tiny_lckd_net
 
 CONV = label_convention("brats2018")
 ROI = [16, 16, 16]
 MISSING = "t1"  # dropped from the second testing case
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _checkpoint(ckpt_dir: Path, roi: list[int] | None = ROI) -> Path:
-    torch.manual_seed(0)
-    net = LCKDNet(filters=(4, 8, 16))
+    net = tiny_lckd_net()
     with torch.no_grad():  # bias the logits towards ~50 % foreground so every region gets predictions
         net.decoder.head.conv.conv.bias.fill_(0.0)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": "LCKDNet", "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": "brats2018",
-        "iteration": 8,
-        "train_config": {} if roi is None else {"roi_size": roi},
-    }
-    return save_checkpoint(ckpt_dir / "model.pt", payload)
+    train_config = {} if roi is None else {"roi_size": roi}
+    return save_checkpoint(ckpt_dir / "model.pt", checkpoint_payload(net, iteration=8, train_config=train_config))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from lckd_med.inference.geometry import (
     read_volume,
     reference_modality,
 )
+from tests.testkit import save_tiny_checkpoint, write_nifti
 
 SHAPE = (20, 18, 12)
 
@@ -40,13 +41,7 @@ def volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
 
 
 def write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    affine = lps_affine() if affine is None else affine
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_qform(affine, 1)
-    img.header.set_sform(affine, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, path)
-    return path
+    return write_nifti(path, data, lps_affine() if affine is None else affine)
 
 
 # ---------------------------------------------------------------------------------------------- read_volume
@@ -363,24 +358,7 @@ def e2e_volume(seed: int, z: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def random_ckpt(tmp_path_factory) -> Path:
     """A tiny randomly initialised LCKDNet: its logits straddle 0, so the labels depend on every input voxel."""
-    import torch
-
-    from lckd_med.constants import MODALITIES, REGIONS
-    from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-    from lckd_med.networks import LCKDNet
-
-    torch.manual_seed(3)
-    net = LCKDNet(filters=(4, 8, 16))
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "network": {"name": "LCKDNet", "hparams": net.hparams},
-        "model": net.state_dict(),
-        "modalities": list(MODALITIES),
-        "regions": list(REGIONS),
-        "label_convention": "brats2018",
-        "train_config": {"roi_size": [16, 16, 16]},
-    }
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", payload)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", seed=3)
 
 
 def test_inference_on_mixed_orientation_and_spacing_matches_all_lps_run(random_ckpt, tmp_path):

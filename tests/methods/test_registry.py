@@ -18,7 +18,8 @@ from lckd_med.methods import (
     build_method,
     get_method,
 )
-from lckd_med.networks import LCKDNet, OMDNet
+from lckd_med.networks import LCKDNet, OMDNet, build_preset
+from lckd_med.networks.presets import METHODS as NETWORK_FAMILIES
 
 SIZE = 16
 
@@ -35,9 +36,8 @@ def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
-    torch.manual_seed(0)
-    trainer = MethodTrainer(
+def _trainer(method: object, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
+    return MethodTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_batches(),
@@ -49,6 +49,11 @@ def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> Metho
         method=method,
         amp=False,
     )
+
+
+def _run(method: TrainingMethod, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
+    torch.manual_seed(0)
+    trainer = _trainer(method, net, phase1)
     trainer.run()
     return trainer
 
@@ -92,22 +97,20 @@ def test_one_trainer_runs_every_method(name, net, terms, phase):
         assert logged["kd_loss"] == 0.0
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_binds_the_network_of_its_family(name):
+    """One source for method -> network: the method's network_family, a key of the presets' network table."""
+    family = METHODS[name].network_family
+    net = build_preset("fullres", family, filters=[4, 8])
+    assert type(net) is NETWORK_FAMILIES[family]
+    build_method(name, teacher_state=TeacherState(["t1ce"])).bind(net, segmentation_loss())  # OMD checks its net
+
+
 def test_omd_method_needs_an_omd_net():
     with pytest.raises(TypeError, match="OMDNet"):
         _run(OMDMethod(), LCKDNet(filters=(4, 8)))
 
 
 def test_trainer_needs_a_method():
-    net = LCKDNet(filters=(4, 8))
     with pytest.raises(TypeError, match="method"):
-        MethodTrainer(
-            device="cpu",
-            max_epochs=1,
-            train_data_loader=_batches(),
-            network=net,
-            optimizer=torch.optim.SGD(net.parameters(), lr=1e-3),
-            seg_loss=segmentation_loss(),
-            dropout=ModalityDropout(prob=1.0, max_kept=3),
-            phase1_iterations=0,
-            method="lckd",
-        )
+        _trainer("lckd", LCKDNet(filters=(4, 8)))

@@ -15,13 +15,7 @@ ROI = (16, 16, 16)
 SHAPE = (24, 20, 28)  # larger than the ROI on every axis: windows overlap and get blended
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the 15-mask decodes are small: with threads competing for 2 busy cores they run many times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

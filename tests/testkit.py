@@ -1,0 +1,73 @@
+"""Helpers shared by the test modules (``from tests.testkit import ...``; pytest puts the repository root on the path):
+NIfTI files with BraTS-like headers, small self-describing checkpoints, the ``$`` expressions of bundle configs.
+
+Fixtures shared the same way (``one_thread``) are in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from lckd_med.networks import LCKDNet
+
+__all__ = ["write_nifti", "tiny_lckd_net", "checkpoint_payload", "save_tiny_checkpoint", "config_expressions"]
+
+#: Channels per level of the small networks the tests build.
+TINY_FILTERS = (4, 8, 16)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+    """``data`` saved at ``path`` (parent folders made) with ``affine`` as qform and sform, codes 1, as BraTS files."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, 1)
+    img.header.set_sform(affine, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return path
+
+
+def tiny_lckd_net(seed: int = 0, filters: tuple[int, ...] = TINY_FILTERS) -> LCKDNet:
+    """An untrained LCKDNet, the same for the same ``seed``."""
+    torch.manual_seed(seed)
+    return LCKDNet(filters=filters)
+
+
+def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
+    """What ``model.pt`` holds for ``net`` (weights, network name and hyper-parameters, modality and region order,
+    BraTS 2018 labels), with ``fields`` added or replacing those (``train_config``, ``teachers``, ...)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "network": {"name": type(net).__name__, "hparams": net.hparams},
+        "model": net.state_dict(),
+        "modalities": list(MODALITIES),
+        "regions": list(REGIONS),
+        "label_convention": "brats2018",
+        **fields,
+    }
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0, **fields: Any) -> Path:
+    """``path`` holding :func:`tiny_lckd_net` trained with a 16^3 crop (``train_config.roi_size``), ``fields``
+    added or replacing as in :func:`checkpoint_payload`."""
+    fields = {"train_config": {"roi_size": [16, 16, 16]}, **fields}
+    return save_checkpoint(path, checkpoint_payload(tiny_lckd_net(seed), **fields))
+
+
+def config_expressions(node: Any) -> Iterator[str]:
+    """Every ``$`` expression of a parsed bundle config (nested dicts and lists)."""
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from config_expressions(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from config_expressions(v)
+    elif isinstance(node, str) and node.startswith("$"):
+        yield node
