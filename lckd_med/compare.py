@@ -171,10 +171,15 @@ def _format_value(value: Any) -> str:
 
 
 def overrides_argv(overrides: Mapping[str, Any]) -> list[str]:
-    """``--key value`` arguments for ``python -m monai.bundle run`` (lists as ``[a,b]``, ``None`` as ``None``)."""
+    """``--key value`` arguments for ``python -m monai.bundle run`` (lists as ``[a,b]``).
+
+    A top-level ``None`` is passed as the expression ``$None``: ``monai.bundle run`` silently drops keyword
+    arguments whose value is ``None`` (``update_kwargs(ignore_none=True)``), so ``--key None`` would leave the
+    config's value in place instead of setting it to ``None``.
+    """
     argv: list[str] = []
     for key, value in overrides.items():
-        argv += [f"--{key}", _format_value(value)]
+        argv += [f"--{key}", "$None" if value is None else _format_value(value)]
     return argv
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,7 +65,17 @@ def test_default_runs_rejects_a_bad_budget(bad):
 
 def test_overrides_argv_formats_lists_none_and_bools():
     argv = overrides_argv({"roi_size": [32, 32, 16], "validate#election#phase_switch_iteration": None, "amp": False})
-    assert argv == ["--roi_size", "[32,32,16]", "--validate#election#phase_switch_iteration", "None", "--amp", "False"]
+    assert argv == ["--roi_size", "[32,32,16]", "--validate#election#phase_switch_iteration", "$None", "--amp", "False"]
+
+
+def test_overrides_argv_reaches_the_bundle_config_through_monai_bundle_run(tmp_path):
+    """``--key None`` would be dropped by ``monai.bundle run``; the argv must really set the config values."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"filters": [8, 16], "flag": True, "show": "$print('GOT', @filters, @flag)"}))
+    argv = overrides_argv({"filters": None, "flag": False})
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "show", "--config_file", str(config), *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert "GOT None False" in out
 
 
 def test_table_has_every_subset_the_mean_and_bold_winners(summaries):
