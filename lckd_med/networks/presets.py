@@ -22,7 +22,6 @@ only, as the reference's first convolution does on its ``(D, H, W)`` crops.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -76,7 +75,7 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     preset = PRESETS[name]
-    allowed = set(inspect.signature(METHODS[method].__init__).parameters) - {"self"}
+    allowed = METHODS[method].hparam_names()
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"unknown {METHODS[method].__name__} arguments {unknown}; allowed: {sorted(allowed)}")
