@@ -40,11 +40,10 @@ from lckd_med.constants import (
     REGIONS,
     LabelConvention,
     label_convention,
-    parse_subset,
-    subset_name,
 )
 from lckd_med.data.naming import NIFTI_EXTENSIONS
 from lckd_med.data.volume import read_nifti
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
 __all__ = [
     "IMAGE_KEY",
@@ -80,8 +79,7 @@ DROPOUT_GRANULARITIES: tuple[str, ...] = ("sample", "batch")
 
 # Channel order of MONAI's ConvertToMultiChannelBasedOnBratsClasses output.
 _MONAI_BRATS_ORDER: tuple[str, ...] = ("TC", "WT", "ET")
-# A subset is encoded as an int with bit i set when MODALITIES[i] is kept: 2**4 codes, 0 = empty.
-_NUM_CODES = 1 << NUM_MODALITIES
+# A subset is encoded as an int with bit i set when modality i (spec order) is kept: 2**M codes, 0 = empty.
 
 
 def _is_missing_path(path: Any) -> bool:
@@ -92,23 +90,30 @@ def _case_prefix(case_id: Any) -> str:
     return f"case {case_id!r}: " if case_id not in (None, "") else ""
 
 
-def mask_to_code(mask: Sequence[bool] | np.ndarray | torch.Tensor) -> int:
-    """Integer code of a ``(4,)`` availability mask (bit ``i`` set when ``MODALITIES[i]`` is available)."""
+def mask_to_code(mask: Sequence[bool] | np.ndarray | torch.Tensor, spec: ModalitySpec = BRATS) -> int:
+    """Integer code of an ``(M,)`` availability mask (bit ``i`` set when modality ``i`` of ``spec`` is available)."""
     flags = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=bool).reshape(-1)
-    if flags.size != NUM_MODALITIES:
-        raise ValueError(f"availability mask must have {NUM_MODALITIES} entries, got {flags.size}")
+    if flags.size != spec.num_modalities:
+        raise ValueError(f"availability mask must have {spec.num_modalities} entries, got {flags.size}")
     return int(sum(1 << i for i, f in enumerate(flags) if f))
 
 
-def code_to_mask(code: int) -> np.ndarray:
-    """``(4,)`` boolean mask (modality order) of a subset code; inverse of :func:`mask_to_code`."""
-    if not 0 <= int(code) < _NUM_CODES:
-        raise ValueError(f"subset code must be in [0, {_NUM_CODES - 1}], got {code}")
-    return np.array([(int(code) >> i) & 1 == 1 for i in range(NUM_MODALITIES)], dtype=bool)
+def code_to_mask(code: int, spec: ModalitySpec = BRATS) -> np.ndarray:
+    """``(M,)`` boolean mask (modality order) of a subset code; inverse of :func:`mask_to_code`."""
+    num_codes = 1 << spec.num_modalities
+    if not 0 <= int(code) < num_codes:
+        raise ValueError(f"subset code must be in [0, {num_codes - 1}], got {code}")
+    return np.array([(int(code) >> i) & 1 == 1 for i in range(spec.num_modalities)], dtype=bool)
 
 
-def _zero_channels(img: NdarrayOrTensor, keep: np.ndarray | torch.Tensor) -> NdarrayOrTensor:
-    """Zero channels (dim 0) of ``img`` where ``keep`` is False; NaN/inf in dropped channels become 0 too."""
+def _zero_channels(
+    img: NdarrayOrTensor, keep: np.ndarray | torch.Tensor, spec: ModalitySpec = BRATS
+) -> NdarrayOrTensor:
+    """Zero the channels (dim 0) of the modalities where ``keep`` ``(M,)`` is False; NaN/inf there become 0 too."""
+    if spec.total_channels != spec.num_modalities:  # several channels per modality: one flag per channel
+        keep = np.asarray(torch.as_tensor(keep, dtype=torch.bool).cpu(), dtype=bool).reshape(-1)[
+            list(spec.channel_index)
+        ]
     if isinstance(img, torch.Tensor):
         keep_t = torch.as_tensor(keep, dtype=torch.bool, device=img.device).reshape(-1, *([1] * (img.ndim - 1)))
         return img.masked_fill(~keep_t, 0)
@@ -116,23 +121,28 @@ def _zero_channels(img: NdarrayOrTensor, keep: np.ndarray | torch.Tensor) -> Nda
     return np.where(keep_np, img, np.zeros((), dtype=img.dtype))
 
 
-def _check_channels(img: NdarrayOrTensor, what: str = "image") -> None:
-    if img.ndim < 2 or img.shape[0] != NUM_MODALITIES:
+def _check_channels(img: NdarrayOrTensor, what: str = "image", spec: ModalitySpec = BRATS) -> None:
+    if img.ndim < 2 or img.shape[0] != spec.total_channels:
         raise ValueError(
-            f"{what} must be channel-first with {NUM_MODALITIES} channels {MODALITIES}, got shape {tuple(img.shape)}"
+            f"{what} must be channel-first with {spec.total_channels} channels {spec.names} "
+            f"(channels per modality {spec.channels}), got shape {tuple(img.shape)}"
         )
 
 
-def _as_bool_mask(mask: Any, img: NdarrayOrTensor | None = None) -> torch.Tensor:
-    """``(4,)`` torch.bool mask; when ``mask`` is None it is derived from the non-zero channels of ``img``."""
+def _as_bool_mask(mask: Any, img: NdarrayOrTensor | None = None, spec: ModalitySpec = BRATS) -> torch.Tensor:
+    """``(M,)`` torch.bool mask; when ``mask`` is None a modality is available where any of its channels in
+    ``img`` is non-zero."""
     if mask is None:
         if img is None:
             raise ValueError("need a modality mask or an image to derive it from")
-        flat = torch.as_tensor(img).reshape(NUM_MODALITIES, -1)
-        return (flat != 0).any(dim=1).cpu()
+        flat = torch.as_tensor(img).reshape(spec.total_channels, -1)
+        nonzero = (flat != 0).any(dim=1).cpu()
+        if spec.total_channels == spec.num_modalities:
+            return nonzero
+        return torch.stack([nonzero[sl].any() for sl in spec.channel_slices])
     out = torch.as_tensor(mask).reshape(-1)
-    if out.numel() != NUM_MODALITIES:
-        raise ValueError(f"modality mask must have {NUM_MODALITIES} entries ({MODALITIES}), got {out.numel()}")
+    if out.numel() != spec.num_modalities:
+        raise ValueError(f"modality mask must have {spec.num_modalities} entries ({spec.names}), got {out.numel()}")
     return out.to(dtype=torch.bool)
 
 
@@ -427,22 +437,23 @@ class LabelToRegionsd(MapTransform):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _subset_code(name: str) -> int:
-    mods = parse_subset(name)
-    return int(sum(1 << MODALITIES.index(m) for m in mods))
+def _subset_code(name: str, spec: ModalitySpec = BRATS) -> int:
+    mods = spec.parse_subset(name)
+    return int(sum(1 << spec.names.index(m) for m in mods))
 
 
-def _build_table(distribution: str | Mapping[str, float], max_kept: int) -> np.ndarray:
+def _build_table(distribution: str | Mapping[str, float], max_kept: int, spec: ModalitySpec = BRATS) -> np.ndarray:
     """Probability table ``P[a, c]``: chance of keeping subset code ``c`` when the available subset is ``a``.
 
     Rows with no feasible subset are all zero.
     """
-    table = np.zeros((_NUM_CODES, _NUM_CODES), dtype=np.float64)
+    num_codes = 1 << spec.num_modalities
+    table = np.zeros((num_codes, num_codes), dtype=np.float64)
     weights: dict[int, float] | None = None
     if not isinstance(distribution, str):
-        weights = {_subset_code(k): float(v) for k, v in distribution.items()}
-    for avail in range(1, _NUM_CODES):
-        idx = [i for i in range(NUM_MODALITIES) if (avail >> i) & 1]
+        weights = {_subset_code(k, spec): float(v) for k, v in distribution.items()}
+    for avail in range(1, num_codes):
+        idx = [i for i in range(spec.num_modalities) if (avail >> i) & 1]
         n_max = min(len(idx), max_kept)
         for k in range(1, n_max + 1):
             for combo in combinations(idx, k):
@@ -497,9 +508,12 @@ class ModalityDropout(RandomizableTransform):
     Args:
         prob: probability of dropping, in [0, 1].
         distribution: ``"uniform"``, ``"uniform_size"`` or a mapping of subset names to non-negative weights.
-        max_kept: at most this many sequences are kept (1..4); None means no limit. ``max_kept=3`` guarantees at
+        max_kept: at most this many sequences are kept (1..M); None means no limit. ``max_kept=3`` guarantees at
             least one sequence is dropped when all four are available (the "1 to 3 kept" recipe).
         granularity: ``"sample"`` (default) or ``"batch"``, see above; a single-sample call is the same for both.
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` (or its ``to_dict`` form) of the images and
+            masks; ``None`` = BraTS. Images have ``spec.total_channels`` channels; a dropped modality has all its
+            channels zeroed.
     """
 
     def __init__(
@@ -508,20 +522,23 @@ class ModalityDropout(RandomizableTransform):
         distribution: str | Mapping[str, float] = "uniform",
         max_kept: int | None = None,
         granularity: str = "sample",
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
+        self.spec = spec_of(modalities)
+        num_mod = self.spec.num_modalities
         if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f"prob must be a number in [0, 1], got {prob!r}")
         if granularity not in DROPOUT_GRANULARITIES:
             raise ValueError(f"granularity must be one of {DROPOUT_GRANULARITIES}, got {granularity!r}")
         self.granularity = granularity
         if max_kept is not None and (
-            isinstance(max_kept, bool) or not isinstance(max_kept, int) or not 1 <= max_kept <= NUM_MODALITIES
+            isinstance(max_kept, bool) or not isinstance(max_kept, int) or not 1 <= max_kept <= num_mod
         ):
-            raise ValueError(f"max_kept must be None or an int in [1, {NUM_MODALITIES}], got {max_kept!r}")
+            raise ValueError(f"max_kept must be None or an int in [1, {num_mod}], got {max_kept!r}")
         super().__init__(prob=float(prob))
-        self.max_kept = NUM_MODALITIES if max_kept is None else max_kept
-        self.distribution = self._validate_distribution(distribution, self.max_kept)
-        self.table = _build_table(self.distribution, self.max_kept)
+        self.max_kept = num_mod if max_kept is None else max_kept
+        self.distribution = self._validate_distribution(distribution, self.max_kept, self.spec)
+        self.table = _build_table(self.distribution, self.max_kept, self.spec)
         self.cdf = _cdf_table(self.table)
         self.feasible = self.table.sum(axis=1) > 0
         self._u = 0.0
@@ -529,7 +546,7 @@ class ModalityDropout(RandomizableTransform):
         self._device_tables: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
-    def _validate_distribution(distribution: Any, max_kept: int) -> str | dict[str, float]:
+    def _validate_distribution(distribution: Any, max_kept: int, spec: ModalitySpec = BRATS) -> str | dict[str, float]:
         if isinstance(distribution, str):
             if distribution not in DROPOUT_DISTRIBUTIONS:
                 raise ValueError(
@@ -547,7 +564,7 @@ class ModalityDropout(RandomizableTransform):
         out: dict[str, float] = {}
         for name, weight in distribution.items():
             try:
-                canon = subset_name(parse_subset(name))
+                canon = spec.subset_name(spec.parse_subset(name))
             except ValueError as e:
                 raise ValueError(f"unknown subset name {name!r} in dropout distribution: {e}") from None
             if canon in out:
@@ -557,7 +574,7 @@ class ModalityDropout(RandomizableTransform):
             if weight < 0:
                 raise ValueError(f"weight of subset {name!r} must be >= 0, got {weight}")
             out[canon] = float(weight)
-        usable = [k for k, w in out.items() if w > 0 and len(parse_subset(k)) <= max_kept]
+        usable = [k for k, w in out.items() if w > 0 and len(spec.parse_subset(k)) <= max_kept]
         if not usable:
             raise ValueError(
                 f"no subset in the dropout distribution has a positive weight and at most max_kept={max_kept} "
@@ -567,20 +584,20 @@ class ModalityDropout(RandomizableTransform):
 
     def probabilities(self, available: Sequence[bool] | np.ndarray | torch.Tensor) -> dict[str, float]:
         """Subset name -> probability of being kept given the availability mask, when dropout fires."""
-        row = self.table[mask_to_code(available)]
+        row = self.table[mask_to_code(available, self.spec)]
         return {
-            subset_name(m for m, f in zip(MODALITIES, code_to_mask(c), strict=True) if f): float(row[c])
-            for c in range(1, _NUM_CODES)
+            self.spec.mask_to_subset(code_to_mask(c, self.spec)): float(row[c])
+            for c in range(1, 1 << self.spec.num_modalities)
             if row[c] > 0
         }
 
     def randomize(self, data: Any = None) -> None:
-        """Draw whether to fire and which subset to keep; ``data`` is the ``(4,)`` availability mask."""
+        """Draw whether to fire and which subset to keep; ``data`` is the ``(M,)`` availability mask."""
         fire_u, self._u = self.R.rand(2)
         self._do_transform = bool(fire_u < self.prob)
         if data is None:
             return
-        avail = mask_to_code(data)
+        avail = mask_to_code(data, self.spec)
         if not self._do_transform:
             self._kept_code = avail
             return
@@ -589,7 +606,7 @@ class ModalityDropout(RandomizableTransform):
         self._kept_code = int(np.searchsorted(self.cdf[avail], self._u, side="right"))
 
     def _infeasible_message(self, avail: int) -> str:
-        mods = [m for m, f in zip(MODALITIES, code_to_mask(avail), strict=True) if f]
+        mods = [m for m, f in zip(self.spec.names, code_to_mask(avail, self.spec), strict=True) if f]
         if not mods:
             return "modality dropout: no sequence available in this sample"
         return (
@@ -603,24 +620,24 @@ class ModalityDropout(RandomizableTransform):
         """Drop sequences of one sample.
 
         Args:
-            img: ``(4, ...)`` image in modality order.
-            mask: ``(4,)`` availability; None derives it from the non-zero channels.
+            img: ``(C, ...)`` image in modality order (``C = spec.total_channels``, 4 for BraTS).
+            mask: ``(M,)`` availability; None derives it from the non-zero channels.
             randomize: draw a new subset (False reuses the last draw, e.g. for a second key).
 
         Returns:
-            ``(image, mask)``: image with dropped channels zeroed and the torch.bool ``(4,)`` updated mask.
+            ``(image, mask)``: image with dropped channels zeroed and the torch.bool ``(M,)`` updated mask.
         """
-        _check_channels(img)
-        avail = _as_bool_mask(mask, img)
+        _check_channels(img, spec=self.spec)
+        avail = _as_bool_mask(mask, img, self.spec)
         if randomize:
             self.randomize(avail)
         if not self._do_transform:
             return img, avail
-        kept = torch.from_numpy(code_to_mask(self._kept_code)).to(avail.device) & avail
-        return _zero_channels(img, kept), kept
+        kept = torch.from_numpy(code_to_mask(self._kept_code, self.spec)).to(avail.device) & avail
+        return _zero_channels(img, kept, self.spec), kept
 
     def device_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """CDF ``(16, 16)`` and feasibility ``(16,)`` tables on ``device`` (cached)."""
+        """CDF ``(2**M, 2**M)`` and feasibility ``(2**M,)`` tables on ``device`` (cached)."""
         dtype = torch.float32 if device.type == "mps" else torch.float64
         key = (str(device), dtype)
         if key not in self._device_tables:
@@ -644,6 +661,7 @@ class ModalityDropoutd(RandomizableTransform, MapTransform):
         mask_key: availability mask key.
         case_key: key naming the case in error messages.
         allow_missing_keys: skip image keys absent from the data.
+        modalities: see :class:`ModalityDropout` (``None`` = BraTS).
     """
 
     def __init__(
@@ -656,9 +674,12 @@ class ModalityDropoutd(RandomizableTransform, MapTransform):
         case_key: str = CASE_KEY,
         allow_missing_keys: bool = False,
         granularity: str = "sample",
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        self.dropper = ModalityDropout(prob=prob, distribution=distribution, max_kept=max_kept, granularity=granularity)
+        self.dropper = ModalityDropout(
+            prob=prob, distribution=distribution, max_kept=max_kept, granularity=granularity, modalities=modalities
+        )
         RandomizableTransform.__init__(self, prob=self.dropper.prob)
         self.mask_key = mask_key
         self.case_key = case_key
@@ -680,7 +701,7 @@ class ModalityDropoutd(RandomizableTransform, MapTransform):
         if not keys:
             return d
         mask = d.get(self.mask_key)
-        avail = _as_bool_mask(mask, d[keys[0]])
+        avail = _as_bool_mask(mask, d[keys[0]], self.dropper.spec)
         try:
             self.randomize(avail)
         except ValueError as e:
@@ -706,22 +727,23 @@ def drop_modalities_batch(
     host sync checks that they share a sequence (otherwise the batch falls back to per-sample draws).
 
     Args:
-        images: ``(B, 4, ...)`` in modality order.
-        masks: ``(B, 4)`` availability (bool or 0/1) on any device.
+        images: ``(B, C, ...)`` in modality order (``C`` = the dropout's ``spec.total_channels``, 4 for BraTS).
+        masks: ``(B, M)`` availability (bool or 0/1) on any device.
         transform: the configured dropout transform.
         check: raise ValueError when a sample that drew "drop" has no feasible subset (costs one host sync);
             with False such samples are left unchanged.
 
     Returns:
-        ``(images, masks)``: new tensors, dropped channels zeroed, masks torch.bool ``(B, 4)`` on ``images.device``.
+        ``(images, masks)``: new tensors, dropped channels zeroed, masks torch.bool ``(B, M)`` on ``images.device``.
     """
     dropper = transform.dropper if isinstance(transform, ModalityDropoutd) else transform
     if not isinstance(dropper, ModalityDropout):
         raise TypeError(f"transform must be ModalityDropout or ModalityDropoutd, got {type(transform).__name__}")
-    if images.ndim < 3 or images.shape[1] != NUM_MODALITIES:
-        raise ValueError(f"images must be (B, {NUM_MODALITIES}, ...), got shape {tuple(images.shape)}")
-    if masks.shape != images.shape[:2]:
-        raise ValueError(f"masks must be (B, {NUM_MODALITIES}) matching images, got shape {tuple(masks.shape)}")
+    spec = dropper.spec
+    if images.ndim < 3 or images.shape[1] != spec.total_channels:
+        raise ValueError(f"images must be (B, {spec.total_channels}, ...), got shape {tuple(images.shape)}")
+    if masks.shape != (images.shape[0], spec.num_modalities):
+        raise ValueError(f"masks must be (B, {spec.num_modalities}) matching images, got shape {tuple(masks.shape)}")
     device = images.device
     avail = masks.to(device=device, dtype=torch.bool)
     batch = images.shape[0]
@@ -734,7 +756,7 @@ def drop_modalities_batch(
     if not fire_host.any():
         return images, avail
     cdf, feasible = dropper.device_tables(device)
-    bits = 1 << torch.arange(NUM_MODALITIES, device=device)
+    bits = 1 << torch.arange(spec.num_modalities, device=device)
     codes = (avail.long() * bits).sum(dim=1)
     u = torch.as_tensor(draws[:, 1], dtype=cdf.dtype).to(device, non_blocking=True)
     fire = torch.as_tensor(fire_host).to(device, non_blocking=True)
@@ -749,8 +771,15 @@ def drop_modalities_batch(
     new_codes = torch.where(fire & ok, chosen, codes)
     new_masks = ((new_codes[:, None] & bits) > 0) & avail
     # rows that did not fire are returned untouched (as in the single-sample path)
-    keep = (new_masks | ~(fire & ok)[:, None]).reshape(batch, NUM_MODALITIES, *([1] * (images.ndim - 2)))
-    return images.masked_fill(~keep, 0), new_masks
+    keep = _per_channel(new_masks | ~(fire & ok)[:, None], spec)
+    return images.masked_fill(~keep.reshape(*keep.shape, *([1] * (images.ndim - 2))), 0), new_masks
+
+
+def _per_channel(keep: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    """``(B, M)`` per-modality flags as ``(B, C)`` per-channel flags (the same tensor with one channel each)."""
+    if spec.total_channels == spec.num_modalities:
+        return keep
+    return keep[:, torch.tensor(spec.channel_index, device=keep.device)]
 
 
 def _drop_batch_once(
@@ -758,7 +787,7 @@ def _drop_batch_once(
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One subset for the whole batch, drawn from the sequences all samples share; None if they share none."""
     device = images.device
-    bits = 1 << torch.arange(NUM_MODALITIES, device=device)
+    bits = 1 << torch.arange(dropper.spec.num_modalities, device=device)
     common = (avail.all(dim=0).long() * bits).sum()
     cdf, feasible = dropper.device_tables(device)
     if not bool(feasible[common]):  # host sync: samples sharing no sequence cannot share one subset
@@ -768,37 +797,50 @@ def _drop_batch_once(
         return images, avail
     chosen = (cdf[common] <= float(u)).sum()
     kept = ((chosen & bits) > 0)[None].expand_as(avail) & avail
-    keep = kept.reshape(*kept.shape, *([1] * (images.ndim - 2)))
-    return images.masked_fill(~keep, 0), kept
+    keep = _per_channel(kept, dropper.spec)
+    return images.masked_fill(~keep.reshape(*keep.shape, *([1] * (images.ndim - 2))), 0), kept
 
 
 # Own transform: no MONAI transform zeroes channels from a per-sample boolean vector.
 class MaskMissingModalities(Transform):
     """Re-zero channels whose availability is False (e.g. after intensity augmentation shifted them).
 
-    ``__call__(img (4, ...), mask (4,)) -> img`` with unavailable channels set to 0.
+    ``__call__(img (C, ...), mask (M,)) -> img`` with the channels of unavailable modalities set to 0.
+
+    Args:
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the image (``None`` = BraTS).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
+    def __init__(self, modalities: ModalitySpec | Mapping[str, Any] | None = None) -> None:
+        self.spec = spec_of(modalities)
+
     def __call__(self, img: NdarrayOrTensor, mask: Any) -> NdarrayOrTensor:
-        _check_channels(img)
-        return _zero_channels(img, _as_bool_mask(mask))
+        _check_channels(img, spec=self.spec)
+        return _zero_channels(img, _as_bool_mask(mask, spec=self.spec), self.spec)
 
 
 class MaskMissingModalitiesd(MapTransform):
     """Dictionary version of :class:`MaskMissingModalities`; a sample without ``mask_key`` is returned unchanged.
 
     Args:
-        keys: image keys (``(4, ...)``).
+        keys: image keys (``(C, ...)``).
         mask_key: availability mask key.
         allow_missing_keys: skip image keys absent from the data.
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the image (``None`` = BraTS).
     """
 
-    def __init__(self, keys: KeysCollection = IMAGE_KEY, mask_key: str = MASK_KEY, allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection = IMAGE_KEY,
+        mask_key: str = MASK_KEY,
+        allow_missing_keys: bool = False,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
-        self.masker = MaskMissingModalities()
+        self.masker = MaskMissingModalities(modalities)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
@@ -71,6 +72,8 @@ class SubsetPredictor:
         device: where the windows run (``"auto"`` etc., see :func:`resolve_device`).
         output_device: where the stitched logits live; ``None`` keeps them on ``device`` (election scores on
             the GPU), ``"cpu"`` saves GPU memory on whole scans (evaluation, batch inference).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the images and subset names (``None`` =
+            BraTS); its ``spatial_dims`` must match the network's.
     """
 
     def __init__(
@@ -83,7 +86,17 @@ class SubsetPredictor:
         sw_batch_size: int = 1,
         device: str | torch.device = "auto",
         output_device: str | torch.device | None = None,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
+        self.modalities = spec_of(modalities)
+        net_dims = getattr(network, "spatial_dims", self.modalities.spatial_dims)
+        net_channels = getattr(network, "in_channels", None)
+        net_channels = tuple(net_channels) if isinstance(net_channels, (tuple, list)) else self.modalities.channels
+        if (net_dims, net_channels) != (self.modalities.spatial_dims, self.modalities.channels):
+            raise ValueError(
+                f"the network takes {net_dims}-D inputs with channels {list(net_channels)} per modality; the "
+                f"{self.modalities.name} modality spec has {self.modalities.spatial_dims}-D, {list(self.modalities.channels)}"
+            )
         if mode not in BLEND_MODES:
             raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
         self.sw_batch_size = positive_int(sw_batch_size, "sw_batch_size")
@@ -99,9 +112,9 @@ class SubsetPredictor:
     def __call__(
         self, image: torch.Tensor, subsets: Sequence[str], available: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, 4, *S)`` under ``subsets``.
+        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, C, *S)`` under ``subsets``.
 
-        ``available`` ``(B, 4)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
+        ``available`` ``(B, M)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
         """
         return sweep_subsets(
             self.network,
@@ -115,4 +128,5 @@ class SubsetPredictor:
             amp=self.amp,
             sw_device=self.device,
             device=self.output_device,
+            modalities=self.modalities,
         )
