@@ -24,6 +24,7 @@ from lckd_med.data.datalist import (
 )
 from lckd_med.data.layouts import BratsCase, Issue
 from lckd_med.data.validation import CaseCheck
+from lckd_med.modalities import BRATS
 
 GRADES = {f"Brats18_H{i:02d}": "HGG" for i in range(23)} | {f"Brats18_L{i:02d}": "LGG" for i in range(9)}
 GRADES |= {f"BraTS20_U{i:02d}": None for i in range(6)}
@@ -165,6 +166,7 @@ def test_datalist_contract(tmp_path: Path) -> None:
         "release": 2018,
         "label_convention": "brats2018",
         "modalities": list(MODALITIES),
+        "modality_spec": BRATS.to_dict(),
         "regions": list(REGIONS),
         "folds": 5,
         "seed": 0,
