@@ -172,11 +172,9 @@ def load_checkpoint(
         raise ValueError(f"{path}: checkpoint lacks keys {missing}")
     spec = checkpoint_spec(ckpt, source=str(path))
     expected = None if modalities is None else spec_of(modalities)
-    if tuple(ckpt["regions"]) != REGIONS or (expected is not None and tuple(ckpt["modalities"]) != expected.names):
-        want = list(expected.names) if expected is not None else list(spec.names)
+    if tuple(ckpt["regions"]) != REGIONS:
         raise ValueError(
-            f"{path}: checkpoint channel order {ckpt['modalities']} / region order {ckpt['regions']} "
-            f"differs from this lckd_med ({want} / {list(REGIONS)})"
+            f"{path}: checkpoint region order {ckpt['regions']} differs from this lckd_med ({list(REGIONS)})"
         )
     if expected is not None:
         spec.check_same(expected, f"checkpoint {path}", f"the data ({expected.name})")

@@ -1,0 +1,227 @@
+"""Another modality set through the same engines: a 2-D RGB + depth + infrared toy problem (3 + 1 + 1 channels).
+
+Synthetic 32x32 images made here: nested regions (WT disc > TC disc > ET disc) that each modality shows
+differently. The real :class:`~lckd_med.engines.MethodTrainer` (ignite) trains LCKD (with teacher election and the
+checkpoint handler) and OMD for a few iterations; the encode-once sweep over the 7 subsets equals 7 separate
+sliding-window forward passes; the predictions are scored with the BraTS metric functions in 2-D (evaluation in
+memory: the NIfTI evaluation pipeline reads BraTS volumes). The checkpoint and a datalist record the spec, and a
+checkpoint refuses data of another spec, saying what differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Events
+from monai.inferers import sliding_window_inference
+
+from lckd_med.constants import NUM_REGIONS, REGIONS
+from lckd_med.data.datalist import datalist_spec, validate_datalist
+from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
+from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
+from lckd_med.engines.checkpoint_handler import TrainingCheckpointHandler
+from lckd_med.engines.election import TeacherElectionHandler, TeacherState
+from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
+from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
+from lckd_med.methods import OMDMethod
+from lckd_med.metrics.brats import case_region_metrics
+from lckd_med.modalities import BRATS, ModalitySpec
+from lckd_med.networks import LCKDNet, OMDNet
+from lckd_med.prediction import SubsetPredictor
+
+TOY = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2, name="rgbd-ir")
+SIZE = 32
+ROI = (16, 16)  # smaller than the image: the sweep runs a real sliding window
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _case(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image (5, 32, 32)`` (rgb, depth, ir) and region targets ``(3, 32, 32)`` (ET, TC, WT), nested discs."""
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    cy, cx = (torch.randint(10, 22, (2,), generator=g)).tolist()
+    r = ((yy - cy) ** 2 + (xx - cx) ** 2).float().sqrt()
+    wt, tc, et = r <= 8, r <= 5, r <= 2.5
+    noise = 0.3 * torch.randn(5, SIZE, SIZE, generator=g)
+    image = torch.stack(
+        [wt.float(), tc.float(), 0.5 * wt.float(), et.float() + tc.float(), wt.float() - 0.5 * et.float()]
+    )
+    return image + noise, torch.stack([et, tc, wt]).float()
+
+
+def _data(n_batches: int, batch: int = 2, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        cases = [_case(g) for _ in range(batch)]
+        out.append(
+            {
+                "image": torch.stack([c[0] for c in cases]),
+                "label": torch.stack([c[1] for c in cases]),
+                "modality_mask": torch.ones(batch, TOY.num_modalities, dtype=torch.bool),
+            }
+        )
+    return out
+
+
+def _network(cls: type = LCKDNet) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return cls(
+        in_modalities=TOY.num_modalities,
+        in_channels=TOY.channels,
+        spatial_dims=TOY.spatial_dims,
+        filters=(8, 16, 32),
+    )
+
+
+def _dropout() -> ModalityDropout:
+    dropout = ModalityDropout(prob=1.0, distribution="uniform_size", max_kept=2, modalities=TOY)
+    dropout.set_random_state(0)
+    return dropout
+
+
+@pytest.fixture(scope="module")
+def trained_lckd(tmp_path_factory):
+    """LCKD trained 24 iterations (6 with all modalities, then dropout) with election and checkpoints."""
+    out = tmp_path_factory.mktemp("toy_lckd")
+    net = _network()
+    state = TeacherState(modalities=TOY)
+    trainer = LCKDTrainer(
+        device="cpu",
+        max_epochs=3,
+        train_data_loader=_data(8),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=3e-3),
+        seg_loss=segmentation_loss(),
+        teacher_state=state,
+        dropout=_dropout(),
+        phase1_iterations=6,
+        kd_loss=CrossModalDistillationLoss(),
+        kd_weight=0.1,
+        amp=False,
+    )
+    val = [{k: v[:1] for k, v in b.items()} for b in _data(2, seed=1)]
+    TeacherElectionHandler(state, val, roi_size=ROI, interval=12, output_dir=out, amp=False).attach(trainer)
+    TrainingCheckpointHandler(out, "LCKDNet", teacher_state=state, method="lckd").attach(trainer)
+    losses: list[dict[str, float]] = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: losses.append(loss_terms(e.state.output)),
+    )
+    trainer.run()
+    return net.eval(), state, out, losses
+
+
+def test_dropout_zeroes_every_channel_of_a_dropped_modality():
+    batch = _data(1, batch=4)[0]
+    dropped, mask = drop_modalities_batch(batch["image"], batch["modality_mask"], _dropout())
+    assert mask.shape == (4, 3) and bool((mask.sum(1) >= 1).all()) and bool((mask.sum(1) <= 2).all())
+    for b in range(4):
+        for m, channels in enumerate(TOY.channel_slices):
+            kept = torch.equal(dropped[b, channels], batch["image"][b, channels])
+            assert kept == bool(mask[b, m]) and (kept or not dropped[b, channels].any())
+
+
+def test_lckd_trains_elects_and_checkpoints_the_spec(trained_lckd):
+    net, state, out, losses = trained_lckd
+    assert len(losses) == 24 and all(math.isfinite(v["loss"]) for v in losses)
+    first, last = np.mean([v["loss"] for v in losses[:4]]), np.mean([v["loss"] for v in losses[-4:]])
+    assert last < first  # it learns (phase 2 inputs are harder, still the loss falls)
+    assert any(v["kd_loss"] > 0 for v in losses[6:])  # distillation towards the elected teachers
+    assert [r["iteration"] for r in state.history] == [1] * 9 + [13] * 9  # first, then every 12
+    assert {r["modality"] for r in state.history} == set(TOY.names) and set(state.teachers) <= set(TOY.names)
+    assert (out / "teacher_election.csv").is_file()
+
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME, modalities=TOY)
+    assert checkpoint_spec(ckpt) == TOY and ckpt["modalities"] == list(TOY.names)
+    assert ckpt["network"]["hparams"]["in_channels"] == [3, 1, 1] and ckpt["network"]["hparams"]["spatial_dims"] == 2
+    rebuilt = build_network(ckpt).eval()
+    x = _data(1, seed=5)[0]["image"]
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+    with pytest.raises(ValueError, match=r"differs from the data \(brats\): names: .*channels: .*spatial_dims: 2 vs 3"):
+        load_checkpoint(out / CHECKPOINT_NAME)  # BraTS data expected by default
+
+    datalist = {
+        "meta": {"modalities": list(TOY.names), "modality_spec": TOY.to_dict(), "regions": list(REGIONS)},
+        "training": [{"case_id": "c0", "rgb": "c0_rgb.nii.gz", "depth": "c0_d.nii.gz", "ir": None, "label": "l.nii"}],
+    }
+    validate_datalist(datalist)
+    assert datalist_spec(datalist) == TOY
+    load_checkpoint(out / CHECKPOINT_NAME, modalities=datalist_spec(datalist))  # the datalist and checkpoint agree
+    with pytest.raises(ValueError, match=r"missing keys \['depth'\]"):
+        validate_datalist({**datalist, "training": [{"case_id": "c1", "rgb": "x", "ir": "y", "label": None}]})
+
+
+def test_sweep_equals_one_forward_pass_per_subset(trained_lckd):
+    net = trained_lckd[0]
+    image = _data(1, batch=2, seed=7)[0]["image"]
+    predictor = SubsetPredictor(net, ROI, overlap=0.5, amp=False, device="cpu", modalities=TOY)
+    swept = predictor(image, TOY.subset_names)
+    assert swept.shape == (2, 7, NUM_REGIONS, SIZE, SIZE)
+    with torch.no_grad():
+        for k, subset in enumerate(TOY.subset_names):
+            mask = torch.from_numpy(TOY.subset_to_mask(subset))
+            zeroed = image * mask[list(TOY.channel_index)].view(1, -1, 1, 1)  # what a case without the others holds
+            alone = sliding_window_inference(zeroed, ROI, 1, lambda w, m=mask: net(w, m), overlap=0.5)
+            torch.testing.assert_close(swept[:, k], alone, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"2-D inputs with channels \[3, 1, 1\].*brats"):
+        SubsetPredictor(_network(), ROI, device="cpu")  # BraTS spec by default: refused
+
+
+def test_evaluation_in_2d_scores_every_subset(trained_lckd):
+    net = trained_lckd[0]
+    data = _data(2, batch=2, seed=11)
+    predictor = SubsetPredictor(net, ROI, amp=False, device="cpu", modalities=TOY)
+    scores: dict[str, list[float]] = {s: [] for s in TOY.subset_names}
+    for batch in data:
+        pred = torch.sigmoid(predictor(batch["image"], TOY.subset_names, available=batch["modality_mask"])) > 0.5
+        for b in range(pred.shape[0]):
+            for k, subset in enumerate(TOY.subset_names):
+                metrics = case_region_metrics(pred[b, k], batch["label"][b] > 0.5, spacing=(1.0, 1.0))
+                assert all(math.isfinite(metrics[r]["hd95"]) and 0 <= metrics[r]["dice"] <= 1 for r in REGIONS)
+                scores[subset].append(metrics["WT"]["dice"])
+    wt_full = float(np.mean(scores["rgb+depth+ir"]))
+    assert wt_full > 0.5, scores  # synthetic, 24 CPU iterations: the whole tumour is found from all modalities
+
+
+def test_omd_trains_on_the_toy_problem():
+    net = _network(OMDNet)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    terms: list[dict[str, float]] = []
+    trainer = MethodTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=_data(3),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
+        seg_loss=segmentation_loss(),
+        dropout=_dropout(),
+        phase1_iterations=1,
+        method=OMDMethod(),
+        amp=False,
+    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(loss_terms(e.state.output)))
+    trainer.run()
+    assert len(terms) == 3 and all(math.isfinite(v) for t in terms for v in t.values())
+    assert any(t.get("mmd_loss", 0) > 0 for t in terms[1:])  # phase 2: restorations of dropped modalities
+    after = net.state_dict()
+    assert any("fusions" in k and not torch.equal(before[k], after[k]) for k in before)
+    with torch.no_grad():
+        feats = net.eval().encode(_data(1)[0]["image"])
+        masks = torch.stack([torch.from_numpy(TOY.subset_to_mask(s)) for s in TOY.subset_names])
+        assert net.decode_subsets(feats, masks).shape == (2, 7, NUM_REGIONS, SIZE, SIZE)
+
+
+def test_brats_is_still_the_default():
+    assert TeacherState().spec is BRATS and ModalityDropout().spec is BRATS
+    assert LCKDNet(filters=(2, 4)).hparams["in_channels"] == [1, 1, 1, 1]
