@@ -10,6 +10,10 @@ Every module, config and report in lckd_med takes these names and orders from he
 * Subsets: the 15 non-empty modality subsets, named by joining modality keys with ``+`` in modality order
   (``"t1ce+t2"``). Canonical order: by number of sequences, then by modality order (singles, pairs, triples,
   all four) -- the row order of every per-subset report.
+
+These are the BraTS values; :data:`lckd_med.modalities.BRATS` is the same as a
+:class:`~lckd_med.modalities.ModalitySpec`, the form the networks, dropout, election, sweep and checkpoints take
+(another modality set declares its own spec, see ``docs/modalities.md``).
 """
 
 from __future__ import annotations

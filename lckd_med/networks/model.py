@@ -2,7 +2,9 @@
 
 Shapes and orders: input ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_med.constants.MODALITIES` ``[i]``;
 availability mask ``(B, M)`` bool in the same order; output ``(B, 3, H, W, D)`` logits of independent sigmoid
-channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
+channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT). That is BraTS; for another modality set
+(:class:`~lckd_med.modalities.ModalitySpec`, ``in_channels`` and ``spatial_dims``) the input is
+``(B, sum(in_channels), *S)`` with each modality's channels contiguous and ``*S`` two or three spatial axes.
 
 The parts:
 
