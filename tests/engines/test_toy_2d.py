@@ -3,22 +3,24 @@
 Synthetic 32x32 images made here: nested regions (WT disc > TC disc > ET disc) that each modality shows
 differently. The real :class:`~lckd_med.engines.MethodTrainer` (ignite) trains LCKD (with teacher election and the
 checkpoint handler) and OMD for a few iterations; the encode-once sweep over the 7 subsets equals 7 separate
-sliding-window forward passes; the predictions are scored with the BraTS metric functions in 2-D (evaluation in
-memory: the NIfTI evaluation pipeline reads BraTS volumes). The checkpoint and a datalist record the spec, and a
-checkpoint refuses data of another spec, saying what differs.
+sliding-window forward passes; the predictions are written as 2-D NIfTI label maps and the folder is scored with
+``score_folder`` (the predict-then-score evaluation; the predicting side runs here in the test because the bundle's
+NIfTI loader reads BraTS volumes). The checkpoint and a datalist record the spec, and a checkpoint refuses data of
+another spec, saying what differs.
 """
 
 from __future__ import annotations
 
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
 from monai.inferers import sliding_window_inference
 
-from lckd_med.constants import NUM_REGIONS, REGIONS
+from lckd_med.constants import BRATS_LEGACY, NUM_REGIONS, REGIONS
 from lckd_med.data.datalist import datalist_spec, validate_datalist
 from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
@@ -27,10 +29,12 @@ from lckd_med.engines.election import TeacherElectionHandler, TeacherState
 from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
 from lckd_med.methods import OMDMethod
-from lckd_med.metrics.brats import case_region_metrics
+from lckd_med.metrics.brats import case_region_metrics, region_masks_from_labels
 from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.networks import LCKDNet, OMDNet
 from lckd_med.prediction import SubsetPredictor
+from lckd_med.reports.folder_scores import score_folder
+from lckd_med.utils.io import save_label_map
 
 TOY = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2, name="rgbd-ir")
 SIZE = 32
@@ -178,20 +182,42 @@ def test_sweep_equals_one_forward_pass_per_subset(trained_lckd):
         SubsetPredictor(_network(), ROI, device="cpu")  # BraTS spec by default: refused
 
 
-def test_evaluation_in_2d_scores_every_subset(trained_lckd):
+def test_evaluation_in_2d_predicts_to_a_folder_and_scores_it(trained_lckd, tmp_path):
+    """Predict every subset to 2-D NIfTI label maps, score the folder with ``score_folder`` (what
+    ``lckd-med evaluate-folder`` runs), and check it against the metric functions applied in memory."""
     net = trained_lckd[0]
-    data = _data(2, batch=2, seed=11)
     predictor = SubsetPredictor(net, ROI, amp=False, device="cpu", modalities=TOY)
-    scores: dict[str, list[float]] = {s: [] for s in TOY.subset_names}
-    for batch in data:
+    reference = nib.Nifti1Image(np.zeros((SIZE, SIZE), np.uint8), np.diag([0.5, 0.5, 1.0, 1.0]))
+    labels, expected = {}, {}
+    for i, batch in enumerate(_data(2, batch=2, seed=11)):
         pred = torch.sigmoid(predictor(batch["image"], TOY.subset_names, available=batch["modality_mask"])) > 0.5
         for b in range(pred.shape[0]):
+            cid = f"toy{2 * i + b:02d}"
+            gt = (batch["label"][b] > 0.5).numpy()
+            labels[cid] = save_label_map(BRATS_LEGACY.regions_to_labels(*gt), reference, tmp_path / f"{cid}.nii.gz")
             for k, subset in enumerate(TOY.subset_names):
-                metrics = case_region_metrics(pred[b, k], batch["label"][b] > 0.5, spacing=(1.0, 1.0))
-                assert all(math.isfinite(metrics[r]["hd95"]) and 0 <= metrics[r]["dice"] <= 1 for r in REGIONS)
-                scores[subset].append(metrics["WT"]["dice"])
-    wt_full = float(np.mean(scores["rgb+depth+ir"]))
-    assert wt_full > 0.5, scores  # synthetic, 24 CPU iterations: the whole tumour is found from all modalities
+                label_map = BRATS_LEGACY.regions_to_labels(*pred[b, k].numpy())  # nested, as the evaluator writes
+                save_label_map(label_map, reference, tmp_path / "pred" / subset / f"{cid}.nii.gz")
+                regions = region_masks_from_labels(label_map, BRATS_LEGACY)
+                expected[cid, subset] = case_region_metrics(regions, gt, spacing=(0.5, 0.5))
+    scores = score_folder(
+        tmp_path / "pred",
+        labels,
+        tmp_path / "reports",
+        release=2018,
+        postprocess_min_et=0,
+        progress=False,
+        modalities=TOY,
+    )
+    assert not scores.problems and len(scores.metrics) == 4 * 7 * NUM_REGIONS
+    for row in scores.metrics.itertuples():
+        want = expected[row.case_id, row.subset][row.region]
+        assert row.dice == pytest.approx(want["dice"]) and row.hd95 == pytest.approx(want["hd95"])
+        assert math.isfinite(row.hd95) and 0 <= row.dice <= 1
+    summary = (tmp_path / "reports" / "subset_summary.md").read_text()
+    assert "| rgb+depth+ir | 4 |" in summary
+    wt_full = np.mean([expected[c, "rgb+depth+ir"]["WT"]["dice"] for c in labels])
+    assert wt_full > 0.5  # synthetic, 24 CPU iterations: the whole tumour is found from all modalities
 
 
 def test_omd_trains_on_the_toy_problem():
