@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES, SUBSET_SEPARATOR
+from lckd_med.constants import (
+    MODALITIES,
+    RELEASE_FILE_SUFFIXES,
+    SUBSET_SEPARATOR,
+    mask_to_subset,
+    parse_subset,
+    subset_name,
+    subset_to_mask,
+)
 
 __all__ = ["ModalitySpec", "BRATS", "SPATIAL_DIMS_CHOICES", "spec_of"]
 
@@ -170,35 +178,19 @@ class ModalitySpec:
         Raises:
             ValueError: unknown, repeated or no modality.
         """
-        mods = list(modalities)
-        unknown = [m for m in mods if m not in self.names]
-        if unknown:
-            raise ValueError(f"unknown modality {unknown}; expected keys from {self.names}")
-        if len(set(mods)) != len(mods):
-            raise ValueError(f"repeated modality in {mods}")
-        if not mods:
-            raise ValueError("a subset needs at least one modality")
-        return SUBSET_SEPARATOR.join(m for m in self.names if m in mods)
+        return subset_name(modalities, self.names)
 
     def parse_subset(self, name: str) -> tuple[str, ...]:
         """Modality keys of a subset name (any order accepted), in modality order."""
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"subset name must be a non-empty string, got {name!r}")
-        parts = [p.strip().lower() for p in name.split(SUBSET_SEPARATOR)]
-        return tuple(self.subset_name(parts).split(SUBSET_SEPARATOR))
+        return parse_subset(name, self.names)
 
     def subset_to_mask(self, subset: str | Sequence[str]) -> np.ndarray:
         """Boolean availability mask ``(M,)`` of a subset name or key list."""
-        name = subset if isinstance(subset, str) else SUBSET_SEPARATOR.join(subset)
-        mods = self.parse_subset(name)
-        return np.array([m in mods for m in self.names], dtype=bool)
+        return subset_to_mask(subset, self.names)
 
     def mask_to_subset(self, mask: Sequence[bool] | np.ndarray) -> str:
         """Canonical subset name of an ``(M,)`` availability mask."""
-        flags = [bool(v) for v in np.asarray(mask).reshape(-1).tolist()]
-        if len(flags) != self.num_modalities:
-            raise ValueError(f"availability mask must have {self.num_modalities} entries, got {len(flags)}")
-        return self.subset_name([m for m, f in zip(self.names, flags, strict=True) if f])
+        return mask_to_subset(mask, self.names)
 
     # ------------------------------------------------------------------ files
     @property

@@ -27,6 +27,10 @@ class SegmentationNetwork(Protocol):
     """
 
     in_modalities: int
+    #: input channels of each modality (modality order); the image has ``sum(in_channels)`` channels
+    in_channels: tuple[int, ...]
+    #: 2 (images) or 3 (volumes)
+    spatial_dims: int
     out_channels: int
 
     @property

@@ -12,6 +12,7 @@ another spec, saying what differs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -26,9 +27,9 @@ from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
 from lckd_med.engines.checkpoint_handler import TrainingCheckpointHandler
 from lckd_med.engines.election import TeacherElectionHandler, TeacherState
-from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
+from lckd_med.engines.trainer import MethodTrainer, loss_terms
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
-from lckd_med.methods import OMDMethod
+from lckd_med.methods import LCKDMethod, OMDMethod
 from lckd_med.metrics.brats import case_region_metrics, region_masks_from_labels
 from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.networks import LCKDNet, OMDNet
@@ -41,12 +42,7 @@ SIZE = 32
 ROI = (16, 16)  # smaller than the image: the sweep runs a real sliding window
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _case(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,35 +89,41 @@ def _dropout() -> ModalityDropout:
     return dropout
 
 
+def _train(net: torch.nn.Module, method: Any, batches: int, epochs: int, phase1: int, lr: float, handlers=()) -> list:
+    """Train with the real :class:`MethodTrainer`; the loss terms of every iteration."""
+    trainer = MethodTrainer(
+        device="cpu",
+        max_epochs=epochs,
+        train_data_loader=_data(batches),
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=lr),
+        seg_loss=segmentation_loss(),
+        dropout=_dropout(),
+        phase1_iterations=phase1,
+        method=method,
+        amp=False,
+    )
+    for handler in handlers:
+        handler.attach(trainer)
+    terms: list[dict[str, float]] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(loss_terms(e.state.output)))
+    trainer.run()
+    return terms
+
+
 @pytest.fixture(scope="module")
 def trained_lckd(tmp_path_factory):
     """LCKD trained 24 iterations (6 with all modalities, then dropout) with election and checkpoints."""
     out = tmp_path_factory.mktemp("toy_lckd")
     net = _network()
     state = TeacherState(modalities=TOY)
-    trainer = LCKDTrainer(
-        device="cpu",
-        max_epochs=3,
-        train_data_loader=_data(8),
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters(), lr=3e-3),
-        seg_loss=segmentation_loss(),
-        teacher_state=state,
-        dropout=_dropout(),
-        phase1_iterations=6,
-        kd_loss=CrossModalDistillationLoss(),
-        kd_weight=0.1,
-        amp=False,
-    )
     val = [{k: v[:1] for k, v in b.items()} for b in _data(2, seed=1)]
-    TeacherElectionHandler(state, val, roi_size=ROI, interval=12, output_dir=out, amp=False).attach(trainer)
-    TrainingCheckpointHandler(out, "LCKDNet", teacher_state=state, method="lckd").attach(trainer)
-    losses: list[dict[str, float]] = []
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED,
-        lambda e: losses.append(loss_terms(e.state.output)),
+    handlers = (
+        TeacherElectionHandler(state, val, roi_size=ROI, interval=12, output_dir=out, amp=False),
+        TrainingCheckpointHandler(out, "LCKDNet", teacher_state=state, method="lckd"),
     )
-    trainer.run()
+    method = LCKDMethod(state, CrossModalDistillationLoss(), kd_weight=0.1)
+    losses = _train(net, method, batches=8, epochs=3, phase1=6, lr=3e-3, handlers=handlers)
     return net.eval(), state, out, losses
 
 
@@ -223,21 +225,7 @@ def test_evaluation_in_2d_predicts_to_a_folder_and_scores_it(trained_lckd, tmp_p
 def test_omd_trains_on_the_toy_problem():
     net = _network(OMDNet)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    terms: list[dict[str, float]] = []
-    trainer = MethodTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=_data(3),
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-        seg_loss=segmentation_loss(),
-        dropout=_dropout(),
-        phase1_iterations=1,
-        method=OMDMethod(),
-        amp=False,
-    )
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(loss_terms(e.state.output)))
-    trainer.run()
+    terms = _train(net, OMDMethod(), batches=3, epochs=1, phase1=1, lr=1e-3)
     assert len(terms) == 3 and all(math.isfinite(v) for t in terms for v in t.values())
     assert any(t.get("mmd_loss", 0) > 0 for t in terms[1:])  # phase 2: restorations of dropped modalities
     after = net.state_dict()
