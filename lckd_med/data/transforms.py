@@ -8,6 +8,10 @@ Conventions (from :mod:`lckd_med.constants`):
 * ``label`` after :class:`LabelToRegionsd`: ``(3, H, W, D)`` in ``REGIONS`` order (ET, TC, WT).
 
 Every dictionary transform ``XXXd`` has an array twin ``XXX``.
+
+The modality dropout and masking transforms also take another :class:`~lckd_med.modalities.ModalitySpec`
+(``modalities=``): images ``(C, ...)`` with ``C = spec.total_channels`` (each modality's channels contiguous),
+masks ``(M,)``; a dropped modality has all its channels zeroed. Loading (:class:`LoadModalities`) reads BraTS.
 """
 
 from __future__ import annotations

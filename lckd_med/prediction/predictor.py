@@ -29,7 +29,8 @@ def resolve_roi_size(
     """The sliding-window size: the one given, else the training crop stored in the checkpoint.
 
     Args:
-        roi_size: an int (a cube), a sequence of ints, or ``None`` for the checkpoint's ``train_config.roi_size``.
+        roi_size: an int (a cube; a square for a 2-D ``network``), a sequence of ints, or ``None`` for the
+            checkpoint's ``train_config.roi_size``.
         ckpt: the loaded checkpoint dict (only read when ``roi_size`` is ``None``).
         network: when given, the window must be divisible by its ``size_divisor``.
         where: names the checkpoint in the error messages.
@@ -43,15 +44,15 @@ def resolve_roi_size(
             raise ValueError(f"{where} stores no training roi_size (train_config.roi_size); pass roi_size")
     if isinstance(roi_size, (bool, str, bytes)):
         raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}")
-    if isinstance(roi_size, int):
-        roi_size = (roi_size,) * 3
+    divisor = getattr(network, "size_divisor", None) if network is not None else None
+    if isinstance(roi_size, int):  # a cube, or a square for a 2-D network
+        roi_size = (roi_size,) * (len(divisor) if divisor is not None else 3)
     try:
         roi = tuple(roi_size)
     except TypeError:
         raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}") from None
     if any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
         raise ValueError(f"roi_size must be positive ints, got {roi_size!r}")
-    divisor = getattr(network, "size_divisor", None) if network is not None else None
     if divisor is not None and (len(divisor) != len(roi) or any(r % int(d) for r, d in zip(roi, divisor, strict=True))):
         raise ValueError(f"roi_size {roi} must be divisible by the network's size divisor {tuple(divisor)}")
     return roi

@@ -4,7 +4,8 @@ The network never reads a missing channel: its bottleneck feature (or, with ``fi
 is replaced by the mean of the available modalities' features, and its skip features are the encoding of a zero
 input, computed once per window shape. Decoding the four-modality encoding under a subset's mask is therefore
 exactly the forward pass of that subset (see ``tests/inference/test_sweep.py``), and a 15-subset sweep costs one
-encoding plus 15 light decodes per window instead of 15 full forward passes.
+encoding plus 15 light decodes per window instead of 15 full forward passes. With another
+:class:`~lckd_med.modalities.ModalitySpec` (``modalities=``) the sweep covers its ``2**M - 1`` subsets, in 2-D or 3-D.
 """
 
 from __future__ import annotations
