@@ -13,6 +13,7 @@ prefix. The evaluation chain keeps MetaTensor metadata so ``Invertd`` maps predi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.transforms import (
@@ -38,6 +39,7 @@ from lckd_med.data.transforms import (
     MaskMissingModalitiesd,
     ModalityDropoutd,
 )
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
 __all__ = [
     "AXCODES",
@@ -74,18 +76,31 @@ def _check_number(name: str, value: object, low: float | None = 0.0, high: float
     return float(value)
 
 
-def _loading(convention: LabelConvention, with_label: bool, label_dtype: torch.dtype, allow_missing: bool) -> list:
+def _loading(
+    convention: LabelConvention,
+    with_label: bool,
+    label_dtype: torch.dtype,
+    allow_missing: bool,
+    modalities: ModalitySpec = BRATS,
+) -> list:
     """Load, reorient to RAS, crop to the brain box, z-score brain voxels per channel, labels -> regions."""
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
     chain = [
-        LoadModalitiesd(label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing),
-        Orientationd(keys=keys, axcodes=AXCODES, labels=None),  # None: axis labels from the MetaTensor space
+        LoadModalitiesd(
+            label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing, modalities=modalities
+        ),
+        # None: axis labels from the MetaTensor space; a 2-D image takes the first two axis codes
+        Orientationd(keys=keys, axcodes=AXCODES[: modalities.spatial_dims], labels=None),
         # brain box = voxels > 0 in any sequence (MRI intensities are non-negative before normalisation)
         CropForegroundd(keys=keys, source_key=IMAGE_KEY, allow_smaller=True, start_coord_key=None, end_coord_key=None),
         NormalizeIntensityd(keys=IMAGE_KEY, nonzero=True, channel_wise=True),
     ]
     if with_label:
-        chain.append(LabelToRegionsd(keys=LABEL_KEY, convention=convention, dtype=label_dtype))
+        chain.append(
+            LabelToRegionsd(
+                keys=LABEL_KEY, convention=convention, dtype=label_dtype, spatial_dims=modalities.spatial_dims
+            )
+        )
     return chain
 
 
@@ -214,6 +229,7 @@ def eval_transforms(
     convention: int | str | LabelConvention = "brats2018",
     with_label: bool = True,
     allow_missing: bool = True,
+    modalities: ModalitySpec | Mapping[str, Any] | None = None,
 ) -> Compose:
     """Evaluation / inference chain, invertible with ``monai.transforms.Invertd``.
 
@@ -226,11 +242,19 @@ def eval_transforms(
         convention: label convention / BraTS release.
         with_label: load and convert the label (False for unlabelled inference).
         allow_missing: accept cases with missing sequences.
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): one file per
+            modality with its channels, 2-D or 3-D (see :class:`~lckd_med.data.transforms.LoadModalities`).
     """
     if not isinstance(with_label, bool):
         raise TypeError(f"with_label must be a bool, got {with_label!r}")
     conv = label_convention(convention)
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
-    chain = _loading(conv, with_label=with_label, label_dtype=torch.float32, allow_missing=allow_missing)
+    chain = _loading(
+        conv,
+        with_label=with_label,
+        label_dtype=torch.float32,
+        allow_missing=allow_missing,
+        modalities=spec_of(modalities),
+    )
     chain.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True))
     return Compose(chain)

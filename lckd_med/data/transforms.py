@@ -39,8 +39,6 @@ from monai.utils import TransformBackends
 
 from lckd_med.constants import (
     AFFINE_ATOL_MM,
-    MODALITIES,
-    NUM_MODALITIES,
     REGIONS,
     LabelConvention,
     label_convention,
@@ -84,6 +82,17 @@ DROPOUT_GRANULARITIES: tuple[str, ...] = ("sample", "batch")
 # Channel order of MONAI's ConvertToMultiChannelBasedOnBratsClasses output.
 _MONAI_BRATS_ORDER: tuple[str, ...] = ("TC", "WT", "ET")
 # A subset is encoded as an int with bit i set when modality i (spec order) is kept: 2**M codes, 0 = empty.
+
+
+def _to_channels_first(img: MetaTensor, spatial_dims: int, channels: int) -> MetaTensor:
+    """A loaded ``(C, *S, 1, ...)`` image (NIfTI vector components first, trailing singleton axes) or, in 2-D, a
+    ``(1, H, W, C)`` array as ``(C, *spatial)``; anything else is returned unchanged for the caller's shape check."""
+    extra = img.shape[1 + spatial_dims :]
+    if img.ndim > 1 + spatial_dims and all(n == 1 for n in extra):
+        return img.reshape(img.shape[: 1 + spatial_dims])
+    if spatial_dims == 2 and img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == channels > 1:
+        return img[0].permute(2, 0, 1)
+    return img
 
 
 def _is_missing_path(path: Any) -> bool:
@@ -170,6 +179,11 @@ def _resolve_reader(reader: Any) -> ImageReader:
 class LoadModalities(Transform):
     """Load the four sequences of one case into a ``(4, H, W, D)`` MetaTensor plus a ``(4,)`` availability mask.
 
+    With another :class:`~lckd_med.modalities.ModalitySpec` (``modalities``): one file per modality holding its
+    ``spec.channels[i]`` channels, stacked to ``(spec.total_channels, *spatial)`` with an ``(M,)`` mask. A
+    multi-channel file stores its channels as NIfTI vector components (the 5th dimension, ``(H, W, 1, 1, C)`` in
+    2-D) or, for a 2-D spec, as the last axis of an ``(H, W, C)`` array.
+
     Each file is read with MONAI ``LoadImage`` (nibabel reader, channel first). Channels follow ``MODALITIES``;
     a sequence that is missing (``None``, ``""`` or absent) is an all-zero channel and False in the mask. Affine
     and metadata are those of the first present sequence, so spatial transforms applied afterwards can be inverted
@@ -180,9 +194,17 @@ class LoadModalities(Transform):
         dtype: floating dtype of the image.
         reader: MONAI ``ImageReader`` instance or class name in ``monai.data`` (e.g. ``"NibabelReader"``); it is
             the only reader tried, so a corrupt file fails fast with that reader's message.
+        modalities: the spec of the files (``None`` = BraTS).
     """
 
-    def __init__(self, allow_missing: bool = True, dtype: torch.dtype = torch.float32, reader: Any = "NibabelReader"):
+    def __init__(
+        self,
+        allow_missing: bool = True,
+        dtype: torch.dtype = torch.float32,
+        reader: Any = "NibabelReader",
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
+    ):
+        self.spec = spec_of(modalities)
         if not isinstance(allow_missing, bool):
             raise TypeError(f"allow_missing must be a bool, got {type(allow_missing).__name__}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -192,13 +214,18 @@ class LoadModalities(Transform):
         self.reader = _resolve_reader(reader)
         self.loader = LoadImage(reader=self.reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
-    def read(self, path: str, case_id: Any = None, what: str = "image", loader: LoadImage | None = None) -> MetaTensor:
-        """Read one 3D volume as a ``(1, H, W, D)`` MetaTensor, raising ValueError naming case and file."""
+    def read(
+        self, path: str, case_id: Any = None, what: str = "image", loader: LoadImage | None = None, channels: int = 1
+    ) -> MetaTensor:
+        """Read one 3D volume as a ``(1, H, W, D)`` MetaTensor (``(channels, *spatial)`` for the spec's
+        dimensions), raising ValueError naming case and file."""
         prefix = _case_prefix(case_id)
         if not os.path.isfile(path):
             raise ValueError(f"{prefix}{what} file does not exist: {path}")
-        if str(path).lower().endswith(NIFTI_EXTENSIONS):
-            # the one reader's header checks (implausible size, NaN affine, shape) before any voxel is read
+        brats_like = (self.spec.spatial_dims, channels) == (3, 1)
+        if brats_like and str(path).lower().endswith(NIFTI_EXTENSIONS):
+            # the one reader's header checks (implausible size, NaN affine, shape) before any voxel is read; they
+            # expect one 3-D volume per file, so other specs rely on the shape check below
             header = read_nifti(path, read_data=False)
             if header.problems:
                 raise ValueError(f"{prefix}cannot read {what} file {path}: {header.problems[0]}")
@@ -207,8 +234,14 @@ class LoadModalities(Transform):
             img = (loader or self.loader)(path, reader=self.reader)
         except Exception as e:  # any reader failure becomes one clear error naming the file
             raise ValueError(f"{prefix}cannot read {what} file {path}: {type(e).__name__}: {e}") from e
-        if img.ndim != 4 or img.shape[0] != 1:
-            raise ValueError(f"{prefix}{what} file {path} is not a single 3D volume (loaded shape {tuple(img.shape)})")
+        dims = self.spec.spatial_dims
+        if dims != 3 or channels != 1:
+            img = _to_channels_first(img, dims, channels)
+        if img.ndim != 1 + dims or img.shape[0] != channels:
+            kind = (
+                "a single 3D volume" if (dims, channels) == (3, 1) else f"a {dims}-D image with {channels} channel(s)"
+            )
+            raise ValueError(f"{prefix}{what} file {path} is not {kind} (loaded shape {tuple(img.shape)})")
         if not isinstance(img, MetaTensor):
             img = MetaTensor(img)
         return img
@@ -223,34 +256,36 @@ class LoadModalities(Transform):
             case_id: used in error messages only.
 
         Returns:
-            ``(image, mask)``: MetaTensor ``(4, H, W, D)`` and torch.bool ``(4,)``, both in modality order.
+            ``(image, mask)``: MetaTensor ``(4, H, W, D)`` and torch.bool ``(4,)``, both in modality order
+            (``(spec.total_channels, *spatial)`` and ``(M,)`` for another spec).
         """
         prefix = _case_prefix(case_id)
+        names, num = self.spec.names, self.spec.num_modalities
         if isinstance(paths, Mapping):
-            unknown = [k for k in paths if k not in MODALITIES]
+            unknown = [k for k in paths if k not in names]
             if unknown:
-                raise ValueError(f"{prefix}unknown modality keys {unknown}; expected keys from {MODALITIES}")
-            ordered = [paths.get(m) for m in MODALITIES]
+                raise ValueError(f"{prefix}unknown modality keys {unknown}; expected keys from {names}")
+            ordered = [paths.get(m) for m in names]
         elif isinstance(paths, Sequence) and not isinstance(paths, str):
-            if len(paths) != NUM_MODALITIES:
-                raise ValueError(f"{prefix}expected {NUM_MODALITIES} paths in order {MODALITIES}, got {len(paths)}")
+            if len(paths) != num:
+                raise ValueError(f"{prefix}expected {num} paths in order {names}, got {len(paths)}")
             ordered = list(paths)
         else:
             raise TypeError(f"{prefix}paths must be a mapping or a sequence of paths, got {type(paths).__name__}")
 
-        missing = [m for m, p in zip(MODALITIES, ordered, strict=True) if _is_missing_path(p)]
-        if len(missing) == NUM_MODALITIES:
-            raise ValueError(f"{prefix}no sequence present (all of {MODALITIES} missing)")
+        missing = [m for m, p in zip(names, ordered, strict=True) if _is_missing_path(p)]
+        if len(missing) == num:
+            raise ValueError(f"{prefix}no sequence present (all of {names} missing)")
         if missing and not self.allow_missing:
             raise ValueError(f"{prefix}missing sequence(s) {missing} and allow_missing=False")
 
         loaded: dict[int, MetaTensor] = {}
-        for i, (mod, path) in enumerate(zip(MODALITIES, ordered, strict=True)):
+        for i, (mod, path) in enumerate(zip(names, ordered, strict=True)):
             if _is_missing_path(path):
                 continue
             if not isinstance(path, (str, os.PathLike)):
                 raise TypeError(f"{prefix}path of {mod} must be a string, got {type(path).__name__}")
-            loaded[i] = self.read(os.fspath(path), case_id, what=mod)
+            loaded[i] = self.read(os.fspath(path), case_id, what=mod, channels=self.spec.channels[i])
 
         first_i = min(loaded)
         ref = loaded[first_i]
@@ -258,20 +293,21 @@ class LoadModalities(Transform):
         for i, img in loaded.items():
             if img.shape[1:] != ref.shape[1:]:
                 raise ValueError(
-                    f"{prefix}shape mismatch: {MODALITIES[i]} file {ordered[i]} has shape {tuple(img.shape[1:])} "
-                    f"but {MODALITIES[first_i]} file {ref_path} has {tuple(ref.shape[1:])}"
+                    f"{prefix}shape mismatch: {names[i]} file {ordered[i]} has shape {tuple(img.shape[1:])} "
+                    f"but {names[first_i]} file {ref_path} has {tuple(ref.shape[1:])}"
                 )
             if not torch.allclose(img.affine, ref.affine, atol=AFFINE_ATOL_MM):
                 warnings.warn(
-                    f"{prefix}affine of {MODALITIES[i]} file {ordered[i]} differs from {ref_path}; "
-                    f"using the affine of {MODALITIES[first_i]}",
+                    f"{prefix}affine of {names[i]} file {ordered[i]} differs from {ref_path}; "
+                    f"using the affine of {names[first_i]}",
                     stacklevel=2,
                 )
 
-        data = torch.zeros((NUM_MODALITIES, *ref.shape[1:]), dtype=self.dtype)
+        data = torch.zeros((self.spec.total_channels, *ref.shape[1:]), dtype=self.dtype)
+        slices = self.spec.channel_slices
         for i, img in loaded.items():
-            data[i] = img.as_tensor()[0]
-        mask = torch.zeros(NUM_MODALITIES, dtype=torch.bool)
+            data[slices[i]] = img.as_tensor()
+        mask = torch.zeros(num, dtype=torch.bool)
         mask[list(loaded)] = True
         meta = dict(ref.meta)
         meta["affine"] = ref.affine.clone()
@@ -298,11 +334,12 @@ class LoadModalitiesd(MapTransform):
         allow_missing: see :class:`LoadModalities`.
         reader: MONAI image reader.
         none_to_empty: replace None values of all keys by ``""`` (see above).
+        modalities: the spec of the files (``None`` = BraTS); ``keys`` default to its names.
     """
 
     def __init__(
         self,
-        keys: KeysCollection = MODALITIES,
+        keys: KeysCollection | None = None,
         image_key: str = IMAGE_KEY,
         mask_key: str = MASK_KEY,
         label_key: str | None = LABEL_KEY,
@@ -310,17 +347,19 @@ class LoadModalitiesd(MapTransform):
         allow_missing: bool = True,
         reader: Any = "NibabelReader",
         none_to_empty: bool = True,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(keys, allow_missing_keys=True)
-        unknown = [k for k in self.keys if k not in MODALITIES]
+        spec = spec_of(modalities)
+        super().__init__(spec.names if keys is None else keys, allow_missing_keys=True)
+        unknown = [k for k in self.keys if k not in spec.names]
         if unknown:
-            raise ValueError(f"LoadModalitiesd keys must be modality keys from {MODALITIES}, got {unknown}")
+            raise ValueError(f"LoadModalitiesd keys must be modality keys from {spec.names}, got {unknown}")
         self.image_key = image_key
         self.mask_key = mask_key
         self.label_key = label_key
         self.case_key = case_key
         self.none_to_empty = bool(none_to_empty)
-        self.loader = LoadModalities(allow_missing=allow_missing, reader=reader)
+        self.loader = LoadModalities(allow_missing=allow_missing, reader=reader, modalities=spec)
         self.label_loader = LoadImage(reader=self.loader.reader, image_only=True, ensure_channel_first=True, dtype=None)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -366,6 +405,7 @@ class LabelToRegions(Transform):
         dtype: output dtype (float32 by default; uint8/bool save memory when caching).
         check_values: raise ValueError when the label holds values outside ``convention.labels`` (catches an
             ET=3 label read with the legacy convention and vice versa).
+        spatial_dims: 3 (``(1, H, W, D)`` labels, BraTS) or 2 (``(1, H, W)`` or ``(H, W)`` labels -> ``(3, H, W)``).
     """
 
     backend = ConvertToMultiChannelBasedOnBratsClasses.backend
@@ -375,7 +415,11 @@ class LabelToRegions(Transform):
         convention: int | str | LabelConvention = "brats2018",
         dtype: torch.dtype = torch.float32,
         check_values: bool = True,
+        spatial_dims: int = 3,
     ) -> None:
+        if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        self.spatial_dims = int(spatial_dims)
         self.convention = label_convention(convention)
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
@@ -386,11 +430,15 @@ class LabelToRegions(Transform):
 
     def __call__(self, label: NdarrayOrTensor, case_id: Any = None) -> NdarrayOrTensor:
         """Convert one label map; ``case_id`` is only used in error messages."""
-        if not (label.ndim == 3 or (label.ndim == 4 and label.shape[0] == 1)):
+        sd = self.spatial_dims
+        if not (label.ndim == sd or (label.ndim == sd + 1 and label.shape[0] == 1)):
+            axes = ", ".join("HWD"[:sd])
             raise ValueError(
-                f"{_case_prefix(case_id)}label must be (1, H, W, D) or (H, W, D), got shape {tuple(label.shape)}"
+                f"{_case_prefix(case_id)}label must be (1, {axes}) or ({axes}), got shape {tuple(label.shape)}"
             )
         lab = label if isinstance(label, torch.Tensor) else torch.as_tensor(label)
+        if sd == 2 and lab.ndim == 3:
+            lab = lab[0]  # MONAI's converter squeezes a channel only from 4-D input
         if self.check_values:
             allowed = torch.tensor(self.convention.labels, dtype=lab.dtype, device=lab.device)
             bad = ~torch.isin(lab.as_tensor() if isinstance(lab, MetaTensor) else lab, allowed)
@@ -409,7 +457,7 @@ class LabelToRegionsd(MapTransform):
 
     Args:
         keys: label keys.
-        convention, dtype, check_values: see :class:`LabelToRegions`.
+        convention, dtype, check_values, spatial_dims: see :class:`LabelToRegions`.
         case_key: key naming the case in error messages.
         allow_missing_keys: skip keys absent from the data.
     """
@@ -424,9 +472,12 @@ class LabelToRegionsd(MapTransform):
         check_values: bool = True,
         case_key: str = CASE_KEY,
         allow_missing_keys: bool = False,
+        spatial_dims: int = 3,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = LabelToRegions(convention=convention, dtype=dtype, check_values=check_values)
+        self.converter = LabelToRegions(
+            convention=convention, dtype=dtype, check_values=check_values, spatial_dims=spatial_dims
+        )
         self.case_key = case_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

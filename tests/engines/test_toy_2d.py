@@ -12,6 +12,7 @@ another spec, saying what differs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -22,12 +23,13 @@ from ignite.engine import Events
 from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import BRATS_LEGACY, NUM_REGIONS, REGIONS
-from lckd_med.data.datalist import datalist_spec, validate_datalist
+from lckd_med.data.datalist import datalist_spec, validate_datalist, write_datalist
 from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
 from lckd_med.engines.checkpoint_handler import TrainingCheckpointHandler
 from lckd_med.engines.election import TeacherElectionHandler, TeacherState
 from lckd_med.engines.trainer import MethodTrainer, loss_terms
+from lckd_med.inference.evaluation import SubsetEvaluator
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
 from lckd_med.methods import LCKDMethod, OMDMethod
 from lckd_med.metrics.brats import case_region_metrics, region_masks_from_labels
@@ -239,3 +241,49 @@ def test_omd_trains_on_the_toy_problem():
 def test_brats_is_still_the_default():
     assert TeacherState().spec is BRATS and ModalityDropout().spec is BRATS
     assert LCKDNet(filters=(2, 4)).hparams["in_channels"] == [1, 1, 1, 1]
+
+
+def _write_case(root: Path, cid: str, image: torch.Tensor, regions: torch.Tensor, with_ir: bool = True) -> dict:
+    """One case as NIfTI files: rgb as vector components ``(H, W, 1, 1, 3)``, depth and ir ``(H, W)``, label."""
+    affine = np.diag([-0.5, 0.5, 1.0, 1.0])  # a flipped axis: the evaluator reorients and inverts
+    img = image.numpy()
+    files = {
+        "rgb": (img[TOY.channel_slices[0]].transpose(1, 2, 0)[:, :, None, None, :], f"{cid}_rgb.nii.gz"),
+        "depth": (img[3], f"{cid}_depth.nii.gz"),
+        "ir": (img[4], f"{cid}_ir.nii.gz"),
+        "label": (BRATS_LEGACY.regions_to_labels(*(regions.numpy() > 0.5)), f"{cid}_seg.nii.gz"),
+    }
+    entry = {"case_id": cid, "grade": None}
+    for key, (array, name) in files.items():
+        if key == "ir" and not with_ir:
+            entry[key] = None
+            continue
+        nib.save(nib.Nifti1Image(array, affine), root / name)
+        entry[key] = str(root / name)
+    return entry
+
+
+def test_subset_evaluator_reads_2d_multichannel_nifti(trained_lckd, tmp_path):
+    """The bundle's evaluator (load -> reorient -> crop -> normalise, sweep, invert, write, score the folder) on
+    2-D NIfTI files of the toy spec; a case without the infrared file is scored on the 3 subsets it allows."""
+    ckpt_dir = trained_lckd[2]
+    batch = _data(1, batch=3, seed=13)[0]
+    entries = [_write_case(tmp_path, f"t{i}", batch["image"][i], batch["label"][i], with_ir=i != 2) for i in range(3)]
+    datalist = {
+        "meta": {"modalities": list(TOY.names), "modality_spec": TOY.to_dict(), "label_convention": "brats2018"},
+        "training": [],
+        "validation": [],
+        "testing": entries,
+    }
+    path = write_datalist(datalist, tmp_path / "toy.json")
+    common = {"split": "testing", "roi_size": ROI, "device": "cpu", "amp": False, "progress": False}
+    common |= {"num_workers": 0, "postprocess_min_et": 0, "write_subset_dice": False}
+    df = SubsetEvaluator(ckpt_dir, path, tmp_path / "eval", save_predictions=True, modalities=TOY, **common).run()
+    assert len(df) == (7 + 7 + 3) * NUM_REGIONS
+    assert set(df[df["case_id"] == "t2"]["subset"]) == {"rgb", "depth", "rgb+depth"}
+    assert df["dice"].between(0, 1).all() and np.isfinite(df["hd95"]).all()
+    pred = nib.load(tmp_path / "eval" / "predictions" / "rgb+ir" / "t0.nii.gz")
+    assert pred.shape == (SIZE, SIZE) and np.allclose(pred.affine, np.diag([-0.5, 0.5, 1.0, 1.0]))
+    assert "| rgb+depth+ir | 2 |" in (tmp_path / "eval" / "subset_summary.md").read_text()
+    with pytest.raises(ValueError, match=r"modality spec of datalist .* differs from the evaluator \(brats\)"):
+        SubsetEvaluator(ckpt_dir, path, tmp_path / "eval_brats", **common).run()
