@@ -53,19 +53,19 @@ __all__ = [
 AXCODES = "RAS"
 
 
-def normalize_roi_size(roi_size: int | Sequence[int]) -> tuple[int, int, int]:
-    """``roi_size`` as three positive ints (an int means a cube)."""
+def normalize_roi_size(roi_size: int | Sequence[int], spatial_dims: int = 3) -> tuple[int, ...]:
+    """``roi_size`` as ``spatial_dims`` (3) positive ints (an int means a cube, or a square in 2-D)."""
     if isinstance(roi_size, bool):
-        raise TypeError(f"roi_size must be an int or 3 ints, got {roi_size!r}")
+        raise TypeError(f"roi_size must be an int or {spatial_dims} ints, got {roi_size!r}")
     if isinstance(roi_size, int):
-        roi_size = (roi_size,) * 3
+        roi_size = (roi_size,) * spatial_dims
     try:
         roi = tuple(roi_size)
     except TypeError:
-        raise TypeError(f"roi_size must be an int or 3 ints, got {roi_size!r}") from None
-    if len(roi) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
-        raise ValueError(f"roi_size must be 3 positive ints, got {roi_size!r}")
-    return roi  # type: ignore[return-value]
+        raise TypeError(f"roi_size must be an int or {spatial_dims} ints, got {roi_size!r}") from None
+    if len(roi) != spatial_dims or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
+        raise ValueError(f"roi_size must be {spatial_dims} positive ints, got {roi_size!r}")
+    return roi
 
 
 def _check_number(name: str, value: object, low: float | None = 0.0, high: float | None = None) -> float:
@@ -119,6 +119,7 @@ def train_transforms_split(
     intensity_shift: float = 0.1,
     allow_missing: bool = True,
     track_meta: bool = False,
+    modalities: ModalitySpec | Mapping[str, Any] | None = None,
 ) -> tuple[Compose, Compose]:
     """Training chain as ``(deterministic_prefix, random_suffix)``.
 
@@ -141,11 +142,14 @@ def train_transforms_split(
         intensity_shift: ``RandShiftIntensityd`` offset range ``(-s, s)`` (in z-score units).
         allow_missing: accept cases with missing sequences.
         track_meta: keep MetaTensors in the output (False gives plain tensors, cheaper in training steps).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): loading,
+            flips (one per spatial axis), masking and dropout follow it; ``roi_size`` has its ``spatial_dims``.
 
     Returns:
         ``(prefix, suffix)``; ``Compose([*prefix.transforms, *suffix.transforms])`` is the full chain.
     """
-    roi = normalize_roi_size(roi_size)
+    spec = spec_of(modalities)
+    roi = normalize_roi_size(roi_size, spec.spatial_dims)
     conv = label_convention(convention)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -161,7 +165,7 @@ def train_transforms_split(
     intensity_shift = _check_number("intensity_shift", intensity_shift, 0.0)
 
     keys = [IMAGE_KEY, LABEL_KEY]
-    prefix = _loading(conv, with_label=True, label_dtype=torch.uint8, allow_missing=allow_missing)
+    prefix = _loading(conv, with_label=True, label_dtype=torch.uint8, allow_missing=allow_missing, modalities=spec)
     prefix.append(SpatialPadd(keys=keys, spatial_size=roi))
 
     suffix: list = [
@@ -170,12 +174,12 @@ def train_transforms_split(
         )
     ]
     if augment:
-        suffix += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)]
+        suffix += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(spec.spatial_dims)]
         suffix += [
             RandScaleIntensityd(keys=IMAGE_KEY, factors=intensity_scale, prob=1.0, channel_wise=True),
             RandShiftIntensityd(keys=IMAGE_KEY, offsets=intensity_shift, prob=1.0, channel_wise=True),
         ]
-    suffix.append(MaskMissingModalitiesd(keys=IMAGE_KEY, mask_key=MASK_KEY))
+    suffix.append(MaskMissingModalitiesd(keys=IMAGE_KEY, mask_key=MASK_KEY, modalities=spec))
     if dropout_prob > 0:
         suffix.append(
             ModalityDropoutd(
@@ -184,6 +188,7 @@ def train_transforms_split(
                 distribution=dropout_distribution,
                 max_kept=max_kept,
                 mask_key=MASK_KEY,
+                modalities=spec,
             )
         )
     suffix.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=track_meta))

@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.data import DataLoader, Dataset
 from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import BRATS_LEGACY, NUM_REGIONS, REGIONS
 from lckd_med.data.datalist import datalist_spec, validate_datalist, write_datalist
+from lckd_med.data.pipelines import train_transforms
 from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
 from lckd_med.engines.checkpoint_handler import TrainingCheckpointHandler
@@ -91,12 +93,15 @@ def _dropout() -> ModalityDropout:
     return dropout
 
 
-def _train(net: torch.nn.Module, method: Any, batches: int, epochs: int, phase1: int, lr: float, handlers=()) -> list:
-    """Train with the real :class:`MethodTrainer`; the loss terms of every iteration."""
+def _train(
+    net: torch.nn.Module, method: Any, batches: int, epochs: int, phase1: int, lr: float, handlers=(), loader=None
+) -> list:
+    """Train with the real :class:`MethodTrainer` (on ``loader``, else ``batches`` synthetic batches); the loss terms
+    of every iteration."""
     trainer = MethodTrainer(
         device="cpu",
         max_epochs=epochs,
-        train_data_loader=_data(batches),
+        train_data_loader=_data(batches) if loader is None else loader,
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=lr),
         seg_loss=segmentation_loss(),
@@ -287,3 +292,22 @@ def test_subset_evaluator_reads_2d_multichannel_nifti(trained_lckd, tmp_path):
     assert "| rgb+depth+ir | 2 |" in (tmp_path / "eval" / "subset_summary.md").read_text()
     with pytest.raises(ValueError, match=r"modality spec of datalist .* differs from the evaluator \(brats\)"):
         SubsetEvaluator(ckpt_dir, path, tmp_path / "eval_brats", **common).run()
+
+
+def test_training_pipeline_reads_the_toy_files(tmp_path):
+    """The bundle's training chain (load, reorient, crop, normalise, pad, pos/neg crops, 2-D flips, masking,
+    dropout) on the toy NIfTI files, feeding the real trainer."""
+    batch = _data(1, batch=3, seed=17)[0]
+    entries = [_write_case(tmp_path, f"c{i}", batch["image"][i], batch["label"][i], with_ir=i != 1) for i in range(3)]
+    transform = train_transforms((16, 16), convention="brats2018", num_samples=2, dropout_prob=0.5, modalities=TOY)
+    transform.set_random_state(0)
+    samples = [s for e in entries for s in transform(e)]
+    assert {tuple(s["image"].shape) for s in samples} == {(TOY.total_channels, 16, 16)}
+    assert {tuple(s["label"].shape) for s in samples} == {(NUM_REGIONS, 16, 16)}
+    without_ir = samples[2:4]  # case c1 has no infrared file
+    assert all(not s["modality_mask"][2] and not s["image"][4].any() for s in without_ir)
+    loader = DataLoader(Dataset(entries, transform), batch_size=2, shuffle=False, num_workers=0)
+    terms = _train(_network(), LCKDMethod(TeacherState(["rgb"], modalities=TOY)), 0, 1, 0, 1e-3, loader=loader)
+    assert len(terms) == len(loader) and all(math.isfinite(t["loss"]) for t in terms)
+    with pytest.raises(ValueError, match="roi_size must be 2 positive ints"):
+        train_transforms((16, 16, 16), modalities=TOY)
