@@ -1,7 +1,8 @@
-"""Shared pytest fixtures: small procedural BraTS datasets on disk (2 mm grid, 120x120x78), one torch thread.
+"""Shared pytest fixtures: small procedural BraTS datasets on disk (2 mm grid, 120x120x78), and ``one_thread``.
 
 Session-scoped and lazy: a dataset is written once, the first time a test asks for it. Tests must treat the
-returned directories as read-only (copy them to ``tmp_path`` before modifying anything).
+returned directories as read-only (copy them to ``tmp_path`` before modifying anything). Shared helper functions
+are in ``tests/testkit.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,16 @@ import pytest
 import torch
 
 from lckd_med.data.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): their
+    tensors are tiny, and threads competing for the few busy cores of a test machine make them many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +54,3 @@ def synthetic_brats2018_missing(tmp_path_factory: pytest.TempPathFactory) -> Pat
     root = tmp_path_factory.mktemp("synthetic_brats2018_missing")
     write_dataset(root, 4, seed=7, spacing=2.0, release=2018, lgg_fraction=0.25, missing_fraction=0.5)
     return root
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): the CPU is
-    shared by parallel test runs and tiny convolutions gain nothing from more threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
