@@ -10,6 +10,10 @@ Every module, config and report in lckd_med takes these names and orders from he
 * Subsets: the 15 non-empty modality subsets, named by joining modality keys with ``+`` in modality order
   (``"t1ce+t2"``). Canonical order: by number of sequences, then by modality order (singles, pairs, triples,
   all four) -- the row order of every per-subset report.
+
+These are the BraTS values; :data:`lckd_med.modalities.BRATS` is the same as a
+:class:`~lckd_med.modalities.ModalitySpec`, the form the networks, dropout, election, sweep and checkpoints take
+(another modality set declares its own spec, see ``docs/modalities.md``).
 """
 
 from __future__ import annotations
@@ -70,43 +74,47 @@ FULL_SUBSET: str = SUBSET_NAMES[-1]
 SINGLE_SUBSETS: tuple[str, ...] = tuple(MODALITIES)
 
 
-def subset_name(modalities: Iterable[str]) -> str:
+def subset_name(modalities: Iterable[str], names: Sequence[str] = MODALITIES) -> str:
     """Canonical name of a subset given its modality keys in any order.
+
+    ``names``: the modality order (BraTS by default; :class:`lckd_med.modalities.ModalitySpec` passes its own).
 
     Raises:
         ValueError: unknown, repeated or no modality.
     """
     mods = list(modalities)
-    unknown = [m for m in mods if m not in MODALITIES]
+    unknown = [m for m in mods if m not in names]
     if unknown:
-        raise ValueError(f"unknown modality {unknown}; expected keys from {MODALITIES}")
+        raise ValueError(f"unknown modality {unknown}; expected keys from {tuple(names)}")
     if len(set(mods)) != len(mods):
         raise ValueError(f"repeated modality in {mods}")
     if not mods:
         raise ValueError("a subset needs at least one modality")
-    return SUBSET_SEPARATOR.join(m for m in MODALITIES if m in mods)
+    return SUBSET_SEPARATOR.join(m for m in names if m in mods)
 
 
-def parse_subset(name: str) -> tuple[str, ...]:
+def parse_subset(name: str, names: Sequence[str] = MODALITIES) -> tuple[str, ...]:
     """Modality keys of a subset name such as ``"t1ce+t2"`` (any order accepted), in modality order."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"subset name must be a non-empty string, got {name!r}")
     parts = [p.strip().lower() for p in name.split(SUBSET_SEPARATOR)]
-    return tuple(subset_name(parts).split(SUBSET_SEPARATOR))
+    return tuple(subset_name(parts, names).split(SUBSET_SEPARATOR))
 
 
-def subset_to_mask(subset: str | Sequence[str]) -> np.ndarray:
-    """Boolean availability mask of shape ``(4,)`` in modality order for a subset name or key list."""
-    mods = parse_subset(subset) if isinstance(subset, str) else parse_subset(SUBSET_SEPARATOR.join(subset))
-    return np.array([m in mods for m in MODALITIES], dtype=bool)
+def subset_to_mask(subset: str | Sequence[str], names: Sequence[str] = MODALITIES) -> np.ndarray:
+    """Boolean availability mask of shape ``(4,)`` (``(len(names),)``) in modality order for a subset name or
+    key list."""
+    text = subset if isinstance(subset, str) else SUBSET_SEPARATOR.join(subset)
+    mods = parse_subset(text, names)
+    return np.array([m in mods for m in names], dtype=bool)
 
 
-def mask_to_subset(mask: Sequence[bool] | np.ndarray) -> str:
-    """Canonical subset name of a length-4 availability mask (modality order)."""
+def mask_to_subset(mask: Sequence[bool] | np.ndarray, names: Sequence[str] = MODALITIES) -> str:
+    """Canonical subset name of a length-4 (``len(names)``) availability mask (modality order)."""
     flags = [bool(v) for v in np.asarray(mask).reshape(-1).tolist()]
-    if len(flags) != NUM_MODALITIES:
-        raise ValueError(f"availability mask must have {NUM_MODALITIES} entries, got {len(flags)}")
-    return subset_name([m for m, f in zip(MODALITIES, flags, strict=True) if f])
+    if len(flags) != len(names):
+        raise ValueError(f"availability mask must have {len(names)} entries, got {len(flags)}")
+    return subset_name([m for m, f in zip(names, flags, strict=True) if f], names)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import lckd_med
 
 #: bottom to top; names are the first component under ``lckd_med`` (a subpackage or a top-level module)
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("constants", "utils"),
+    ("constants", "modalities", "utils"),
     ("data",),
     ("metrics",),
     ("networks",),

@@ -3,6 +3,8 @@
 Format (MONAI decathlon-style, written by ``python -m data_prep.brats``)::
 
     {"meta": {"release": 2018, "label_convention": "brats2018", "modalities": ["flair", "t1", "t1ce", "t2"],
+              "modality_spec": {"name": "brats", "names": [...], "channels": [1, 1, 1, 1], "spatial_dims": 3,
+                                "file_suffixes": {...}},
               "regions": ["ET", "TC", "WT"], "folds": 5, "seed": 0, "test_fold": 0, "val_fold": 1,
               "dataset_dir": "<abs>", "layout": "brats2018", "tool": "data_prep.brats", "version": "0.1.0"},
      "training": [entry, ...], "validation": [entry, ...], "testing": [entry, ...],
@@ -19,6 +21,11 @@ Datalists made from case-id lists (a published protocol, ``--protocol lckd2018``
 :mod:`lckd_med.data.splits`) have no folds: their ``meta`` holds ``split_lists`` (source, missing and unlisted case
 ids) instead, and ``validation_in_training: true`` when the validation cases are also training cases (the LCKD
 reference elects on training cases); only then may a case be in both ``training`` and ``validation``.
+
+``meta.modality_spec`` is the :class:`~lckd_med.modalities.ModalitySpec` of the data (:func:`datalist_spec`); a
+datalist without it (written before specs existed) is BraTS. Entries then hold one path key per modality of the
+spec (``"rgb"``, ``"depth"``, ... for another modality set) instead of the four BraTS sequences; ``meta.modalities``
+must equal the spec's names.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from lckd_med import __version__
 from lckd_med.constants import MODALITIES, REGIONS, LabelConvention, label_convention
 from lckd_med.data.layouts import GRADES, LAYOUTS, parse_release
 from lckd_med.data.validation import CaseCheck
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "write_datalist",
     "read_datalist",
     "load_datalist",
+    "datalist_spec",
     "split_counts",
 ]
 
@@ -177,7 +186,13 @@ def new_datalist(
     dupes = sorted(cid for cid, n in Counter(c.case.case_id for c in checks).items() if n > 1)
     if dupes:
         raise ValueError(f"case ids given more than once: {dupes}")
-    meta = {"release": year, "label_convention": conv.name, "modalities": list(MODALITIES), "regions": list(REGIONS)}
+    meta = {
+        "release": year,
+        "label_convention": conv.name,
+        "modalities": list(MODALITIES),
+        "modality_spec": BRATS.to_dict(),
+        "regions": list(REGIONS),
+    }
     meta |= split_meta
     meta |= {
         "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
@@ -251,10 +266,10 @@ def validate_datalist(d: Any, source: str = "datalist") -> None:
     meta = d.get("meta")
     if not isinstance(meta, dict):
         raise ValueError(f"{source}: missing 'meta' object")
-    if meta.get("modalities") != list(MODALITIES):
-        raise ValueError(
-            f"{source}: meta.modalities must be {list(MODALITIES)} (channel order), got {meta.get('modalities')!r}"
-        )
+    spec = datalist_spec(d, source)
+    names = list(spec.names)
+    if meta.get("modalities") != names:
+        raise ValueError(f"{source}: meta.modalities must be {names} (channel order), got {meta.get('modalities')!r}")
     if "regions" in meta and meta["regions"] != list(REGIONS):
         raise ValueError(f"{source}: meta.regions must be {list(REGIONS)}, got {meta['regions']!r}")
     if "label_convention" in meta:
@@ -278,14 +293,14 @@ def validate_datalist(d: Any, source: str = "datalist") -> None:
             if not isinstance(cid, str) or not cid:
                 raise ValueError(f"{where}: 'case_id' must be a non-empty string")
             where = f"{source}: {split} case {cid}"
-            missing = [k for k in (*MODALITIES, "label") if k not in e]
+            missing = [k for k in (*names, "label") if k not in e]
             if missing:
-                raise ValueError(f"{where}: missing keys {missing} (every entry needs {list(MODALITIES)} and 'label')")
-            for k in (*MODALITIES, "label"):
+                raise ValueError(f"{where}: missing keys {missing} (every entry needs {names} and 'label')")
+            for k in (*names, "label"):
                 if e[k] is not None and not (isinstance(e[k], str) and e[k]):
                     raise ValueError(f"{where}: '{k}' must be a path string or null, got {e[k]!r}")
-            if all(e[m] is None for m in MODALITIES):
-                raise ValueError(f"{where}: no sequence path (all of {list(MODALITIES)} are null)")
+            if all(e[m] is None for m in names):
+                raise ValueError(f"{where}: no sequence path (all of {names} are null)")
             if e.get("grade") not in (None, *GRADES):
                 raise ValueError(f"{where}: 'grade' must be one of {list(GRADES)} or null, got {e.get('grade')!r}")
             if "fold" in e and not _is_int(e["fold"]):
@@ -343,9 +358,10 @@ def read_datalist(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{src}: not a valid JSON file ({err})") from None
     validate_datalist(d, source=str(src))
     base = src.resolve().parent
+    names = datalist_spec(d).names
     for split in SPLITS:
         for e in d.get(split, []):
-            for k in (*MODALITIES, "label"):
+            for k in (*names, "label"):
                 if e[k] is not None and not os.path.isabs(e[k]):
                     e[k] = str((base / e[k]).resolve())
     return d
@@ -372,6 +388,19 @@ def load_datalist(path: str | os.PathLike, split: str) -> list[dict[str, Any]]:
     if split not in d:
         raise ValueError(f"{path}: datalist has no '{split}' split")
     return [dict(e) for e in d[split]]
+
+
+def datalist_spec(d: Mapping[str, Any], source: str = "datalist") -> ModalitySpec:
+    """The modality spec a datalist records in ``meta.modality_spec`` (BraTS when absent).
+
+    Raises:
+        ValueError: naming ``source``: an invalid spec.
+    """
+    meta = d.get("meta") if isinstance(d, Mapping) else None
+    try:
+        return spec_of(meta.get("modality_spec") if isinstance(meta, Mapping) else None)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: meta.modality_spec: {err}") from None
 
 
 def split_counts(d: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -39,6 +39,7 @@ from lckd_med.data.transforms import (
     MaskMissingModalitiesd,
     ModalityDropoutd,
 )
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
 __all__ = [
     "AXCODES",
@@ -52,19 +53,19 @@ __all__ = [
 AXCODES = "RAS"
 
 
-def normalize_roi_size(roi_size: int | Sequence[int]) -> tuple[int, int, int]:
-    """``roi_size`` as three positive ints (an int means a cube)."""
+def normalize_roi_size(roi_size: int | Sequence[int], spatial_dims: int = 3) -> tuple[int, ...]:
+    """``roi_size`` as ``spatial_dims`` (3) positive ints (an int means a cube, or a square in 2-D)."""
     if isinstance(roi_size, bool):
-        raise TypeError(f"roi_size must be an int or 3 ints, got {roi_size!r}")
+        raise TypeError(f"roi_size must be an int or {spatial_dims} ints, got {roi_size!r}")
     if isinstance(roi_size, int):
-        roi_size = (roi_size,) * 3
+        roi_size = (roi_size,) * spatial_dims
     try:
         roi = tuple(roi_size)
     except TypeError:
-        raise TypeError(f"roi_size must be an int or 3 ints, got {roi_size!r}") from None
-    if len(roi) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
-        raise ValueError(f"roi_size must be 3 positive ints, got {roi_size!r}")
-    return roi  # type: ignore[return-value]
+        raise TypeError(f"roi_size must be an int or {spatial_dims} ints, got {roi_size!r}") from None
+    if len(roi) != spatial_dims or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
+        raise ValueError(f"roi_size must be {spatial_dims} positive ints, got {roi_size!r}")
+    return roi
 
 
 def _check_number(name: str, value: object, low: float | None = 0.0, high: float | None = None) -> float:
@@ -75,18 +76,31 @@ def _check_number(name: str, value: object, low: float | None = 0.0, high: float
     return float(value)
 
 
-def _loading(convention: LabelConvention, with_label: bool, label_dtype: torch.dtype, allow_missing: bool) -> list:
+def _loading(
+    convention: LabelConvention,
+    with_label: bool,
+    label_dtype: torch.dtype,
+    allow_missing: bool,
+    modalities: ModalitySpec = BRATS,
+) -> list:
     """Load, reorient to RAS, crop to the brain box, z-score brain voxels per channel, labels -> regions."""
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
     chain = [
-        LoadModalitiesd(label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing),
-        Orientationd(keys=keys, axcodes=AXCODES, labels=None),  # None: axis labels from the MetaTensor space
+        LoadModalitiesd(
+            label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing, modalities=modalities
+        ),
+        # None: axis labels from the MetaTensor space; a 2-D image takes the first two axis codes
+        Orientationd(keys=keys, axcodes=AXCODES[: modalities.spatial_dims], labels=None),
         # brain box = voxels > 0 in any sequence (MRI intensities are non-negative before normalisation)
         CropForegroundd(keys=keys, source_key=IMAGE_KEY, allow_smaller=True, start_coord_key=None, end_coord_key=None),
         NormalizeIntensityd(keys=IMAGE_KEY, nonzero=True, channel_wise=True),
     ]
     if with_label:
-        chain.append(LabelToRegionsd(keys=LABEL_KEY, convention=convention, dtype=label_dtype))
+        chain.append(
+            LabelToRegionsd(
+                keys=LABEL_KEY, convention=convention, dtype=label_dtype, spatial_dims=modalities.spatial_dims
+            )
+        )
     return chain
 
 
@@ -105,6 +119,7 @@ def train_transforms_split(
     intensity_shift: float = 0.1,
     allow_missing: bool = True,
     track_meta: bool = False,
+    modalities: ModalitySpec | Mapping[str, Any] | None = None,
 ) -> tuple[Compose, Compose]:
     """Training chain as ``(deterministic_prefix, random_suffix)``.
 
@@ -127,11 +142,14 @@ def train_transforms_split(
         intensity_shift: ``RandShiftIntensityd`` offset range ``(-s, s)`` (in z-score units).
         allow_missing: accept cases with missing sequences.
         track_meta: keep MetaTensors in the output (False gives plain tensors, cheaper in training steps).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): loading,
+            flips (one per spatial axis), masking and dropout follow it; ``roi_size`` has its ``spatial_dims``.
 
     Returns:
         ``(prefix, suffix)``; ``Compose([*prefix.transforms, *suffix.transforms])`` is the full chain.
     """
-    roi = normalize_roi_size(roi_size)
+    spec = spec_of(modalities)
+    roi = normalize_roi_size(roi_size, spec.spatial_dims)
     conv = label_convention(convention)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
@@ -147,7 +165,7 @@ def train_transforms_split(
     intensity_shift = _check_number("intensity_shift", intensity_shift, 0.0)
 
     keys = [IMAGE_KEY, LABEL_KEY]
-    prefix = _loading(conv, with_label=True, label_dtype=torch.uint8, allow_missing=allow_missing)
+    prefix = _loading(conv, with_label=True, label_dtype=torch.uint8, allow_missing=allow_missing, modalities=spec)
     prefix.append(SpatialPadd(keys=keys, spatial_size=roi))
 
     suffix: list = [
@@ -156,12 +174,12 @@ def train_transforms_split(
         )
     ]
     if augment:
-        suffix += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)]
+        suffix += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(spec.spatial_dims)]
         suffix += [
             RandScaleIntensityd(keys=IMAGE_KEY, factors=intensity_scale, prob=1.0, channel_wise=True),
             RandShiftIntensityd(keys=IMAGE_KEY, offsets=intensity_shift, prob=1.0, channel_wise=True),
         ]
-    suffix.append(MaskMissingModalitiesd(keys=IMAGE_KEY, mask_key=MASK_KEY))
+    suffix.append(MaskMissingModalitiesd(keys=IMAGE_KEY, mask_key=MASK_KEY, modalities=spec))
     if dropout_prob > 0:
         suffix.append(
             ModalityDropoutd(
@@ -170,6 +188,7 @@ def train_transforms_split(
                 distribution=dropout_distribution,
                 max_kept=max_kept,
                 mask_key=MASK_KEY,
+                modalities=spec,
             )
         )
     suffix.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=track_meta))
@@ -196,6 +215,7 @@ def eval_transforms(
     convention: int | str | LabelConvention = "brats2018",
     with_label: bool = True,
     allow_missing: bool = True,
+    modalities: ModalitySpec | Mapping[str, Any] | None = None,
 ) -> Compose:
     """Evaluation / inference chain, invertible with ``monai.transforms.Invertd``.
 
@@ -208,11 +228,19 @@ def eval_transforms(
         convention: label convention / BraTS release.
         with_label: load and convert the label (False for unlabelled inference).
         allow_missing: accept cases with missing sequences.
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): one file per
+            modality with its channels, 2-D or 3-D (see :class:`~lckd_med.data.transforms.LoadModalities`).
     """
     if not isinstance(with_label, bool):
         raise TypeError(f"with_label must be a bool, got {with_label!r}")
     conv = label_convention(convention)
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
-    chain = _loading(conv, with_label=with_label, label_dtype=torch.float32, allow_missing=allow_missing)
+    chain = _loading(
+        conv,
+        with_label=with_label,
+        label_dtype=torch.float32,
+        allow_missing=allow_missing,
+        modalities=spec_of(modalities),
+    )
     chain.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True))
     return Compose(chain)

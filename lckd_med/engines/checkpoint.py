@@ -6,7 +6,9 @@ it can be opened safely and the network rebuilt from it without any config:
 ``format``            ``"lckd_med.checkpoint/1"``
 ``network``           ``{"name": str, "hparams": dict}`` (rebuilds the network, see :func:`build_network`)
 ``model``             network ``state_dict`` (DDP / compile wrappers removed)
-``modalities``        channel order, ``regions`` output order, ``label_convention`` name
+``modalities``        modality order, ``regions`` output order, ``label_convention`` name
+``modality_spec``     the :class:`~lckd_med.modalities.ModalitySpec` (``to_dict``); absent before specs existed,
+                      which means BraTS
 ``teachers``          elected teacher modality keys, ``election_history`` rows of the election record
 ``iteration``/``epoch``/``phase``  training progress; ``optimizer``/``scheduler``/``rng`` for resuming
 ``subset_dice``       per-subset validation Dice ``{subset: {region: dice}}`` once evaluation has stored it
@@ -24,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.constants import REGIONS
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 from lckd_med.utils.io import atomic_path
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "set_rng_state",
     "build_network",
     "NETWORK_REGISTRY",
+    "checkpoint_spec",
+    "check_network_spec",
 ]
 
 CHECKPOINT_FORMAT = "lckd_med.checkpoint/1"
@@ -125,12 +130,24 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    modalities: ModalitySpec | Mapping[str, Any] | None = BRATS,
+) -> dict[str, Any]:
     """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Args:
+        path: the ``model.pt`` file.
+        map_location: where tensors are loaded.
+        modalities: the modality spec the caller's data has (default BraTS; e.g. the datalist's, see
+            :func:`lckd_med.data.datalist.datalist_spec`); the checkpoint's must describe the same input.
+            ``None`` accepts any spec (read it with :func:`checkpoint_spec`).
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says how to make one).
-        ValueError: the file is not an lckd_med checkpoint, or its modality/region order differs from ours.
+        ValueError: the file is not an lckd_med checkpoint, its region order differs from ours, or its modality
+            spec differs from ``modalities`` (the message lists what differs).
     """
     path = Path(path)
     if not path.is_file():
@@ -153,12 +170,56 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks keys {missing}")
-    if tuple(ckpt["modalities"]) != MODALITIES or tuple(ckpt["regions"]) != REGIONS:
+    spec = checkpoint_spec(ckpt, source=str(path))
+    expected = None if modalities is None else spec_of(modalities)
+    if tuple(ckpt["regions"]) != REGIONS:
         raise ValueError(
-            f"{path}: checkpoint channel order {ckpt['modalities']} / region order {ckpt['regions']} "
-            f"differs from this lckd_med ({list(MODALITIES)} / {list(REGIONS)})"
+            f"{path}: checkpoint region order {ckpt['regions']} differs from this lckd_med ({list(REGIONS)})"
         )
+    if expected is not None:
+        spec.check_same(expected, f"checkpoint {path}", f"the data ({expected.name})")
     return ckpt
+
+
+def checkpoint_spec(ckpt: Mapping[str, Any], source: str = "checkpoint") -> ModalitySpec:
+    """The modality spec a checkpoint records (BraTS for checkpoints written before specs existed).
+
+    Raises:
+        ValueError: an invalid ``modality_spec`` entry, or one whose names disagree with ``modalities``.
+    """
+    try:
+        spec = spec_of(ckpt.get("modality_spec"))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: invalid modality_spec: {e}") from None
+    if "modalities" in ckpt and tuple(ckpt["modalities"]) != spec.names:
+        raise ValueError(
+            f"{source}: channel order {list(ckpt['modalities'])} disagrees with its modality_spec names "
+            f"{list(spec.names)}"
+        )
+    return spec
+
+
+def check_network_spec(hparams: Mapping[str, Any], spec: ModalitySpec, what: str = "network") -> None:
+    """Raise unless a network's hyper-parameters take the input a modality spec describes.
+
+    Networks store ``in_modalities``, ``in_channels`` and ``spatial_dims`` (older hparams lack the last two:
+    one channel each, 3-D).
+
+    Raises:
+        ValueError: naming each mismatch.
+    """
+    num = int(hparams.get("in_modalities", spec.num_modalities))
+    channels = tuple(hparams.get("in_channels") or (1,) * num)
+    dims = int(hparams.get("spatial_dims", 3))
+    diff = []
+    if num != spec.num_modalities:
+        diff.append(f"modalities {num} vs {spec.num_modalities}")
+    if channels != spec.channels:
+        diff.append(f"channels per modality {list(channels)} vs {list(spec.channels)}")
+    if dims != spec.spatial_dims:
+        diff.append(f"spatial_dims {dims} vs {spec.spatial_dims}")
+    if diff:
+        raise ValueError(f"{what} does not take the input of the {spec.name} modality spec: " + "; ".join(diff))
 
 
 def _lckd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
@@ -188,6 +249,7 @@ def build_network(ckpt: Mapping[str, Any], load_weights: bool = True) -> torch.n
     if name not in NETWORK_REGISTRY:
         raise ValueError(f"checkpoint network {name!r} is unknown; known: {sorted(NETWORK_REGISTRY)}")
     net = NETWORK_REGISTRY[name](spec.get("hparams", {}))
+    check_network_spec(getattr(net, "hparams", {}), checkpoint_spec(ckpt), f"checkpoint network {name}")
     if load_weights:
         net.load_state_dict(ckpt["model"])
     return net

@@ -19,12 +19,13 @@ from typing import Any
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.constants import REGIONS
 from lckd_med.constants import label_convention as _convention
 from lckd_med.data.stream import stream_sampler_of
 from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
+    check_network_spec,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -32,6 +33,7 @@ from lckd_med.engines.checkpoint import (
     unwrap_model,
 )
 from lckd_med.engines.election import TeacherState
+from lckd_med.modalities import ModalitySpec, spec_of
 
 __all__ = ["TrainingCheckpointHandler", "TrainingInterrupted", "CHECKPOINT_NAME"]
 
@@ -75,6 +77,8 @@ class TrainingCheckpointHandler:
         train_config: JSON-able recipe stored for the record.
         save_every: epochs between saves (>= 1).
         resume: load ``model.pt`` at start when it exists (a finished run is not re-run).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` stored in the checkpoint (``modality_spec``);
+            ``None`` = the teacher state's spec, else BraTS. It must match the network's channels and dims.
     """
 
     def __init__(
@@ -88,12 +92,18 @@ class TrainingCheckpointHandler:
         train_config: Mapping[str, Any] | None = None,
         save_every: int = 1,
         resume: bool = True,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1 epoch, got {save_every}")
         self.path = Path(ckpt_dir) / CHECKPOINT_NAME
         self.network_name = network_name
         self.teacher_state = teacher_state
+        if modalities is None and teacher_state is not None:
+            modalities = teacher_state.spec
+        self.spec = spec_of(modalities)
+        if teacher_state is not None:
+            self.spec.check_same(teacher_state.spec, "the checkpoint handler", "the teacher state")
         self.scheduler = scheduler
         self.label_convention = _convention(label_convention).name
         self.method = method
@@ -186,13 +196,15 @@ class TrainingCheckpointHandler:
         hparams = getattr(net, "hparams", None)
         if hparams is None:
             raise TypeError(f"{type(net).__name__} has no hparams; the checkpoint could not rebuild it")
+        check_network_spec(hparams, self.spec, type(net).__name__)
         teachers = self.teacher_state.state_dict() if self.teacher_state else {"teachers": [], "history": []}
         out: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "method": self.method,
             "network": {"name": self.network_name, "hparams": dict(hparams)},
             "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "modalities": list(MODALITIES),
+            "modalities": list(self.spec.names),
+            "modality_spec": self.spec.to_dict(),
             "regions": list(REGIONS),
             "label_convention": self.label_convention,
             "teachers": teachers["teachers"],
@@ -220,7 +232,7 @@ class TrainingCheckpointHandler:
         previous = {}
         if self.path.is_file():
             try:
-                previous = load_checkpoint(self.path)
+                previous = load_checkpoint(self.path, modalities=self.spec)
             except ValueError:
                 previous = {}
         payload = self.payload(engine)
@@ -232,11 +244,13 @@ class TrainingCheckpointHandler:
     def load(self, engine: Engine) -> None:
         if not self.path.is_file():
             return
-        ckpt = load_checkpoint(self.path, map_location="cpu")
+        ckpt = load_checkpoint(self.path, map_location="cpu", modalities=self.spec)
         if ckpt.get("network", {}).get("name") != self.network_name:
             raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {self.network_name}")
         net = unwrap_model(engine.network)
-        if dict(ckpt["network"]["hparams"]) != dict(net.hparams):
+        saved = ckpt["network"]["hparams"]
+        complete = getattr(type(net), "complete_hparams", None)
+        if (complete(saved) if complete is not None else dict(saved)) != dict(net.hparams):
             raise ValueError(
                 f"{self.path} was trained with network {ckpt['network']['hparams']}, the config builds "
                 f"{net.hparams}; use another ckpt_dir or the same network settings to resume"

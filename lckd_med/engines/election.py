@@ -20,7 +20,7 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from lckd_med.constants import MODALITIES, NUM_MODALITIES, NUM_REGIONS, REGIONS, SINGLE_SUBSETS, subset_to_mask
+from lckd_med.constants import NUM_REGIONS, REGIONS
 from lckd_med.engines.checkpoint import unwrap_model
 from lckd_med.metrics import legacy_dice
+from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor
 from lckd_med.utils.io import write_text_atomic
 
@@ -56,25 +57,28 @@ class TeacherState:
     Args:
         default: teacher modality keys used before the first election. Default: none (no distillation until the
             first election, which the reference runs after iteration 1); e.g. ``["t1ce"]`` builds in a prior.
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` whose modalities may teach (``None`` = BraTS);
+            the election handler scores its single-modality subsets.
     """
 
-    def __init__(self, default: Sequence[str] = ()) -> None:
+    def __init__(self, default: Sequence[str] = (), modalities: ModalitySpec | Mapping[str, Any] | None = None) -> None:
+        self.spec = spec_of(modalities)
         default = list(default)
-        bad = [m for m in default if m not in MODALITIES]
+        bad = [m for m in default if m not in self.spec.names]
         if bad:
-            raise ValueError(f"default teachers {bad} are not modality keys {MODALITIES}")
-        self.teachers: list[str] = [m for m in MODALITIES if m in default]
+            raise ValueError(f"default teachers {bad} are not modality keys {self.spec.names}")
+        self.teachers: list[str] = [m for m in self.spec.names if m in default]
         self.history: list[dict[str, Any]] = []
 
     def mask(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """``(4,)`` boolean teacher mask in modality order."""
-        return torch.tensor([m in self.teachers for m in MODALITIES], dtype=torch.bool, device=device)
+        """``(M,)`` boolean teacher mask in modality order."""
+        return torch.tensor([m in self.teachers for m in self.spec.names], dtype=torch.bool, device=device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"teachers": list(self.teachers), "history": [dict(r) for r in self.history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teachers = [m for m in MODALITIES if m in state.get("teachers", [])] or self.teachers
+        self.teachers = [m for m in self.spec.names if m in state.get("teachers", [])] or self.teachers
         self.history = [dict(r) for r in state.get("history", [])]
 
 
@@ -99,23 +103,25 @@ def single_modality_dice(
     loader: Iterable[dict[str, Any]],
     roi_size: Sequence[int],
     device: torch.device | str,
-    subsets: Sequence[str] = SINGLE_SUBSETS,
+    subsets: Sequence[str] | None = None,
     overlap: float = 1 / 3,
     amp: bool = True,
     threshold: float = 0.5,
     score: str = "soft",
     mode: str = "constant",
+    modalities: ModalitySpec | Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of per-case scores for each subset and region, and the number of cases scored for each subset.
 
     Args:
         network: the model (set to eval mode here, restored afterwards).
-        loader: batches with ``image`` ``(B, 4, *S)``, region ``label`` ``(B, 3, *S)`` (ET, TC, WT) and optionally
-            ``modality_mask`` ``(B, 4)``: a case is scored only for the subsets whose sequences it has.
-        subsets: subset names to score (default: the four single modalities, modality order).
+        loader: batches with ``image`` ``(B, C, *S)``, region ``label`` ``(B, 3, *S)`` (ET, TC, WT) and optionally
+            ``modality_mask`` ``(B, M)``: a case is scored only for the subsets whose sequences it has.
+        subsets: subset names to score (default: the single modalities, modality order).
         overlap, mode: sliding-window overlap and blending (``"constant"``: uniform, the reference's).
         threshold: sigmoid threshold of the ``"legacy"`` score.
         score: ``"soft"`` (reference soft Dice of the probabilities) or ``"legacy"`` (hard legacy BraTS Dice).
+        modalities: the modality spec of the images and subset names (``None`` = BraTS).
 
     Returns:
         ``(sums (K, 3) float64, counts (K,) int64)`` on CPU; divide for the means (kept apart so ranks can
@@ -123,8 +129,10 @@ def single_modality_dice(
     """
     if score not in ELECTION_SCORES:
         raise ValueError(f"score must be one of {ELECTION_SCORES}, got {score!r}")
-    predictor = SubsetPredictor(network, roi_size, overlap=overlap, mode=mode, amp=amp, device=device)
-    needs = [torch.from_numpy(subset_to_mask(s)) for s in subsets]
+    spec = spec_of(modalities)
+    subsets = spec.single_subsets if subsets is None else subsets
+    predictor = SubsetPredictor(network, roi_size, overlap=overlap, mode=mode, amp=amp, device=device, modalities=spec)
+    needs = [torch.from_numpy(spec.subset_to_mask(s)) for s in subsets]
     was_training = network.training
     network.eval()
     sums = torch.zeros(len(subsets), NUM_REGIONS, dtype=torch.float64)
@@ -134,9 +142,11 @@ def single_modality_dice(
             image = batch["image"].to(device)
             label = torch.as_tensor(batch["label"]).to(device) > 0.5
             if batch.get("modality_mask") is not None:
-                avail = torch.as_tensor(batch["modality_mask"]).reshape(image.shape[0], NUM_MODALITIES).cpu().bool()
+                avail = (
+                    torch.as_tensor(batch["modality_mask"]).reshape(image.shape[0], spec.num_modalities).cpu().bool()
+                )
             else:
-                avail = torch.ones(image.shape[0], NUM_MODALITIES, dtype=torch.bool)
+                avail = torch.ones(image.shape[0], spec.num_modalities, dtype=torch.bool)
             for b in range(image.shape[0]):
                 scored = [k for k, need in enumerate(needs) if bool((avail[b] | ~need).all())]
                 if not scored:
@@ -155,25 +165,29 @@ def single_modality_dice(
     return sums, counts
 
 
-def elect_teachers(mean_dice: torch.Tensor) -> dict[str, str]:
-    """Best single modality per region; ties go to the earlier modality in ``MODALITIES``.
+def elect_teachers(
+    mean_dice: torch.Tensor, modalities: ModalitySpec | Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """Best single modality per region; ties go to the earlier modality in the spec's order.
 
     Args:
-        mean_dice: ``(4, 3)`` mean Dice, rows in modality order, columns in region order.
+        mean_dice: ``(M, 3)`` mean Dice, rows in modality order, columns in region order.
+        modalities: the modality spec naming the rows (``None`` = BraTS, ``M = 4``).
 
     Returns:
         ``{region: modality}`` in region order.
     """
+    spec = spec_of(modalities)
     mean_dice = torch.as_tensor(mean_dice, dtype=torch.float64)
-    if tuple(mean_dice.shape) != (NUM_MODALITIES, NUM_REGIONS):
-        raise ValueError(f"mean_dice must be ({NUM_MODALITIES}, {NUM_REGIONS}), got {tuple(mean_dice.shape)}")
+    if tuple(mean_dice.shape) != (spec.num_modalities, NUM_REGIONS):
+        raise ValueError(f"mean_dice must be ({spec.num_modalities}, {NUM_REGIONS}), got {tuple(mean_dice.shape)}")
     if not bool(torch.isfinite(mean_dice).all()):
         raise ValueError("mean_dice has non-finite values; cannot elect teachers")
     elected = {}
     for r, region in enumerate(REGIONS):
         col = mean_dice[:, r]
         best = int(torch.nonzero(col == col.max())[0])  # first maximum: deterministic tie-break
-        elected[region] = MODALITIES[best]
+        elected[region] = spec.names[best]
     return elected
 
 
@@ -276,6 +290,7 @@ class TeacherElectionHandler:
         # encode/decode_subsets live on the bare module, not on a DistributedDataParallel wrapper
         network = unwrap_model(engine.network)
         device = engine.state.device
+        spec = self.teacher_state.spec
         sums, counts = single_modality_dice(
             network,
             self.val_loader,
@@ -285,6 +300,7 @@ class TeacherElectionHandler:
             amp=self.amp,
             score=self.score,
             mode=self.mode,
+            modalities=spec,
         )
         if dist.is_available() and dist.is_initialized():
             packed = torch.cat([sums.flatten(), counts.to(torch.float64)])
@@ -298,14 +314,14 @@ class TeacherElectionHandler:
         n = int(counts.max())
         mean = sums / counts.clamp_min(1)[:, None].to(sums.dtype)
         mean[counts == 0] = float("nan")
-        unscored = [m for m, c in zip(MODALITIES, counts.tolist(), strict=True) if c == 0]
+        unscored = [m for m, c in zip(spec.names, counts.tolist(), strict=True) if c == 0]
         if unscored:
             logger.warning("teacher election: no validation case has %s; not eligible", ", ".join(unscored))
         # scores are in [0, 1]: -1 keeps a modality no case has from being elected
-        elected = elect_teachers(torch.nan_to_num(mean, nan=-1.0))
+        elected = elect_teachers(torch.nan_to_num(mean, nan=-1.0), spec)
         iteration = int(engine.state.iteration)
-        self.teacher_state.teachers = [m for m in MODALITIES if m in elected.values()]
-        for m, modality in enumerate(MODALITIES):
+        self.teacher_state.teachers = [m for m in spec.names if m in elected.values()]
+        for m, modality in enumerate(spec.names):
             for r, region in enumerate(REGIONS):
                 self.teacher_state.history.append(
                     {
@@ -320,13 +336,13 @@ class TeacherElectionHandler:
         if rank0:
             _write_csv_atomic(self.output_dir / "teacher_election.csv", self.teacher_state.history)
             if self.summary_writer is not None:
-                for m, modality in enumerate(MODALITIES):
+                for m, modality in enumerate(spec.names):
                     for r, region in enumerate(REGIONS):
                         self.summary_writer.add_scalar(f"election/{modality}_{region}", float(mean[m, r]), iteration)
                 self.summary_writer.flush()
         table = ", ".join(
             f"{mod}: " + "/".join(f"{float(mean[m, r]):.3f}" for r in range(NUM_REGIONS))
-            for m, mod in enumerate(MODALITIES)
+            for m, mod in enumerate(spec.names)
         )
         logger.info(
             "teacher election at iteration %d on %d case(s), Dice ET/TC/WT %s -> %s; teachers %s",

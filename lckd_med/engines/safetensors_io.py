@@ -28,7 +28,17 @@ from lckd_med.utils.io import atomic_path
 __all__ = ["SAFETENSORS_FORMAT", "export_safetensors", "read_safetensors", "import_safetensors"]
 
 SAFETENSORS_FORMAT = "lckd_med.safetensors/1"
-_JSON_KEYS = ("network", "modalities", "regions", "method", "teachers", "train_config", "subset_dice", "iteration")
+_JSON_KEYS = (
+    "network",
+    "modalities",
+    "modality_spec",
+    "regions",
+    "method",
+    "teachers",
+    "train_config",
+    "subset_dice",
+    "iteration",
+)
 _REQUIRED = ("format", "network", "modalities", "regions", "label_convention")
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,7 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Invertd
 
-from lckd_med.constants import (
-    MODALITIES,
-    NUM_REGIONS,
-    REGIONS,
-    SUBSET_NAMES,
-    LabelConvention,
-    label_convention,
-    parse_subset,
-)
+from lckd_med.constants import NUM_REGIONS, REGIONS, LabelConvention, label_convention
 from lckd_med.data.datalist import SPLITS
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
@@ -47,6 +39,7 @@ from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.metrics import HD95_METHODS
+from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, summarize, write_reports
 from lckd_med.reports.folder_scores import score_folder, voxel_spacing
@@ -64,6 +57,14 @@ def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
+def _spatial_reference(img: nib.Nifti1Image, spatial_dims: int) -> nib.Nifti1Image:
+    """``img``, or for a multi-channel file (vector components after the spatial axes) an empty image of its
+    spatial grid with its header: the grid a prediction is written on."""
+    if len(img.shape) == spatial_dims:
+        return img
+    return nib.Nifti1Image(np.zeros(img.shape[:spatial_dims], np.uint8), img.affine, img.header.copy())
+
+
 def summary_table(output_dir: str | os.PathLike) -> str:
     """The per-subset Markdown table of an evaluation's ``subset_summary.csv`` (what the demo prints)."""
     return format_table(read_summary(Path(output_dir) / REPORT_FILES["summary_csv"]))
@@ -72,13 +73,16 @@ def summary_table(output_dir: str | os.PathLike) -> str:
 class SubsetEvaluator:
     """Sweep all 15 modality subsets over one split of a datalist and write the reports.
 
+    Another modality set (``modalities``, a :class:`~lckd_med.modalities.ModalitySpec`) sweeps its own
+    ``2**M - 1`` subsets; the datalist's ``meta.modality_spec`` and the checkpoint's must equal it.
+
     Args:
         ckpt_dir: folder of ``model.pt`` (the network is rebuilt from it, whatever config trained it).
         datalist: datalist JSON (``python -m data_prep.brats``).
         output_dir: reports go here; predictions under ``predictions/<subset>/<case_id>.nii.gz``.
         split: ``"testing"`` (held out, default), ``"validation"`` or ``"training"``.
         save_predictions: write every subset's prediction as a NIfTI label file.
-        subsets: subset names to evaluate (default all 15, canonical order).
+        subsets: subset names to evaluate (default all 15, canonical order; all of the spec's for another spec).
         roi_size: sliding-window size; ``None`` uses the training crop stored in the checkpoint.
         overlap: sliding-window overlap (1/3 as the reference recipe).
         sw_mode: window blending, ``"constant"`` (uniform averaging, the reference's) or ``"gaussian"``.
@@ -92,6 +96,7 @@ class SubsetEvaluator:
         max_cases: evaluate only the first cases of the split (smoke runs).
         device: ``"auto"`` (CUDA when available) or a device name; ``amp``: bf16 autocast on CUDA.
         num_workers: loader processes preparing the next cases while one is swept (0: in the main process).
+        modalities: the modality spec of the data and the checkpoint (``None`` = BraTS).
     """
 
     def __init__(
@@ -101,7 +106,7 @@ class SubsetEvaluator:
         output_dir: str | os.PathLike,
         split: str = "testing",
         save_predictions: bool = False,
-        subsets: Sequence[str] = SUBSET_NAMES,
+        subsets: Sequence[str] | None = None,
         roi_size: Sequence[int] | None = None,
         overlap: float = 1 / 3,
         threshold: float = 0.5,
@@ -114,15 +119,17 @@ class SubsetEvaluator:
         amp: bool = True,
         progress: bool = True,
         num_workers: int = 2,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
-        subsets = list(subsets)
+        self.spec = spec_of(modalities)
+        subsets = list(self.spec.subset_names if subsets is None else subsets)
         if not subsets:
             raise ValueError("subsets must name at least one subset")
         for s in subsets:
-            if "+".join(parse_subset(s)) != s:
-                raise ValueError(f"subset {s!r} is not a canonical name; use one of {SUBSET_NAMES}")
+            if "+".join(self.spec.parse_subset(s)) != s:
+                raise ValueError(f"subset {s!r} is not a canonical name; use one of {self.spec.subset_names}")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if not 0 < threshold < 1:
@@ -155,8 +162,8 @@ class SubsetEvaluator:
         self.num_workers = int(num_workers)
 
     def _case_subsets(self, entry: dict[str, Any]) -> list[str]:
-        present = {m for m in MODALITIES if entry.get(m)}
-        return [s for s in self.subsets if set(parse_subset(s)) <= present]
+        present = {m for m in self.spec.names if entry.get(m)}
+        return [s for s in self.subsets if set(self.spec.parse_subset(s)) <= present]
 
     def run(self) -> pd.DataFrame:
         """Evaluate, write ``subset_metrics.csv``, ``subset_summary.{csv,md}``, the heat map; return the rows."""
@@ -164,7 +171,10 @@ class SubsetEvaluator:
             raise NotADirectoryError(
                 f"output_dir {self.output_dir} is a file; pass a folder (it is created if missing)"
             )
-        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
+        meta = datalist_meta(self.datalist)
+        datalist_spec = spec_of(meta.get("modality_spec"))
+        datalist_spec.check_same(self.spec, f"datalist {self.datalist}", f"the evaluator ({self.spec.name})")
+        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu", modalities=self.spec)
         net = build_network(ckpt).to(self.device).eval()
         predictor = SubsetPredictor(
             net,
@@ -174,12 +184,13 @@ class SubsetEvaluator:
             amp=self.amp,
             device=self.device,
             output_device="cpu",
+            modalities=self.spec,
         )
-        conv = label_convention(datalist_meta(self.datalist).get("label_convention", ckpt["label_convention"]))
+        conv = label_convention(meta.get("label_convention", ckpt["label_convention"]))
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
         for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
             check_case_id(str(entry.get("case_id", "")), f"datalist {self.datalist}")
-        transform = eval_transforms(convention=conv, with_label=False)
+        transform = eval_transforms(convention=conv, with_label=False, modalities=self.spec)
         inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
         skipped: list[str] = []
         todo = []
@@ -190,7 +201,7 @@ class SubsetEvaluator:
             elif not self._case_subsets(entry):
                 skipped.append(f"{entry['case_id']}: none of the requested subsets is available")
             else:
-                todo.append({k: entry.get(k) for k in (*MODALITIES, "case_id")})
+                todo.append({k: entry.get(k) for k in (*self.spec.names, "case_id")})
                 todo_entries.append(entry)
         by_id = {e["case_id"]: e for e in entries}
         # workers load and preprocess the next cases while the current one is swept
@@ -214,6 +225,7 @@ class SubsetEvaluator:
                 postprocess_min_et=self.postprocess_min_et,
                 progress=False,
                 hd95_method=self.hd95_method,
+                modalities=self.spec,
             )
             if self.save_predictions:
                 shutil.rmtree(self.output_dir / "predictions", ignore_errors=True)
@@ -225,7 +237,7 @@ class SubsetEvaluator:
         # case order of the split, then subset order: the table reads as before the predict/score split
         order = {cid: i for i, cid in enumerate(labels)}
         df = scores.metrics.assign(
-            _c=scores.metrics["case_id"].map(order), _s=scores.metrics["subset"].map(SUBSET_NAMES.index)
+            _c=scores.metrics["case_id"].map(order), _s=scores.metrics["subset"].map(self.spec.subset_names.index)
         )
         df = df.sort_values(["_c", "_s"], kind="stable").drop(columns=["_c", "_s"]).reset_index(drop=True)
         elapsed = time.perf_counter() - t_start
@@ -237,7 +249,13 @@ class SubsetEvaluator:
             "ET post-processed: predicted ET < "
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
         )
-        write_reports(df, self.output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
+        write_reports(
+            df,
+            self.output_dir,
+            caption=caption,
+            allow_partial=set(df["subset"]) != set(self.spec.subset_names),
+            modalities=self.spec,
+        )
         if self.write_subset_dice:
             self._write_subset_dice(ckpt, df)
         logger.info(
@@ -266,18 +284,18 @@ class SubsetEvaluator:
         inverted = inverter(sample)[_PRED_KEY]
         inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
         inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
-        ref = nib.load(next(entry[m] for m in MODALITIES if entry.get(m)))
+        ref = _spatial_reference(nib.load(next(entry[m] for m in self.spec.names if entry.get(m))), inverted.ndim - 2)
         for i, subset in enumerate(subsets):
             regions = dict(zip(REGIONS, inverted[i], strict=True))
             labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
             save_label_map(labels, ref, pred_root / subset / f"{case_id}{suffix}")
 
     def _write_subset_dice(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
-        summary = summarize(df, allow_partial=True)
+        summary = summarize(df, allow_partial=True, modalities=self.spec)
         subset_dice = {}
         for _, row in summary.iterrows():
             name = row["subset"]
-            if name in SUBSET_NAMES and row["n_cases"] > 0:
+            if name in self.spec.subset_names and row["n_cases"] > 0:
                 subset_dice[name] = {r: float(row[f"{r}_dice_mean"]) for r in REGIONS}
         source = {
             "split": self.split,

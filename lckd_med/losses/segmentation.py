@@ -76,7 +76,7 @@ class DiceBCELoss(_Loss):
         self.lambda_bce = float(lambda_bce)
         self.dice = DiceLoss(**dice_kwargs)
         if pos_weight is not None:
-            pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32).reshape(-1, 1, 1, 1)
+            pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32).reshape(-1)
         self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,11 @@ class DiceBCELoss(_Loss):
         if input.shape != target.shape:
             raise ValueError(f"input {tuple(input.shape)} and target {tuple(target.shape)} must have the same shape")
         target = target.to(input.dtype)
-        bce = self.bce(input, target)
+        if self.bce.pos_weight is None:
+            bce = self.bce(input, target)
+        else:  # one weight per channel, broadcast over any number of spatial axes (2-D or 3-D)
+            weight = self.bce.pos_weight.view(-1, *([1] * (input.dim() - 2)))
+            bce = nn.functional.binary_cross_entropy_with_logits(input, target, pos_weight=weight)
         if self.bce_reduction == "sum_channels":
             # every channel has the same number of elements: the overall mean x C = the sum of per-channel means
             bce = bce * input.shape[1]

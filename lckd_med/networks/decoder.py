@@ -15,7 +15,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetUpBlock, get_conv_layer
 from torch import nn
 
-from lckd_med.networks.encoder import SPATIAL_DIMS
+from lckd_med.networks.encoder import SPATIAL_DIMS, check_spatial_dims
 
 __all__ = ["UNetDecoder"]
 
@@ -25,8 +25,9 @@ class UNetDecoder(nn.Module):
 
     Args:
         filters: channels per level, first level -> bottleneck.
-        strides: per-level 3-int strides (``strides[0] > 1`` = strided stem, then ``head_filters`` is set).
-        kernel_size: 3 odd ints for every convolution.
+        strides: per-level strides, ``spatial_dims`` ints each (``strides[0] > 1`` = strided stem, then
+            ``head_filters`` is set).
+        kernel_size: ``spatial_dims`` odd ints for every convolution.
         out_channels: output channels (3 region logits ET, TC, WT).
         norm, act: MONAI layer specs.
         dropout: dropout probability after each convolution.
@@ -34,26 +35,29 @@ class UNetDecoder(nn.Module):
             ``filters[0] -> head_filters``, kernel = stride = ``strides[0]``, one conv-norm-act, then the output
             convolution); ``None`` without a stem.
         deep_supervision: add one output head per decoder level 1 .. L-2.
+        spatial_dims: 3 (volumes, default) or 2 (images).
     """
 
     def __init__(
         self,
         filters: Sequence[int],
-        strides: Sequence[tuple[int, int, int]],
-        kernel_size: tuple[int, int, int],
+        strides: Sequence[tuple[int, ...]],
+        kernel_size: tuple[int, ...],
         out_channels: int,
         norm: str | Sequence,
         act: str | Sequence,
         dropout: float,
         head_filters: int | None,
         deep_supervision: bool,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
+        dims = check_spatial_dims(spatial_dims)
         self.num_levels = len(filters)
         # up_blocks[l] maps level l+1 to level l, concatenating the fused skip of level l
         self.up_blocks = nn.ModuleList(
             UnetUpBlock(
-                SPATIAL_DIMS,
+                dims,
                 filters[level + 1],
                 filters[level],
                 kernel_size=kernel_size,
@@ -71,7 +75,7 @@ class UNetDecoder(nn.Module):
             if head_filters is None
             else nn.Sequential(
                 get_conv_layer(
-                    SPATIAL_DIMS,
+                    dims,
                     filters[0],
                     head_filters,
                     kernel_size=strides[0],
@@ -79,13 +83,13 @@ class UNetDecoder(nn.Module):
                     conv_only=True,
                     is_transposed=True,
                 ),
-                Convolution(SPATIAL_DIMS, head_filters, head_filters, kernel_size=kernel_size, norm=norm, act=act),
+                Convolution(dims, head_filters, head_filters, kernel_size=kernel_size, norm=norm, act=act),
             )
         )
-        self.head = UnetOutBlock(SPATIAL_DIMS, head_filters or filters[0], out_channels)
+        self.head = UnetOutBlock(dims, head_filters or filters[0], out_channels)
         # deep-supervision heads on decoder levels 1 .. L-2 (level 0 uses `head`)
         self.ds_heads = nn.ModuleList(
-            UnetOutBlock(SPATIAL_DIMS, filters[level], out_channels)
+            UnetOutBlock(dims, filters[level], out_channels)
             for level in range(1, len(filters) - 1 if deep_supervision else 1)
         )
 

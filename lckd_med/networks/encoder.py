@@ -16,20 +16,28 @@ from torch import nn
 
 from lckd_med.networks.norm import DEFAULT_NORM
 
-__all__ = ["UNetEncoder", "DEFAULT_FILTERS", "DEFAULT_ACT", "default_strides"]
+__all__ = ["UNetEncoder", "DEFAULT_FILTERS", "DEFAULT_ACT", "SPATIAL_DIMS", "default_strides", "check_spatial_dims"]
 
+#: Spatial dimensions of the networks unless a modality spec says otherwise (BraTS volumes).
 SPATIAL_DIMS = 3
 #: Channels per level, full resolution -> bottleneck (nnU-Net's 3D progression).
 DEFAULT_FILTERS: tuple[int, ...] = (32, 64, 128, 256, 320)
 #: Activation used unless told otherwise (MONAI ``act`` spec; MONAI's ``UnetBasicBlock`` default).
 DEFAULT_ACT: tuple[str, dict] = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
 
-Stride3 = tuple[int, int, int]
+Stride3 = tuple[int, ...]
 
 
-def default_strides(num_levels: int) -> tuple[Stride3, ...]:
+def check_spatial_dims(spatial_dims: int) -> int:
+    """Validated number of spatial dimensions (2 or 3)."""
+    if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
+def default_strides(num_levels: int, spatial_dims: int = SPATIAL_DIMS) -> tuple[Stride3, ...]:
     """Strides of a ``num_levels`` U-Net: full resolution first, then halving every level."""
-    return ((1, 1, 1),) + ((2, 2, 2),) * (num_levels - 1)
+    return ((1,) * spatial_dims,) + ((2,) * spatial_dims,) * (num_levels - 1)
 
 
 def _is_int(v: object) -> bool:
@@ -45,38 +53,40 @@ def check_filters(filters: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(f) for f in filters)
 
 
-def check_strides(strides: Sequence[int | Sequence[int]] | None, num_levels: int) -> tuple[Stride3, ...]:
-    """Validated per-level strides as 3-tuples; ``None`` gives :func:`default_strides`.
+def check_strides(
+    strides: Sequence[int | Sequence[int]] | None, num_levels: int, spatial_dims: int = SPATIAL_DIMS
+) -> tuple[Stride3, ...]:
+    """Validated per-level strides as ``spatial_dims``-tuples; ``None`` gives :func:`default_strides`.
 
-    Each entry is an int (isotropic) or a sequence of 3 positive ints; the first entry is the stride of the
-    full-resolution level (usually 1).
+    Each entry is an int (isotropic) or a sequence of ``spatial_dims`` positive ints; the first entry is the stride
+    of the full-resolution level (usually 1).
     """
     if strides is None:
-        return default_strides(num_levels)
+        return default_strides(num_levels, spatial_dims)
     if isinstance(strides, (str, bytes)) or not isinstance(strides, Sequence):
         raise ValueError(f"strides must be a sequence with one entry per level, got {strides!r}")
     if len(strides) != num_levels:
         raise ValueError(f"strides has {len(strides)} entries but filters has {num_levels}; give one per level")
     out = []
     for level, s in enumerate(strides):
-        s3 = (s,) * SPATIAL_DIMS if _is_int(s) else tuple(s) if isinstance(s, Sequence) else None
-        if s3 is None or len(s3) != SPATIAL_DIMS or not all(_is_int(v) and v > 0 for v in s3):
-            raise ValueError(f"strides[{level}] must be a positive int or {SPATIAL_DIMS} positive ints, got {s!r}")
+        s3 = (s,) * spatial_dims if _is_int(s) else tuple(s) if isinstance(s, Sequence) else None
+        if s3 is None or len(s3) != spatial_dims or not all(_is_int(v) and v > 0 for v in s3):
+            raise ValueError(f"strides[{level}] must be a positive int or {spatial_dims} positive ints, got {s!r}")
         out.append(tuple(int(v) for v in s3))
     return tuple(out)
 
 
-def check_kernel_size(kernel_size: int | Sequence[int]) -> tuple[int, int, int]:
-    """Validated convolution kernel size as a 3-tuple of odd positive ints (odd keeps 'same' padding exact)."""
+def check_kernel_size(kernel_size: int | Sequence[int], spatial_dims: int = SPATIAL_DIMS) -> tuple[int, ...]:
+    """Validated convolution kernel size as ``spatial_dims`` odd positive ints (odd keeps 'same' padding exact)."""
     k3 = (
-        (kernel_size,) * SPATIAL_DIMS
+        (kernel_size,) * spatial_dims
         if _is_int(kernel_size)
         else tuple(kernel_size)
         if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, (str, bytes))
         else None
     )
-    if k3 is None or len(k3) != SPATIAL_DIMS or not all(_is_int(v) and v > 0 and v % 2 == 1 for v in k3):
-        raise ValueError(f"kernel_size must be an odd positive int or {SPATIAL_DIMS} of them, got {kernel_size!r}")
+    if k3 is None or len(k3) != spatial_dims or not all(_is_int(v) and v > 0 and v % 2 == 1 for v in k3):
+        raise ValueError(f"kernel_size must be an odd positive int or {spatial_dims} of them, got {kernel_size!r}")
     return tuple(int(v) for v in k3)
 
 
@@ -106,7 +116,7 @@ def check_dropout(dropout: float) -> float:
     return float(dropout)
 
 
-def check_kernel_stride(kernel: tuple[int, int, int], strides: Sequence[Stride3]) -> None:
+def check_kernel_stride(kernel: tuple[int, ...], strides: Sequence[Stride3]) -> None:
     """MONAI's padding rule needs ``kernel >= stride - 1`` per dimension for outputs of exactly ``size / stride``."""
     for level, s in enumerate(strides):
         if any(k < v - 1 for k, v in zip(kernel, s, strict=True)):
@@ -114,21 +124,22 @@ def check_kernel_stride(kernel: tuple[int, int, int], strides: Sequence[Stride3]
 
 
 class UNetEncoder(nn.Module):
-    """Contracting path of a 3D U-Net: one MONAI ``UnetBasicBlock`` (two conv-norm-act) per level.
+    """Contracting path of a 3D (or 2D) U-Net: one MONAI ``UnetBasicBlock`` (two conv-norm-act) per level.
 
     The first convolution of level ``l`` has stride ``strides[l]`` (nnU-Net style strided downsampling).
 
     Args:
-        in_channels: input channels (1 for one MRI sequence).
+        in_channels: input channels (1 for one MRI sequence, 3 for an RGB image).
         filters: output channels per level, full resolution -> bottleneck.
-        strides: per-level stride, int or 3 ints; ``None`` -> ``(1, 2, 2, ...)``.
-        kernel_size: odd int or 3 odd ints, the same at every level.
+        strides: per-level stride, int or ``spatial_dims`` ints; ``None`` -> ``(1, 2, 2, ...)``.
+        kernel_size: odd int or ``spatial_dims`` odd ints, the same at every level.
         norm: MONAI normalisation spec (default :class:`~lckd_med.networks.norm.SafeInstanceNorm`, affine).
         act: MONAI activation spec (default LeakyReLU 0.01).
         dropout: dropout probability after each convolution (0 disables).
+        spatial_dims: 3 (volumes, the default) or 2 (images).
 
     Raises:
-        ValueError: bad ``in_channels``, ``filters``, ``strides``, ``kernel_size`` or ``dropout``.
+        ValueError: bad ``in_channels``, ``filters``, ``strides``, ``kernel_size``, ``dropout`` or ``spatial_dims``.
         TypeError: ``norm`` / ``act`` not a name or ``(name, kwargs)`` pair.
     """
 
@@ -141,14 +152,16 @@ class UNetEncoder(nn.Module):
         norm: str | tuple = DEFAULT_NORM,
         act: str | tuple = DEFAULT_ACT,
         dropout: float = 0.0,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
         if not _is_int(in_channels) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
         self.in_channels = int(in_channels)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.filters = check_filters(filters)
-        self.strides = check_strides(strides, len(self.filters))
-        self.kernel_size = check_kernel_size(kernel_size)
+        self.strides = check_strides(strides, len(self.filters), self.spatial_dims)
+        self.kernel_size = check_kernel_size(kernel_size, self.spatial_dims)
         check_kernel_stride(self.kernel_size, self.strides)
         norm = check_layer_spec(norm, "norm")
         act = check_layer_spec(act, "act")
@@ -156,7 +169,7 @@ class UNetEncoder(nn.Module):
         channels = (self.in_channels, *self.filters)
         self.levels = nn.ModuleList(
             UnetBasicBlock(
-                SPATIAL_DIMS,
+                self.spatial_dims,
                 channels[i],
                 channels[i + 1],
                 kernel_size=self.kernel_size,
@@ -169,12 +182,12 @@ class UNetEncoder(nn.Module):
         )
 
     @property
-    def size_divisor(self) -> tuple[int, int, int]:
+    def size_divisor(self) -> tuple[int, ...]:
         """Per-dimension product of the strides: spatial sizes must be multiples of it."""
-        return tuple(math.prod(s[d] for s in self.strides) for d in range(SPATIAL_DIMS))
+        return tuple(math.prod(s[d] for s in self.strides) for d in range(self.spatial_dims))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encode ``x`` of shape ``(B, in_channels, H, W, D)``.
+        """Encode ``x`` of shape ``(B, in_channels, H, W, D)`` (``(B, in_channels, H, W)`` in 2-D).
 
         Returns:
             One feature map per level, full resolution first: ``(B, filters[l], H / s_l, W / s_l, D / s_l)`` with

@@ -13,7 +13,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from lckd_med.constants import NUM_MODALITIES
-from lckd_med.networks.encoder import DEFAULT_ACT, check_layer_spec
+from lckd_med.networks.encoder import DEFAULT_ACT, SPATIAL_DIMS, check_layer_spec, check_spatial_dims
 from lckd_med.networks.norm import DEFAULT_NORM
 
 __all__ = ["mean_fill", "check_mask", "ModalityFusion", "MeanFillFusion", "FILL_LEVELS"]
@@ -104,9 +104,10 @@ class ModalityFusion(nn.Module):
         num_modalities: ``M``.
         norm: MONAI normalisation spec.
         act: MONAI activation spec.
+        spatial_dims: 3 (volumes, default) or 2 (images).
 
     Raises:
-        ValueError: ``channels`` or ``num_modalities`` not a positive int.
+        ValueError: ``channels`` or ``num_modalities`` not a positive int, ``spatial_dims`` not 2 or 3.
         TypeError: bad ``norm`` / ``act`` spec.
     """
 
@@ -116,15 +117,17 @@ class ModalityFusion(nn.Module):
         num_modalities: int = NUM_MODALITIES,
         norm: str | tuple = DEFAULT_NORM,
         act: str | tuple = DEFAULT_ACT,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         for name, value in (("channels", channels), ("num_modalities", num_modalities)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.channels = channels
         self.num_modalities = num_modalities
         self.fuse = Convolution(
-            3,
+            self.spatial_dims,
             num_modalities * channels,
             channels,
             kernel_size=1,
@@ -134,7 +137,7 @@ class ModalityFusion(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
         """Fuse ``(B, M, C, H, W, D)`` features under a ``(B, M)`` bool mask into ``(B, C, H, W, D)``."""
-        if features.dim() != 6 or features.shape[1:3] != (self.num_modalities, self.channels):
+        if features.dim() != 3 + self.spatial_dims or features.shape[1:3] != (self.num_modalities, self.channels):
             raise ValueError(
                 f"features must be (B, {self.num_modalities}, {self.channels}, H, W, D), got {tuple(features.shape)}"
             )
@@ -154,6 +157,7 @@ class MeanFillFusion(nn.ModuleList):
         fill_levels: ``"bottleneck"`` (the reference code: only the bottleneck feature of a missing modality is
             replaced by the mean of the available ones, its skips carry the zero-input encoding) or ``"all"``
             (mean-fill at every level). See :data:`FILL_LEVELS`.
+        spatial_dims: 3 (volumes, default) or 2 (images).
 
     Raises:
         ValueError: unknown ``fill_levels``.
@@ -166,10 +170,11 @@ class MeanFillFusion(nn.ModuleList):
         norm: str | tuple = DEFAULT_NORM,
         act: str | tuple = DEFAULT_ACT,
         fill_levels: str = "bottleneck",
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         if fill_levels not in FILL_LEVELS:
             raise ValueError(f"fill_levels must be one of {list(FILL_LEVELS)}, got {fill_levels!r}")
-        super().__init__(ModalityFusion(f, num_modalities, norm, act) for f in filters)
+        super().__init__(ModalityFusion(f, num_modalities, norm, act, spatial_dims) for f in filters)
         self.fill_levels = fill_levels
 
     def forward(

@@ -23,14 +23,10 @@ missing channels, which is what lets :meth:`LCKDNet.decode_subsets` evaluate all
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
-from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS
 from lckd_med.networks.fusion import FILL_LEVELS, MeanFillFusion
 from lckd_med.networks.model import MissingModalityNet
-from lckd_med.networks.norm import DEFAULT_NORM
 
 __all__ = ["LCKDNet"]
 
@@ -42,11 +38,12 @@ class LCKDNet(MissingModalityNet):
     :mod:`lckd_med.networks.presets`; the constructor's own defaults are the full-resolution U-Net.
 
     Args:
-        in_modalities, out_channels, filters, strides, kernel_size, share_encoder, deep_supervision, dropout, norm,
-            act, head_filters: as :class:`~lckd_med.networks.model.MissingModalityNet` (``share_encoder`` is the
-            reference code's choice of one encoder for all modalities).
         fill_levels: which fused levels replace a missing modality by the mean of the available ones:
             ``"bottleneck"`` (default; the reference code) or ``"all"`` (see the module docstring).
+        shared: keywords of :class:`~lckd_med.networks.model.MissingModalityNet` (``in_modalities``,
+            ``out_channels``, ``filters``, ``strides``, ``kernel_size``, ``share_encoder`` -- the reference code's
+            choice of one encoder for all modalities --, ``deep_supervision``, ``dropout``, ``norm``, ``act``,
+            ``head_filters``, ``in_channels``, ``spatial_dims``), with its defaults.
 
     Raises:
         ValueError / TypeError: any invalid argument, with the reason.
@@ -61,37 +58,10 @@ class LCKDNet(MissingModalityNet):
     #: mean-fill at every level.
     LEGACY_HPARAMS: ClassVar[dict[str, Any]] = {"fill_levels": "all"}
 
-    def __init__(
-        self,
-        in_modalities: int = NUM_MODALITIES,
-        out_channels: int = NUM_REGIONS,
-        filters: Sequence[int] = DEFAULT_FILTERS,
-        strides: Sequence[int | Sequence[int]] | None = None,
-        kernel_size: int | Sequence[int] = 3,
-        share_encoder: bool = False,
-        deep_supervision: bool = False,
-        dropout: float = 0.0,
-        norm: str | Sequence = DEFAULT_NORM,
-        act: str | Sequence = DEFAULT_ACT,
-        head_filters: int | None = None,
-        fill_levels: str = "bottleneck",
-    ) -> None:
+    def __init__(self, *, fill_levels: str = "bottleneck", **shared: Any) -> None:
         if fill_levels not in FILL_LEVELS:
             raise ValueError(f"fill_levels must be one of {list(FILL_LEVELS)}, got {fill_levels!r}")
-        super().__init__(
-            in_modalities,
-            out_channels,
-            filters,
-            strides,
-            kernel_size,
-            share_encoder,
-            deep_supervision,
-            dropout,
-            norm,
-            act,
-            head_filters,
-            functools.partial(MeanFillFusion, fill_levels=fill_levels),
-        )
+        super().__init__(functools.partial(MeanFillFusion, fill_levels=fill_levels), **shared)
         self.fill_levels = fill_levels
 
     def _extra_hparams(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Shapes and orders: input ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_med.constants.MODALITIES` ``[i]``;
 availability mask ``(B, M)`` bool in the same order; output ``(B, 3, H, W, D)`` logits of independent sigmoid
-channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
+channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT). That is BraTS; for another modality set
+(:class:`~lckd_med.modalities.ModalitySpec`, ``in_channels`` and ``spatial_dims``) the input is
+``(B, sum(in_channels), *S)`` with each modality's channels contiguous and ``*S`` two or three spatial axes.
 
 The parts:
 
@@ -22,6 +24,7 @@ only choose the fusion strategy and declare their constructor arguments (the che
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -30,8 +33,11 @@ import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
+from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.networks.decoder import UNetDecoder
 from lckd_med.networks.encoder import (
+    DEFAULT_ACT,
+    DEFAULT_FILTERS,
     SPATIAL_DIMS,
     UNetEncoder,
     check_dropout,
@@ -39,9 +45,11 @@ from lckd_med.networks.encoder import (
     check_kernel_size,
     check_kernel_stride,
     check_layer_spec,
+    check_spatial_dims,
     check_strides,
 )
 from lckd_med.networks.fusion import check_mask
+from lckd_med.networks.norm import DEFAULT_NORM
 
 __all__ = ["MissingModalityNet", "positive_int"]
 
@@ -68,17 +76,20 @@ def _to_json(value: Any) -> Any:
 class MissingModalityNet(nn.Module):
     """Per-modality encoders, a fusion strategy, one shared decoder (see the module docstring).
 
-    Subclasses call ``super().__init__`` with the shared arguments and a ``fusion`` factory, and list their extra
-    constructor arguments in :meth:`_extra_hparams`.
+    Subclasses take their own arguments (keyword-only) plus ``**shared`` (the arguments below, passed on
+    unchanged), call ``super().__init__(fusion, **shared)`` and list their own arguments in :meth:`_extra_hparams`;
+    :meth:`hparam_names` collects both.
 
     Args:
-        in_modalities: number of input sequences ``M`` (channels of the input, one encoder each).
+        fusion: ``(filters, num_modalities, norm, act, spatial_dims=...) -> fusion strategy`` (a ``ModuleList``,
+            one block per level).
+        in_modalities: number of input modalities ``M`` (one encoder each).
         out_channels: output channels (3 region logits ET, TC, WT).
         filters: encoder/decoder channels per level, first level -> bottleneck.
-        strides: per-level strides (int or 3 ints); ``None`` -> 1 at the first level, 2 at the others. A first
-            stride above 1 is a strided stem: the U-Net then runs at reduced resolution and a light head (see
-            ``head_filters``) brings the logits back to full resolution.
-        kernel_size: odd int or 3 odd ints for every convolution.
+        strides: per-level strides (int or ``spatial_dims`` ints); ``None`` -> 1 at the first level, 2 at the
+            others. A first stride above 1 is a strided stem: the U-Net then runs at reduced resolution and a light
+            head (see ``head_filters``) brings the logits back to full resolution.
+        kernel_size: odd int or ``spatial_dims`` odd ints for every convolution.
         share_encoder: one encoder for all modalities instead of one each (``M`` folded into the batch).
         deep_supervision: in training mode :meth:`decode` / :meth:`forward` return a list of logits, one per
             decoder level, full resolution first; in eval mode the full-resolution logits only.
@@ -87,7 +98,10 @@ class MissingModalityNet(nn.Module):
         act: MONAI activation spec.
         head_filters: channels of the full-resolution head of a strided stem; ``None`` -> ``max(1, filters[0] // 2)``.
             Must be ``None`` without a stem.
-        fusion: ``(filters, num_modalities, norm, act) -> fusion strategy`` (a ``ModuleList``, one block per level).
+        in_channels: input channels of each modality, modality order (the input has ``sum(in_channels)``
+            channels, each modality's contiguous, see :attr:`lckd_med.modalities.ModalitySpec.channel_slices`);
+            ``None`` -> one each (BraTS).
+        spatial_dims: 3 (volumes, BraTS) or 2 (images).
 
     Raises:
         ValueError / TypeError: any invalid argument, with the reason.
@@ -104,27 +118,32 @@ class MissingModalityNet(nn.Module):
 
     def __init__(
         self,
-        in_modalities: int,
-        out_channels: int,
-        filters: Sequence[int],
-        strides: Sequence[int | Sequence[int]] | None,
-        kernel_size: int | Sequence[int],
-        share_encoder: bool,
-        deep_supervision: bool,
-        dropout: float,
-        norm: str | Sequence,
-        act: str | Sequence,
-        head_filters: int | None,
-        fusion: Callable[[tuple[int, ...], int, Any, Any], nn.ModuleList],
+        fusion: Callable[..., nn.ModuleList],
+        *,
+        in_modalities: int = NUM_MODALITIES,
+        out_channels: int = NUM_REGIONS,
+        filters: Sequence[int] = DEFAULT_FILTERS,
+        strides: Sequence[int | Sequence[int]] | None = None,
+        kernel_size: int | Sequence[int] = 3,
+        share_encoder: bool = False,
+        deep_supervision: bool = False,
+        dropout: float = 0.0,
+        norm: str | Sequence = DEFAULT_NORM,
+        act: str | Sequence = DEFAULT_ACT,
+        head_filters: int | None = None,
+        in_channels: Sequence[int] | None = None,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
         self.in_modalities = positive_int(in_modalities, "in_modalities")
+        self.in_channels = self._check_in_channels(in_channels, self.in_modalities)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
         self.out_channels = positive_int(out_channels, "out_channels")
         self.filters = check_filters(filters)
         if len(self.filters) < 2:
             raise ValueError(f"filters needs at least 2 levels (one skip + bottleneck), got {list(self.filters)}")
-        self.strides = check_strides(strides, len(self.filters))
-        self.kernel_size = check_kernel_size(kernel_size)
+        self.strides = check_strides(strides, len(self.filters), self.spatial_dims)
+        self.kernel_size = check_kernel_size(kernel_size, self.spatial_dims)
         check_kernel_stride(self.kernel_size, self.strides)
         for name, flag in (("share_encoder", share_encoder), ("deep_supervision", deep_supervision)):
             if not isinstance(flag, bool):
@@ -134,7 +153,9 @@ class MissingModalityNet(nn.Module):
         self.dropout = check_dropout(dropout)
         self.norm = check_layer_spec(norm, "norm")
         self.act = check_layer_spec(act, "act")
-        if self.strides[0] == (1, 1, 1):
+        if share_encoder and len(set(self.in_channels)) > 1:
+            raise ValueError(f"share_encoder needs the same channels for every modality, got in_channels={in_channels}")
+        if all(s == 1 for s in self.strides[0]):
             if head_filters is not None:
                 raise ValueError(
                     f"head_filters={head_filters!r} needs a strided stem (strides[0] > 1); the first level already "
@@ -147,12 +168,14 @@ class MissingModalityNet(nn.Module):
         # cache of zero-input encodings for inference (see zero_features)
         self._zero_cache: tuple[tuple, list[torch.Tensor]] | None = None
 
-        def make_encoder() -> UNetEncoder:
-            return UNetEncoder(1, self.filters, self.strides, self.kernel_size, self.norm, self.act, self.dropout)
+        def make_encoder(channels: int) -> UNetEncoder:
+            return UNetEncoder(
+                channels, self.filters, self.strides, self.kernel_size, self.norm, self.act, self.dropout, spatial_dims
+            )
 
         # construction order = parameter-initialisation order (encoders, fusion, decoder): keep it stable
-        self.encoders = nn.ModuleList([make_encoder() for _ in range(1 if share_encoder else self.in_modalities)])
-        self.fusions = fusion(self.filters, self.in_modalities, self.norm, self.act)
+        self.encoders = nn.ModuleList([make_encoder(c) for c in self.in_channels[: 1 if share_encoder else None]])
+        self.fusions = fusion(self.filters, self.in_modalities, self.norm, self.act, spatial_dims=self.spatial_dims)
         self.decoder = UNetDecoder(
             self.filters,
             self.strides,
@@ -163,6 +186,7 @@ class MissingModalityNet(nn.Module):
             self.dropout,
             self.head_filters,
             deep_supervision,
+            self.spatial_dims,
         )
         self.apply(DynUNet.initialize_weights)  # MONAI's nnU-Net init (Kaiming, LeakyReLU slope 0.01)
         self._register_load_state_dict_pre_hook(self._legacy_keys)
@@ -196,15 +220,37 @@ class MissingModalityNet(nn.Module):
                 "norm": self.norm,
                 "act": self.act,
                 "head_filters": self.head_filters,
+                "in_channels": self.in_channels,
+                "spatial_dims": self.spatial_dims,
                 **self._extra_hparams(),
             }
         )
 
-    @classmethod
-    def from_hparams(cls, hparams: Mapping[str, Any]) -> MissingModalityNet:
-        """Rebuild a network (untrained) from :attr:`hparams`, e.g. as stored in a checkpoint.
+    @staticmethod
+    def _check_in_channels(in_channels: Sequence[int] | None, in_modalities: int) -> tuple[int, ...]:
+        if in_channels is None:
+            return (1,) * in_modalities
+        if isinstance(in_channels, (str, bytes)) or not isinstance(in_channels, Sequence):
+            raise ValueError(f"in_channels must be a sequence of positive ints (one per modality), got {in_channels!r}")
+        if len(in_channels) != in_modalities:
+            raise ValueError(f"in_channels has {len(in_channels)} entries for in_modalities={in_modalities}")
+        return tuple(positive_int(c, "in_channels entries") for c in in_channels)
 
-        Keys missing from older checkpoints get :attr:`LEGACY_HPARAMS`.
+    @classmethod
+    def hparam_names(cls) -> set[str]:
+        """Names of every constructor argument that :attr:`hparams` holds (the shared ones and the subclass's)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if issubclass(klass, MissingModalityNet) and "__init__" in vars(klass):
+                params = inspect.signature(klass.__init__).parameters.values()
+                names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+        return names - {"self", "fusion"}
+
+    @classmethod
+    def complete_hparams(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """``hparams`` with the keys older versions did not save filled in (:attr:`LEGACY_HPARAMS`; one channel per
+        modality and 3 spatial dims, i.e. BraTS, before modality specs existed), so it compares equal to the
+        :attr:`hparams` of the network it rebuilds.
 
         Raises:
             TypeError: ``hparams`` is not a mapping.
@@ -212,16 +258,37 @@ class MissingModalityNet(nn.Module):
         """
         if not isinstance(hparams, Mapping):
             raise TypeError(f"hparams must be a mapping, got {type(hparams).__name__}")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        allowed = cls.hparam_names()
         unknown = sorted(set(hparams) - allowed)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} hparams {unknown}; allowed: {sorted(allowed)}")
-        return cls(**{**cls.LEGACY_HPARAMS, **dict(hparams)})
+        out = {**cls.LEGACY_HPARAMS, **dict(hparams)}
+        out.setdefault("spatial_dims", SPATIAL_DIMS)
+        if out.get("in_channels") is None:
+            out["in_channels"] = [1] * int(out.get("in_modalities", NUM_MODALITIES))
+        return out
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> MissingModalityNet:
+        """Rebuild a network (untrained) from :attr:`hparams`, e.g. as stored in a checkpoint.
+
+        Keys missing from older checkpoints are filled in by :meth:`complete_hparams`.
+
+        Raises:
+            TypeError: ``hparams`` is not a mapping.
+            ValueError: unknown keys.
+        """
+        return cls(**cls.complete_hparams(hparams))
 
     @property
-    def size_divisor(self) -> tuple[int, int, int]:
+    def total_channels(self) -> int:
+        """Channels of the input image (sum of :attr:`in_channels`)."""
+        return sum(self.in_channels)
+
+    @property
+    def size_divisor(self) -> tuple[int, ...]:
         """Per-dimension product of the strides: every spatial size must be a multiple of it."""
-        return tuple(math.prod(s[d] for s in self.strides) for d in range(SPATIAL_DIMS))
+        return tuple(math.prod(s[d] for s in self.strides) for d in range(self.spatial_dims))
 
     @property
     def num_levels(self) -> int:
@@ -231,9 +298,10 @@ class MissingModalityNet(nn.Module):
     # ------------------------------------------------------------------ checks
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Validated input as a plain tensor (MetaTensor metadata is not needed inside the network)."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 + SPATIAL_DIMS or x.shape[1] != self.in_modalities:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 + self.spatial_dims or x.shape[1] != self.total_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"input must be (B, {self.in_modalities}, H, W, D), got {shape}")
+            axes = ", ".join("HWD"[: self.spatial_dims])
+            raise ValueError(f"input must be (B, {self.total_channels}, {axes}), got {shape}")
         spatial = tuple(x.shape[2:])
         if any(n % d for n, d in zip(spatial, self.size_divisor, strict=True)):
             raise ValueError(
@@ -248,7 +316,7 @@ class MissingModalityNet(nn.Module):
             raise ValueError(f"features must be a list of {self.num_levels} levels, got {n}")
         batch = features[0].shape[0]
         for level, (f, c) in enumerate(zip(features, self.filters, strict=True)):
-            if f.dim() != 3 + SPATIAL_DIMS or f.shape[0] != batch or f.shape[1:3] != (self.in_modalities, c):
+            if f.dim() != 3 + self.spatial_dims or f.shape[0] != batch or f.shape[1:3] != (self.in_modalities, c):
                 raise ValueError(
                     f"features[{level}] must be (B, {self.in_modalities}, {c}, H, W, D), got {tuple(f.shape)}"
                 )
@@ -267,12 +335,12 @@ class MissingModalityNet(nn.Module):
             One ``(B, M, filters[l], H_l, W_l, D_l)`` tensor per level, full resolution first.
         """
         x = self._check_input(x)
-        batch, num_mod = x.shape[:2]
+        batch, num_mod = x.shape[0], self.in_modalities
         todo = None if mask is None else check_mask(mask, batch, num_mod, require_any=False).to(x.device)
         if todo is not None and bool(todo.all()):
             todo = None
         if self.share_encoder:
-            flat = x.reshape(batch * num_mod, 1, *x.shape[2:])
+            flat = x.reshape(batch * num_mod, self.in_channels[0], *x.shape[2:])
             if todo is None:
                 feats = self.encoders[0](flat)
             else:
@@ -280,20 +348,25 @@ class MissingModalityNet(nn.Module):
                 feats = [self._scatter(f, idx, batch * num_mod) for f in self.encoders[0](flat[idx])]
             return [f.reshape(batch, num_mod, *f.shape[1:]) for f in feats]
         per_mod: list[list[torch.Tensor]] = []
-        for m, enc in enumerate(self.encoders):
+        for m, (enc, channels) in enumerate(zip(self.encoders, self._channel_slices(), strict=True)):
             if todo is None:
-                per_mod.append(enc(x[:, m : m + 1]))
+                per_mod.append(enc(x[:, channels]))
                 continue
             idx = torch.nonzero(todo[:, m]).flatten()
             if idx.numel() == 0:
                 per_mod.append([])  # filled with zeros below, once a dtype is known
             else:
-                per_mod.append([self._scatter(f, idx, batch) for f in enc(x[idx, m : m + 1])])
+                per_mod.append([self._scatter(f, idx, batch) for f in enc(x[idx, channels])])
         ref = next(p for p in per_mod if p)
         return [
             torch.stack([p[level] if p else torch.zeros_like(ref[level]) for p in per_mod], dim=1)
             for level in range(self.num_levels)
         ]
+
+    def _channel_slices(self) -> list[slice]:
+        """Input channels of each modality (contiguous, modality order)."""
+        starts = [0, *itertools.accumulate(self.in_channels)]
+        return [slice(a, b) for a, b in itertools.pairwise(starts)]
 
     @staticmethod
     def _scatter(values: torch.Tensor, idx: torch.Tensor, size: int) -> torch.Tensor:
@@ -338,13 +411,18 @@ class MissingModalityNet(nn.Module):
             )
             if self._zero_cache is not None and self._zero_cache[0] == key:
                 return self._zero_cache[1]
-        zeros = torch.zeros(1, 1, *spatial, dtype=param.dtype, device=device)
         num_mod = self.in_modalities
+
+        def zeros(channels: int) -> torch.Tensor:
+            return torch.zeros(1, channels, *spatial, dtype=param.dtype, device=device)
+
         if self.share_encoder:
-            out = [f.unsqueeze(1).expand(1, num_mod, *f.shape[1:]) for f in self.encoders[0](zeros)]
+            out = [
+                f.unsqueeze(1).expand(1, num_mod, *f.shape[1:]) for f in self.encoders[0](zeros(self.in_channels[0]))
+            ]
         else:
             todo = [True] * num_mod if needed is None else [bool(v) for v in needed.tolist()]
-            per_mod = [enc(zeros) if todo[m] else None for m, enc in enumerate(self.encoders)]
+            per_mod = [enc(zeros(enc.in_channels)) if todo[m] else None for m, enc in enumerate(self.encoders)]
             ref = next(p for p in per_mod if p is not None)
             out = [
                 torch.stack([p[level] if p is not None else torch.zeros_like(ref[level]) for p in per_mod], dim=1)

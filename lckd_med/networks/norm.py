@@ -18,7 +18,7 @@ import torch
 from monai.networks.layers.factories import Norm
 from torch import nn
 
-__all__ = ["SafeInstanceNorm", "SAFE_INSTANCE_NORM", "DEFAULT_NORM"]
+__all__ = ["SafeInstanceNorm", "SafeInstanceNorm2d", "SAFE_INSTANCE_NORM", "DEFAULT_NORM"]
 
 #: Name of :class:`SafeInstanceNorm` in ``monai.networks.layers.factories.Norm``.
 SAFE_INSTANCE_NORM = "safeinstance"
@@ -26,7 +26,36 @@ SAFE_INSTANCE_NORM = "safeinstance"
 DEFAULT_NORM: tuple[str, dict] = (SAFE_INSTANCE_NORM, {"affine": True})
 
 
-class SafeInstanceNorm(nn.InstanceNorm3d):
+class _SafeInstanceNormMixin:
+    """The single-spatial-element rule shared by the 3-D and 2-D layers (``_dims`` = spatial dimensions)."""
+
+    _dims: int = 3
+
+    def _safe_init(self, num_features: int, eps: float, affine: bool) -> dict:
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        return {"eps": eps, "affine": bool(affine), "track_running_stats": False}
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Normalise ``input`` of shape ``(B, C, *S)`` or ``(C, *S)``; returns the same shape."""
+        d = self._dims
+        if input.dim() in (d + 1, d + 2) and input.shape[-d:].numel() == 1:
+            self._check_input_dim(input)
+            if input.size(-d - 1) != self.num_features:
+                raise ValueError(f"expected {self.num_features} channels, got input of shape {tuple(input.shape)}")
+            # x * 0 keeps the graph (gradient 0, the exact derivative; the weight gets a 0 gradient, not None)
+            # and the input's dtype and device
+            out = input * 0
+            if self.affine:
+                view = (-1, *([1] * d))
+                out = out * self.weight.to(input.dtype).view(view) + self.bias.to(input.dtype).view(view)
+            return out
+        return super().forward(input)
+
+
+class SafeInstanceNorm(_SafeInstanceNormMixin, nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (no running statistics) that accepts a single spatial element.
 
     On inputs with more than one spatial element the output is exactly that of ``nn.InstanceNorm3d``. With one
@@ -43,33 +72,27 @@ class SafeInstanceNorm(nn.InstanceNorm3d):
         ValueError: ``num_features`` not a positive integer or ``eps`` not positive.
     """
 
+    _dims = 3
+
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        super().__init__(num_features, eps=eps, affine=bool(affine), track_running_stats=False)
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Normalise ``input`` of shape ``(B, C, *S)`` or ``(C, *S)``; returns the same shape."""
-        if input.dim() in (4, 5) and input.shape[-3:].numel() == 1:
-            self._check_input_dim(input)
-            if input.size(-4) != self.num_features:
-                raise ValueError(f"expected {self.num_features} channels, got input of shape {tuple(input.shape)}")
-            # x * 0 keeps the graph (gradient 0, the exact derivative; the weight gets a 0 gradient, not None)
-            # and the input's dtype and device
-            out = input * 0
-            if self.affine:
-                out = out * self.weight.to(input.dtype).view(-1, 1, 1, 1) + self.bias.to(input.dtype).view(-1, 1, 1, 1)
-            return out
-        return super().forward(input)
+        super().__init__(num_features, **self._safe_init(num_features, eps, affine))
 
 
-def _safe_instance_factory(dim: int | None = 3) -> type[SafeInstanceNorm]:
-    """MONAI factory hook: :class:`SafeInstanceNorm` for 3 spatial dimensions."""
-    if dim != 3:
-        raise ValueError(f"{SAFE_INSTANCE_NORM!r} normalisation is 3-D only, got spatial_dims={dim}")
-    return SafeInstanceNorm
+class SafeInstanceNorm2d(_SafeInstanceNormMixin, nn.InstanceNorm2d):
+    """The 2-D twin of :class:`SafeInstanceNorm` (``(B, C, H, W)`` inputs), for 2-D modality specs."""
+
+    _dims = 2
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, **self._safe_init(num_features, eps, affine))
+
+
+def _safe_instance_factory(dim: int | None = 3) -> type[nn.Module]:
+    """MONAI factory hook: :class:`SafeInstanceNorm` for 3 spatial dimensions, :class:`SafeInstanceNorm2d` for 2."""
+    layers = {3: SafeInstanceNorm, 2: SafeInstanceNorm2d}
+    if dim not in layers:
+        raise ValueError(f"{SAFE_INSTANCE_NORM!r} normalisation is 2-D or 3-D only, got spatial_dims={dim}")
+    return layers[dim]
 
 
 if SAFE_INSTANCE_NORM.upper() not in Norm.components:  # idempotent under module reloads

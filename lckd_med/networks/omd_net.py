@@ -30,13 +30,13 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
+from lckd_med.constants import NUM_MODALITIES
 from lckd_med.networks.encoder import (
     DEFAULT_ACT,
-    DEFAULT_FILTERS,
     SPATIAL_DIMS,
     check_kernel_size,
     check_layer_spec,
+    check_spatial_dims,
 )
 from lckd_med.networks.fusion import check_mask
 from lckd_med.networks.model import MissingModalityNet
@@ -46,8 +46,8 @@ from lckd_med.networks.norm import DEFAULT_NORM
 __all__ = ["ModalityRestoration", "CrossTranslation", "OMDFusion", "RestoreTranslateFusion", "OMDNet", "OMDOutput"]
 
 
-def _check_stacked(features: torch.Tensor, num_modalities: int, channels: int) -> None:
-    if not isinstance(features, torch.Tensor) or features.dim() != 3 + SPATIAL_DIMS:
+def _check_stacked(features: torch.Tensor, num_modalities: int, channels: int, spatial_dims: int) -> None:
+    if not isinstance(features, torch.Tensor) or features.dim() != 3 + spatial_dims:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise ValueError(f"features must be (B, {num_modalities}, {channels}, H, W, D), got {shape}")
     if features.shape[1:3] != (num_modalities, channels):
@@ -68,11 +68,12 @@ class ModalityRestoration(nn.Module):
     Args:
         channels: channels ``C`` of each modality's feature map.
         num_modalities: ``M``.
-        kernel_size: odd int or 3 odd ints of the second convolution.
+        kernel_size: odd int or ``spatial_dims`` odd ints of the second convolution.
         norm, act: MONAI layer specs of the hidden layer.
+        spatial_dims: 3 (volumes, default) or 2 (images).
 
     Raises:
-        ValueError: ``channels`` / ``num_modalities`` not positive ints, bad ``kernel_size``.
+        ValueError: ``channels`` / ``num_modalities`` not positive ints, bad ``kernel_size`` / ``spatial_dims``.
         TypeError: bad ``norm`` / ``act`` spec.
     """
 
@@ -83,14 +84,16 @@ class ModalityRestoration(nn.Module):
         kernel_size: int | Sequence[int] = 3,
         norm: str | Sequence = DEFAULT_NORM,
         act: str | Sequence = DEFAULT_ACT,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
         self.channels = _positive_int(channels, "channels")
         self.num_modalities = _positive_int(num_modalities, "num_modalities")
-        self.kernel_size = check_kernel_size(kernel_size)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.kernel_size = check_kernel_size(kernel_size, self.spatial_dims)
         hidden = self.num_modalities * self.channels
         self.hidden = Convolution(
-            SPATIAL_DIMS,
+            self.spatial_dims,
             hidden + self.num_modalities,
             hidden,
             kernel_size=1,
@@ -98,7 +101,7 @@ class ModalityRestoration(nn.Module):
             act=check_layer_spec(act, "act"),
         )
         self.out = Convolution(
-            SPATIAL_DIMS, hidden, hidden, kernel_size=self.kernel_size, groups=self.num_modalities, conv_only=True
+            self.spatial_dims, hidden, hidden, kernel_size=self.kernel_size, groups=self.num_modalities, conv_only=True
         )
 
     def _hidden(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,7 +115,7 @@ class ModalityRestoration(nn.Module):
 
     def _check(self, features: torch.Tensor, mask: torch.Tensor, validate: bool) -> torch.Tensor:
         if validate:
-            _check_stacked(features, self.num_modalities, self.channels)
+            _check_stacked(features, self.num_modalities, self.channels, self.spatial_dims)
             mask = check_mask(mask, features.shape[0], self.num_modalities)
         return mask.reshape(-1, self.num_modalities).expand(features.shape[0], -1).to(features.device)
 
@@ -151,11 +154,12 @@ class CrossTranslation(nn.Module):
 
     Args:
         channels: ``C``.
-        kernel_size: odd int or 3 odd ints of the second convolution.
+        kernel_size: odd int or ``spatial_dims`` odd ints of the second convolution.
         norm, act: MONAI layer specs of the hidden layer.
+        spatial_dims: 3 (volumes, default) or 2 (images).
 
     Raises:
-        ValueError: ``channels`` not a positive int, bad ``kernel_size``.
+        ValueError: ``channels`` not a positive int, bad ``kernel_size`` / ``spatial_dims``.
         TypeError: bad ``norm`` / ``act`` spec.
     """
 
@@ -165,12 +169,14 @@ class CrossTranslation(nn.Module):
         kernel_size: int | Sequence[int] = 1,
         norm: str | Sequence = DEFAULT_NORM,
         act: str | Sequence = DEFAULT_ACT,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
         self.channels = _positive_int(channels, "channels")
-        self.kernel_size = check_kernel_size(kernel_size)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.kernel_size = check_kernel_size(kernel_size, self.spatial_dims)
         self.hidden = Convolution(
-            SPATIAL_DIMS,
+            self.spatial_dims,
             2 * self.channels + 1,
             self.channels,
             kernel_size=1,
@@ -178,7 +184,7 @@ class CrossTranslation(nn.Module):
             act=check_layer_spec(act, "act"),
         )
         self.out = Convolution(
-            SPATIAL_DIMS, self.channels, self.channels + 1, kernel_size=self.kernel_size, conv_only=True
+            self.spatial_dims, self.channels, self.channels + 1, kernel_size=self.kernel_size, conv_only=True
         )
 
     def forward(self, features: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
@@ -187,7 +193,7 @@ class CrossTranslation(nn.Module):
         Returns:
             ``(B, C, H, W, D)``.
         """
-        if not isinstance(features, torch.Tensor) or features.dim() != 3 + SPATIAL_DIMS:
+        if not isinstance(features, torch.Tensor) or features.dim() != 3 + self.spatial_dims:
             raise ValueError(
                 f"features must be (B, M, {self.channels}, H, W, D), got {getattr(features, 'shape', None)}"
             )
@@ -222,6 +228,7 @@ class OMDFusion(nn.Module):
         num_modalities: ``M``.
         restore_kernel_size, translate_kernel_size: kernel of the last convolution of each block.
         norm, act: MONAI layer specs.
+        spatial_dims: 3 (volumes, default) or 2 (images).
     """
 
     def __init__(
@@ -232,12 +239,14 @@ class OMDFusion(nn.Module):
         translate_kernel_size: int | Sequence[int] = 1,
         norm: str | Sequence = DEFAULT_NORM,
         act: str | Sequence = DEFAULT_ACT,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__()
         self.channels = _positive_int(channels, "channels")
         self.num_modalities = _positive_int(num_modalities, "num_modalities")
-        self.restore = ModalityRestoration(channels, num_modalities, restore_kernel_size, norm, act)
-        self.translate = CrossTranslation(channels, translate_kernel_size, norm, act)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.restore = ModalityRestoration(channels, num_modalities, restore_kernel_size, norm, act, spatial_dims)
+        self.translate = CrossTranslation(channels, translate_kernel_size, norm, act, spatial_dims)
 
     def complete(self, features: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
         """``(B, M, C, *S)`` features with the missing slots restored."""
@@ -246,7 +255,7 @@ class OMDFusion(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
         """Restore the missing slots of ``(B, M, C, *S)`` features and fuse them into ``(B, C, *S)``."""
         if validate:
-            _check_stacked(features, self.num_modalities, self.channels)
+            _check_stacked(features, self.num_modalities, self.channels, self.spatial_dims)
             mask = check_mask(mask, features.shape[0], self.num_modalities)
         mask = mask.reshape(-1, self.num_modalities).expand(features.shape[0], -1).to(features.device)
         return self.translate(self.restore(features, mask, validate=False), ~mask)
@@ -262,6 +271,7 @@ class RestoreTranslateFusion(nn.ModuleList):
         num_modalities: ``M``.
         norm, act: MONAI layer specs.
         restore_kernel_size, translate_kernel_size: as :class:`OMDFusion`.
+        spatial_dims: 3 (volumes, default) or 2 (images).
     """
 
     def __init__(
@@ -272,9 +282,11 @@ class RestoreTranslateFusion(nn.ModuleList):
         act: str | Sequence = DEFAULT_ACT,
         restore_kernel_size: int | Sequence[int] = 3,
         translate_kernel_size: int | Sequence[int] = 1,
+        spatial_dims: int = SPATIAL_DIMS,
     ) -> None:
         super().__init__(
-            OMDFusion(f, num_modalities, restore_kernel_size, translate_kernel_size, norm, act) for f in filters
+            OMDFusion(f, num_modalities, restore_kernel_size, translate_kernel_size, norm, act, spatial_dims)
+            for f in filters
         )
 
     def complete(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
@@ -322,13 +334,12 @@ class OMDNet(MissingModalityNet):
     :class:`OMDOutput` with the predictions from restored and from real features and both feature sets.
 
     Args:
-        in_modalities, out_channels, filters, strides, kernel_size, share_encoder, deep_supervision, dropout, norm,
-            act: as :class:`~lckd_med.networks.model.MissingModalityNet`.
         restore_kernel_size: kernel of the restoration modules' spatial convolution (odd; default 3).
         translate_kernel_size: kernel of the translation block's last convolution (odd; default 1).
-        head_filters: as :class:`~lckd_med.networks.model.MissingModalityNet` (full-resolution head of a strided stem).
         fill_levels: must be ``"all"``: OMD restores the missing modality at every level by design (its transfer
             losses compare restored and real features per level); LCKD's ``"bottleneck"`` rule does not apply.
+        shared: keywords of :class:`~lckd_med.networks.model.MissingModalityNet` (``in_modalities``, ...,
+            ``head_filters``, ``in_channels``, ``spatial_dims``), with its defaults.
 
     Raises:
         ValueError / TypeError: any invalid argument, with the reason.
@@ -336,41 +347,23 @@ class OMDNet(MissingModalityNet):
 
     def __init__(
         self,
-        in_modalities: int = NUM_MODALITIES,
-        out_channels: int = NUM_REGIONS,
-        filters: Sequence[int] = DEFAULT_FILTERS,
-        strides: Sequence[int | Sequence[int]] | None = None,
-        kernel_size: int | Sequence[int] = 3,
-        share_encoder: bool = False,
-        deep_supervision: bool = False,
-        dropout: float = 0.0,
-        norm: str | Sequence = DEFAULT_NORM,
-        act: str | Sequence = DEFAULT_ACT,
+        *,
         restore_kernel_size: int | Sequence[int] = 3,
         translate_kernel_size: int | Sequence[int] = 1,
-        head_filters: int | None = None,
         fill_levels: str = "all",
+        **shared: Any,
     ) -> None:
-        restore_k = check_kernel_size(restore_kernel_size)
-        translate_k = check_kernel_size(translate_kernel_size)
+        dims = check_spatial_dims(shared.get("spatial_dims", SPATIAL_DIMS))
+        restore_k = check_kernel_size(restore_kernel_size, dims)
+        translate_k = check_kernel_size(translate_kernel_size, dims)
         if fill_levels != "all":
             raise ValueError(
                 f"OMDNet restores missing modalities at every level; fill_levels must be 'all', got {fill_levels!r}"
             )
-        super().__init__(
-            in_modalities,
-            out_channels,
-            filters,
-            strides,
-            kernel_size,
-            share_encoder,
-            deep_supervision,
-            dropout,
-            norm,
-            act,
-            head_filters,
-            functools.partial(RestoreTranslateFusion, restore_kernel_size=restore_k, translate_kernel_size=translate_k),
+        fusion = functools.partial(
+            RestoreTranslateFusion, restore_kernel_size=restore_k, translate_kernel_size=translate_k
         )
+        super().__init__(fusion, **shared)
         self.fill_levels = fill_levels
         self.restore_kernel_size = restore_k
         self.translate_kernel_size = translate_k

@@ -22,12 +22,11 @@ only, as the reference's first convolution does on its ``(D, H, W)`` crops.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from lckd_med.networks.encoder import check_filters
+from lckd_med.networks.encoder import SPATIAL_DIMS, check_filters, check_spatial_dims
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.omd_net import OMDNet
@@ -57,7 +56,9 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
 
     Overrides set to ``None`` are ignored (bundle configs pass ``null`` for "the preset's value"). Overriding
     ``filters`` keeps the preset's stem: the strides become ``stem_stride`` then 2 for every further level; the
-    head then gets the network's default width unless ``head_filters`` is given too.
+    head then gets the network's default width unless ``head_filters`` is given too. ``spatial_dims=2`` (a 2-D
+    :class:`~lckd_med.modalities.ModalitySpec`, with ``in_modalities`` and ``in_channels``) keeps the stem's
+    in-plane strides.
 
     Args:
         name: a key of :data:`PRESETS`.
@@ -76,17 +77,19 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     preset = PRESETS[name]
-    allowed = set(inspect.signature(METHODS[method].__init__).parameters) - {"self"}
+    allowed = METHODS[method].hparam_names()
     unknown = sorted(set(overrides) - allowed)
     if unknown:
         raise ValueError(f"unknown {METHODS[method].__name__} arguments {unknown}; allowed: {sorted(allowed)}")
     filters = check_filters(overrides.get("filters", preset["filters"]))
-    stem = tuple(preset["stem_stride"])
+    dims = check_spatial_dims(overrides.get("spatial_dims", SPATIAL_DIMS))
+    # a 2-D network keeps the stem's stride of the two in-plane axes (H, W); the 3-D stems halve only those anyway
+    stem = tuple(preset["stem_stride"])[:dims]
     hparams: dict[str, Any] = {
         "filters": list(filters),
-        "strides": [list(stem)] + [[2, 2, 2]] * (len(filters) - 1),
+        "strides": [list(stem)] + [[2] * dims] * (len(filters) - 1),
     }
-    if stem != (1, 1, 1) and "filters" not in overrides and preset["head_filters"] is not None:
+    if any(v != 1 for v in stem) and "filters" not in overrides and preset["head_filters"] is not None:
         hparams["head_filters"] = preset["head_filters"]
     hparams.update(overrides)
     hparams["filters"] = list(filters)

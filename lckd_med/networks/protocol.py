@@ -3,7 +3,9 @@
 Shapes and orders: input ``x`` ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_med.constants.MODALITIES`
 ``[i]`` (FLAIR, T1, T1ce, T2); availability masks ``(B, M)`` bool in the same order (``(M,)`` broadcasts); logits
 ``(B, 3, H, W, D)`` of independent sigmoid channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
-Features: one ``(B, M, C_l, H_l, W_l, D_l)`` tensor per level, full resolution first.
+Features: one ``(B, M, C_l, H_l, W_l, D_l)`` tensor per level, full resolution first. With another
+:class:`~lckd_med.modalities.ModalitySpec` the input has ``spec.total_channels`` channels (``M`` modalities of
+``spec.channels`` each) and ``spec.spatial_dims`` spatial axes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ class SegmentationNetwork(Protocol):
     """
 
     in_modalities: int
+    #: input channels of each modality (modality order); the image has ``sum(in_channels)`` channels
+    in_channels: tuple[int, ...]
+    #: 2 (images) or 3 (volumes)
+    spatial_dims: int
     out_channels: int
 
     @property

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
@@ -28,7 +29,8 @@ def resolve_roi_size(
     """The sliding-window size: the one given, else the training crop stored in the checkpoint.
 
     Args:
-        roi_size: an int (a cube), a sequence of ints, or ``None`` for the checkpoint's ``train_config.roi_size``.
+        roi_size: an int (a cube; a square for a 2-D ``network``), a sequence of ints, or ``None`` for the
+            checkpoint's ``train_config.roi_size``.
         ckpt: the loaded checkpoint dict (only read when ``roi_size`` is ``None``).
         network: when given, the window must be divisible by its ``size_divisor``.
         where: names the checkpoint in the error messages.
@@ -42,15 +44,15 @@ def resolve_roi_size(
             raise ValueError(f"{where} stores no training roi_size (train_config.roi_size); pass roi_size")
     if isinstance(roi_size, (bool, str, bytes)):
         raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}")
-    if isinstance(roi_size, int):
-        roi_size = (roi_size,) * 3
+    divisor = getattr(network, "size_divisor", None) if network is not None else None
+    if isinstance(roi_size, int):  # a cube, or a square for a 2-D network
+        roi_size = (roi_size,) * (len(divisor) if divisor is not None else 3)
     try:
         roi = tuple(roi_size)
     except TypeError:
         raise TypeError(f"roi_size must be an int or a sequence of ints, got {roi_size!r}") from None
     if any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in roi):
         raise ValueError(f"roi_size must be positive ints, got {roi_size!r}")
-    divisor = getattr(network, "size_divisor", None) if network is not None else None
     if divisor is not None and (len(divisor) != len(roi) or any(r % int(d) for r, d in zip(roi, divisor, strict=True))):
         raise ValueError(f"roi_size {roi} must be divisible by the network's size divisor {tuple(divisor)}")
     return roi
@@ -71,6 +73,8 @@ class SubsetPredictor:
         device: where the windows run (``"auto"`` etc., see :func:`resolve_device`).
         output_device: where the stitched logits live; ``None`` keeps them on ``device`` (election scores on
             the GPU), ``"cpu"`` saves GPU memory on whole scans (evaluation, batch inference).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the images and subset names (``None`` =
+            BraTS); its ``spatial_dims`` must match the network's.
     """
 
     def __init__(
@@ -83,7 +87,17 @@ class SubsetPredictor:
         sw_batch_size: int = 1,
         device: str | torch.device = "auto",
         output_device: str | torch.device | None = None,
+        modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
+        self.modalities = spec_of(modalities)
+        net_dims = getattr(network, "spatial_dims", self.modalities.spatial_dims)
+        net_channels = getattr(network, "in_channels", None)
+        net_channels = tuple(net_channels) if isinstance(net_channels, (tuple, list)) else self.modalities.channels
+        if (net_dims, net_channels) != (self.modalities.spatial_dims, self.modalities.channels):
+            raise ValueError(
+                f"the network takes {net_dims}-D inputs with channels {list(net_channels)} per modality; the "
+                f"{self.modalities.name} modality spec has {self.modalities.spatial_dims}-D, {list(self.modalities.channels)}"
+            )
         if mode not in BLEND_MODES:
             raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
         self.sw_batch_size = positive_int(sw_batch_size, "sw_batch_size")
@@ -99,9 +113,9 @@ class SubsetPredictor:
     def __call__(
         self, image: torch.Tensor, subsets: Sequence[str], available: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, 4, *S)`` under ``subsets``.
+        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, C, *S)`` under ``subsets``.
 
-        ``available`` ``(B, 4)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
+        ``available`` ``(B, M)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
         """
         return sweep_subsets(
             self.network,
@@ -115,4 +129,5 @@ class SubsetPredictor:
             amp=self.amp,
             sw_device=self.device,
             device=self.output_device,
+            modalities=self.modalities,
         )

@@ -4,7 +4,8 @@ The network never reads a missing channel: its bottleneck feature (or, with ``fi
 is replaced by the mean of the available modalities' features, and its skip features are the encoding of a zero
 input, computed once per window shape. Decoding the four-modality encoding under a subset's mask is therefore
 exactly the forward pass of that subset (see ``tests/inference/test_sweep.py``), and a 15-subset sweep costs one
-encoding plus 15 light decodes per window instead of 15 full forward passes.
+encoding plus 15 light decodes per window instead of 15 full forward passes. With another
+:class:`~lckd_med.modalities.ModalitySpec` (``modalities=``) the sweep covers its ``2**M - 1`` subsets, in 2-D or 3-D.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 import torch
 from monai.inferers import sliding_window_inference
 
-from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, mask_to_subset, subset_to_mask
+from lckd_med.constants import NUM_REGIONS
+from lckd_med.modalities import BRATS, ModalitySpec
 
 __all__ = ["BLEND_MODES", "subset_masks", "SubsetSweepPredictor", "sweep_subsets", "autocast_context"]
 
@@ -25,11 +27,12 @@ __all__ = ["BLEND_MODES", "subset_masks", "SubsetSweepPredictor", "sweep_subsets
 BLEND_MODES: tuple[str, ...] = ("constant", "gaussian")
 
 
-def subset_masks(subsets: Sequence[str] = SUBSET_NAMES) -> torch.Tensor:
-    """``(K, 4)`` boolean availability masks (modality order) of the named subsets."""
+def subset_masks(subsets: Sequence[str] | None = None, modalities: ModalitySpec = BRATS) -> torch.Tensor:
+    """``(K, M)`` boolean availability masks (modality order) of the named subsets (``None``: all, canonical order)."""
+    subsets = modalities.subset_names if subsets is None else subsets
     if len(subsets) == 0:
         raise ValueError("need at least one subset to sweep")
-    return torch.stack([torch.from_numpy(subset_to_mask(s)) for s in subsets])
+    return torch.stack([torch.from_numpy(modalities.subset_to_mask(s)) for s in subsets])
 
 
 def autocast_context(device: torch.device | str, amp: bool) -> contextlib.AbstractContextManager:
@@ -45,17 +48,18 @@ class SubsetSweepPredictor:
 
     Args:
         network: a network with ``encode(x) -> features`` and ``decode_subsets(features, masks) -> (B, K, 3, *S)``.
-        masks: ``(K, 4)`` boolean availability masks in modality order.
+        masks: ``(K, M)`` boolean availability masks in modality order.
         amp: bf16 autocast when the window is on CUDA.
 
-    Calling it on a window ``(B, 4, *S)`` returns float32 logits ``(B, K * 3, *S)``: subset-major, regions in
+    Calling it on a window ``(B, C, *S)`` returns float32 logits ``(B, K * 3, *S)``: subset-major, regions in
     ET, TC, WT order inside each subset.
     """
 
     def __init__(self, network: torch.nn.Module, masks: torch.Tensor, amp: bool = True) -> None:
         masks = torch.as_tensor(masks, dtype=torch.bool)
-        if masks.ndim != 2 or masks.shape[1] != NUM_MODALITIES:
-            raise ValueError(f"masks must have shape (K, {NUM_MODALITIES}), got {tuple(masks.shape)}")
+        num_mod = getattr(network, "in_modalities", BRATS.num_modalities)
+        if masks.ndim != 2 or masks.shape[1] != num_mod:
+            raise ValueError(f"masks must have shape (K, {num_mod}), got {tuple(masks.shape)}")
         if not bool(masks.any(dim=1).all()):
             raise ValueError("every subset mask needs at least one modality")
         self.network = network
@@ -76,7 +80,7 @@ def sweep_subsets(
     network: torch.nn.Module,
     image: torch.Tensor,
     roi_size: Sequence[int],
-    subsets: Sequence[str] = SUBSET_NAMES,
+    subsets: Sequence[str] | None = None,
     available: torch.Tensor | None = None,
     overlap: float = 1 / 3,
     sw_batch_size: int = 1,
@@ -84,15 +88,16 @@ def sweep_subsets(
     amp: bool = True,
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
+    modalities: ModalitySpec = BRATS,
 ) -> torch.Tensor:
     """Whole-volume logits of every subset, each modality encoded once per window.
 
     Args:
         network: see :class:`SubsetSweepPredictor`; put in eval mode by the caller.
-        image: ``(B, 4, *S)`` normalised image in modality order.
+        image: ``(B, C, *S)`` normalised image in modality order (``C = modalities.total_channels``, 4 for BraTS).
         roi_size: sliding-window size (divisible by the network's size divisor).
-        subsets: subset names to decode (default: the 15 in canonical order).
-        available: optional ``(B, 4)`` availability of the modalities on disk; a subset needing an unavailable
+        subsets: subset names to decode (default: all of them in canonical order, the 15 of BraTS).
+        available: optional ``(B, M)`` availability of the modalities on disk; a subset needing an unavailable
             modality raises ``ValueError`` instead of silently decoding zeros.
         overlap, sw_batch_size: as in :func:`monai.inferers.sliding_window_inference` (1/3 overlap, as the
             reference recipe).
@@ -101,22 +106,26 @@ def sweep_subsets(
         amp: bf16 autocast on CUDA.
         sw_device, device: where windows run and where the stitched output lives (CPU saves GPU memory on
             large volumes).
+        modalities: the modality spec of ``image`` and the subset names (default BraTS).
 
     Returns:
         float32 logits ``(B, K, 3, *S)``, subsets in the given order, regions ET, TC, WT.
     """
-    if image.ndim != 5 or image.shape[1] != NUM_MODALITIES:
-        raise ValueError(f"image must have shape (B, {NUM_MODALITIES}, H, W, D), got {tuple(image.shape)}")
+    spec = modalities
+    if image.ndim != 2 + spec.spatial_dims or image.shape[1] != spec.total_channels:
+        axes = ", ".join("HWD"[: spec.spatial_dims])
+        raise ValueError(f"image must have shape (B, {spec.total_channels}, {axes}), got {tuple(image.shape)}")
     if mode not in BLEND_MODES:
         raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
-    masks = subset_masks(subsets)
+    subsets = spec.subset_names if subsets is None else subsets
+    masks = subset_masks(subsets, spec)
     if available is not None:
-        available = torch.as_tensor(available, dtype=torch.bool).reshape(image.shape[0], NUM_MODALITIES).cpu()
+        available = torch.as_tensor(available, dtype=torch.bool).reshape(image.shape[0], spec.num_modalities).cpu()
         for b in range(image.shape[0]):
             lacking = [s for s, m in zip(subsets, masks, strict=True) if bool((m & ~available[b]).any())]
             if lacking:
                 raise ValueError(
-                    f"sample {b} has only {mask_to_subset(available[b])}; cannot evaluate subsets {lacking}"
+                    f"sample {b} has only {spec.mask_to_subset(available[b])}; cannot evaluate subsets {lacking}"
                 )
     predictor = SubsetSweepPredictor(network, masks, amp=amp)
     out = sliding_window_inference(

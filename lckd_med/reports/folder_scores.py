@@ -32,15 +32,14 @@ import pandas as pd
 from lckd_med.constants import (
     AFFINE_ATOL_MM,
     ET_MIN_VOXELS,
-    MODALITIES,
     SUBSET_NAMES,
     LabelConvention,
     label_convention,
-    subset_name,
 )
 from lckd_med.data.layouts import LayoutError, discover_cases
 from lckd_med.data.naming import nifti_stem
 from lckd_med.metrics.brats import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
+from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
 from lckd_med.utils.checks import non_negative_int
 from lckd_med.utils.progress import progress_bar
@@ -129,14 +128,14 @@ def find_labels(labels: str | os.PathLike) -> tuple[dict[str, Path], LabelConven
     return out, None
 
 
-def _case_subsets(pred_dir: Path, default: str) -> dict[str, str]:
+def _case_subsets(pred_dir: Path, default: str, names: tuple[str, ...] = SUBSET_NAMES) -> dict[str, str]:
     report = pred_dir / INFERENCE_REPORT
     if not report.is_file():
         return {}
     df = pd.read_csv(report, dtype=str, keep_default_na=False)
     if not {"case_id", "modalities"} <= set(df.columns):
         return {}
-    return {r.case_id: r.modalities for r in df.itertuples() if r.modalities in SUBSET_NAMES}
+    return {r.case_id: r.modalities for r in df.itertuples() if r.modalities in names}
 
 
 def _convention_of(values: set[int], given: LabelConvention | None) -> LabelConvention:
@@ -146,11 +145,13 @@ def _convention_of(values: set[int], given: LabelConvention | None) -> LabelConv
     return label_convention(2023 if 3 in values and 4 not in values else 2018)
 
 
-def _prediction_sets(pred_dir: Path, default: str) -> list[tuple[str | None, Path]]:
+def _prediction_sets(
+    pred_dir: Path, default: str, names: tuple[str, ...] = SUBSET_NAMES
+) -> list[tuple[str | None, Path]]:
     """``(subset or None, folder)``: ``pred_dir`` itself (subset from the report or ``default``) and every
     sub-folder named after a subset, as the evaluate bundle's ``predictions/<subset>/`` layout."""
     sets: list[tuple[str | None, Path]] = [(None, pred_dir)]
-    sets += [(d.name, d) for d in sorted(pred_dir.iterdir()) if d.is_dir() and d.name in SUBSET_NAMES]
+    sets += [(d.name, d) for d in sorted(pred_dir.iterdir()) if d.is_dir() and d.name in names]
     return sets
 
 
@@ -164,6 +165,7 @@ def score_folder(
     progress: bool = True,
     hd95_method: str = "pooled",
     caption: str | None = None,
+    modalities: ModalitySpec = BRATS,
 ) -> FolderScores:
     """Score every prediction of ``pred_dir`` that has a label (see the module docstring) and write the reports.
 
@@ -183,15 +185,19 @@ def score_folder(
         progress: progress bar over cases (see :mod:`lckd_med.utils.progress`).
         hd95_method: ``"pooled"`` (legacy BraTS, default) or ``"directed_max"`` (:mod:`lckd_med.metrics.brats`).
         caption: caption of the Markdown table (default: what was scored against what).
+        modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the data: its subset names are the valid
+            sub-folder names and report rows, its ``spatial_dims`` the dimensions of the label maps (2-D NIfTI
+            files for a 2-D spec). Default BraTS.
 
     Raises:
         FileNotFoundError: a folder is missing.
         ValueError: bad ``subset``, ``release`` or ``hd95_method``; no prediction could be scored (the message
             lists why).
     """
-    default = subset_name(MODALITIES) if subset is None else subset
-    if default not in SUBSET_NAMES:
-        raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSET_NAMES}")
+    names = modalities.subset_names
+    default = modalities.full_subset if subset is None else subset
+    if default not in names:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {names}")
     non_negative_int(postprocess_min_et, "postprocess_min_et")
     if hd95_method not in HD95_METHODS:
         raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
@@ -206,9 +212,9 @@ def score_folder(
     given = given or dataset_convention
     problems: list[str] = []
     todo: list[tuple[str, str, Path]] = []  # (case_id, subset, prediction file)
-    for folder_subset, folder in _prediction_sets(pred_root, default):
+    for folder_subset, folder in _prediction_sets(pred_root, default, names):
         preds = find_predictions(folder)
-        subsets = _case_subsets(folder, default) if folder_subset is None else {}
+        subsets = _case_subsets(folder, default, names) if folder_subset is None else {}
         problems += [
             f"{cid}: no label in {labels if not isinstance(labels, Mapping) else 'the label list'}"
             for cid in preds
@@ -220,7 +226,9 @@ def score_folder(
     rows: list[dict[str, object]] = []
     for cid, case_subset, pred_file in progress_bar(todo, desc="score", enabled=progress):
         try:
-            rows.extend(_score_case(cid, case_subset, pred_file, gts[cid], given, postprocess_min_et, hd95_method))
+            rows.extend(
+                _score_case(cid, case_subset, pred_file, gts[cid], given, postprocess_min_et, hd95_method, modalities)
+            )
         except Exception as e:  # one unreadable or mismatched case must not stop the scoring
             problems.append(f"{cid}: {e}")  # the file path names the subset folder
     for p in problems:
@@ -240,7 +248,9 @@ def score_folder(
                 f"(legacy BraTS rules for empty regions; HD95 {hd95_method}); ET post-processed: predicted ET < "
                 f"{postprocess_min_et} mm^3 relabelled NCR."
             )
-        reports = write_reports(df, output_dir, caption=caption, allow_partial=set(df["subset"]) != set(SUBSET_NAMES))
+        reports = write_reports(
+            df, output_dir, caption=caption, allow_partial=set(df["subset"]) != set(names), modalities=modalities
+        )
     return FolderScores(metrics=df, problems=tuple(problems), reports=reports)
 
 
@@ -252,19 +262,21 @@ def _score_case(
     given: LabelConvention | None,
     postprocess_min_et: int,
     hd95_method: str,
+    modalities: ModalitySpec = BRATS,
 ) -> list[dict[str, object]]:
     """Rows of one prediction file scored against its label file (legacy BraTS rules, label's voxel size)."""
     p_img, g_img = nib.load(pred_file), nib.load(label_file)
-    if p_img.shape[:3] != g_img.shape[:3] or not np.allclose(p_img.affine, g_img.affine, 0.0, AFFINE_ATOL_MM):
+    nd = modalities.spatial_dims
+    if p_img.shape[:nd] != g_img.shape[:nd] or not np.allclose(p_img.affine, g_img.affine, 0.0, AFFINE_ATOL_MM):
         raise ValueError(
             f"prediction {pred_file} (shape {p_img.shape}) does not overlay label {label_file} "
             f"(shape {g_img.shape}): different grid"
         )
-    p_arr = np.asarray(p_img.dataobj).reshape(p_img.shape[:3])
-    g_arr = np.asarray(g_img.dataobj).reshape(g_img.shape[:3])
+    p_arr = np.asarray(p_img.dataobj).reshape(p_img.shape[:nd])
+    g_arr = np.asarray(g_img.dataobj).reshape(g_img.shape[:nd])
     conv = _convention_of(set(np.unique(p_arr).tolist()) | set(np.unique(g_arr).tolist()), given)
     pred, gt = region_masks_from_labels(p_arr, conv), region_masks_from_labels(g_arr, conv)
-    spacing = voxel_spacing(g_img.affine)
+    spacing = voxel_spacing(g_img.affine)[:nd]
     metrics = case_region_metrics(pred, gt, spacing, hd95_method)
     metrics_pp = None
     if postprocess_min_et > 0:
@@ -273,7 +285,7 @@ def _score_case(
         # most cases keep their ET unchanged: reuse the scores instead of recomputing HD95
         unchanged = np.array_equal(processed, pred)
         metrics_pp = metrics if unchanged else case_region_metrics(processed, gt, spacing, hd95_method)
-    return rows_from_case_metrics(cid, subset, metrics, metrics_pp)
+    return rows_from_case_metrics(cid, subset, metrics, metrics_pp, modalities)
 
 
 def voxel_spacing(affine: np.ndarray) -> tuple[float, float, float]:

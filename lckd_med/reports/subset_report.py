@@ -34,12 +34,10 @@ import pandas as pd
 
 from lckd_med.constants import (
     HD95_ONE_EMPTY_MM,
-    MODALITIES,
     REGIONS,
-    SUBSET_NAMES,
     SUBSET_SEPARATOR,
-    parse_subset,
 )
+from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.utils.io import atomic_path, write_text_atomic
 
 __all__ = [
@@ -78,11 +76,12 @@ _METRICS = ("dice", "hd95")
 _DEFAULT_TITLE = "BraTS segmentation by available MRI sequences"
 
 
-def subset_label(name: str) -> str:
-    """Readable label of a canonical subset name (``"flair+t1ce"`` -> ``"FLAIR+T1ce"``; ``"mean"`` -> ``"Mean"``)."""
+def subset_label(name: str, modalities: ModalitySpec = BRATS) -> str:
+    """Readable label of a canonical subset name (``"flair+t1ce"`` -> ``"FLAIR+T1ce"``; ``"mean"`` -> ``"Mean"``);
+    modality keys without a BraTS label are shown as they are."""
     if name == MEAN_ROW:
         return "Mean"
-    return SUBSET_SEPARATOR.join(MODALITY_LABELS[m] for m in parse_subset(name))
+    return SUBSET_SEPARATOR.join(MODALITY_LABELS.get(m, m) for m in modalities.parse_subset(name))
 
 
 def rows_from_case_metrics(
@@ -90,6 +89,7 @@ def rows_from_case_metrics(
     subset: str,
     metrics: Mapping[str, Mapping[str, float]],
     metrics_pp: Mapping[str, Mapping[str, float]] | None = None,
+    modalities: ModalitySpec = BRATS,
 ) -> list[dict[str, object]]:
     """Long-table rows of one case evaluated with one subset.
 
@@ -100,14 +100,15 @@ def rows_from_case_metrics(
             :func:`lckd_med.metrics.brats.case_region_metrics`.
         metrics_pp: the same after ET post-processing; only its ET entry is used (``dice_pp``/``hd95_pp`` columns,
             NaN on TC/WT rows).
+        modalities: the spec whose subset names are valid (default BraTS).
 
     Returns:
         three dicts (REGIONS order) with the keys of :data:`METRIC_COLUMNS` (+ :data:`PP_COLUMNS`).
     """
     if not isinstance(case_id, str) or not case_id:
         raise ValueError(f"case_id must be a non-empty string, got {case_id!r}")
-    if subset not in SUBSET_NAMES:
-        raise ValueError(f"unknown subset {subset!r}; expected one of {SUBSET_NAMES}")
+    if subset not in modalities.subset_names:
+        raise ValueError(f"unknown subset {subset!r}; expected one of {modalities.subset_names}")
     missing = [r for r in REGIONS if r not in metrics]
     if missing:
         raise ValueError(f"case {case_id}: metrics lack regions {missing}")
@@ -145,8 +146,12 @@ def _check_values(df: pd.DataFrame, column: str, dice: bool) -> None:
         raise ValueError(f"column {column!r} must hold finite distances >= 0 mm")
 
 
-def validate_metrics_table(df: pd.DataFrame, allow_partial: bool = False) -> pd.DataFrame:
+def validate_metrics_table(
+    df: pd.DataFrame, allow_partial: bool = False, modalities: ModalitySpec = BRATS
+) -> pd.DataFrame:
     """Check a long metrics table and return a copy sorted by canonical subset, case and region order.
+
+    ``modalities``: the spec whose subsets the table holds (default BraTS, the 15 subsets).
 
     Raises:
         TypeError: not a DataFrame.
@@ -162,16 +167,17 @@ def validate_metrics_table(df: pd.DataFrame, allow_partial: bool = False) -> pd.
         raise ValueError("metrics table is empty")
     out = df.copy()
     out["case_id"] = out["case_id"].astype(str)
-    unknown_subsets = sorted(set(out["subset"].astype(str)) - set(SUBSET_NAMES))
+    names = modalities.subset_names
+    unknown_subsets = sorted(set(out["subset"].astype(str)) - set(names))
     if unknown_subsets:
         hints = []
         for name in unknown_subsets:
             try:
-                hints.append(f"{name!r} -> {SUBSET_SEPARATOR.join(parse_subset(name))!r}")
+                hints.append(f"{name!r} -> {SUBSET_SEPARATOR.join(modalities.parse_subset(name))!r}")
             except ValueError:
                 pass
         hint = f" (canonical spelling: {', '.join(hints)})" if hints else ""
-        raise ValueError(f"unknown subset names {unknown_subsets}{hint}; expected names from {list(SUBSET_NAMES)}")
+        raise ValueError(f"unknown subset names {unknown_subsets}{hint}; expected names from {list(names)}")
     unknown_regions = sorted(set(out["region"].astype(str)) - set(REGIONS))
     if unknown_regions:
         raise ValueError(f"unknown region names {unknown_regions}; expected {list(REGIONS)}")
@@ -192,10 +198,10 @@ def validate_metrics_table(df: pd.DataFrame, allow_partial: bool = False) -> pd.
             f"{len(incomplete)} (case_id, subset) pairs lack some of the regions {list(REGIONS)} "
             f"(first: {list(incomplete.index[0])})"
         )
-    absent = [s for s in SUBSET_NAMES if s not in set(out["subset"])]
+    absent = [s for s in names if s not in set(out["subset"])]
     if absent and not allow_partial:
         raise ValueError(f"subsets absent from the metrics table: {absent}; pass allow_partial=True to report NaN rows")
-    out["subset"] = pd.Categorical(out["subset"], categories=SUBSET_NAMES, ordered=True)
+    out["subset"] = pd.Categorical(out["subset"], categories=names, ordered=True)
     out["region"] = pd.Categorical(out["region"], categories=REGIONS, ordered=True)
     out = out.sort_values(["subset", "case_id", "region"], kind="stable").reset_index(drop=True)
     out["subset"] = out["subset"].astype(str)
@@ -211,20 +217,22 @@ def _summary_columns(pp: tuple[str, ...]) -> list[str]:
     return cols
 
 
-def summarize(df: pd.DataFrame, allow_partial: bool = False) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, allow_partial: bool = False, modalities: ModalitySpec = BRATS) -> pd.DataFrame:
     """Per-subset mean and std of Dice and HD95 per region, plus a mean row (see the module docstring).
 
     Args:
         df: long metrics table (:data:`METRIC_COLUMNS`, optional :data:`PP_COLUMNS`).
         allow_partial: report subsets absent from ``df`` as NaN rows instead of raising.
+        modalities: the spec whose subsets are summarised (default BraTS).
 
     Returns:
-        16 rows (the 15 subsets in canonical order, then ``"mean"``); Dice as fractions in [0, 1], HD95 in mm.
+        16 rows for BraTS (the 15 subsets in canonical order, then ``"mean"``; ``2**M`` rows for ``M``
+        modalities); Dice as fractions in [0, 1], HD95 in mm.
     """
-    table = validate_metrics_table(df, allow_partial=allow_partial)
+    table = validate_metrics_table(df, allow_partial=allow_partial, modalities=modalities)
     pp = tuple(c for c in PP_COLUMNS if c in table.columns)
     rows: list[dict[str, object]] = []
-    for subset in SUBSET_NAMES:
+    for subset in modalities.subset_names:
         part = table[table["subset"] == subset]
         row: dict[str, object] = {"subset": subset, "n_cases": int(part["case_id"].nunique())}
         for metric in _METRICS:
@@ -250,14 +258,14 @@ def summarize(df: pd.DataFrame, allow_partial: bool = False) -> pd.DataFrame:
     return summary
 
 
-def _check_summary(summary: pd.DataFrame) -> tuple[str, ...]:
+def _check_summary(summary: pd.DataFrame, modalities: ModalitySpec = BRATS) -> tuple[str, ...]:
     if not isinstance(summary, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(summary).__name__}")
     pp = tuple(c for c in PP_COLUMNS if f"ET_pp_{c.removesuffix('_pp')}_mean" in summary.columns)
     missing = [c for c in _summary_columns(pp) if c not in summary.columns]
     if missing:
         raise ValueError(f"summary table lacks columns {missing}")
-    expected = [*SUBSET_NAMES, MEAN_ROW]
+    expected = [*modalities.subset_names, MEAN_ROW]
     if summary["subset"].astype(str).tolist() != expected:
         raise ValueError(f"summary rows must be the subsets in canonical order then {MEAN_ROW!r}: {expected}")
     return pp
@@ -272,17 +280,21 @@ def _fmt(mean: float, std: float, scale: float, digits: int) -> str:
     return text
 
 
-def format_table(summary: pd.DataFrame, title: str | None = None, caption: str | None = None) -> str:
+def format_table(
+    summary: pd.DataFrame, title: str | None = None, caption: str | None = None, modalities: ModalitySpec = BRATS
+) -> str:
     """Markdown rendering of a :func:`summarize` table.
 
     Dice is shown in percent with one decimal as ``mean ± std`` per region (post-processed ET beside ET when
     present), HD95 in mm likewise; one row per subset (readable labels such as ``FLAIR+T1ce``), then ``Mean``,
     then a caption line (``caption`` or a default stating units, statistics and empty-region rules).
 
+    ``modalities``: the spec whose subsets the summary holds (default BraTS).
+
     Returns:
         the Markdown text, ending with a newline.
     """
-    pp = _check_summary(summary)
+    pp = _check_summary(summary, modalities)
     dice_cols: list[tuple[str, str]] = []
     for region in REGIONS:
         dice_cols.append((f"{region} Dice %", f"{region}_dice"))
@@ -300,17 +312,18 @@ def format_table(summary: pd.DataFrame, title: str | None = None, caption: str |
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":---", "---:", *["---:"] * (len(header) - 2)]) + "|")
     for _, row in summary.iterrows():
-        cells = [subset_label(str(row["subset"])), str(int(row["n_cases"]))]
+        cells = [subset_label(str(row["subset"]), modalities), str(int(row["n_cases"]))]
         cells += [_fmt(row[f"{p}_mean"], row[f"{p}_std"], 100.0, 1) for _, p in dice_cols]
         cells += [_fmt(row[f"{p}_mean"], row[f"{p}_std"], 1.0, 2) for _, p in hd_cols]
         lines.append("| " + " | ".join(cells) + " |")
     if caption is None:
         n_present = int((summary["subset"].ne(MEAN_ROW) & summary["n_cases"].gt(0)).sum())
+        grid = f" ({HD95_ONE_EMPTY_MM:.4f} mm on the 240x240x155 1 mm grid)" if modalities == BRATS else ""
         caption = (
             "Dice (%) and HD95 (mm) as mean ± std over cases for each set of available sequences "
-            f"(modality keys {', '.join(MODALITIES)}); Mean averages the {n_present} of {len(SUBSET_NAMES)} subsets "
-            "evaluated. Legacy BraTS rules: both masks empty -> Dice 100, HD95 0; exactly one empty -> Dice 0, "
-            f"HD95 = the image diagonal ({HD95_ONE_EMPTY_MM:.4f} mm on the 240x240x155 1 mm grid); HD95 is one 95th "
+            f"(modality keys {', '.join(modalities.names)}); Mean averages the {n_present} of "
+            f"{len(modalities.subset_names)} subsets evaluated. Legacy BraTS rules: both masks empty -> Dice 100, "
+            f"HD95 0; exactly one empty -> Dice 0, HD95 = the image diagonal{grid}; HD95 is one 95th "
             "percentile of both directions' surface distances pooled (BraTS 2018-2021 scoring)."
         )
         if pp:
@@ -319,20 +332,25 @@ def format_table(summary: pd.DataFrame, title: str | None = None, caption: str |
     return "\n".join(lines) + "\n"
 
 
-def plot_dice_heatmap(summary: pd.DataFrame, path: str | os.PathLike[str], title: str = _DEFAULT_TITLE) -> Path:
+def plot_dice_heatmap(
+    summary: pd.DataFrame,
+    path: str | os.PathLike[str],
+    title: str = _DEFAULT_TITLE,
+    modalities: ModalitySpec = BRATS,
+) -> Path:
     """Save a heat map of mean Dice (%) by subset (rows, canonical order, then Mean) and region (ET, TC, WT).
 
     The figure is built with the Agg canvas directly (no pyplot state, no display needed) and written atomically.
-    Absent subsets (NaN) are grey cells marked ``n/a``.
+    Absent subsets (NaN) are grey cells marked ``n/a``. ``modalities``: the spec of the subsets (default BraTS).
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    _check_summary(summary)
+    _check_summary(summary, modalities)
     path = Path(path)
     values = summary[[f"{r}_dice_mean" for r in REGIONS]].to_numpy(dtype=float) * 100.0
-    labels = [subset_label(str(s)) for s in summary["subset"]]
+    labels = [subset_label(str(s), modalities) for s in summary["subset"]]
     fig = Figure(figsize=(6.0, 8.5), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -341,7 +359,7 @@ def plot_dice_heatmap(summary: pd.DataFrame, path: str | os.PathLike[str], title
     ax.set_xticks(range(len(REGIONS)), labels=list(REGIONS))
     ax.set_yticks(range(len(labels)), labels=labels)
     ax.xaxis.tick_top()
-    ax.axhline(len(SUBSET_NAMES) - 0.5, color="white", linewidth=3)
+    ax.axhline(len(modalities.subset_names) - 0.5, color="white", linewidth=3)
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]
@@ -363,6 +381,7 @@ def write_reports(
     title: str = _DEFAULT_TITLE,
     caption: str | None = None,
     allow_partial: bool = False,
+    modalities: ModalitySpec = BRATS,
 ) -> dict[str, Path]:
     """Write the long metrics CSV, the summary CSV and Markdown, and the Dice heat map, each atomically.
 
@@ -372,12 +391,13 @@ def write_reports(
         title: heading of the Markdown and of the figure.
         caption: caption line under the Markdown table (default: units, statistics and empty rules).
         allow_partial: see :func:`summarize`.
+        modalities: the spec whose subsets the table holds (default BraTS).
 
     Returns:
         ``{"metrics_csv", "summary_csv", "summary_md", "heatmap_png"}`` -> written paths (see :data:`REPORT_FILES`).
     """
-    table = validate_metrics_table(df, allow_partial=allow_partial)
-    summary = summarize(table, allow_partial=allow_partial)
+    table = validate_metrics_table(df, allow_partial=allow_partial, modalities=modalities)
+    summary = summarize(table, allow_partial=allow_partial, modalities=modalities)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
@@ -387,8 +407,8 @@ def write_reports(
     buf = io.StringIO()
     summary.to_csv(buf, index=False)
     write_text_atomic(paths["summary_csv"], buf.getvalue())
-    write_text_atomic(paths["summary_md"], format_table(summary, title=title, caption=caption))
-    plot_dice_heatmap(summary, paths["heatmap_png"], title=title)
+    write_text_atomic(paths["summary_md"], format_table(summary, title=title, caption=caption, modalities=modalities))
+    plot_dice_heatmap(summary, paths["heatmap_png"], title=title, modalities=modalities)
     return paths
 
 

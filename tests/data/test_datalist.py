@@ -16,14 +16,17 @@ from lckd_med.data.datalist import (
     SPLITS,
     assign_folds,
     check_split_args,
+    datalist_spec,
     load_datalist,
     make_datalist,
     read_datalist,
     split_counts,
+    validate_datalist,
     write_datalist,
 )
 from lckd_med.data.layouts import BratsCase, Issue
 from lckd_med.data.validation import CaseCheck
+from lckd_med.modalities import BRATS, ModalitySpec
 
 GRADES = {f"Brats18_H{i:02d}": "HGG" for i in range(23)} | {f"Brats18_L{i:02d}": "LGG" for i in range(9)}
 GRADES |= {f"BraTS20_U{i:02d}": None for i in range(6)}
@@ -165,6 +168,7 @@ def test_datalist_contract(tmp_path: Path) -> None:
         "release": 2018,
         "label_convention": "brats2018",
         "modalities": list(MODALITIES),
+        "modality_spec": BRATS.to_dict(),
         "regions": list(REGIONS),
         "folds": 5,
         "seed": 0,
@@ -349,3 +353,38 @@ def test_load_rejects_non_json(tmp_path: Path) -> None:
 def test_load_rejects_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="datalist file not found"):
         load_datalist(tmp_path / "nope.json", "training")
+
+
+# ---------------------------------------------------------------- modality spec
+RGBD = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
+
+
+def _rgbd_datalist(**entry: Any) -> dict[str, Any]:
+    e = {"case_id": "c0", "rgb": "c0_rgb.nii.gz", "depth": None, "label": "c0_seg.nii.gz", **entry}
+    return {"meta": {"modalities": ["rgb", "depth"], "modality_spec": RGBD.to_dict()}, "training": [e]}
+
+
+def test_datalist_spec_default_is_brats_and_another_spec_keys_the_entries(tmp_path: Path) -> None:
+    d = datalist(checks_for(GRADES, tmp_path), tmp_path, folds=5, seed=0, test_fold=0, val_fold=1)
+    assert datalist_spec(d) == BRATS
+    del d["meta"]["modality_spec"]
+    assert datalist_spec(d) == BRATS  # written before specs existed
+    validate_datalist(_rgbd_datalist())
+    assert datalist_spec(_rgbd_datalist()) == RGBD
+    path = write_datalist(_rgbd_datalist(), tmp_path / "rgbd.json")
+    assert read_datalist(path)["training"][0]["rgb"] == str((tmp_path / "c0_rgb.nii.gz").resolve())
+
+
+@pytest.mark.parametrize(
+    ("d", "match"),
+    [
+        ({**_rgbd_datalist(), "meta": {"modalities": ["rgb"], "modality_spec": RGBD.to_dict()}}, "meta.modalities"),
+        ({**_rgbd_datalist(), "meta": {"modalities": [], "modality_spec": {"names": []}}}, "meta.modality_spec"),
+        (_rgbd_datalist(flair="x.nii.gz", depth=None, rgb=None), "no sequence path"),
+        ({"meta": _rgbd_datalist()["meta"], "training": [{"case_id": "c", "rgb": "x", "label": None}]}, "'depth'"),
+    ],
+    ids=["names_differ", "bad_spec", "no_path", "missing_key"],
+)
+def test_bad_spec_datalists(d: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        validate_datalist(d, source="toy.json")

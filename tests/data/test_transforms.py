@@ -40,6 +40,7 @@ from lckd_med.data.transforms import (
     drop_modalities_batch,
     mask_to_code,
 )
+from lckd_med.modalities import ModalitySpec
 
 SHAPE = (24, 24, 16)
 AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, SHAPE[1] - 1], [0, 0, 1.0, 0], [0, 0, 0, 1]])
@@ -540,3 +541,46 @@ def test_mask_missing_modalities_array_and_dict():
 def test_mask_missing_modalities_bad_input(img, mask):
     with pytest.raises(ValueError):
         MaskMissingModalities()(img, mask)
+
+
+# ---------------------------------------------------------------- another modality spec (several channels each)
+RGBD = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2)
+
+
+def test_dropout_of_a_multichannel_spec_zeroes_whole_modalities():
+    dropper = ModalityDropout(prob=1.0, distribution={"rgb+ir": 1.0}, modalities=RGBD)
+    img = torch.arange(1, 6, dtype=torch.float32).view(5, 1, 1).expand(5, 4, 4).clone()
+    out, mask = dropper(img)  # mask derived from the non-zero channels: all three present
+    assert mask.tolist() == [True, False, True]
+    assert out[:3].equal(img[:3]) and not out[3].any() and out[4].equal(img[4])
+    assert set(dropper.probabilities([True, True, True])) == {"rgb+ir"}
+    masker = MaskMissingModalities(RGBD)
+    assert masker(img, torch.tensor([False, True, True]))[:3].abs().sum() == 0
+
+
+def test_dropout_of_a_spec_draws_its_own_subsets():
+    dropper = ModalityDropout(prob=1.0, distribution="uniform", modalities=RGBD)
+    assert set(dropper.probabilities([True, True, True])) == set(RGBD.subset_names)
+    assert mask_to_code([True, False, True], RGBD) == 5 and code_to_mask(5, RGBD).tolist() == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_kept": 4}, r"\[1, 3\]"),
+        ({"distribution": {"flair": 1.0}}, "unknown subset name"),
+    ],
+)
+def test_dropout_checks_arguments_against_the_spec(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModalityDropout(modalities=RGBD, **kwargs)
+
+
+def test_batch_dropout_of_a_spec_checks_channels_and_mask_width():
+    dropper = ModalityDropout(prob=1.0, modalities=RGBD)
+    with pytest.raises(ValueError, match=r"images must be \(B, 5, ...\)"):
+        drop_modalities_batch(torch.ones(2, 4, 4, 4), torch.ones(2, 3, dtype=torch.bool), dropper)
+    with pytest.raises(ValueError, match=r"masks must be \(B, 3\)"):
+        drop_modalities_batch(torch.ones(2, 5, 4, 4), torch.ones(2, 4, dtype=torch.bool), dropper)
+    with pytest.raises(ValueError, match="5 channels"):
+        dropper(torch.ones(4, 4, 4))

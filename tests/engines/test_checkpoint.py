@@ -14,12 +14,15 @@ from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
     NETWORK_REGISTRY,
     build_network,
+    check_network_spec,
+    checkpoint_spec,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
     unwrap_model,
 )
+from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.networks import LCKDNet
 from tests.testkit import checkpoint_payload
 
@@ -182,3 +185,67 @@ def test_unwrap_model_removes_wrappers():
     wrapped = torch.nn.DataParallel(torch.nn.DataParallel(net))
     assert unwrap_model(wrapped) is net
     assert unwrap_model(net) is net
+
+
+# ---------------------------------------------------------------------------- modality spec
+RGBD = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
+
+
+def _rgbd_payload() -> dict:
+    torch.manual_seed(0)
+    net = LCKDNet(in_modalities=2, in_channels=[3, 1], spatial_dims=2, filters=FILTERS)
+    return _payload(net, modalities=list(RGBD.names), modality_spec=RGBD.to_dict(), teachers=["rgb"])
+
+
+def test_checkpoint_without_a_spec_is_brats(tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", _payload())
+    assert checkpoint_spec(load_checkpoint(path)) == BRATS
+
+
+def test_checkpoint_spec_round_trip_and_rebuild(tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", _rgbd_payload())
+    ckpt = load_checkpoint(path, modalities=RGBD)
+    assert checkpoint_spec(ckpt) == RGBD
+    assert build_network(ckpt).in_channels == (3, 1)
+    assert checkpoint_spec(load_checkpoint(path, modalities=None)) == RGBD  # None: any spec
+
+
+@pytest.mark.parametrize(
+    ("expected", "match"),
+    [
+        (None, None),
+        (BRATS, r"differs from the data \(brats\): names: .*channels: .*spatial_dims: 2 vs 3"),
+        (ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=3), r"spatial_dims: 2 vs 3$"),
+        (ModalitySpec(["rgb", "depth"], [1, 1], spatial_dims=2), r"channels: \(3, 1\) vs \(1, 1\)$"),
+    ],
+)
+def test_load_names_what_differs_from_the_data(tmp_path, expected, match):
+    path = save_checkpoint(tmp_path / "model.pt", _rgbd_payload())
+    if match is None:
+        load_checkpoint(path, modalities=expected)
+        return
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path, modalities=expected)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"modality_spec": {"names": ["rgb"], "spatial_dims": 5}}, "invalid modality_spec: spatial_dims"),
+        ({"modality_spec": "rgb"}, "invalid modality_spec"),
+        ({"modalities": ["depth", "rgb"]}, r"channel order \['depth', 'rgb'\] disagrees"),
+    ],
+)
+def test_load_rejects_a_bad_spec(tmp_path, changes, match):
+    path = save_checkpoint(tmp_path / "model.pt", {**_rgbd_payload(), **changes})
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path, modalities=None)
+
+
+def test_build_network_refuses_a_network_that_does_not_take_the_spec():
+    ckpt = {**_rgbd_payload(), "modality_spec": ModalitySpec(["rgb", "depth"], [3, 2], spatial_dims=2).to_dict()}
+    with pytest.raises(ValueError, match=r"checkpoint network LCKDNet does not take .*channels per modality \[3, 1\]"):
+        build_network(ckpt)
+    check_network_spec(ckpt["network"]["hparams"], RGBD)
+    with pytest.raises(ValueError, match=r"modalities 2 vs 4; channels per modality \[3, 1\] vs \[1, 1, 1, 1\]"):
+        check_network_spec(ckpt["network"]["hparams"], BRATS)

@@ -21,6 +21,7 @@ from lckd_med.engines.election import TeacherState
 from lckd_med.engines.trainer import LCKDTrainer
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
+from lckd_med.modalities import ModalitySpec
 from lckd_med.networks import LCKDNet
 
 SIZE = 8
@@ -229,6 +230,28 @@ def test_resume_false_starts_over(tmp_path):
 def test_save_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="save_every"):
         TrainingCheckpointHandler(tmp_path, "LCKDNet", save_every=0)
+
+
+def test_resume_of_a_checkpoint_saved_before_modality_specs(tmp_path):
+    """hparams without ``in_channels`` / ``spatial_dims`` and no ``modality_spec``: BraTS, resumable."""
+    _trainer(tmp_path, max_epochs=1).run()
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert ckpt["modality_spec"]["names"] == ["flair", "t1", "t1ce", "t2"]
+    del ckpt["modality_spec"], ckpt["network"]["hparams"]["in_channels"], ckpt["network"]["hparams"]["spatial_dims"]
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, ckpt)
+    torch.manual_seed(0)
+    resumed = _trainer(tmp_path, max_epochs=2)
+    its = _iterations_run(resumed)
+    resumed.run()
+    assert its == [3, 4]
+
+
+def test_handler_spec_must_match_the_teacher_state(tmp_path):
+    toy = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
+    with pytest.raises(ValueError, match=r"checkpoint handler differs from the teacher state: names"):
+        TrainingCheckpointHandler(tmp_path, "LCKDNet", teacher_state=TeacherState(), modalities=toy)
+    handler = TrainingCheckpointHandler(tmp_path, "LCKDNet", teacher_state=TeacherState(modalities=toy))
+    assert handler.spec == toy
 
 
 # ------------------------------------------------------------------------------------------ the real bundle

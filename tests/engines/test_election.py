@@ -18,6 +18,7 @@ from lckd_med.engines.election import (
     single_modality_dice,
     soft_dice,
 )
+from lckd_med.modalities import ModalitySpec
 
 SIZE = 8
 
@@ -314,3 +315,22 @@ def test_handler_bad_arguments(tmp_path, kwargs, match):
     args = {"interval": 4, "output_dir": tmp_path, **kwargs}
     with pytest.raises(ValueError, match=match):
         TeacherElectionHandler(TeacherState(), [], roi_size=(SIZE,) * 3, **args)
+
+
+RGBD = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2)
+
+
+def test_teacher_state_of_another_spec():
+    state = TeacherState(default=["ir", "rgb"], modalities=RGBD)
+    assert state.teachers == ["rgb", "ir"] and state.mask().tolist() == [True, False, True]
+    state.load_state_dict({"teachers": ["depth", "flair"], "history": []})
+    assert state.teachers == ["depth"]
+    with pytest.raises(ValueError, match=r"\['t1ce'\] are not modality keys \('rgb', 'depth', 'ir'\)"):
+        TeacherState(default=["t1ce"], modalities=RGBD)
+
+
+def test_elect_teachers_of_another_spec():
+    dice = torch.tensor([[0.1, 0.5, 0.9], [0.7, 0.5, 0.2], [0.7, 0.6, 0.1]])
+    assert elect_teachers(dice, RGBD) == {"ET": "depth", "TC": "ir", "WT": "rgb"}  # tie -> earlier modality
+    with pytest.raises(ValueError, match=r"mean_dice must be \(3, 3\)"):
+        elect_teachers(dice[:2], RGBD)

@@ -89,3 +89,14 @@ def test_dice_bce_negative_weight(kwargs):
 def test_dice_bce_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         DiceBCELoss()(torch.randn(1, 3, 2, 2, 2), torch.ones(1, 1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("spatial", [(4, 5, 6), (7, 8)], ids=["3d", "2d"])
+def test_pos_weight_is_per_channel_in_2d_and_3d(spatial):
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, *spatial), (torch.rand(2, 3, *spatial) > 0.5).float()
+    weight = torch.tensor([1.0, 2.0, 5.0])
+    got = DiceBCELoss(lambda_dice=0.0, pos_weight=weight, bce_reduction="mean", sigmoid=True)(logits, target)
+    manual = -(weight.view(1, 3, *[1] * len(spatial)) * target * F.logsigmoid(logits))
+    manual = (manual - (1 - target) * F.logsigmoid(-logits)).mean()
+    torch.testing.assert_close(got, manual)

@@ -210,12 +210,12 @@ def test_hd95_spacing_order_follows_array_axes():
     "pred, gt, match",
     [
         (np.zeros((4, 4, 4), bool), np.zeros((4, 4, 5), bool), "one shape"),
-        (np.zeros((4, 4), bool), np.zeros((4, 4), bool), "3-D"),
-        (np.zeros((1, 4, 4, 4), bool), np.zeros((1, 4, 4, 4), bool), "3-D"),
+        (np.zeros((4,), bool), np.zeros((4,), bool), "2-D or 3-D"),
+        (np.zeros((1, 4, 4, 4), bool), np.zeros((1, 4, 4, 4), bool), "2-D or 3-D"),
         (np.full((4, 4, 4), 0.7), np.zeros((4, 4, 4), bool), "binary"),
         (np.zeros((0, 4, 4), bool), np.zeros((0, 4, 4), bool), "empty axis"),
     ],
-    ids=["shape_mismatch", "2d", "4d", "probabilities", "empty_axis"],
+    ids=["shape_mismatch", "1d", "4d", "probabilities", "empty_axis"],
 )
 def test_bad_masks_raise(pred, gt, match):
     with pytest.raises(ValueError, match=match):
@@ -257,9 +257,47 @@ def test_region_masks_reject_foreign_labels():
         region_masks_from_labels(labels, BRATS_LEGACY)
 
 
-def test_region_masks_reject_non_3d():
+def test_region_masks_reject_1d():
     with pytest.raises(ValueError, match="3-D"):
-        region_masks_from_labels(np.zeros((4, 4), np.uint8), BRATS_LEGACY)
+        region_masks_from_labels(np.zeros((4,), np.uint8), BRATS_LEGACY)
+
+
+def _disc(shape: tuple[int, int], centre: tuple[int, int], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize("shift", [0, 1, 3])
+def test_2d_hd95_is_the_pooled_definition_in_two_dims(shift):
+    """2-D masks: surfaces by one 4-connected erosion, both directions' distances pooled, 95th percentile."""
+    a, b = _disc((24, 24), (10, 10), 5), _disc((24, 24), (10, 10 + shift), 4)
+    got = legacy_hd95(a, b, (1.0, 2.0))
+    sa, sb = (m & ~ndimage.binary_erosion(m, ndimage.generate_binary_structure(2, 1), border_value=0) for m in (a, b))
+    d = np.concatenate(
+        [
+            ndimage.distance_transform_edt(~sb, sampling=(1.0, 2.0))[sa],
+            ndimage.distance_transform_edt(~sa, sampling=(1.0, 2.0))[sb],
+        ]
+    )
+    assert got == pytest.approx(float(np.percentile(d, 95)))
+    assert legacy_dice(a, a) == 1.0 and legacy_hd95(a, a) == 0.0
+
+
+def test_2d_case_metrics_and_empty_rules():
+    labels = np.zeros((8, 10), np.uint8)
+    labels[2:6, 2:7] = 2
+    labels[3:5, 3:5] = 1
+    regions = region_masks_from_labels(labels, BRATS_LEGACY)
+    assert regions.shape == (3, 8, 10)
+    scores = case_region_metrics(regions, regions)
+    assert scores["ET"] == {"dice": 1.0, "hd95": 0.0}  # both empty
+    assert scores["WT"] == {"dice": 1.0, "hd95": 0.0}
+    empty = np.zeros_like(regions)
+    one_empty = case_region_metrics(empty, regions, spacing=(2.0, 1.0))
+    assert one_empty["WT"] == {"dice": 0.0, "hd95": pytest.approx(image_diagonal_mm((8, 10), (2.0, 1.0)))}
+    assert image_diagonal_mm((8, 10), (2.0, 1.0)) == pytest.approx(np.hypot(16.0, 10.0))
+    with pytest.raises(ValueError, match="two positive"):
+        legacy_hd95(regions[2], regions[2], (1.0, 1.0, 1.0))
 
 
 def test_region_masks_reject_fractional_labels():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import pytest
@@ -173,7 +172,7 @@ def test_hparams_round_trip_through_json():
     )
     hparams = json.loads(json.dumps(net.hparams))
     assert hparams == net.hparams
-    assert set(hparams) == set(inspect.signature(LCKDNet.__init__).parameters) - {"self"}
+    assert set(hparams) == LCKDNet.hparam_names()
     rebuilt = LCKDNet.from_hparams(hparams)
     assert rebuilt.hparams == net.hparams
     rebuilt.load_state_dict(net.state_dict())  # strict: same architecture
@@ -360,3 +359,51 @@ def test_hparams_without_fill_levels_load_as_all():
 def test_bad_fill_and_head_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         LCKDNet(filters=(4, 8), **kwargs)
+
+
+# ---------------------------------------------------------------------------- other modality sets (ModalitySpec)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"in_channels": [3, 1]}, ValueError, "2 entries for in_modalities=4"),
+        ({"in_channels": [3, 1, 1, 0]}, ValueError, "in_channels entries"),
+        ({"in_channels": 3}, ValueError, "sequence of positive ints"),
+        ({"in_channels": [3, 1, 1, 1], "share_encoder": True}, ValueError, "same channels"),
+        ({"spatial_dims": 4}, ValueError, "spatial_dims"),
+        ({"spatial_dims": 2, "strides": (1, (2, 2, 2))}, ValueError, r"strides\[1\].*2 positive ints"),
+        ({"spatial_dims": 2, "kernel_size": (3, 3, 3)}, ValueError, "kernel_size.*2 of them"),
+    ],
+)
+def test_bad_modality_layout_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LCKDNet(filters=(4, 8), **kwargs)
+
+
+def test_old_hparams_mean_one_channel_each_in_3d():
+    hparams = LCKDNet(filters=(2, 4)).hparams
+    assert hparams["in_channels"] == [1] * NUM_MODALITIES and hparams["spatial_dims"] == 3
+    del hparams["in_channels"], hparams["spatial_dims"]
+    assert LCKDNet.complete_hparams(hparams) == LCKDNet(filters=(2, 4)).hparams
+    assert LCKDNet.from_hparams(hparams).hparams == LCKDNet(filters=(2, 4)).hparams
+
+
+@pytest.mark.parametrize("share_encoder", [False, True])
+def test_2d_multichannel_network_reads_each_modality_s_own_channels(share_encoder):
+    """In 2-D with 2 channels per modality (shared encoder) or 3 + 1 (own encoders): changing one modality's channels
+    changes only that modality's features, and a missing modality's channels are never read."""
+    channels = [2, 2] if share_encoder else [3, 1]
+    torch.manual_seed(0)
+    net = LCKDNet(in_modalities=2, in_channels=channels, spatial_dims=2, filters=(4, 8), share_encoder=share_encoder)
+    net.eval()
+    x = torch.randn(2, sum(channels), 8, 8)
+    y = x.clone()
+    y[:, channels[0] :] = torch.randn(2, channels[1], 8, 8)  # only the second modality changes
+    with torch.no_grad():
+        fx, fy = net.encode(x), net.encode(y)
+        assert all(
+            torch.equal(a[:, 0], b[:, 0]) and not torch.equal(a[:, 1], b[:, 1]) for a, b in zip(fx, fy, strict=True)
+        )
+        first_only = torch.tensor([True, False])
+        assert torch.equal(net(x, first_only), net(y, first_only))
+        assert net(x).shape == (2, NUM_REGIONS, 8, 8)
+        assert net.size_divisor == (2, 2)

@@ -8,7 +8,7 @@ from monai.networks.blocks.dynunet_block import UnetBasicBlock
 from monai.networks.layers.utils import get_norm_layer
 from torch import nn
 
-from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
+from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm, SafeInstanceNorm2d
 
 
 def _pair(channels: int, affine: bool = True) -> tuple[SafeInstanceNorm, nn.InstanceNorm3d]:
@@ -86,9 +86,27 @@ def test_monai_block_at_batch_one_on_1x1x1():
     assert torch.isfinite(out).all()
 
 
-def test_factory_refuses_2d():
-    with pytest.raises(ValueError, match="3-D only"):
-        get_norm_layer(SAFE_INSTANCE_NORM, spatial_dims=2, channels=4)
+@pytest.mark.parametrize(("dims", "cls"), [(3, SafeInstanceNorm), (2, SafeInstanceNorm2d)])
+def test_factory_by_spatial_dims(dims, cls):
+    layer = get_norm_layer(DEFAULT_NORM, spatial_dims=dims, channels=4)
+    assert type(layer) is cls
+
+
+def test_2d_matches_torch_and_accepts_one_element():
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    ref = torch.nn.InstanceNorm2d(3, affine=True).double()
+    assert torch.equal(SafeInstanceNorm2d(3).double()(x), ref(x))
+    norm = SafeInstanceNorm2d(3)
+    with torch.no_grad():
+        norm.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    y = norm(torch.randn(2, 3, 1, 1))
+    assert torch.equal(y, torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1).expand(2, 3, 1, 1))
+
+
+@pytest.mark.parametrize("dims", [1, 4])
+def test_factory_refuses_other_dims(dims):
+    with pytest.raises(ValueError, match="2-D or 3-D only"):
+        get_norm_layer(SAFE_INSTANCE_NORM, spatial_dims=dims, channels=4)
 
 
 @pytest.mark.parametrize("num_features", [0, -1, 2.5, True, "4"])

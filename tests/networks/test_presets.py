@@ -70,3 +70,12 @@ def test_small_override_runs_forward():
 def test_bad_arguments(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         preset_hparams(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["lckd", "omd"])
+def test_2d_preset_for_another_modality_set(method):
+    hparams = preset_hparams("lean_small", method, spatial_dims=2, in_modalities=3, in_channels=[3, 1, 1])
+    assert hparams["strides"] == [[2, 2], [2, 2], [2, 2], [2, 2]] and hparams["head_filters"] == 8
+    net = build_preset("lean_small", method, spatial_dims=2, in_modalities=3, in_channels=[3, 1, 1]).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 5, 32, 32)).shape == (1, 3, 32, 32)

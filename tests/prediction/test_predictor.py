@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lckd_med.constants import NUM_MODALITIES
+from lckd_med.modalities import ModalitySpec
 from lckd_med.networks import LCKDNet
 from lckd_med.prediction import SubsetPredictor, resolve_roi_size, sweep_subsets
 
@@ -82,3 +83,16 @@ def test_resolve_roi_size_not_divisible(net):
 def test_predictor_bad_args(net, kwargs, match):
     with pytest.raises(ValueError, match=match):
         SubsetPredictor(net, ROI, **kwargs)
+
+
+def test_resolve_roi_size_of_a_2d_network():
+    net2d = LCKDNet(in_modalities=2, in_channels=[3, 1], spatial_dims=2, filters=(4, 8))
+    assert resolve_roi_size(16, network=net2d) == (16, 16)
+    with pytest.raises(ValueError, match="size divisor"):
+        resolve_roi_size((16, 16, 16), network=net2d)
+
+
+def test_predictor_refuses_a_spec_the_network_does_not_take(net):
+    toy = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
+    with pytest.raises(ValueError, match=r"3-D inputs with channels \[1, 1, 1, 1\].*2-D, \[3, 1\]"):
+        SubsetPredictor(net, ROI, device="cpu", modalities=toy)
