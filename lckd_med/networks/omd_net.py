@@ -264,14 +264,9 @@ class OMDFusion(nn.Module):
 class RestoreTranslateFusion(nn.ModuleList):
     """OMD's fusion strategy: one :class:`OMDFusion` per level (restoration, then shared cross translation).
 
-    A ``ModuleList`` (entry ``l`` fuses level ``l``) so the checkpoint keys stay ``fusions.<l>.*``.
-
-    Args:
-        filters: channels per level, first level -> bottleneck.
-        num_modalities: ``M``.
-        norm, act: MONAI layer specs.
-        restore_kernel_size, translate_kernel_size: as :class:`OMDFusion`.
-        spatial_dims: 3 (volumes, default) or 2 (images).
+    Laid out like LCKD's :class:`~lckd_med.networks.fusion.MeanFillFusion` (entry ``l`` fuses level ``l``, keys
+    ``fusions.<l>.*``); ``filters``, ``num_modalities``, ``norm``, ``act`` and ``spatial_dims`` mean the same there.
+    ``restore_kernel_size`` and ``translate_kernel_size`` are those of :class:`OMDFusion`.
     """
 
     def __init__(
