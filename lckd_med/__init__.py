@@ -6,4 +6,4 @@ from lckd_med import constants
 
 __all__ = ["constants", "__version__"]
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

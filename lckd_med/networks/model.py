@@ -111,7 +111,7 @@ class MissingModalityNet(nn.Module):
     #: :meth:`decode_subsets` pass on an accelerator when ``chunk_size`` is ``None``: two 128^3 windows.
     SUBSET_BATCH_VOXELS: int = 2 * 128**3
     #: The same on the CPU, smaller: a pass there is memory-bound, and 15 masks of a 48^3 window decoded together
-    #: were measured slower than 2-5 at a time (docs/performance.md, ``python -m lckd_med.benchmarks.sweep``).
+    #: were measured slower than 2-5 at a time (docs/performance.md, "CPU evaluation: masks decoded together").
     SUBSET_BATCH_VOXELS_CPU: int = 3 * 2**17
     #: ``from_hparams`` defaults for keys missing from hyper-parameters saved by older versions.
     LEGACY_HPARAMS: ClassVar[dict[str, Any]] = {}
