@@ -104,6 +104,8 @@ def test_merged_config_is_omd():
     assert omd["method_handlers"] == [] and omd["teacher_state"] is None  # no election, no teachers
     demo = _merged(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
     assert demo["phase1_iterations"] == 0 and demo["mmd_max_samples"] == 256
+    # the demo's 300 CPU iterations learn TC/ET only with the BCE averaged over regions (docs/omd.md)
+    assert demo["bce_reduction"] == "mean" and omd["bce_reduction"] == "sum_channels"
 
 
 def test_metadata_describes_omd():
