@@ -360,11 +360,12 @@ class RandReferenceSpatiald(RandomizableTransform, MapTransform):
 
     def draw(self, shape: Sequence[int]) -> dict[str, Any] | None:
         """The random parameters for a ``(D, H, W)`` patch: ``None`` (no change) or a dict of ``displacement``
-        (``(3, D, H, W)`` or ``None``), ``angles`` (radians, or ``None``), ``scale`` (or ``None``)."""
+        (``(3, D, H, W)`` or ``None``; with its ``alpha`` and ``sigma``), ``angles`` (radians, or ``None``), ``scale``
+        (or ``None``) and the grid ``centre``."""
         params: dict[str, Any] = {"displacement": None, "angles": None, "scale": None}
         if self.R.uniform() < self.elastic_prob:
-            alpha = self.R.uniform(*self.alpha_range)
-            sigma = self.R.uniform(*self.sigma_range)
+            alpha = params["alpha"] = float(self.R.uniform(*self.alpha_range))
+            sigma = params["sigma"] = float(self.R.uniform(*self.sigma_range))
             params["displacement"] = np.stack(
                 [
                     ndimage.gaussian_filter(self.R.random_sample(shape) * 2 - 1, sigma, mode="constant", cval=0) * alpha
@@ -375,7 +376,7 @@ class RandReferenceSpatiald(RandomizableTransform, MapTransform):
             params["angles"] = [math.radians(self.R.uniform(*self.degrees)) for _ in range(3)]
         if self.R.uniform() < self.scale_prob:
             params["scale"] = two_sided_uniform(self.R, *self.scale_range)
-        if all(v is None for v in params.values()):
+        if params["displacement"] is None and params["angles"] is None and params["scale"] is None:
             return None
         params["centre"] = [float(self.R.uniform(n // 2, n - n // 2)) for n in shape]
         return params
