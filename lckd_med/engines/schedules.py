@@ -11,9 +11,11 @@ Step convention (MONAI's ``LrScheduleHandler(epoch_level=False)`` steps after ev
 (1-based) trains with the factor of step ``it = i - 1``, the reference's 0-based ``i_iter``.
 
 Exactly, the reference's phase-2 run restarts at the phase-1 checkpoint's counter ``i_iter = 79999`` (one index before
-80k) and stops after 114999: 35,001 steps. ``phase2_overlap=1`` with ``115001`` iterations reproduces that: phase-2
-step ``it`` uses the reference's ``i_iter = it - 1`` in ``lr0 (1 - i_iter / 115000) ** 0.9``. The default (0) runs
-phase 2 as steps 80000..114999 (35,000), the reference's schedule without the repeated index.
+80k) and stops after 114999: 35,001 steps. ``phase2_overlap=1`` counts phase-2 steps from that repeated index: step
+``it >= 80000`` uses the reference's ``i_iter = it - 1`` in ``lr0 (1 - i_iter / 115000) ** 0.9``, so the 35,000
+phase-2 iterations of a 115,000-iteration run are the reference's first 35,000 (its last one, at ``2.8e-5 lr0``, is
+not run: ignite's 250-iteration epochs cannot end at the prime 115,001). The default (0) runs phase 2 as the indices
+80000..114999.
 """
 
 from __future__ import annotations
@@ -36,19 +38,18 @@ def two_phase_poly_factor(
 
     Args:
         step: 0-based iteration index (engine iteration - 1).
-        total_iters: iterations of the whole training (115000 in the reference; 115001 with ``phase2_overlap=1``).
+        total_iters: iterations of the whole training (115000 in the reference), the phase-2 poly's length.
         phase1_iters: iterations of phase 1 (80000); 0 gives one poly over ``total_iters``.
         power: poly exponent (0.9).
         phase2_overlap: phase-2 steps are counted from ``phase1_iters - phase2_overlap`` (see the module docstring).
 
     Returns:
-        ``(1 - step / phase1_iters) ** power`` while ``step < phase1_iters``, else ``(1 - s / n) ** power`` with
-        ``s = step - phase2_overlap`` and ``n = total_iters - phase2_overlap``; 0 from ``n`` on.
+        ``(1 - step / phase1_iters) ** power`` while ``step < phase1_iters``, else
+        ``(1 - (step - phase2_overlap) / total_iters) ** power``; 0 from ``total_iters`` on.
     """
     if step < phase1_iters:
         return (1.0 - step / phase1_iters) ** power
-    total = total_iters - phase2_overlap
-    return max(0.0, 1.0 - min(step - phase2_overlap, total) / total) ** power
+    return max(0.0, 1.0 - min(step - phase2_overlap, total_iters) / total_iters) ** power
 
 
 class TwoPhasePolyLR(LRScheduler):
@@ -60,7 +61,7 @@ class TwoPhasePolyLR(LRScheduler):
         phase1_iters: iterations of phase 1, ``0 <= phase1_iters <= total_iters``.
         power: poly exponent (``> 0``).
         last_epoch: as in :class:`torch.optim.lr_scheduler.LRScheduler`.
-        phase2_overlap: see :func:`two_phase_poly_factor` (0, or 1 for the reference's 35,001 phase-2 steps).
+        phase2_overlap: see :func:`two_phase_poly_factor` (0, or 1 for the reference's phase-2 step indices).
 
     Raises:
         ValueError: an argument out of range.

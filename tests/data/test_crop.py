@@ -63,9 +63,7 @@ def test_region_or_uniform_law():
 def test_empty_regions_fall_back_to_uniform():
     t, n = _cropper(scale_prob=0.0), 3000
     label = _label((None, None, VOXELS[2]))  # only WT present: 1/8 of the patches are WT-centred
-    hits = sum(
-        tuple(a + k // 2 for a, k in zip(t.draw_box(label)[0], ROI, strict=True)) == VOXELS[2] for _ in range(n)
-    )
+    hits = sum(tuple(a + k // 2 for a, k in zip(t.draw_box(label)[0], ROI, strict=True)) == VOXELS[2] for _ in range(n))
     assert _within(hits / n, 1 / 8, n)
 
 
