@@ -44,7 +44,9 @@ def test_table_has_five_columns_and_a_verdict_per_row():
 
 
 @pytest.mark.parametrize(
-    "cell", sorted({m.groups() for row in _rows() for m in CELL.finditer(" ".join(row))}), ids=lambda c: f"{c[0]}#{c[1]}"
+    "cell",
+    sorted({m.groups() for row in _rows() for m in CELL.finditer(" ".join(row))}),
+    ids=lambda c: f"{c[0]}#{c[1]}",
 )
 def test_config_cell_matches_the_bundle(cell):
     name, key, value = cell
