@@ -82,7 +82,8 @@ def test_outputs_equal_the_reference_code_on_fixed_weights():
     model = ReferenceLCKDNet().double().eval()
     deterministic_(model)
     x = torch.sin(0.05 * torch.arange(4 * 32 * 32 * 16, dtype=torch.float64)).reshape(1, 4, 32, 32, 16)
-    masks = {"all": [True] * 4, "t1ce": [False, False, True, False], "flair+t2": [True, False, False, True]}
+    masks = {"all": [True] * 4, "t1ce": [False, False, True, False]}
+    assert set(expected) == set(masks)
     with torch.no_grad():
         for name, case in expected.items():
             mask = torch.tensor([masks[name]])
@@ -103,7 +104,7 @@ def test_outputs_equal_the_reference_code_on_fixed_weights():
 def test_encode_once_sweep_equals_forward(net):
     net.eval()
     x = torch.randn(1, 4, *ROI, generator=torch.Generator().manual_seed(1))
-    masks = subset_masks(["t1ce", "flair+t2", "flair+t1+t1ce+t2"])
+    masks = subset_masks(["flair+t2", "flair+t1+t1ce+t2"])
     with torch.no_grad():
         swept = net.decode_subsets(net.encode(x), masks)
         for k, mask in enumerate(masks):
