@@ -310,3 +310,12 @@ def test_eval_bad_arguments(kwargs, exc):
 @pytest.mark.parametrize("roi, expected", [(8, (8, 8, 8)), ((4, 5, 6), (4, 5, 6)), ([2, 2, 2], (2, 2, 2))])
 def test_normalize_roi_size(roi, expected):
     assert normalize_roi_size(roi) == expected
+
+
+def test_reference_augmentation_is_3d_only():
+    from lckd_med.modalities import ModalitySpec
+
+    rgbd = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2)
+    with pytest.raises(ValueError, match="3-D"):
+        train_transforms((16, 16), modalities=rgbd, augmentation="reference")
+    assert train_transforms((16, 16), modalities=rgbd, augmentation="reference", augment=False)  # nothing to refuse
