@@ -5,9 +5,23 @@ Input sample dicts are datalist entries: the four modality path keys (``MODALITI
 channels zero), ``"modality_mask"`` torch.bool ``(4,)``, ``"label"`` ``(3, H, W, D)`` float32 in ``REGIONS``
 order (ET, TC, WT).
 
-The training chain is split into a deterministic prefix (load, reorient, crop to the brain, normalise, convert
+The training chain is split into a deterministic prefix (load, normalise, reorient, [crop to the brain], convert
 labels, pad) and a random suffix starting with the patch crop, so MONAI ``CacheDataset`` caches exactly the
 prefix. The evaluation chain keeps MetaTensor metadata so ``Invertd`` maps predictions back to the input geometry.
+
+Three named choices (library defaults first: the light pipeline; the LCKD bundle's ``train.json`` picks the
+reference's, see ``docs/reproduce.md``):
+
+* ``intensity`` (:data:`INTENSITY_NORMS`): ``"brainbox"`` -- crop to the box of voxels > 0 in any sequence, z-score
+  each sequence over its non-zero voxels; ``"reference"`` -- the LCKD reference's (:mod:`lckd_med.data.intensity`):
+  histogram-tail clip and z-score over the voxels that differ from the corner voxel, on the whole volume. Training,
+  election, evaluation and inference must use the same one (the bundles store it in the checkpoint's
+  ``train_config``; :func:`recipe_intensity` reads it back).
+* ``crop`` (:data:`CROP_SAMPLINGS`): ``"posneg"`` -- MONAI ``RandCropByPosNegLabeld`` (``pos`` : ``neg`` patches
+  centred on a tumour / a non-tumour voxel); ``"reference"`` -- :class:`~lckd_med.data.crop.ReferenceCropd`.
+* ``augmentation`` (:data:`AUGMENTATIONS`): ``"light"`` -- flips and per-channel intensity scale / shift;
+  ``"reference"`` -- the reference's batchgenerators chain (:mod:`lckd_med.data.augment`); ``augment=False``
+  disables either.
 """
 
 from __future__ import annotations
@@ -30,6 +44,9 @@ from monai.transforms import (
 )
 
 from lckd_med.constants import LabelConvention, label_convention
+from lckd_med.data.augment import reference_augmentation
+from lckd_med.data.crop import REFERENCE_MARGINS, ReferenceCropd
+from lckd_med.data.intensity import CornerZScored, HistogramTailClipd
 from lckd_med.data.transforms import (
     IMAGE_KEY,
     LABEL_KEY,
@@ -43,6 +60,10 @@ from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
 __all__ = [
     "AXCODES",
+    "INTENSITY_NORMS",
+    "CROP_SAMPLINGS",
+    "AUGMENTATIONS",
+    "recipe_intensity",
     "normalize_roi_size",
     "train_transforms_split",
     "train_transforms",
@@ -51,6 +72,29 @@ __all__ = [
 
 #: Working orientation of every pipeline (BraTS files are LPS on disk).
 AXCODES = "RAS"
+#: Intensity normalisations (library default first): brain-box crop + non-zero z-score, or the reference's.
+INTENSITY_NORMS: tuple[str, ...] = ("brainbox", "reference")
+#: Patch samplers (library default first): MONAI's positive / negative centres, or the reference's law.
+CROP_SAMPLINGS: tuple[str, ...] = ("posneg", "reference")
+#: Training augmentations (library default first): flips + intensity jitter, or the reference's chain.
+AUGMENTATIONS: tuple[str, ...] = ("light", "reference")
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
+def recipe_intensity(train_config: Mapping[str, Any] | None) -> str:
+    """The intensity normalisation a checkpoint's ``train_config`` records (``"brainbox"`` when it records none:
+    checkpoints written before the option existed were trained with it).
+
+    Raises:
+        ValueError: an unknown value.
+    """
+    value = (train_config or {}).get("intensity") or INTENSITY_NORMS[0]
+    return _choice("train_config intensity", value, INTENSITY_NORMS)
 
 
 def normalize_roi_size(roi_size: int | Sequence[int], spatial_dims: int = 3) -> tuple[int, ...]:
@@ -82,19 +126,29 @@ def _loading(
     label_dtype: torch.dtype,
     allow_missing: bool,
     modalities: ModalitySpec = BRATS,
+    intensity: str = "brainbox",
 ) -> list:
-    """Load, reorient to RAS, crop to the brain box, z-score brain voxels per channel, labels -> regions."""
+    """Load, normalise, reorient to RAS, labels -> regions.
+
+    ``"brainbox"``: reorient, crop to the brain box, z-score brain voxels per channel. ``"reference"``: clip and
+    z-score per channel on the file's own voxel order (the corner voxel is the file's first), then reorient; no crop.
+    """
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
-    chain = [
-        LoadModalitiesd(
-            label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing, modalities=modalities
-        ),
-        # None: axis labels from the MetaTensor space; a 2-D image takes the first two axis codes
-        Orientationd(keys=keys, axcodes=AXCODES[: modalities.spatial_dims], labels=None),
-        # brain box = voxels > 0 in any sequence (MRI intensities are non-negative before normalisation)
-        CropForegroundd(keys=keys, source_key=IMAGE_KEY, allow_smaller=True, start_coord_key=None, end_coord_key=None),
-        NormalizeIntensityd(keys=IMAGE_KEY, nonzero=True, channel_wise=True),
+    chain: list = [
+        LoadModalitiesd(label_key=LABEL_KEY if with_label else None, allow_missing=allow_missing, modalities=modalities)
     ]
+    if intensity == "reference":
+        chain += [HistogramTailClipd(keys=IMAGE_KEY), CornerZScored(keys=IMAGE_KEY)]
+    # None: axis labels from the MetaTensor space; a 2-D image takes the first two axis codes
+    chain.append(Orientationd(keys=keys, axcodes=AXCODES[: modalities.spatial_dims], labels=None))
+    if intensity == "brainbox":
+        chain += [
+            # brain box = voxels > 0 in any sequence (MRI intensities are non-negative before normalisation)
+            CropForegroundd(
+                keys=keys, source_key=IMAGE_KEY, allow_smaller=True, start_coord_key=None, end_coord_key=None
+            ),
+            NormalizeIntensityd(keys=IMAGE_KEY, nonzero=True, channel_wise=True),
+        ]
     if with_label:
         chain.append(
             LabelToRegionsd(
@@ -120,13 +174,18 @@ def train_transforms_split(
     allow_missing: bool = True,
     track_meta: bool = False,
     modalities: ModalitySpec | Mapping[str, Any] | None = None,
+    augmentation: str = "light",
+    crop: str = "posneg",
+    intensity: str = "brainbox",
 ) -> tuple[Compose, Compose]:
     """Training chain as ``(deterministic_prefix, random_suffix)``.
 
-    Prefix: LoadModalitiesd -> Orientationd(RAS) -> CropForegroundd(any non-zero channel) ->
-    NormalizeIntensityd(nonzero, channel_wise) -> LabelToRegionsd (uint8, to keep caches small) -> SpatialPadd(roi).
-    Suffix: RandCropByPosNegLabeld -> [RandFlipd per axis, RandScaleIntensityd, RandShiftIntensityd] ->
-    MaskMissingModalitiesd -> [ModalityDropoutd] -> EnsureTyped (image and label float32).
+    Prefix: LoadModalitiesd -> [``intensity="reference"``: HistogramTailClipd -> CornerZScored] -> Orientationd(RAS)
+    -> [``"brainbox"``: CropForegroundd(any non-zero channel) -> NormalizeIntensityd(nonzero, channel_wise)] ->
+    LabelToRegionsd (uint8, to keep caches small) -> SpatialPadd(roi).
+    Suffix: RandCropByPosNegLabeld or ReferenceCropd -> [augmentation: ``"light"``: RandFlipd per axis,
+    RandScaleIntensityd, RandShiftIntensityd; ``"reference"``: :func:`~lckd_med.data.augment.reference_augmentation`]
+    -> MaskMissingModalitiesd -> [ModalityDropoutd] -> EnsureTyped (image and label float32).
 
     Args:
         roi_size: patch size ``(H, W, D)`` or an int for a cube.
@@ -144,6 +203,11 @@ def train_transforms_split(
         track_meta: keep MetaTensors in the output (False gives plain tensors, cheaper in training steps).
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): loading,
             flips (one per spatial axis), masking and dropout follow it; ``roi_size`` has its ``spatial_dims``.
+        augmentation: ``"light"`` (flips, intensity scale / shift: ``flip_prob``, ``intensity_scale``,
+            ``intensity_shift``) or ``"reference"`` (the LCKD reference's chain; 3-D only).
+        crop: ``"posneg"`` (``pos`` / ``neg``) or ``"reference"`` (the LCKD reference's law, margins 15 / 10 / 0 on
+            ``H, W, D``).
+        intensity: ``"brainbox"`` or ``"reference"`` (see the module docstring).
 
     Returns:
         ``(prefix, suffix)``; ``Compose([*prefix.transforms, *suffix.transforms])`` is the full chain.
@@ -163,17 +227,39 @@ def train_transforms_split(
     flip_prob = _check_number("flip_prob", flip_prob, 0.0, 1.0)
     intensity_scale = _check_number("intensity_scale", intensity_scale, 0.0)
     intensity_shift = _check_number("intensity_shift", intensity_shift, 0.0)
+    augmentation = _choice("augmentation", augmentation, AUGMENTATIONS)
+    crop = _choice("crop", crop, CROP_SAMPLINGS)
+    intensity = _choice("intensity", intensity, INTENSITY_NORMS)
+    if augment and augmentation == "reference" and spec.spatial_dims != 3:
+        raise ValueError("augmentation='reference' is the reference's 3-D chain; use 'light' for 2-D data")
 
     keys = [IMAGE_KEY, LABEL_KEY]
-    prefix = _loading(conv, with_label=True, label_dtype=torch.uint8, allow_missing=allow_missing, modalities=spec)
+    prefix = _loading(
+        conv,
+        with_label=True,
+        label_dtype=torch.uint8,
+        allow_missing=allow_missing,
+        modalities=spec,
+        intensity=intensity,
+    )
     prefix.append(SpatialPadd(keys=keys, spatial_size=roi))
 
-    suffix: list = [
-        RandCropByPosNegLabeld(
+    if crop == "reference":
+        sampler = ReferenceCropd(
+            keys=keys,
+            label_key=LABEL_KEY,
+            roi_size=roi,
+            margins=REFERENCE_MARGINS[: spec.spatial_dims],
+            num_samples=num_samples,
+        )
+    else:
+        sampler = RandCropByPosNegLabeld(
             keys=keys, label_key=LABEL_KEY, spatial_size=roi, pos=pos, neg=neg, num_samples=num_samples
         )
-    ]
-    if augment:
+    suffix: list = [sampler]
+    if augment and augmentation == "reference":
+        suffix += reference_augmentation(IMAGE_KEY, LABEL_KEY, spec.spatial_dims)
+    elif augment:
         suffix += [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=axis) for axis in range(spec.spatial_dims)]
         suffix += [
             RandScaleIntensityd(keys=IMAGE_KEY, factors=intensity_scale, prob=1.0, channel_wise=True),
@@ -216,11 +302,13 @@ def eval_transforms(
     with_label: bool = True,
     allow_missing: bool = True,
     modalities: ModalitySpec | Mapping[str, Any] | None = None,
+    intensity: str = "brainbox",
 ) -> Compose:
     """Evaluation / inference chain, invertible with ``monai.transforms.Invertd``.
 
-    LoadModalitiesd -> Orientationd(RAS) -> CropForegroundd -> NormalizeIntensityd -> [LabelToRegionsd] ->
-    EnsureTyped (MetaTensors kept). Invert predictions with
+    LoadModalitiesd -> [HistogramTailClipd -> CornerZScored] -> Orientationd(RAS) -> [CropForegroundd ->
+    NormalizeIntensityd] -> [LabelToRegionsd] -> EnsureTyped (MetaTensors kept), the bracketed steps as ``intensity``
+    says (see the module docstring; use the one the model was trained with). Invert predictions with
     ``Invertd(keys="pred", transform=<this>, orig_keys="image", nearest_interp=True)``: Orientationd and
     CropForegroundd are undone, so a ``(3, H', W', D')`` prediction returns to the input grid and LPS affine.
 
@@ -230,6 +318,7 @@ def eval_transforms(
         allow_missing: accept cases with missing sequences.
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): one file per
             modality with its channels, 2-D or 3-D (see :class:`~lckd_med.data.transforms.LoadModalities`).
+        intensity: ``"brainbox"`` or ``"reference"`` (:data:`INTENSITY_NORMS`).
     """
     if not isinstance(with_label, bool):
         raise TypeError(f"with_label must be a bool, got {with_label!r}")
@@ -241,6 +330,7 @@ def eval_transforms(
         label_dtype=torch.float32,
         allow_missing=allow_missing,
         modalities=spec_of(modalities),
+        intensity=_choice("intensity", intensity, INTENSITY_NORMS),
     )
     chain.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True))
     return Compose(chain)

@@ -234,8 +234,14 @@ def _omd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
     return OMDNet.from_hparams(dict(hparams))
 
 
+def _reference_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
+    from lckd_med.networks.reference_net import ReferenceLCKDNet
+
+    return ReferenceLCKDNet.from_hparams(dict(hparams))
+
+
 #: Network name stored in a checkpoint -> builder from its hyper-parameters. Methods register theirs here.
-NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net, "OMDNet": _omd_net}
+NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net, "OMDNet": _omd_net, "ReferenceLCKDNet": _reference_net}
 
 
 def build_network(ckpt: Mapping[str, Any], load_weights: bool = True) -> torch.nn.Module:

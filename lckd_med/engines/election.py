@@ -2,7 +2,10 @@
 
 As in the LCKD reference (train.py), the election runs after the first iteration and then every ``interval``
 iterations (iterations 1, 5001, 10001, ... -- the reference's 0-based ``i_iter % 5000 == 0``); optionally also at the
-switch to the missing-modality phase and at the end. The current model segments the validation cases with each
+switch to the missing-modality phase and at the end. The reference's phase-2 run starts from its ``--teachers``
+default again and re-runs one iteration index (``phase2_overlap``, see :mod:`lckd_med.engines.schedules`): the
+handler can reset the teachers to :class:`TeacherState`'s default before the first phase-2 iteration and shift the
+phase-2 schedule by the overlap. The current model segments the validation cases with each
 modality alone (whole volume, sliding window with uniform blending, one encoding per window); the mean score per
 region decides, per region (ET, TC, WT), which modality teaches. The teacher set is the union. Ties go to the
 modality that comes first in ``MODALITIES`` so every rank and every rerun agrees.
@@ -67,8 +70,14 @@ class TeacherState:
         bad = [m for m in default if m not in self.spec.names]
         if bad:
             raise ValueError(f"default teachers {bad} are not modality keys {self.spec.names}")
-        self.teachers: list[str] = [m for m in self.spec.names if m in default]
+        #: the teachers before the first election (modality order)
+        self.default: tuple[str, ...] = tuple(m for m in self.spec.names if m in default)
+        self.teachers: list[str] = list(self.default)
         self.history: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        """Back to the default teachers (the election record is kept)."""
+        self.teachers = list(self.default)
 
     def mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """``(M,)`` boolean teacher mask in modality order."""
@@ -218,6 +227,11 @@ class TeacherElectionHandler:
         score: ``"soft"`` (reference soft Dice, default) or ``"legacy"`` (hard legacy Dice), see the module docstring.
         summary_writer: optional TensorBoard ``SummaryWriter`` (rank 0 only) for ``election/<modality>_<region>``.
         elect_at_end: also elect when training completes (so the checkpoint's teachers reflect the final model).
+        reset_iteration: before this iteration the teachers go back to ``teacher_state``'s default (the reference's
+            phase-2 run starts from its ``--teachers`` default: the first phase-2 iteration); ``None`` never.
+        phase2_start, phase2_overlap: from iteration ``phase2_start`` on, the periodic schedule counts iterations
+            minus ``phase2_overlap`` (the reference's phase-2 run re-runs that many iteration indices, see
+            :mod:`lckd_med.engines.schedules`); ``phase2_start=None`` or overlap 0: no shift.
 
     Under ``torch.distributed`` each rank scores its own shard of ``val_loader`` and Dice sums are all-reduced,
     so every rank elects the same teachers.
@@ -238,7 +252,18 @@ class TeacherElectionHandler:
         first_election: int | None = 1,
         score: str = "soft",
         mode: str = "constant",
+        reset_iteration: int | None = None,
+        phase2_start: int | None = None,
+        phase2_overlap: int = 0,
     ) -> None:
+        for name, value in (("reset_iteration", reset_iteration), ("phase2_start", phase2_start)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if isinstance(phase2_overlap, bool) or not isinstance(phase2_overlap, int) or phase2_overlap < 0:
+            raise ValueError(f"phase2_overlap must be an int >= 0, got {phase2_overlap!r}")
+        self.reset_iteration = reset_iteration
+        self.phase2_start = phase2_start
+        self.phase2_overlap = phase2_overlap
         if interval < 0:
             raise ValueError(f"interval must be >= 0 (0 disables periodic elections), got {interval}")
         if first_election is not None and (
@@ -268,18 +293,30 @@ class TeacherElectionHandler:
         self.elect_at_end = elect_at_end
 
     def _due(self, engine: Engine, iteration: int) -> bool:
+        if self.phase_switch_iteration is not None and iteration == self.phase_switch_iteration:
+            return True
+        if self.phase2_start is not None and iteration >= self.phase2_start:
+            iteration -= self.phase2_overlap  # the reference's iteration index in its phase-2 run
         first = self.first_election
         if first is not None and iteration == first:
             return True
         offset = 0 if first is None else first
-        if self.interval > 0 and iteration >= offset and (iteration - offset) % self.interval == 0:
-            return True
-        return self.phase_switch_iteration is not None and iteration == self.phase_switch_iteration
+        return self.interval > 0 and iteration >= offset and (iteration - offset) % self.interval == 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
+        if self.reset_iteration is not None:
+            engine.add_event_handler(Events.ITERATION_STARTED(once=self.reset_iteration), self._reset)
         if self.elect_at_end:
             engine.add_event_handler(Events.COMPLETED, self._at_end)
+
+    def _reset(self, engine: Engine) -> None:
+        self.teacher_state.reset()
+        logger.info(
+            "teachers reset to the default (%s) before iteration %d",
+            "+".join(self.teacher_state.teachers) or "none",
+            engine.state.iteration,
+        )
 
     def _at_end(self, engine: Engine) -> None:
         done = {r["iteration"] for r in self.teacher_state.history}

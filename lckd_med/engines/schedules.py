@@ -9,6 +9,13 @@ torch has no such schedule (``SequentialLR`` would restart the second poly at it
 
 Step convention (MONAI's ``LrScheduleHandler(epoch_level=False)`` steps after every iteration): engine iteration ``i``
 (1-based) trains with the factor of step ``it = i - 1``, the reference's 0-based ``i_iter``.
+
+Exactly, the reference's phase-2 run restarts at the phase-1 checkpoint's counter ``i_iter = 79999`` (one index before
+80k) and stops after 114999: 35,001 steps. ``phase2_overlap=1`` counts phase-2 steps from that repeated index: step
+``it >= 80000`` uses the reference's ``i_iter = it - 1`` in ``lr0 (1 - i_iter / 115000) ** 0.9``, so the 35,000
+phase-2 iterations of a 115,000-iteration run are the reference's first 35,000 (its last one, at ``2.8e-5 lr0``, is
+not run: ignite's 250-iteration epochs cannot end at the prime 115,001). The default (0) runs phase 2 as the indices
+80000..114999.
 """
 
 from __future__ import annotations
@@ -24,22 +31,25 @@ __all__ = ["LR_SCHEDULES", "TwoPhasePolyLR", "two_phase_poly_factor", "make_lr_s
 LR_SCHEDULES: tuple[str, ...] = ("two_phase_poly", "poly")
 
 
-def two_phase_poly_factor(step: int, total_iters: int, phase1_iters: int, power: float = 0.9) -> float:
+def two_phase_poly_factor(
+    step: int, total_iters: int, phase1_iters: int, power: float = 0.9, phase2_overlap: int = 0
+) -> float:
     """LR multiplier at 0-based ``step``: poly over ``phase1_iters`` to 0, then the poly over ``total_iters``.
 
     Args:
         step: 0-based iteration index (engine iteration - 1).
-        total_iters: iterations of the whole training (115000 in the reference).
+        total_iters: iterations of the whole training (115000 in the reference), the phase-2 poly's length.
         phase1_iters: iterations of phase 1 (80000); 0 gives one poly over ``total_iters``.
         power: poly exponent (0.9).
+        phase2_overlap: phase-2 steps are counted from ``phase1_iters - phase2_overlap`` (see the module docstring).
 
     Returns:
         ``(1 - step / phase1_iters) ** power`` while ``step < phase1_iters``, else
-        ``(1 - step / total_iters) ** power``; 0 from ``total_iters`` on.
+        ``(1 - (step - phase2_overlap) / total_iters) ** power``; 0 from ``total_iters`` on.
     """
     if step < phase1_iters:
         return (1.0 - step / phase1_iters) ** power
-    return max(0.0, 1.0 - min(step, total_iters) / total_iters) ** power
+    return max(0.0, 1.0 - min(step - phase2_overlap, total_iters) / total_iters) ** power
 
 
 class TwoPhasePolyLR(LRScheduler):
@@ -51,6 +61,7 @@ class TwoPhasePolyLR(LRScheduler):
         phase1_iters: iterations of phase 1, ``0 <= phase1_iters <= total_iters``.
         power: poly exponent (``> 0``).
         last_epoch: as in :class:`torch.optim.lr_scheduler.LRScheduler`.
+        phase2_overlap: see :func:`two_phase_poly_factor` (0, or 1 for the reference's phase-2 step indices).
 
     Raises:
         ValueError: an argument out of range.
@@ -63,6 +74,7 @@ class TwoPhasePolyLR(LRScheduler):
         phase1_iters: int,
         power: float = 0.9,
         last_epoch: int = -1,
+        phase2_overlap: int = 0,
     ) -> None:
         if isinstance(total_iters, bool) or not isinstance(total_iters, int) or total_iters < 1:
             raise ValueError(f"total_iters must be an int >= 1, got {total_iters!r}")
@@ -70,6 +82,16 @@ class TwoPhasePolyLR(LRScheduler):
             raise ValueError(f"phase1_iters must be an int in [0, total_iters={total_iters}], got {phase1_iters!r}")
         if not power > 0:
             raise ValueError(f"power must be > 0, got {power!r}")
+        if (
+            isinstance(phase2_overlap, bool)
+            or not isinstance(phase2_overlap, int)
+            or not 0 <= phase2_overlap <= min(phase1_iters, total_iters - phase1_iters)
+        ):
+            raise ValueError(
+                f"phase2_overlap must be an int in [0, min(phase1_iters, total_iters - phase1_iters)], "
+                f"got {phase2_overlap!r}"
+            )
+        self.phase2_overlap = phase2_overlap
         self.total_iters = total_iters
         self.phase1_iters = phase1_iters
         self.power = float(power)
@@ -79,12 +101,17 @@ class TwoPhasePolyLR(LRScheduler):
         return self._get_closed_form_lr()
 
     def _get_closed_form_lr(self) -> list[float]:
-        f = two_phase_poly_factor(self.last_epoch, self.total_iters, self.phase1_iters, self.power)
+        f = two_phase_poly_factor(self.last_epoch, self.total_iters, self.phase1_iters, self.power, self.phase2_overlap)
         return [base * f for base in self.base_lrs]
 
 
 def make_lr_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, num_iterations: int, phase1_iterations: int, power: float = 0.9
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    num_iterations: int,
+    phase1_iterations: int,
+    power: float = 0.9,
+    phase2_overlap: int = 0,
 ) -> Any:
     """The schedule named ``name`` (one of :data:`LR_SCHEDULES`).
 
@@ -95,12 +122,17 @@ def make_lr_scheduler(
         num_iterations: total training iterations.
         phase1_iterations: iterations of phase 1 (ignored by ``"poly"``).
         power: poly exponent.
+        phase2_overlap: ``"two_phase_poly"`` only (see :func:`two_phase_poly_factor`); must be 0 for ``"poly"``.
 
     Raises:
         ValueError: unknown name or bad numbers.
     """
     if name == "two_phase_poly":
-        return TwoPhasePolyLR(optimizer, int(num_iterations), int(phase1_iterations), power)
+        return TwoPhasePolyLR(
+            optimizer, int(num_iterations), int(phase1_iterations), power, phase2_overlap=int(phase2_overlap)
+        )
     if name == "poly":
+        if phase2_overlap:
+            raise ValueError("phase2_overlap needs lr_schedule 'two_phase_poly'")
         return PolynomialLR(optimizer, total_iters=int(num_iterations), power=power)
     raise ValueError(f"unknown lr schedule {name!r}; use one of {LR_SCHEDULES}")

@@ -48,12 +48,14 @@ from lckd_med.constants import (
 )
 from lckd_med.constants import label_convention as to_label_convention
 from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
-from lckd_med.data.pipelines import eval_transforms
+from lckd_med.data.pipelines import eval_transforms, recipe_intensity
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.inference.geometry import check_and_align, reference_modality
 from lckd_med.inference.subset_dice import read_subset_dice
+from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
 from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.reports.folder_scores import voxel_spacing
 from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
@@ -276,6 +278,12 @@ class BatchInference:
         sw_batch_size: windows per network call.
         overwrite: redo cases whose output (listed in an earlier report) is newer than their inputs; False skips
             them. Files this tool did not write are never overwritten either way.
+        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's).
+        postprocess: ``"none"`` or ``"reference"`` (the LCKD reference's ``postprocess.py``, k-means step only when
+            the case has T1ce; :func:`lckd_med.metrics.postprocess.reference_postprocess`).
+
+    The intensity normalisation is the one the checkpoint was trained with (``train_config``, see
+    :func:`lckd_med.data.pipelines.recipe_intensity`).
 
     Raises:
         FileNotFoundError / ValueError: bad checkpoint, missing ``input_dir``, or an invalid argument.
@@ -297,6 +305,8 @@ class BatchInference:
         label_convention: int | str | LabelConvention | None = None,
         sw_batch_size: int = 1,
         overwrite: bool = False,
+        average: str = "logits",
+        postprocess: str = "none",
     ) -> None:
         for name, flag in (("amp", amp), ("progress", progress), ("overwrite", overwrite)):
             if not isinstance(flag, bool):
@@ -304,6 +314,9 @@ class BatchInference:
         fraction(overlap, "overlap")
         fraction(threshold, "threshold", low_open=True)
         positive_int(sw_batch_size, "sw_batch_size")
+        if postprocess not in POSTPROCESSINGS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESSINGS}, got {postprocess!r}")
+        self.postprocess = postprocess
         if input_dir is None and manifest is None:
             raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
         if manifest is None and not Path(input_dir).is_dir():  # type: ignore[arg-type]
@@ -339,11 +352,14 @@ class BatchInference:
             sw_batch_size=self.sw_batch_size,
             device=self.device,
             output_device="cpu",
+            average=average,
         )
         self.roi_size = self.predictor.roi_size
         # what evaluation measured per subset (subset_dice.json beside model.pt; older model.pt files hold it)
         self.subset_dice: Mapping[str, Mapping[str, float]] = read_subset_dice(self.ckpt_path, self.ckpt)
-        self.transforms = eval_transforms(self.convention, with_label=False)
+        self.transforms = eval_transforms(
+            self.convention, with_label=False, intensity=recipe_intensity(self.ckpt.get("train_config"))
+        )
         self.inverter = Invertd(
             keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
         )
@@ -353,6 +369,7 @@ class BatchInference:
             json.dumps(
                 [str(self.ckpt_path.resolve()), stat.st_size, stat.st_mtime_ns, self.convention.name, self.roi_size]
                 + [self.overlap, self.threshold, self.amp]
+                + ([average, postprocess] if (average, postprocess) != ("logits", "none") else [])
             ).encode()
         ).hexdigest()[:12]
 
@@ -399,7 +416,13 @@ class BatchInference:
                 f"{aligned[ref_mod]} has shape {tuple(ref_shape)}"
             )
         et, tc, wt = (inverted[REGIONS.index(r)] for r in ("ET", "TC", "WT"))
-        return self.convention.regions_to_labels(et, tc, wt), ref_img, notes
+        labels = self.convention.regions_to_labels(et, tc, wt)
+        if self.postprocess == "reference":  # the reference sequence is T1ce whenever the case has it
+            t1ce = np.asarray(ref_img.dataobj).reshape(ref_shape) if ref_mod == "t1ce" else None
+            labels = reference_postprocess(labels, t1ce, self.convention, voxel_spacing(ref_img.affine)).astype(
+                labels.dtype
+            )
+        return labels, ref_img, notes
 
     def _up_to_date(self, case: InferenceCase, target: Path) -> bool:
         """The earlier run's output of this case is listed as ok and newer than every input file."""

@@ -10,6 +10,10 @@ reproducible from the saved files and predictions of any other tool score the sa
 
 The per-subset mean Dice also goes to ``subset_dice.json`` beside ``model.pt`` (:data:`SUBSET_DICE_NAME`): batch
 inference reads it to tell users what to expect from the sequences they have.
+
+With ``postprocess="reference"`` every prediction is also post-processed as the LCKD reference's ``postprocess.py``
+(:func:`lckd_med.metrics.postprocess.reference_postprocess`; its k-means step only for subsets with T1ce) and scored
+into the same reports under ``postprocessed/`` (:data:`POSTPROCESSED_DIR`), beside the raw ones.
 """
 
 from __future__ import annotations
@@ -30,26 +34,36 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Invertd
 
-from lckd_med.constants import NUM_REGIONS, REGIONS, LabelConvention, label_convention
+from lckd_med.constants import AFFINE_ATOL_MM, NUM_REGIONS, REGIONS, LabelConvention, label_convention
 from lckd_med.data.datalist import SPLITS
-from lckd_med.data.pipelines import eval_transforms
+from lckd_med.data.pipelines import eval_transforms, recipe_intensity
 from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint
 from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.metrics import HD95_METHODS
+from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
 from lckd_med.modalities import ModalitySpec, spec_of
-from lckd_med.prediction import BLEND_MODES, SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, summarize, write_reports
 from lckd_med.reports.folder_scores import score_folder, voxel_spacing
 from lckd_med.utils.io import save_label_map, write_text_atomic
 from lckd_med.utils.progress import progress_bar
 
-__all__ = ["SUBSET_DICE_NAME", "SubsetEvaluator", "read_subset_dice", "voxel_spacing", "summary_table"]
+__all__ = [
+    "SUBSET_DICE_NAME",
+    "POSTPROCESSED_DIR",
+    "SubsetEvaluator",
+    "read_subset_dice",
+    "voxel_spacing",
+    "summary_table",
+]
 
 logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
+#: Sub-folder of ``output_dir`` holding the reports of the reference post-processing (``postprocess="reference"``).
+POSTPROCESSED_DIR = "postprocessed"
 
 
 def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,6 +105,10 @@ class SubsetEvaluator:
         threshold: sigmoid threshold of each region channel.
         postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3; peers' 500), scaled to each
             case's voxel size, reported beside the raw scores; 0 disables.
+        postprocess: ``"none"`` or ``"reference"``: also score the LCKD reference's post-processing, reports under
+            ``output_dir/postprocessed/`` (3-D BraTS only; see the module docstring).
+        sw_average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the reference's final
+            inference).
         write_subset_dice: write the per-subset mean Dice to ``subset_dice.json`` beside ``model.pt`` so batch
             inference can tell users what to expect for the sequences they have.
         max_cases: evaluate only the first cases of the split (smoke runs).
@@ -111,6 +129,8 @@ class SubsetEvaluator:
         overlap: float = 1 / 3,
         threshold: float = 0.5,
         postprocess_min_et: int = 500,
+        postprocess: str = "none",
+        sw_average: str = "logits",
         sw_mode: str = "constant",
         hd95_method: str = "pooled",
         write_subset_dice: bool = True,
@@ -142,6 +162,14 @@ class SubsetEvaluator:
             raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
         if postprocess_min_et < 0:
             raise ValueError(f"postprocess_min_et must be >= 0, got {postprocess_min_et}")
+        if postprocess not in POSTPROCESSINGS:
+            raise ValueError(f"postprocess must be one of {POSTPROCESSINGS}, got {postprocess!r}")
+        if postprocess == "reference" and self.spec.spatial_dims != 3:
+            raise ValueError("postprocess='reference' post-processes 3-D BraTS label maps; use 'none'")
+        if sw_average not in WINDOW_AVERAGES:
+            raise ValueError(f"sw_average must be one of {WINDOW_AVERAGES}, got {sw_average!r}")
+        self.postprocess = postprocess
+        self.sw_average = sw_average
         self.ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME
         self.datalist = Path(datalist)
         self.output_dir = Path(output_dir)
@@ -185,12 +213,18 @@ class SubsetEvaluator:
             device=self.device,
             output_device="cpu",
             modalities=self.spec,
+            average=self.sw_average,
         )
         conv = label_convention(meta.get("label_convention", ckpt["label_convention"]))
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
         for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
             check_case_id(str(entry.get("case_id", "")), f"datalist {self.datalist}")
-        transform = eval_transforms(convention=conv, with_label=False, modalities=self.spec)
+        transform = eval_transforms(
+            convention=conv,
+            with_label=False,
+            modalities=self.spec,
+            intensity=recipe_intensity(ckpt.get("train_config")),
+        )
         inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
         skipped: list[str] = []
         todo = []
@@ -209,12 +243,15 @@ class SubsetEvaluator:
         # predict into a fresh staging folder and score exactly that; it becomes predictions/ (replacing an
         # earlier run's, so no stale file is ever mistaken for this run's) or, without save_predictions, goes away
         stage = self.output_dir / ".predictions_partial"
-        shutil.rmtree(stage, ignore_errors=True)
+        stage_pp = self.output_dir / ".predictions_postprocessed_partial" if self.postprocess == "reference" else None
+        for folder in (stage, stage_pp):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         suffix = ".nii.gz" if self.save_predictions else ".nii"  # scratch files skip gzip: written once, read once
         t_start = time.perf_counter()
         try:
             for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
-                self._predict_case(sample, by_id[sample["case_id"]], predictor, inverter, conv, stage, suffix)
+                self._predict_case(sample, by_id[sample["case_id"]], predictor, inverter, conv, stage, suffix, stage_pp)
             labels = {e["case_id"]: e["label"] for e in todo_entries}
             if not labels:
                 raise RuntimeError(f"no case of the {self.split!r} split of {self.datalist} could be evaluated")
@@ -227,11 +264,18 @@ class SubsetEvaluator:
                 hd95_method=self.hd95_method,
                 modalities=self.spec,
             )
+            if stage_pp is not None:
+                self._score_postprocessed(stage_pp, labels, conv)
             if self.save_predictions:
                 shutil.rmtree(self.output_dir / "predictions", ignore_errors=True)
                 stage.rename(self.output_dir / "predictions")
+                if stage_pp is not None:
+                    shutil.rmtree(self.output_dir / "predictions_postprocessed", ignore_errors=True)
+                    stage_pp.rename(self.output_dir / "predictions_postprocessed")
         finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            for folder in (stage, stage_pp):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
         for why in skipped:
             logger.warning("skipped %s", why)
         # case order of the split, then subset order: the table reads as before the predict/score split
@@ -248,6 +292,7 @@ class SubsetEvaluator:
             f"(legacy BraTS rules for empty regions; HD95 {self.hd95_method}); windows blended {self.sw_mode}; "
             "ET post-processed: predicted ET < "
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
+            + (f" The LCKD reference post-processing is scored in {POSTPROCESSED_DIR}/." if stage_pp else "")
         )
         write_reports(
             df,
@@ -272,8 +317,10 @@ class SubsetEvaluator:
         conv: LabelConvention,
         pred_root: Path,
         suffix: str,
+        pp_root: Path | None = None,
     ) -> None:
-        """Write ``pred_root/<subset>/<case_id><suffix>`` for every subset the case allows, on its input grid."""
+        """Write ``pred_root/<subset>/<case_id><suffix>`` for every subset the case allows, on its input grid (and
+        the reference post-processing of each to ``pp_root/<subset>/`` when given)."""
         case_id = sample["case_id"]
         subsets = self._case_subsets(entry)
         logits = predictor(sample[IMAGE_KEY].unsqueeze(0), subsets)
@@ -285,10 +332,48 @@ class SubsetEvaluator:
         inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
         inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
         ref = _spatial_reference(nib.load(next(entry[m] for m in self.spec.names if entry.get(m))), inverted.ndim - 2)
+        t1ce = self._t1ce(entry, ref) if pp_root is not None and any("t1ce" in s.split("+") for s in subsets) else None
         for i, subset in enumerate(subsets):
             regions = dict(zip(REGIONS, inverted[i], strict=True))
             labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
             save_label_map(labels, ref, pred_root / subset / f"{case_id}{suffix}")
+            if pp_root is not None:  # T1ce only for subsets that had it: the reference reads it from disk
+                processed = reference_postprocess(
+                    labels, t1ce if "t1ce" in subset.split("+") else None, conv, voxel_spacing(ref.affine)
+                )
+                save_label_map(processed, ref, pp_root / subset / f"{case_id}{suffix}")
+
+    @staticmethod
+    def _t1ce(entry: Mapping[str, Any], ref: nib.Nifti1Image) -> np.ndarray | None:
+        """The case's raw T1ce when it lies on the prediction's grid (BraTS: always), else None (step 2 skipped)."""
+        path = entry.get("t1ce")
+        if not path:
+            return None
+        img = nib.load(path)
+        if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, 0.0, AFFINE_ATOL_MM):
+            logger.warning("%s: T1ce not on the prediction grid; reference post-processing without k-means", path)
+            return None
+        return np.asarray(img.dataobj).reshape(img.shape[:3])
+
+    def _score_postprocessed(self, stage_pp: Path, labels: Mapping[str, Any], conv: LabelConvention) -> None:
+        """Score the post-processed predictions into ``output_dir/postprocessed/`` (reports as the raw ones)."""
+        scores = score_folder(
+            stage_pp,
+            labels,
+            output_dir=self.output_dir / POSTPROCESSED_DIR,
+            release=conv,
+            postprocess_min_et=0,
+            progress=False,
+            hd95_method=self.hd95_method,
+            caption=(
+                f"{len(labels)} case(s) of the {self.split} split after the LCKD reference post-processing "
+                "(postprocess.py: small or low components removed, k-means NCR in oedema when T1ce is in the subset, "
+                "ET < 500 mm^3 relabelled NCR). Dice in %, HD95 in mm (legacy BraTS rules)."
+            ),
+            modalities=self.spec,
+        )
+        for problem in scores.problems:
+            logger.warning("post-processed scores: left out %s", problem)
 
     def _write_subset_dice(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
         summary = summarize(df, allow_partial=True, modalities=self.spec)

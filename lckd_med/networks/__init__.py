@@ -19,8 +19,9 @@ from lckd_med.networks.omd_net import (
     OMDOutput,
     RestoreTranslateFusion,
 )
-from lckd_med.networks.presets import DEFAULT_PRESET, PRESETS, build_preset, preset_hparams
+from lckd_med.networks.presets import DEFAULT_PRESET, NETWORK_PRESETS, PRESETS, build_preset, preset_hparams
 from lckd_med.networks.protocol import SegmentationNetwork
+from lckd_med.networks.reference_net import ReferenceLCKDNet
 
 __all__ = [
     "SegmentationNetwork",
@@ -29,6 +30,7 @@ __all__ = [
     "MeanFillFusion",
     "RestoreTranslateFusion",
     "LCKDNet",
+    "ReferenceLCKDNet",
     "UNetEncoder",
     "ModalityFusion",
     "mean_fill",
@@ -46,6 +48,7 @@ __all__ = [
     "ModalityRestoration",
     "CrossTranslation",
     "PRESETS",
+    "NETWORK_PRESETS",
     "DEFAULT_PRESET",
     "build_preset",
     "preset_hparams",

@@ -16,6 +16,10 @@ preset          channels per level       first stride  purpose
                                                        U-Net at full resolution (2.6 MFLOP/voxel to train)
 =============== ======================== ============ ===================================================
 
+``reference`` (LCKD only) is not a U-Net configuration but the LCKD reference network itself, one shared ResNet-50 +
+ASPP encoder and the reference decoder (:mod:`lckd_med.networks.reference_net`, 43,656,672 parameters, 1.06
+MFLOP/voxel to train): :func:`build_preset` builds it from :data:`NETWORK_PRESETS`.
+
 Axis order is the project's ``(H, W, D)`` (D = axial slices), so ``(2, 2, 1)`` halves the in-plane resolution
 only, as the reference's first convolution does on its ``(D, H, W)`` crops.
 """
@@ -30,8 +34,9 @@ from lckd_med.networks.encoder import SPATIAL_DIMS, check_filters, check_spatial
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.omd_net import OMDNet
+from lckd_med.networks.reference_net import REFERENCE_PRESET, build_reference_preset
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "METHODS", "preset_hparams", "build_preset"]
+__all__ = ["PRESETS", "NETWORK_PRESETS", "DEFAULT_PRESET", "METHODS", "preset_hparams", "build_preset"]
 
 #: Preset name -> architecture: ``filters`` per level, ``stem_stride`` (stride of the first level; the other levels
 #: halve every axis) and ``head_filters`` of the full-resolution head (``None``: the network's default,
@@ -45,6 +50,8 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         ),
     }
 )
+#: Presets that are whole networks of their own: name -> ``builder(method, **overrides)``.
+NETWORK_PRESETS: Mapping[str, Any] = MappingProxyType({REFERENCE_PRESET: build_reference_preset})
 #: The preset the bundles and the benchmark suite use unless told otherwise.
 DEFAULT_PRESET = "lean"
 #: Method name -> network class.
@@ -72,7 +79,7 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
         ValueError: unknown preset, method or argument.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown network preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown network preset {name!r}; choose from {sorted([*PRESETS, *NETWORK_PRESETS])}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -102,5 +109,9 @@ def build_preset(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: 
     Example (what ``bundles/lckd/train.json`` does)::
 
         net = build_preset("lean", "lckd", fill_levels="bottleneck", filters=None)
+
+    ``name`` may also be a key of :data:`NETWORK_PRESETS` (``"reference"``).
     """
+    if name in NETWORK_PRESETS:
+        return NETWORK_PRESETS[name](method, **overrides)
     return METHODS[method](**preset_hparams(name, method, **overrides))

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.predictor import SubsetPredictor, resolve_roi_size
-from lckd_med.prediction.sweep import BLEND_MODES, SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
+from lckd_med.prediction.sweep import (
+    BLEND_MODES,
+    WINDOW_AVERAGES,
+    SubsetSweepPredictor,
+    autocast_context,
+    subset_masks,
+    sweep_subsets,
+)
 
 __all__ = [
     "BLEND_MODES",
+    "WINDOW_AVERAGES",
     "SubsetPredictor",
     "SubsetSweepPredictor",
     "autocast_context",

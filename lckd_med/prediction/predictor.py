@@ -14,7 +14,7 @@ import torch
 
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction.device import resolve_device
-from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
+from lckd_med.prediction.sweep import BLEND_MODES, WINDOW_AVERAGES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
 
 __all__ = ["SubsetPredictor", "resolve_roi_size"]
@@ -75,6 +75,9 @@ class SubsetPredictor:
             the GPU), ``"cpu"`` saves GPU memory on whole scans (evaluation, batch inference).
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the images and subset names (``None`` =
             BraTS); its ``spatial_dims`` must match the network's.
+        average: what overlapping windows average, ``"logits"`` (default; the reference's validation) or
+            ``"probabilities"`` (the reference's final inference); see
+            :data:`~lckd_med.prediction.sweep.WINDOW_AVERAGES`.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class SubsetPredictor:
         device: str | torch.device = "auto",
         output_device: str | torch.device | None = None,
         modalities: ModalitySpec | Mapping[str, Any] | None = None,
+        average: str = "logits",
     ) -> None:
         self.modalities = spec_of(modalities)
         net_dims = getattr(network, "spatial_dims", self.modalities.spatial_dims)
@@ -100,6 +104,9 @@ class SubsetPredictor:
             )
         if mode not in BLEND_MODES:
             raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
+        if average not in WINDOW_AVERAGES:
+            raise ValueError(f"average (what windows average) must be one of {WINDOW_AVERAGES}, got {average!r}")
+        self.average = average
         self.sw_batch_size = positive_int(sw_batch_size, "sw_batch_size")
         self.network = network
         self.roi_size = resolve_roi_size(roi_size, network=network)
@@ -130,4 +137,5 @@ class SubsetPredictor:
             sw_device=self.device,
             device=self.output_device,
             modalities=self.modalities,
+            average=self.average,
         )

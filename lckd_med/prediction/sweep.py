@@ -19,12 +19,23 @@ from monai.inferers import sliding_window_inference
 from lckd_med.constants import NUM_REGIONS
 from lckd_med.modalities import BRATS, ModalitySpec
 
-__all__ = ["BLEND_MODES", "subset_masks", "SubsetSweepPredictor", "sweep_subsets", "autocast_context"]
+__all__ = [
+    "BLEND_MODES",
+    "WINDOW_AVERAGES",
+    "subset_masks",
+    "SubsetSweepPredictor",
+    "sweep_subsets",
+    "autocast_context",
+]
 
 #: Sliding-window blending of overlapping windows (:func:`monai.inferers.sliding_window_inference` ``mode``):
 #: ``"constant"`` = uniform averaging, as the LCKD reference (its ``predict_sliding`` sums window outputs and divides
 #: by the count), the default; ``"gaussian"`` weights window centres more (nnU-Net's choice), an option.
 BLEND_MODES: tuple[str, ...] = ("constant", "gaussian")
+#: What overlapping windows average: ``"logits"`` (default; the reference's validation, hence its teacher election)
+#: or ``"probabilities"`` (the sigmoids; the reference's final inference, ``eval.py``). Either way the result is
+#: returned as logits (the logit of the averaged probabilities), so thresholding its sigmoid is unchanged.
+WINDOW_AVERAGES: tuple[str, ...] = ("logits", "probabilities")
 
 
 def subset_masks(subsets: Sequence[str] | None = None, modalities: ModalitySpec = BRATS) -> torch.Tensor:
@@ -50,12 +61,17 @@ class SubsetSweepPredictor:
         network: a network with ``encode(x) -> features`` and ``decode_subsets(features, masks) -> (B, K, 3, *S)``.
         masks: ``(K, M)`` boolean availability masks in modality order.
         amp: bf16 autocast when the window is on CUDA.
+        average: ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`): the latter returns sigmoids.
 
-    Calling it on a window ``(B, C, *S)`` returns float32 logits ``(B, K * 3, *S)``: subset-major, regions in
-    ET, TC, WT order inside each subset.
+    Calling it on a window ``(B, C, *S)`` returns float32 logits (or probabilities) ``(B, K * 3, *S)``:
+    subset-major, regions in ET, TC, WT order inside each subset.
     """
 
-    def __init__(self, network: torch.nn.Module, masks: torch.Tensor, amp: bool = True) -> None:
+    def __init__(
+        self, network: torch.nn.Module, masks: torch.Tensor, amp: bool = True, average: str = "logits"
+    ) -> None:
+        if average not in WINDOW_AVERAGES:
+            raise ValueError(f"average must be one of {WINDOW_AVERAGES}, got {average!r}")
         masks = torch.as_tensor(masks, dtype=torch.bool)
         num_mod = getattr(network, "in_modalities", BRATS.num_modalities)
         if masks.ndim != 2 or masks.shape[1] != num_mod:
@@ -65,6 +81,7 @@ class SubsetSweepPredictor:
         self.network = network
         self.masks = masks
         self.amp = amp
+        self.average = average
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
         masks = self.masks.to(window.device)
@@ -72,7 +89,8 @@ class SubsetSweepPredictor:
             feats = self.network.encode(window)
             out = self.network.decode_subsets(feats, masks)
         b, k = out.shape[:2]
-        return out.float().reshape(b, k * out.shape[2], *out.shape[3:])
+        out = out.float().reshape(b, k * out.shape[2], *out.shape[3:])
+        return torch.sigmoid(out) if self.average == "probabilities" else out
 
 
 @torch.no_grad()
@@ -89,6 +107,7 @@ def sweep_subsets(
     sw_device: torch.device | str | None = None,
     device: torch.device | str | None = None,
     modalities: ModalitySpec = BRATS,
+    average: str = "logits",
 ) -> torch.Tensor:
     """Whole-volume logits of every subset, each modality encoded once per window.
 
@@ -107,9 +126,11 @@ def sweep_subsets(
         sw_device, device: where windows run and where the stitched output lives (CPU saves GPU memory on
             large volumes).
         modalities: the modality spec of ``image`` and the subset names (default BraTS).
+        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`).
 
     Returns:
-        float32 logits ``(B, K, 3, *S)``, subsets in the given order, regions ET, TC, WT.
+        float32 logits ``(B, K, 3, *S)`` (with ``"probabilities"``: the logit of the averaged sigmoids), subsets in
+        the given order, regions ET, TC, WT.
     """
     spec = modalities
     if image.ndim != 2 + spec.spatial_dims or image.shape[1] != spec.total_channels:
@@ -127,7 +148,7 @@ def sweep_subsets(
                 raise ValueError(
                     f"sample {b} has only {spec.mask_to_subset(available[b])}; cannot evaluate subsets {lacking}"
                 )
-    predictor = SubsetSweepPredictor(network, masks, amp=amp)
+    predictor = SubsetSweepPredictor(network, masks, amp=amp, average=average)
     out = sliding_window_inference(
         image,
         roi_size=tuple(int(r) for r in roi_size),
@@ -140,4 +161,6 @@ def sweep_subsets(
     )
     # drop MetaTensor wrapping (torch.as_tensor keeps the subclass): callers index by subset
     out = torch.as_tensor(out).as_subclass(torch.Tensor)
+    if average == "probabilities":
+        out = torch.logit(out)  # exact inverse of the sigmoid: sigmoid(out) is the averaged probability
     return out.reshape(image.shape[0], len(subsets), NUM_REGIONS, *out.shape[2:])

@@ -127,3 +127,75 @@ def test_crop_batch_and_iterations_are_the_reference():
     parser = _parser()
     assert sorted(parser["roi_size"]) == [80, 160, 160] and parser["batch_size"] == 2
     assert (parser["phase1_iterations"], parser["num_iterations"], parser["election_interval"]) == (80000, 115000, 5000)
+
+
+def test_dice_smoothing_is_one_in_the_denominator():
+    """loss_Dual.py: per sample and channel 2 sum(p g) / (sum p + sum g + 1), 1 - the mean over samples, averaged
+    over the 3 channels (the BCE part is pinned above)."""
+    loss = _parser().get_parsed_content("seg_loss")
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 3, 4, 4, 4), (torch.rand(2, 3, 4, 4, 4) > 0.7).float()
+    p = torch.sigmoid(logits).flatten(2)
+    dice = 2 * (p * target.flatten(2)).sum(2) / (p.sum(2) + target.flatten(2).sum(2) + 1)
+    torch.testing.assert_close(loss.dice(logits, target), (1 - dice.mean(0)).mean())
+
+
+def test_precision_is_fp32_and_fast_json_the_bf16_option():
+    assert _parser()["amp"] is False
+    for name in ("evaluate.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE / name))
+        assert parser["amp"] is False, name
+    fast = ConfigParser()
+    fast.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "fast.json")])
+    assert fast["amp"] is True
+
+
+def test_data_pipeline_defaults_are_the_references_and_the_demo_keeps_the_light_one():
+    parser = _parser()
+    assert (parser["intensity"], parser["crop_sampling"], parser["augmentation"]) == ("reference",) * 3
+    demo = ConfigParser()
+    demo.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "demo.json")])
+    assert (demo["intensity"], demo["crop_sampling"], demo["augmentation"]) == ("brainbox", "posneg", "light")
+    assert demo["dice_smooth_dr"] == 1e-5  # the demo runs what its documented figures were measured with
+    # the training recipe records the normalisation for evaluation and inference
+    recipe = _parser({"label_convention": "brats2018"}).get_parsed_content("train_recipe")
+    assert (recipe["intensity"], recipe["augmentation"], recipe["crop_sampling"], recipe["amp"]) == (
+        "reference",
+        "reference",
+        "reference",
+        False,
+    )
+
+
+def _exact() -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "train.json"), str(BUNDLE / "reference_exact.json")])
+    return parser
+
+
+def test_reference_exact_overlay_gathers_the_small_items():
+    parser = _exact()
+    # 80,000 phase-1 steps, then the reference's phase-2 run from its repeated index i_iter 79999 (up to 114998)
+    assert (parser["phase1_iterations"], parser["num_iterations"], parser["phase2_overlap"]) == (80000, 115000, 1)
+    parser["optimizer"] = "$torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=@learning_rate)"
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    lrs = {}
+    for i in (80000, 80001, 115000):  # engine iteration i trains with the closed-form LR of step i - 1
+        scheduler.last_epoch = i - 1
+        lrs[i] = scheduler._get_closed_form_lr()[0]
+    assert lrs[80000] == pytest.approx(1e-2 * (1 - 79999 / 80000) ** 0.9)
+    assert lrs[80001] == pytest.approx(1e-2 * (1 - 79999 / 115000) ** 0.9)  # the repeated index 79999
+    assert lrs[115000] == pytest.approx(1e-2 * (1 - 114998 / 115000) ** 0.9)
+    parser["validate#dataloader"] = "$[]"
+    election = parser.get_parsed_content("validate#election")
+    due = [i for i in range(1, 90000) if election._due(None, i)]
+    # after the reference's i_iter 0, 5000, ..., 75000 (phase 1), then 80000, 85000 (its phase-2 run)
+    assert due[:2] == [1, 5001] and due[-3:] == [75001, 80002, 85002]
+    assert election.reset_iteration == 80001
+    assert parser.get_parsed_content("teacher_state").teachers == ["flair"]  # its --teachers default '0'
+    assert parser["network_preset"] == "reference"
+    for name in ("evaluate.json", "inference.json"):
+        other = ConfigParser()
+        other.read_config([str(BUNDLE / name), str(BUNDLE / "reference_exact.json")])
+        assert (other["sw_average"], other["postprocess"]) == ("probabilities", "reference"), name

@@ -15,6 +15,7 @@ from lckd_med.constants import MODALITIES, REGIONS, label_convention
 from lckd_med.data.pipelines import (
     eval_transforms,
     normalize_roi_size,
+    recipe_intensity,
     train_transforms,
     train_transforms_split,
 )
@@ -215,6 +216,40 @@ def test_eval_inversion_round_trip(tmp_path, convention, et):
     np.testing.assert_array_equal(back, label)
 
 
+def test_reference_intensity_keeps_the_whole_volume_and_inverts(tmp_path):
+    entry, label = make_case(tmp_path, missing=("t1",))
+    chain = eval_transforms(intensity="reference")
+    out = chain(entry)
+    assert out[IMAGE_KEY].shape == (4, *SHAPE)  # no brain-box crop
+    assert torch.count_nonzero(out[IMAGE_KEY][1]) == 0  # the missing sequence stays zero
+    brain = out[IMAGE_KEY][0] != 0
+    assert abs(float(out[IMAGE_KEY][0][brain].mean())) < 1e-4 and float(out[IMAGE_KEY][0][brain].std()) == (
+        pytest.approx(1, abs=1e-2)
+    )
+    out["pred"] = out[LABEL_KEY].clone()
+    pred = Invertd(keys="pred", transform=chain, orig_keys=IMAGE_KEY, nearest_interp=True)(out)["pred"]
+    np.testing.assert_array_equal(pred.numpy(), _regions(label))
+
+
+def test_reference_training_chain(tmp_path):
+    entry, _ = make_case(tmp_path, missing=("t2",))
+    chain = train_transforms(ROI, num_samples=3, intensity="reference", crop="reference", augmentation="reference")
+    chain.set_random_state(seed=0)
+    for _ in range(3):
+        for sample in chain(entry):
+            assert sample[IMAGE_KEY].shape == (4, *ROI) and sample[LABEL_KEY].shape == (3, *ROI)
+            assert sample[IMAGE_KEY].dtype == torch.float32 and sample[LABEL_KEY].dtype == torch.float32
+            assert set(torch.unique(sample[LABEL_KEY]).tolist()) <= {0.0, 1.0}
+            assert torch.count_nonzero(sample[IMAGE_KEY][3]) == 0  # re-zeroed after the intensity augmentation
+
+
+def test_recipe_intensity_defaults_to_the_former_normalisation():
+    assert recipe_intensity(None) == recipe_intensity({}) == "brainbox"
+    assert recipe_intensity({"intensity": "reference"}) == "reference"
+    with pytest.raises(ValueError, match="intensity"):
+        recipe_intensity({"intensity": "zscore"})
+
+
 # ---------------------------------------------------------------------------------------------------- bad arguments
 
 
@@ -247,6 +282,9 @@ def test_eval_inversion_round_trip(tmp_path, convention, et):
         ({"flip_prob": 2.0}, ValueError),
         ({"intensity_scale": -0.1}, ValueError),
         ({"intensity_shift": -0.1}, ValueError),
+        ({"augmentation": "heavy"}, ValueError),
+        ({"crop": "random"}, ValueError),
+        ({"intensity": "zscore"}, ValueError),
     ],
 )
 def test_train_bad_arguments(kwargs, exc):
@@ -257,7 +295,12 @@ def test_train_bad_arguments(kwargs, exc):
 
 @pytest.mark.parametrize(
     "kwargs, exc",
-    [({"convention": "brats1999"}, ValueError), ({"with_label": "yes"}, TypeError), ({"convention": 2.5}, ValueError)],
+    [
+        ({"convention": "brats1999"}, ValueError),
+        ({"with_label": "yes"}, TypeError),
+        ({"convention": 2.5}, ValueError),
+        ({"intensity": "zscore"}, ValueError),
+    ],
 )
 def test_eval_bad_arguments(kwargs, exc):
     with pytest.raises(exc):
@@ -267,3 +310,12 @@ def test_eval_bad_arguments(kwargs, exc):
 @pytest.mark.parametrize("roi, expected", [(8, (8, 8, 8)), ((4, 5, 6), (4, 5, 6)), ([2, 2, 2], (2, 2, 2))])
 def test_normalize_roi_size(roi, expected):
     assert normalize_roi_size(roi) == expected
+
+
+def test_reference_augmentation_is_3d_only():
+    from lckd_med.modalities import ModalitySpec
+
+    rgbd = ModalitySpec(["rgb", "depth", "ir"], [3, 1, 1], spatial_dims=2)
+    with pytest.raises(ValueError, match="3-D"):
+        train_transforms((16, 16), modalities=rgbd, augmentation="reference")
+    assert train_transforms((16, 16), modalities=rgbd, augmentation="reference", augment=False)  # nothing to refuse

@@ -215,6 +215,33 @@ def test_default_schedule_elects_after_the_first_iteration_then_every_interval(t
     assert seen[0] == ["flair", "t1ce", "t2"]  # iteration 2 on uses the elected teachers
 
 
+def test_reference_exact_phase2_schedule_and_teacher_reset(tmp_path):
+    """The reference's phase-2 run re-runs one iteration index and starts from its --teachers default (FLAIR):
+    with phase 1 = 10 iterations and interval 5, the reference elects after i_iter 0, 5 (phase 1) and 10, 15 (phase
+    2, whose engine iterations 11, 12, ... are its i_iter 9, 10, ...), i.e. after engine iterations 1, 6, 12, 17."""
+    state = TeacherState(default=["flair"])
+    handler = TeacherElectionHandler(
+        state,
+        [_case()],
+        roi_size=(SIZE,) * 3,
+        interval=5,
+        output_dir=tmp_path,
+        amp=False,
+        reset_iteration=11,
+        phase2_start=11,
+        phase2_overlap=1,
+    )
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    used = []  # teachers each iteration trains with (after the ITERATION_STARTED handlers)
+    engine.add_event_handler(Events.ITERATION_STARTED, lambda e: used.append(list(state.teachers)))
+    engine.run(range(18), max_epochs=1)
+    assert sorted({r["iteration"] for r in state.history}) == [1, 6, 12, 17]
+    assert used[0] == ["flair"] and used[1] == ["flair", "t1ce", "t2"]
+    assert used[10] == used[11] == ["flair"]  # iterations 11 and 12 (i_iter 9 and 10): the default again
+    assert used[12] == ["flair", "t1ce", "t2"]
+
+
 # ------------------------------------------------------------------------------------------ the handler
 def _engine(net: torch.nn.Module) -> Engine:
     engine = Engine(lambda e, b: None)
@@ -308,8 +335,22 @@ def test_handler_without_validation_cases_raises(tmp_path):
         ({"first_election": 0}, "first_election"),
         ({"score": "hard"}, "score"),
         ({"mode": "mean"}, "mode"),
+        ({"reset_iteration": 0}, "reset_iteration"),
+        ({"phase2_start": True}, "phase2_start"),
+        ({"phase2_overlap": -1}, "phase2_overlap"),
     ],
-    ids=["interval", "phase_switch", "overlap_1", "overlap_negative", "first_election", "score", "mode"],
+    ids=[
+        "interval",
+        "phase_switch",
+        "overlap_1",
+        "overlap_negative",
+        "first_election",
+        "score",
+        "mode",
+        "reset",
+        "phase2_start",
+        "phase2_overlap",
+    ],
 )
 def test_handler_bad_arguments(tmp_path, kwargs, match):
     args = {"interval": 4, "output_dir": tmp_path, **kwargs}

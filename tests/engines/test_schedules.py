@@ -49,6 +49,18 @@ def test_scheduler_follows_the_factor_and_poly_option_is_torch_polynomial():
     )
 
 
+def test_reference_phase2_overlap_reruns_the_last_phase1_index():
+    """phase2_overlap=1: phase-2 step s is the reference's i_iter s - 1 (its phase-2 run starts at 79999)."""
+    factor = lambda step: two_phase_poly_factor(step, 115000, 80000, 0.9, phase2_overlap=1)  # noqa: E731
+    assert factor(79999) == pytest.approx((1 - 79999 / 80000) ** 0.9)  # last phase-1 step: unchanged
+    assert factor(80000) == pytest.approx((1 - 79999 / 115000) ** 0.9)  # first phase-2 step: i_iter 79999
+    assert factor(114999) == pytest.approx((1 - 114998 / 115000) ** 0.9)  # the last one run: i_iter 114998
+    lrs = _lrs(make_lr_scheduler("two_phase_poly", _optimizer(), 20, 8, phase2_overlap=1), 20)
+    assert lrs == pytest.approx([0.01 * two_phase_poly_factor(i, 20, 8, 0.9, 1) for i in range(20)])
+    with pytest.raises(ValueError, match="two_phase_poly"):
+        make_lr_scheduler("poly", _optimizer(), 20, 8, phase2_overlap=1)
+
+
 def test_state_dict_round_trip_resumes_the_schedule():
     a = TwoPhasePolyLR(_optimizer(), 20, 8)
     _lrs(a, 10)
@@ -65,8 +77,10 @@ def test_state_dict_round_trip_resumes_the_schedule():
         ({"total_iters": 10, "phase1_iters": 11}, "phase1_iters"),
         ({"total_iters": 10, "phase1_iters": -1}, "phase1_iters"),
         ({"total_iters": 10, "phase1_iters": 5, "power": 0.0}, "power"),
+        ({"total_iters": 10, "phase1_iters": 5, "phase2_overlap": -1}, "phase2_overlap"),
+        ({"total_iters": 10, "phase1_iters": 0, "phase2_overlap": 1}, "phase2_overlap"),
     ],
-    ids=["total", "phase1_too_long", "phase1_negative", "power"],
+    ids=["total", "phase1_too_long", "phase1_negative", "power", "overlap_negative", "overlap_without_phase1"],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

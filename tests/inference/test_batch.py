@@ -221,6 +221,8 @@ def test_read_manifest_paths(tmp_path):
         ({"roi_size": (16, 16)}, ValueError, "roi_size"),
         ({"device": "tpu"}, ValueError, "device"),
         ({"label_convention": "brats1999"}, ValueError, "release"),
+        ({"postprocess": "et_rule"}, ValueError, "postprocess"),
+        ({"average": "median"}, ValueError, "average"),
     ],
 )
 def test_constructor_bad_arguments(ckpt, tmp_path, kwargs, error, match):
@@ -294,6 +296,31 @@ def test_batch_inference_subsets_and_report(ckpt, tmp_path):
     assert df.set_index("case_id").loc["c_full", "output"] == str(out / "c_full.nii.gz")
     assert leftovers(out, subsets) == []
     assert exit_on_failure(df) is df
+
+
+def test_reference_postprocess_and_the_checkpoints_intensity(tmp_path):
+    """The tiny network predicts ET in the whole brain box; on this 16-slice grid the box's highest slice is 11, so
+    the LCKD reference post-processing removes the component (top slice <= 25). The intensity normalisation is the
+    one the checkpoint's train_config records."""
+    from lckd_med.data.intensity import CornerZScored
+
+    inp = tmp_path / "in"
+    write_case(inp, "c1", ("flair", "t1ce"))
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    raw = run(ckpt, inp, tmp_path / "raw", average="probabilities")
+    assert (raw["status"] == "ok").all()
+    assert np.count_nonzero(np.asarray(nib.load(tmp_path / "raw" / "c1.nii.gz").dataobj)) > 0
+    df = run(ckpt, inp, tmp_path / "pp", postprocess="reference")
+    assert (df["status"] == "ok").all()
+    assert np.count_nonzero(np.asarray(nib.load(tmp_path / "pp" / "c1.nii.gz").dataobj)) == 0
+    assert not any(
+        isinstance(t, CornerZScored) for t in BatchInference(ckpt, inp, tmp_path / "a").transforms.transforms
+    )
+    ref = make_checkpoint(tmp_path / "ref.pt")
+    payload = torch.load(ref, weights_only=True)
+    payload["train_config"]["intensity"] = "reference"
+    save_checkpoint(ref, payload)
+    assert any(isinstance(t, CornerZScored) for t in BatchInference(ref, inp, tmp_path / "b").transforms.transforms)
 
 
 def test_batch_inference_2023_naming_and_convention(tmp_path):

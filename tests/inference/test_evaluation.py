@@ -212,12 +212,54 @@ def test_missing_checkpoint_says_how_to_make_one(setup, tmp_path):
         ({"overlap": 1.0}, "overlap"),
         ({"threshold": 0.0}, "threshold"),
         ({"postprocess_min_et": -1}, "postprocess_min_et"),
+        ({"postprocess": "et_rule"}, "postprocess must be"),
+        ({"sw_average": "median"}, "sw_average"),
     ],
-    ids=["split", "no_subsets", "non_canonical", "overlap", "threshold", "postprocess"],
+    ids=["split", "no_subsets", "non_canonical", "overlap", "threshold", "postprocess", "pp_name", "sw_average"],
 )
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         SubsetEvaluator(tmp_path, tmp_path / "dl.json", tmp_path / "out", **kwargs)
+
+
+def test_reference_postprocess_is_scored_beside_the_raw_predictions(setup, tmp_path, monkeypatch):
+    """postprocess="reference": post-processed predictions scored into postprocessed/; T1ce read only for subsets
+    that hold it; the intensity normalisation is the checkpoint's (train_config)."""
+    import lckd_med.inference.evaluation as evaluation
+    from lckd_med.metrics.postprocess import reference_postprocess
+
+    seen = []
+    original = evaluation.eval_transforms
+    monkeypatch.setattr(evaluation, "eval_transforms", lambda **kw: seen.append(kw["intensity"]) or original(**kw))
+    models = tmp_path / "models"
+    payload = torch.load(_checkpoint(models), weights_only=True)
+    payload["train_config"]["intensity"] = "reference"
+    save_checkpoint(models / "model.pt", payload)
+    out = tmp_path / "out"
+    SubsetEvaluator(
+        models,
+        setup["datalist"],
+        out,
+        subsets=["flair", "t1ce"],
+        save_predictions=True,
+        postprocess="reference",
+        sw_average="probabilities",
+        write_subset_dice=False,
+        device="cpu",
+        amp=False,
+        progress=False,
+        num_workers=0,
+    ).run()
+    assert seen == ["reference"]
+    for name in REPORT_FILES.values():
+        assert (out / "postprocessed" / name).is_file(), name
+    entry = setup["entries"][0]
+    for subset in ("flair", "t1ce"):
+        raw = nib.load(out / "predictions" / subset / f"{entry['case_id']}.nii.gz")
+        t1ce = np.asarray(nib.load(entry["t1ce"]).dataobj) if subset == "t1ce" else None
+        want = reference_postprocess(np.asarray(raw.dataobj), t1ce, CONV, voxel_spacing(raw.affine))
+        got = nib.load(out / "predictions_postprocessed" / subset / f"{entry['case_id']}.nii.gz")
+        np.testing.assert_array_equal(np.asarray(got.dataobj), want)
 
 
 def test_voxel_spacing_of_flipped_affine():

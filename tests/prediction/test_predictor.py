@@ -78,6 +78,7 @@ def test_resolve_roi_size_not_divisible(net):
         ({"mode": "mean"}, "blending"),
         ({"sw_batch_size": 0}, "sw_batch_size"),
         ({"device": "gpu"}, "device must be"),
+        ({"average": "median"}, "average"),
     ],
 )
 def test_predictor_bad_args(net, kwargs, match):

@@ -133,3 +133,31 @@ def test_gaussian_blend_is_an_option_that_changes_the_output(net, image, swept):
 def test_sweep_rejects_unknown_blend_mode(net, image):
     with pytest.raises(ValueError, match="window blending"):
         sweep_subsets(net, image, ROI, subsets=["t1"], amp=False, mode="average")
+
+
+def test_probability_averaging_is_the_mean_of_window_sigmoids(net, image, swept):
+    """The reference's final inference averages the windows' sigmoids (eval.py), its validation their logits."""
+    chosen = ["t1ce", "flair+t1+t1ce+t2"]
+    probs = sweep_subsets(net, image, ROI, subsets=chosen, amp=False, average="probabilities")
+    masks = subset_masks(chosen)
+    with torch.no_grad():
+        want = sliding_window_inference(
+            image,
+            roi_size=ROI,
+            sw_batch_size=1,
+            predictor=lambda w: torch.sigmoid(SubsetSweepPredictor(net, masks, amp=False)(w)),
+            overlap=1 / 3,
+            mode="constant",
+        ).reshape(1, 2, NUM_REGIONS, *SHAPE)
+    torch.testing.assert_close(torch.sigmoid(probs), want, rtol=1e-5, atol=1e-6)
+    logits = swept[:, [SUBSET_NAMES.index(s) for s in chosen]]
+    assert not torch.allclose(probs, logits, atol=1e-3)  # overlapping windows: the two averages differ
+    one = image[..., : ROI[0], : ROI[1], : ROI[2]]  # a single window: nothing is averaged, both agree
+    torch.testing.assert_close(
+        sweep_subsets(net, one, ROI, subsets=chosen, amp=False, average="probabilities"),
+        sweep_subsets(net, one, ROI, subsets=chosen, amp=False),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="average"):
+        SubsetSweepPredictor(net, masks, average="median")
