@@ -144,7 +144,7 @@ PUBLISHED_RECIPE: Mapping[str, Any] = _freeze(
             "crop": [80, 80, 80],  # RandCrop3D (train.py:45)
             "augmentation": (
                 "in order: random 80^3 crop; rotation by an integer angle in [-10, 9] degrees in one of the three "
-                "axis planes, nearest neighbour, image corners filled with -1 (labels: 0); intensity x * s + t with "
+                "axis planes, nearest neighbour, image corners filled with -1 (uint8 labels: 0 with scipy 1.x here); intensity x * s + t with "
                 "s ~ U(0.9, 1.1), t ~ U(-0.1, 0.1) drawn per sequence and per index of the first spatial axis; "
                 "flip of each axis with probability 0.5 (train.py:45; transforms.py:85-116,231-246,132-154)"
             ),
