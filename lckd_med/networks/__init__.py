@@ -1,4 +1,5 @@
-"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder).
+"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder; RFNet
+and the importer of its published checkpoints).
 
 Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
 """
@@ -22,6 +23,12 @@ from lckd_med.networks.omd_net import (
 from lckd_med.networks.presets import DEFAULT_PRESET, NETWORK_PRESETS, PRESETS, build_preset, preset_hparams
 from lckd_med.networks.protocol import SegmentationNetwork
 from lckd_med.networks.reference_net import ReferenceLCKDNet
+from lckd_med.networks.rfnet import PUBLISHED_RECIPE, RFNET_FILTERS, RFNet, RFNetOutput
+from lckd_med.networks.rfnet_import import (
+    PUBLISHED_MODALITIES,
+    rfnet_hparams_from_published,
+    rfnet_state_dict_from_published,
+)
 
 __all__ = [
     "SegmentationNetwork",
@@ -52,4 +59,11 @@ __all__ = [
     "DEFAULT_PRESET",
     "build_preset",
     "preset_hparams",
+    "RFNet",
+    "RFNetOutput",
+    "RFNET_FILTERS",
+    "PUBLISHED_RECIPE",
+    "PUBLISHED_MODALITIES",
+    "rfnet_state_dict_from_published",
+    "rfnet_hparams_from_published",
 ]
