@@ -1,4 +1,4 @@
-"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder).
+"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder; mmFormer).
 
 Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
 """
@@ -9,6 +9,8 @@ from lckd_med.networks.decoder import UNetDecoder
 from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder, default_strides
 from lckd_med.networks.fusion import FILL_LEVELS, MeanFillFusion, ModalityFusion, check_mask, mean_fill
 from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.mmformer import PUBLISHED_FUSION_ORDER, MMFormerNet, MMFormerOutput
+from lckd_med.networks.mmformer_import import mmformer_state_dict_from_published
 from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
 from lckd_med.networks.omd_net import (
@@ -49,4 +51,8 @@ __all__ = [
     "DEFAULT_PRESET",
     "build_preset",
     "preset_hparams",
+    "MMFormerNet",
+    "MMFormerOutput",
+    "PUBLISHED_FUSION_ORDER",
+    "mmformer_state_dict_from_published",
 ]
