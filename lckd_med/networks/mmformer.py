@@ -541,8 +541,8 @@ class MMFormerNet(nn.Module):
         order = list(self.fusion_order)
 
         def masked(f: torch.Tensor) -> torch.Tensor:  # (B, M, C, *S) -> (B, M, C, *S) in fusion order, zeroed
-            f = f[:, order]  # where, not a product: a missing slot holding inf or nan still gives exact zeros
-            return torch.where(keep.view(*keep.shape, *([1] * (f.dim() - 2))), f, torch.zeros((), dtype=f.dtype))
+            # indexing copies, so the fill may be in place; a fill, not a product: inf or nan still give zeros
+            return f[:, order].masked_fill_(~keep.view(*keep.shape, *([1] * (f.dim() - 2))), 0)
 
         levels = [masked(f).flatten(1, 2) for f in features[: NUM_LEVELS - 1]]
         tokens = masked(features[-1])  # (B, M, E, *grid)

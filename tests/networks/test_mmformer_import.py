@@ -7,7 +7,8 @@
 state dict is converted, loaded strictly into :class:`MMFormerNet` and must give the same outputs.
 
 The reproduction runs at the published size (128^3, 36.4 M parameters): one encoding, one decode per fixture
-mask, one auxiliary decode, about 15-20 s on one thread.
+mask, one auxiliary decode; about 17 s of CPU time on one thread (measured: encoding 4.7 s, each decode 3.3 s,
+the auxiliary decode 1.9 s).
 """
 
 from __future__ import annotations
