@@ -64,6 +64,9 @@ def seeded_tensor(index: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     * weights (2 or more dims): ``z * sqrt(2 / fan_in)`` (Kaiming for LeakyReLU/GELU), ``fan_in = prod(shape[1:])``;
     * LayerNorm (``.norm.`` in the key): weight ``1 + 0.1 * z``, bias ``0.1 * z``;
     * other biases: ``0.1 * z``.
+
+    The values depend on torch's CPU normal generator (the fixtures were made with torch 2.13.0); should a torch
+    release change it, the reproduction tests fail everywhere at once and the fixtures must be remade.
     """
     z = torch.randn(shape, generator=torch.Generator().manual_seed(index), dtype=torch.float32)
     if key.endswith("_pos"):
