@@ -1,5 +1,5 @@
-"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder; RFNet
-and the importer of its published checkpoints).
+"""lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder; the LCKD
+reference network; RFNet and mmFormer with the converters of their published checkpoints).
 
 Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
 """
@@ -10,6 +10,8 @@ from lckd_med.networks.decoder import UNetDecoder
 from lckd_med.networks.encoder import DEFAULT_ACT, DEFAULT_FILTERS, UNetEncoder, default_strides
 from lckd_med.networks.fusion import FILL_LEVELS, MeanFillFusion, ModalityFusion, check_mask, mean_fill
 from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.mmformer import PUBLISHED_FUSION_ORDER, MMFormerNet, MMFormerOutput
+from lckd_med.networks.mmformer_import import mmformer_state_dict_from_published
 from lckd_med.networks.model import MissingModalityNet
 from lckd_med.networks.norm import DEFAULT_NORM, SAFE_INSTANCE_NORM, SafeInstanceNorm
 from lckd_med.networks.omd_net import (
@@ -66,4 +68,8 @@ __all__ = [
     "PUBLISHED_MODALITIES",
     "rfnet_state_dict_from_published",
     "rfnet_hparams_from_published",
+    "MMFormerNet",
+    "MMFormerOutput",
+    "PUBLISHED_FUSION_ORDER",
+    "mmformer_state_dict_from_published",
 ]
