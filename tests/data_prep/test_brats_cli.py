@@ -15,6 +15,7 @@ import pytest
 from data_prep.brats import main
 from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES, brats_affine
 from lckd_med.data.datalist import SPLITS, load_datalist
+from tests.testkit import mri_like
 
 SHAPE = (16, 16, 10)
 REPO = Path(__file__).resolve().parents[2]
@@ -23,10 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 def write_case(folder: Path, sep: str = "_", scheme: str = "legacy", et: int = 4, skip: tuple[str, ...] = ()) -> None:
     """One tiny valid case in ``folder`` (its name is the case id)."""
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(len(folder.name))
-    for key, suffix in RELEASE_FILE_SUFFIXES[scheme].items():
+    for i, (key, suffix) in enumerate(RELEASE_FILE_SUFFIXES[scheme].items()):
         if key not in skip:
-            data = rng.random(SHAPE, dtype=np.float32) + 0.1
+            data = mri_like(SHAPE, 10 * len(folder.name) + i)
             nib.save(nib.Nifti1Image(data, brats_affine()), str(folder / f"{folder.name}{sep}{suffix}.nii.gz"))
     lab = np.zeros(SHAPE, np.uint8)
     lab[4:10, 4:10, 3:7] = 2
