@@ -45,6 +45,7 @@ __all__ = [
     "READ_MEMORY_FACTOR",
     "head_mri_problem",
     "case_file_problems",
+    "label_file_problems",
     "Issue",
     "CaseCheck",
     "check_volume_file",
@@ -353,6 +354,18 @@ def _check_label(
         )
     elif values.size == 1 and int(values[0]) == 0:
         warnings.append(Issue(str(path), "segmentation is empty (no tumour voxel)"))
+
+
+def label_file_problems(path: str | os.PathLike, convention: int | str | LabelConvention) -> list[str]:
+    """Why a segmentation file cannot be scored in ``convention`` (unreadable, not 3-D, values outside the
+    convention's labels, non-finite or non-integer values), each without the path; empty when fine."""
+    convention = label_convention(convention)
+    read = read_nifti(path, label=True)
+    if read.problems or read.data is None:
+        return list(read.problems)
+    reasons: list[Issue] = []
+    _check_label(Path(path), read.data, convention, reasons, [])
+    return [r.reason for r in reasons]
 
 
 def validate_case(

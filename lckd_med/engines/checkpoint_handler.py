@@ -32,6 +32,7 @@ from lckd_med.engines.checkpoint import (
     save_checkpoint,
     set_rng_state,
     unwrap_model,
+    weights_hash,
 )
 from lckd_med.engines.election import TeacherState
 from lckd_med.modalities import ModalitySpec, spec_of
@@ -263,7 +264,8 @@ class TrainingCheckpointHandler:
             except ValueError:
                 previous = {}
         payload = self.payload(engine)
-        if "subset_dice" in previous and previous.get("iteration") == payload["iteration"]:
+        # the stored scores belong to the weights they were measured with: same content hash, not same iteration
+        if "subset_dice" in previous and previous.get("weights_sha256") == weights_hash(payload["model"]):
             payload["subset_dice"] = previous["subset_dice"]
         save_checkpoint(self.path, payload)
         logger.info("saved %s (iteration %d, epoch %d)", self.path, payload["iteration"], payload["epoch"])
@@ -272,6 +274,15 @@ class TrainingCheckpointHandler:
         if not self.path.is_file():
             return
         ckpt = load_checkpoint(self.path, map_location="cpu", modalities=self.spec)
+        lacking = [k for k in ("optimizer", "iteration", "teachers", "election_history") if k not in ckpt]
+        if lacking:
+            origin = (
+                f"imported from {ckpt['imported_from']}" if ckpt.get("imported_from") else "not written by training"
+            )
+            raise ValueError(
+                f"{self.path} is an inference checkpoint ({origin}; it lacks {', '.join(lacking)}): training cannot "
+                "resume from it; choose another ckpt_dir, or pass --resume False to train from scratch over it"
+            )
         if ckpt.get("network", {}).get("name") != self.network_name:
             raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {self.network_name}")
         net = unwrap_model(engine.network)

@@ -151,20 +151,25 @@ def test_subset_dice_written_beside_the_checkpoint(setup):
     assert read_subset_dice(ckpt_path, ckpt) == data["subset_dice"]
 
 
-def test_subset_dice_of_another_iteration_is_not_used(setup, tmp_path):
+def test_subset_dice_of_other_weights_is_not_used(setup, tmp_path):
+    """The scores belong to the weights they were measured with (their content hash), not to an iteration."""
     src = setup["root"] / "models" / SUBSET_DICE_NAME
     (tmp_path / SUBSET_DICE_NAME).write_text(src.read_text())
-    old = {"flair": {"ET": 0.1, "TC": 0.2, "WT": 0.3}}
-    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9, "subset_dice": old}) == old  # older model.pt
-    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9}) == {}
+    source = json.loads(src.read_text())["source"]
     assert (
-        read_subset_dice(tmp_path / "model.pt", {"iteration": 8})["flair"]
-        == json.loads(src.read_text())["subset_dice"]["flair"]
+        source["split"] == "testing"
+        and source["weights_sha256"] == load_checkpoint(setup["root"] / "models" / "model.pt")["weights_sha256"]
     )
+    old = {"flair": {"ET": 0.1, "TC": 0.2, "WT": 0.3}}
+    other = {"iteration": source["iteration"], "weights_sha256": "0" * 64}  # retrained to the same iteration
+    assert read_subset_dice(tmp_path / "model.pt", {**other, "subset_dice": old}) == old  # older model.pt
+    assert read_subset_dice(tmp_path / "model.pt", other) == {}
+    same = {"iteration": 9, "weights_sha256": source["weights_sha256"]}
+    assert read_subset_dice(tmp_path / "model.pt", same)["flair"] == json.loads(src.read_text())["subset_dice"]["flair"]
 
 
 def test_scratch_predictions_are_removed(setup):
-    assert not (setup["out"] / ".predictions_partial").exists()
+    assert not [p for p in setup["out"].iterdir() if p.name.startswith(".lckd_eval_")]
 
 
 def test_evaluate_folder_scores_the_saved_predictions_the_same(setup, tmp_path):
