@@ -18,6 +18,7 @@ a neighbour correlation above 0.9 (``tests/data/test_validation.py`` pins this).
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -494,7 +495,13 @@ def validate_cases(
             if progress is not None:
                 progress(results[i])  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo), os.cpu_count() or 1)) as pool:
+    # workers ignore Ctrl-C: the main process stops them (no traceback from each worker)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo), os.cpu_count() or 1),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
         futures = [pool.submit(validate_case, case, convention, require_label) for case in todo]
         for i, fut in enumerate(futures):
             try:
@@ -503,4 +510,8 @@ def validate_cases(
                 results[i] = _crashed(todo[i], err)
             if progress is not None:
                 progress(results[i])  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results  # type: ignore[return-value]

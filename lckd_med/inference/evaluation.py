@@ -188,7 +188,8 @@ class SubsetEvaluator:
         if foreign:
             raise FileExistsError(
                 f"{self.output_dir / 'predictions'} holds {len(foreign)} file(s) lckd_med did not write (e.g. "
-                f"{foreign[0]}); it was left untouched: move it away, choose another output_dir or pass {flag}"
+                f"{foreign[0]}); it was left untouched: move it away, choose another output_dir or pass {flag} to "
+                "replace it"
             )
         if self.write_subset_dice:
             target = self.ckpt_path.with_name(SUBSET_DICE_NAME)

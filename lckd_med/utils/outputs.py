@@ -146,13 +146,18 @@ class OwnedFiles:
     Args:
         folder: the output folder (created on the first :meth:`record`).
         overwrite: the user's force flag: files lckd_med does not own may be replaced too.
-        flag: how the user gives ``overwrite`` (named in the messages).
+        flag: how the user gives ``overwrite`` (named in the messages); None for commands without one.
     """
 
-    def __init__(self, folder: str | os.PathLike, overwrite: bool = False, flag: str = "--overwrite") -> None:
+    def __init__(self, folder: str | os.PathLike, overwrite: bool = False, flag: str | None = "--overwrite") -> None:
         self.folder = check_output_folder(folder)
         self.overwrite = bool(overwrite)
         self.flag = flag
+
+    def _ways_out(self) -> str:
+        if self.flag is None:
+            return "move it away or choose another output folder"
+        return f"move it away, choose another output folder or pass {self.flag} to replace it"
 
     @property
     def record_path(self) -> Path:
@@ -195,7 +200,7 @@ class OwnedFiles:
             if (target.exists() or target.is_symlink()) and not self.owns(path):
                 raise FileExistsError(
                     f"{target} exists and was not written by lckd_med (or was changed since); it was left untouched: "
-                    f"move it away, choose another output folder or pass {self.flag} to replace it"
+                    f"{self._ways_out()}"
                 )
 
     def record(self, *paths: str | os.PathLike) -> None:
@@ -239,7 +244,7 @@ class OwnedFiles:
         if foreign:
             raise FileExistsError(
                 f"{self.folder / reldir} holds {len(foreign)} file(s) lckd_med did not write (e.g. {foreign[0]}); it "
-                f"was left untouched: move it away, choose another output folder or pass {self.flag} to replace it"
+                f"was left untouched: {self._ways_out()}"
             )
         root = self.folder / reldir
         if root.is_symlink() or root.is_file():

@@ -233,8 +233,9 @@ def arg_type(parser: Callable[..., Any], name: str, **kwargs: Any) -> Callable[[
     def convert(text: str) -> Any:
         try:
             return parser(text, name, **kwargs)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
+        except ValueError as e:  # argparse says "argument --x: " itself
+            message = str(e).removeprefix(f"{name}: ").removeprefix(f"{name} ")
+            raise argparse.ArgumentTypeError(message) from None
 
     convert.__name__ = name.lstrip("-")  # argparse names the type in some messages
     return convert

@@ -164,7 +164,7 @@ def test_all_cases_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 BAD_ARGS = [
     ("folds_one", ["--folds", "1"], "folds must be >= 3"),
-    ("folds_not_int", ["--folds", "five"], "invalid int value"),
+    ("folds_not_int", ["--folds", "five"], "argument --folds: must be a whole number, got 'five'"),
     ("seed_negative", ["--seed", "-1"], "seed must be >= 0"),
     ("test_fold_out_of_range", ["--test_fold", "5"], "test_fold must be in"),
     ("test_fold_not_int", ["--test_fold", "first"], "fold number or 'none'"),
@@ -172,7 +172,7 @@ BAD_ARGS = [
     ("test_equals_val", ["--test_fold", "1", "--val_fold", "1"], "must differ"),
     ("layout_unknown", ["--layout", "brats2016"], "invalid choice"),
     ("release_unknown", ["--release", "latest"], "release must be a BraTS year"),
-    ("workers_zero", ["--workers", "0"], "--workers must be >= 1"),
+    ("workers_zero", ["--workers", "0"], "argument --workers: must be a whole number >= 1, got '0'"),
 ]
 
 
