@@ -34,7 +34,8 @@ from lckd_med.constants import NUM_REGIONS, REGIONS, LabelConvention, label_conv
 from lckd_med.data.datalist import SPLITS
 from lckd_med.data.pipelines import eval_transforms
 from lckd_med.data.transforms import IMAGE_KEY
-from lckd_med.data.validation import label_file_problems
+from lckd_med.data.validation import case_file_problems, label_file_problems
+from lckd_med.data.volume import read_nifti
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, weights_hash
 from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
@@ -106,8 +107,9 @@ class SubsetEvaluator:
             write (by default they are refused before anything is predicted; see
             :class:`~lckd_med.utils.outputs.OwnedFiles`).
 
-    Label files are checked (readable, 3-D, values of the label convention) before any prediction; a case with a bad
-    label is left out with one warning naming the file.
+    Every case is checked before any prediction: its label (readable, 3-D, values of the label convention) and its
+    sequences (each an MRI of a head, see :func:`lckd_med.data.validation.head_mri_problem`; no scan given twice, no
+    two patients' files); a case that fails is left out with one warning naming the file.
     """
 
     def __init__(
@@ -196,14 +198,24 @@ class SubsetEvaluator:
             if target.exists() and not _is_subset_dice_file(target):
                 OwnedFiles(self.ckpt_path.parent, self.overwrite, flag).check(SUBSET_DICE_NAME)
 
-    def _label_problems(self, entries: list[dict[str, Any]], conv: LabelConvention) -> dict[str, str]:
-        """``case_id -> why its label cannot be scored``, checked before anything is predicted."""
-        bad = {}
+    def _case_problems(self, entries: list[dict[str, Any]], conv: LabelConvention) -> dict[str, str]:
+        """``case_id -> why it cannot be evaluated``, checked before anything is predicted: a label that cannot be
+        scored, a sequence that cannot be an MRI of a head, one scan given twice or two patients' files (a datalist
+        edited by hand, or files changed since it was made)."""
+        bad: dict[str, str] = {}
+        if self.spec.spatial_dims != 3:  # the NIfTI checks read 3-D volumes; other specs have their own loaders
+            return bad
         for entry in entries:
-            if entry.get("label"):
-                problems = label_file_problems(entry["label"], conv)
-                if problems:
-                    bad[entry["case_id"]] = f"label {entry['label']}: {problems[0]}"
+            problems = [f"label {entry['label']}: {p}" for p in label_file_problems(entry["label"], conv)]
+            if not problems:
+                paths = {m: entry.get(m) for m in self.spec.names}
+                problems = [f"{f}: {why}" for f, why in case_file_problems(paths)]
+            for m in self.spec.names if not problems else ():
+                if entry.get(m):
+                    read = read_nifti(entry[m])
+                    problems += [f"{m} file {entry[m]}: {p}" for p in read.problems]
+            if problems:
+                bad[entry["case_id"]] = problems[0]
         return bad
 
     def _case_subsets(self, entry: dict[str, Any]) -> list[str]:
@@ -238,12 +250,13 @@ class SubsetEvaluator:
         skipped: list[str] = []
         todo = []
         todo_entries: list[dict[str, Any]] = []
-        bad_labels = self._label_problems(entries, conv)  # before 15 subsets are predicted for nothing
+        labelled = [e for e in entries if e.get("label")]
+        bad_cases = self._case_problems(labelled, conv)  # before 15 subsets are predicted for nothing
         for entry in entries:
             if not entry.get("label"):
                 skipped.append(f"{entry['case_id']}: no label file")
-            elif entry["case_id"] in bad_labels:
-                skipped.append(f"{entry['case_id']}: {bad_labels[entry['case_id']]}")
+            elif entry["case_id"] in bad_cases:
+                skipped.append(f"{entry['case_id']}: {bad_cases[entry['case_id']]}")
             elif not self._case_subsets(entry):
                 skipped.append(f"{entry['case_id']}: none of the requested subsets is available")
             else:
