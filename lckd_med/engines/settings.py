@@ -48,6 +48,7 @@ __all__ = [
     "Setting",
     "SETTINGS",
     "TRAINING_SETTINGS",
+    "COMPONENT_KEYS",
     "check_settings",
     "apply_settings",
     "active_parser",
@@ -189,6 +190,7 @@ SETTINGS: Mapping[str, Setting] = {
     "mmd_kernel_num": _int(1),
     "mmd_kernel_mul": _float(low=0.0, low_open=True),
     "mmd_max_samples": _int(1),
+    "progress_state": Setting(parse_str_list, ("[1,2]", 3)),
     # sliding window, evaluation, inference
     "sw_overlap": _float(low=0.0, high=1.0, high_open=True),
     "sw_mode": _choice(BLEND_MODES),
@@ -197,6 +199,10 @@ SETTINGS: Mapping[str, Setting] = {
     "save_predictions": _bool(),
     "overwrite": _bool(),
 }
+
+#: Top-level keys that hold components or code, not values a user sets (they may look like plain values: ``null``,
+#: ``[]``); every other plain top-level key of a bundle config has an entry in :data:`SETTINGS`.
+COMPONENT_KEYS: frozenset[str] = frozenset({"imports", "teacher_state", "method_handlers", "initialize", "run", "finalize"})
 
 #: Where training needs more than :data:`SETTINGS` allows (a config holding ``train`` is a training config).
 TRAINING_SETTINGS: Mapping[str, Setting] = {"roi_size": _ints(length=3, minimum=1)}

@@ -148,10 +148,12 @@ def parse_choice(value: object, name: str, choices: Sequence[str]) -> str:
 def _sequence(value: object, name: str, what: str) -> list[Any]:
     if isinstance(value, str):
         text = value.strip()
+        if text.startswith("[") != text.endswith("]"):
+            raise ValueError(f"{name} must be {what}, got {_shown(text)}")
         try:
-            value = json.loads(text) if text.startswith("[") else [v for v in text.replace(",", " ").split() if v]
-        except json.JSONDecodeError:
-            raise ValueError(f"{name} must be {what}, got {_shown(text)}") from None
+            value = json.loads(text)
+        except json.JSONDecodeError:  # [t1ce] or 1,2,3: unquoted items, separated by commas or spaces
+            value = [v for v in text.removeprefix("[").removesuffix("]").replace(",", " ").split() if v]
     if isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, list):
