@@ -144,7 +144,10 @@ def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.Path
             "fix the qform/sform of this file (e.g. re-save it with nibabel or fslorient)"
         )
     if affine is not None and affine.shape == (4, 4):
-        singular = np.linalg.svd(affine[:3, :3], compute_uv=False)
+        try:
+            singular = np.linalg.svd(affine[:3, :3], compute_uv=False)
+        except np.linalg.LinAlgError:
+            singular = np.zeros(3)
         if singular.min() <= singular.max() / MAX_AFFINE_CONDITION:
             sizes = ", ".join(f"{v:.3g}" for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
             raise ValueError(

@@ -35,7 +35,7 @@ from lckd_med.inference.batch import (
     read_manifest,
 )
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, describe_source
-from lckd_med.utils.outputs import LOCK_FILE, OWNER_MARKER
+from lckd_med.utils.outputs import LOCK_FILE, OWNER_MARKER, OutputLockedError, folder_lock
 from tests.testkit import checkpoint_payload, tiny_lckd_net, write_nifti
 
 SHAPE = (24, 24, 16)
@@ -671,3 +671,54 @@ def test_expected_dice_of_other_weights_is_not_shown(tmp_path):
     )
     runner = BatchInference(retrained, tmp_path / "in", tmp_path / "out", device="cpu", progress=False)
     assert runner.subset_dice == {} and runner._expected_dice("t1ce+t2")["expected_dice_ET"] is None
+
+
+def test_an_output_dir_that_is_a_case_folder_is_refused_not_dropped(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    write_case(inp, "a", ("flair",))
+    write_case(inp, "b", ("t1",))
+    with pytest.raises(ValueError, match="output_dir .* is the case folder of case b in input_dir"):
+        run(ckpt, inp, inp / "b")
+    assert sorted(p.name for p in (inp / "b").iterdir()) == ["b_t1.nii.gz"]
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_while_the_first_runs(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    with folder_lock(out, "inference"):  # another run holds the folder
+        with pytest.raises(OutputLockedError, match="another lckd_med inference is writing to"):
+            run(ckpt, inp, out)
+    assert not (out / REPORT_NAME).exists()
+    assert run(ckpt, inp, out)["status"].tolist() == ["ok"]
+
+
+def test_one_scan_as_two_sequences_or_two_patients_in_a_case_is_an_error_row(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    paths = write_case(inp, "copy", ("t1",))
+    shutil.copy(paths["t1"], inp / "copy" / "copy_t2.nii.gz")
+    paths = write_case(inp, "link", ("t1",))
+    (inp / "link" / "link_flair.nii.gz").symlink_to(paths["t1"])
+    write_case(inp, "mixed", ("t1",))
+    shutil.copy(write_case(tmp_path / "other", "P2", ("t2",))["t2"], inp / "mixed" / "P2_t2.nii.gz")
+    write_case(inp, "good", ("t1", "t2"))
+    df = run(ckpt, inp, tmp_path / "out").set_index("case_id")
+    assert df.loc["good", "status"] == "ok"
+    assert df.loc["copy", "status"] == "error" and "same content as the t1 file" in df.loc["copy", "message"]
+    assert df.loc["link", "status"] == "error" and "the t1 file is the flair file" in df.loc["link", "message"]
+    assert df.loc["mixed", "status"] == "error" and "name different cases" in df.loc["mixed", "message"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]
+
+
+def test_garbage_sequences_are_error_rows_never_ok(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    write_case(inp, "good", ("t1",))
+    for name, data in {
+        "mask": (volume(seed=0) > 2).astype(np.float32),
+        "noise": np.random.default_rng(0).random(volume(seed=0).shape, dtype=np.float32) + 1,
+        "constant": np.full(volume(seed=0).shape, 3.0, np.float32),
+    }.items():
+        write(inp / name / f"{name}_t1.nii.gz", data)
+    df = run(ckpt, inp, tmp_path / "out").set_index("case_id")
+    assert df.loc["good", "status"] == "ok"
+    for name in ("mask", "noise", "constant"):
+        assert df.loc[name, "status"] == "error" and "does not look like an MRI of a head" in df.loc[name, "message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -252,3 +253,60 @@ def test_output_dir_that_is_a_file_is_refused(setup, tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file"):
         evaluator.run()
     assert (tmp_path / "out").read_text() == "mine"
+
+
+def _evaluator(setup, out: Path, datalist: Path | None = None, ckpt_dir: Path | None = None, **kw) -> SubsetEvaluator:
+    return SubsetEvaluator(
+        ckpt_dir or setup["root"] / "models",
+        datalist or setup["datalist"],
+        out,
+        subsets=["t1ce"],
+        device="cpu",
+        amp=False,
+        progress=False,
+        num_workers=0,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("where", ["report", "predictions", "subset_dice"])
+def test_files_evaluation_did_not_write_are_refused_before_predicting(setup, tmp_path, where):
+    out, models = tmp_path / "out", tmp_path / "models"
+    shutil.copytree(setup["root"] / "models", models)
+    (models / SUBSET_DICE_NAME).unlink()
+    target = {
+        "report": out / REPORT_FILES["summary_md"],
+        "predictions": out / "predictions" / "t1ce" / "notes.txt",
+        "subset_dice": models / SUBSET_DICE_NAME,
+    }[where]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("the user's")
+    with pytest.raises(FileExistsError, match="not written by lckd_med|lckd_med did not write"):
+        _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()
+    assert target.read_text() == "the user's"
+    assert not (out / REPORT_FILES["metrics_csv"]).exists()  # refused before any work
+    _evaluator(setup, out, ckpt_dir=models, save_predictions=True, overwrite=True).run()
+    assert where == "predictions" or target.read_text() != "the user's"
+    _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()  # its own files now: replaced freely
+
+
+def test_bad_labels_and_garbage_sequences_are_reported_once_before_predicting(setup, tmp_path, caplog):
+    data = json.loads(setup["datalist"].read_text())
+    first, second = data["testing"]
+    bad_label = tmp_path / "bad_seg.nii.gz"
+    label = nib.load(first["label"])
+    nib.save(nib.Nifti1Image(np.full(label.shape, 7, np.uint8), label.affine), str(bad_label))
+    first["label"] = str(bad_label)
+    flat = tmp_path / f"{Path(second['t1ce']).name}"  # same case prefix: only the content is wrong
+    image = nib.load(second["t1ce"])
+    nib.save(nib.Nifti1Image(np.full(image.shape, 5.0, np.float32), image.affine), str(flat))
+    second["t1ce"] = str(flat)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="lckd_med"), pytest.raises(ValueError, match="can be evaluated"):
+        _evaluator(setup, tmp_path / "out", datalist=datalist).run()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "segmentation values [7]" in warnings[0] and str(bad_label) in warnings[0]
+    assert "does not look like an MRI of a head" in warnings[1] and str(flat) in warnings[1]
+    assert not (tmp_path / "out" / "predictions").exists()
