@@ -369,7 +369,8 @@ class _OsWith:
         return self._replaced.get(name) or getattr(os, name)
 
 
-def test_file_system_errors_are_one_line(files, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(("errno", "strerror"), [(30, "Read-only file system"), (28, "No space left on device")])
+def test_file_system_errors_are_one_line(files, tmp_path, capsys, monkeypatch, errno, strerror):
     out = tmp_path / "seg.nii.gz"
     args = ["predict", "--t1", str(files["t1"]), "--ckpt", str(files["ckpt"]), "--device", "cpu", "-o"]
     # -o under an existing file
@@ -377,13 +378,13 @@ def test_file_system_errors_are_one_line(files, tmp_path, capsys, monkeypatch):
     assert cli.main([*args, str(tmp_path / "file" / "seg.nii.gz")]) == 1
     assert "file is a file, not a folder" in _one_error_line(capsys.readouterr().err)
 
-    # a read-only file system at the final rename
-    def read_only(src, dst):
-        raise OSError(30, "Read-only file system", str(dst))
+    # a read-only or full file system at the final rename
+    def failing(src, dst):
+        raise OSError(errno, strerror, str(dst))
 
-    monkeypatch.setattr(cli, "os", _OsWith(replace=read_only))
+    monkeypatch.setattr(cli, "os", _OsWith(replace=failing))
     assert cli.main([*args, str(out)]) == 1
-    assert _one_error_line(capsys.readouterr().err) == f"lckd-med: error: {out}: Read-only file system"
+    assert _one_error_line(capsys.readouterr().err) == f"lckd-med: error: {out}: {strerror}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # the working folder is gone too
 
 
@@ -416,3 +417,16 @@ def test_predict_says_which_split_and_weights_its_dice_come_from(files, tmp_path
     text = capsys.readouterr().out
     assert "Dice of this subset on the validation split of datalist.json (7 cases), measured with these weights" in text
     assert "ET 0.100" in text
+
+
+def test_prepare_rejects_a_case_with_a_sequence_that_cannot_be_a_head_mri(tmp_path, capsys):
+    write_dataset(tmp_path / "data", 3, seed=1, spacing=4.0, release=2021)
+    flair = next((tmp_path / "data").rglob("*_flair.nii.gz"))
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.full(image.shape, 300, np.int16), image.affine), str(flair))
+    out = tmp_path / "dl.json"
+    assert cli.main(["prepare", "--dataset_dir", str(tmp_path / "data"), "--output", str(out), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "rejected:    1" in text and "does not look like an MRI of a head" in text
+    rejected = json.loads(out.read_text())["rejected"]
+    assert len(rejected) == 1 and "does not look like an MRI of a head" in json.dumps(rejected)

@@ -20,7 +20,14 @@ from lckd_med.prediction.sweep import BLEND_MODES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.memory import check_fits
 
-__all__ = ["SubsetPredictor", "resolve_roi_size", "estimate_sweep_memory", "FALLBACK_BYTES_PER_WINDOW_VOXEL"]
+__all__ = [
+    "SubsetPredictor",
+    "resolve_roi_size",
+    "estimate_sweep_memory",
+    "ACTIVATION_FACTOR",
+    "STITCHING_FACTOR",
+    "FALLBACK_BYTES_PER_WINDOW_VOXEL",
+]
 
 #: Activation bytes per window voxel assumed for a network without ``filters``/``in_modalities`` hyper-parameters.
 FALLBACK_BYTES_PER_WINDOW_VOXEL: int = 256
@@ -64,16 +71,30 @@ def resolve_roi_size(
     return roi
 
 
+#: Feature maps alive at once per level while a window is encoded and decoded, in units of one float32 map per
+#: modality (and one for the decoder): measured peaks on the CPU were 1.5 to 2.1 times one map (tiny, lean_small and
+#: lean networks, 96^3 to 128^3 windows; docs/reliability.md).
+ACTIVATION_FACTOR: float = 2.0
+#: Buffers alive at once while the windows are stitched, in units of the padded image and logit sums.
+STITCHING_FACTOR: float = 1.5
+
+
 def _window_bytes_per_voxel(network: torch.nn.Module) -> float:
-    """A lower estimate of the activation bytes per window voxel: one float32 feature map per level and modality,
-    plus the fused decoder's, at each level's resolution (``filters[l] / 8**l`` channels per input voxel)."""
+    """Activation bytes per window voxel: :data:`ACTIVATION_FACTOR` float32 feature maps per level and modality, plus
+    the decoder's, each at its level's resolution (``filters[l]`` channels over the product of the strides down to
+    level ``l``), plus the full-resolution head of a network with a strided stem."""
     hparams = getattr(network, "hparams", None) or {}
     filters, modalities = hparams.get("filters"), hparams.get("in_modalities")
     if not filters or not modalities:
         return float(FALLBACK_BYTES_PER_WINDOW_VOXEL)
     dims = int(hparams.get("spatial_dims", 3))
-    per_voxel = sum(int(f) / (2**dims) ** level for level, f in enumerate(filters))
-    return 4.0 * per_voxel * (int(modalities) + 1)
+    strides = hparams.get("strides") or [[1] * dims] + [[2] * dims] * (len(filters) - 1)
+    per_voxel, scale = 0.0, 1.0
+    for f, stride in zip(filters, strides, strict=False):
+        scale *= float(np.prod(stride))
+        per_voxel += int(f) / scale
+    head = float(hparams.get("head_filters") or 0) if np.prod(strides[0]) > 1 else 0.0
+    return 4.0 * ACTIVATION_FACTOR * (per_voxel * (int(modalities) + 1) + head)
 
 
 def estimate_sweep_memory(
@@ -92,7 +113,7 @@ def estimate_sweep_memory(
     """
     batch, channels, *spatial = (int(v) for v in image_shape)
     padded = float(np.prod([max(s, int(r)) for s, r in zip(spatial, roi_size, strict=True)], dtype=np.float64))
-    stitching = 4.0 * batch * padded * (channels + 2 * n_subsets * NUM_REGIONS + 2)
+    stitching = 4.0 * STITCHING_FACTOR * batch * padded * (channels + 2 * n_subsets * NUM_REGIONS + 2)
     window = float(np.prod([int(r) for r in roi_size], dtype=np.float64)) * sw_batch_size
     return stitching, window * _window_bytes_per_voxel(network)
 
