@@ -45,6 +45,7 @@ from lckd_med.data.splits import (
     report_lines,
 )
 from lckd_med.data.validation import validate_cases
+from lckd_med.utils.errors import run_guarded
 from lckd_med.utils.outputs import same_file
 from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_int
 from lckd_med.utils.progress import progress_bar
@@ -54,7 +55,6 @@ __all__ = ["build_parser", "main", "default_workers"]
 EXIT_OK = 0
 EXIT_NO_DATA = 1
 EXIT_BAD_ARGS = 2
-EXIT_INTERRUPTED = 130
 
 
 def default_workers() -> int:
@@ -147,18 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the tool; returns the exit status (0 ok, 1 no usable case or nothing written, 2 bad argument, 130 Ctrl-C)."""
     for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as \xNN instead of crashing the run
         getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        _err("interrupted (Ctrl-C); no datalist was written")
-        return EXIT_INTERRUPTED
-    except OSError as err:  # read-only or full file system, a folder that vanished...
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        _err(f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err))
-        return EXIT_NO_DATA
+    # a file-system error (read-only or full disk, a folder that vanished) or Ctrl-C: one line
+    return run_guarded(
+        lambda: _main(argv),
+        interrupted="interrupted (Ctrl-C); no datalist was written",
+        errors=(OSError,),
+        failed=EXIT_NO_DATA,
+    )
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -15,12 +15,12 @@ without ``--overwrite``. Exit status: 0 written, 1 not written (message on stder
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 from lckd_med.data.synthetic import RELEASES_ACCEPTED, release_layout, validate_release, write_dataset
+from lckd_med.utils.errors import run_guarded
 from lckd_med.utils.parse import OneLineArgumentParser, parse_float
 
 __all__ = ["build_parser", "main"]
@@ -102,28 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argument errors exit with status 2)."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    try:
-        records = write_dataset(
-            args.out,
-            args.cases,
-            seed=args.seed,
-            spacing=args.spacing,
-            release=args.release,
-            lgg_fraction=args.lgg_fraction,
-            missing_fraction=args.missing_fraction,
-            overwrite=args.overwrite,
+    records: list = []
+
+    def write() -> int:
+        records.extend(
+            write_dataset(
+                args.out,
+                args.cases,
+                seed=args.seed,
+                spacing=args.spacing,
+                release=args.release,
+                lgg_fraction=args.lgg_fraction,
+                missing_fraction=args.missing_fraction,
+                overwrite=args.overwrite,
+            )
         )
-    except KeyboardInterrupt:
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        print("error: interrupted (Ctrl-C); the cases written so far are complete files", file=sys.stderr)
-        return 130
-    except OSError as e:  # an existing file (FileExistsError), a read-only or full file system
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-        print(f"error: {what}", file=sys.stderr)
-        return 1
+        return 0
+
+    # an existing file (FileExistsError), a read-only or full file system, or Ctrl-C: one line
+    status = run_guarded(
+        write, interrupted="interrupted (Ctrl-C); the cases written so far are complete files", errors=(OSError,)
+    )
+    if status:
+        return status
     n_lgg = sum(r["grade"] == "LGG" for r in records)
     n_no_et = sum(not r["enhancing"] for r in records)
     n_missing = sum(bool(r["missing"]) for r in records)

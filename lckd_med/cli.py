@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from lckd_med.constants import MODALITIES, label_convention
+from lckd_med.utils.errors import EXIT_INTERRUPTED
+from lckd_med.utils.errors import run_guarded as guarded
 from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_float, parse_int, parse_text
 
 __all__ = [
@@ -40,10 +42,9 @@ __all__ = [
     "evaluate_folder",
     "prepare",
     "run_guarded",
-    "user_error_line",
 ]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS = 0, 1, 2
 _PROG = "lckd-med"
 #: Prefix of the working folder ``predict`` makes beside its output (removed after; stale ones at the next run).
 PREDICT_WORK_PREFIX = ".lckd_predict_"
@@ -356,34 +357,14 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: Errors that describe the user's input or environment (a file, a flag, a full disk): one line, exit status 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
-
-
-def user_error_line(e: BaseException) -> str:
-    """One line for an input or environment error: an ``OSError`` names its file and reason (``[Errno 30]
-    Read-only file system: 'x'`` -> ``cannot write x: Read-only file system``), others give their message."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror and type(e) in (OSError, PermissionError):
-        return f"{e.filename}: {e.strerror}"
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
-
-
 def run_guarded(work: Callable[[], int]) -> int:
-    """Run a command's ``work``: an input or environment error becomes one ``error:`` line (exit status 1), Ctrl-C
-    one line (exit status 130); ``LCKD_DEBUG=1`` lets the exception through."""
-    try:
-        return work()
-    except KeyboardInterrupt:
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        _err("interrupted (Ctrl-C); files are written whole or not at all, so nothing half-written was left")
-        return EXIT_INTERRUPTED
-    except USER_ERRORS as e:
-        if os.environ.get("LCKD_DEBUG"):
-            raise
-        _err(user_error_line(e))
-        return EXIT_FAILED
+    """Run a command's ``work``: an input or environment error becomes one ``lckd-med: error:`` line (exit status 1),
+    Ctrl-C one line (exit status 130); ``LCKD_DEBUG=1`` lets the exception through."""
+    return guarded(
+        work,
+        prefix=f"{_PROG}: error",
+        interrupted="interrupted (Ctrl-C); files are written whole or not at all, so nothing half-written was left",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

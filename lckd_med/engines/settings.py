@@ -202,7 +202,9 @@ SETTINGS: Mapping[str, Setting] = {
 
 #: Top-level keys that hold components or code, not values a user sets (they may look like plain values: ``null``,
 #: ``[]``); every other plain top-level key of a bundle config has an entry in :data:`SETTINGS`.
-COMPONENT_KEYS: frozenset[str] = frozenset({"imports", "teacher_state", "method_handlers", "initialize", "run", "finalize"})
+COMPONENT_KEYS: frozenset[str] = frozenset(
+    {"imports", "teacher_state", "method_handlers", "initialize", "run", "finalize"}
+)
 
 #: Where training needs more than :data:`SETTINGS` allows (a config holding ``train`` is a training config).
 TRAINING_SETTINGS: Mapping[str, Setting] = {"roi_size": _ints(length=3, minimum=1)}
