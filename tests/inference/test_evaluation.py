@@ -269,25 +269,39 @@ def _evaluator(setup, out: Path, datalist: Path | None = None, ckpt_dir: Path | 
     )
 
 
-@pytest.mark.parametrize("where", ["report", "predictions", "subset_dice"])
-def test_files_evaluation_did_not_write_are_refused_before_predicting(setup, tmp_path, where):
+def _user_files(setup, tmp_path: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """An output folder and a copy of the models folder holding the user's own files where evaluation writes."""
     out, models = tmp_path / "out", tmp_path / "models"
     shutil.copytree(setup["root"] / "models", models)
     (models / SUBSET_DICE_NAME).unlink()
-    target = {
+    targets = {
         "report": out / REPORT_FILES["summary_md"],
         "predictions": out / "predictions" / "t1ce" / "notes.txt",
         "subset_dice": models / SUBSET_DICE_NAME,
-    }[where]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("the user's")
+    }
+    return out, models, targets
+
+
+@pytest.mark.parametrize("where", ["report", "predictions", "subset_dice"])
+def test_files_evaluation_did_not_write_are_refused_before_predicting(setup, tmp_path, where):
+    out, models, targets = _user_files(setup, tmp_path)
+    targets[where].parent.mkdir(parents=True, exist_ok=True)
+    targets[where].write_text("the user's")
     with pytest.raises(FileExistsError, match="not written by lckd_med|lckd_med did not write"):
         _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()
-    assert target.read_text() == "the user's"
+    assert targets[where].read_text() == "the user's"
     assert not (out / REPORT_FILES["metrics_csv"]).exists()  # refused before any work
+
+
+def test_overwrite_replaces_them_and_evaluation_replaces_its_own_files_freely(setup, tmp_path):
+    out, models, targets = _user_files(setup, tmp_path)
+    for target in targets.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("the user's")
     _evaluator(setup, out, ckpt_dir=models, save_predictions=True, overwrite=True).run()
-    assert where == "predictions" or target.read_text() != "the user's"
-    _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()  # its own files now: replaced freely
+    assert not targets["predictions"].exists() and targets["report"].read_text() != "the user's"
+    assert json.loads(targets["subset_dice"].read_text())["source"]["split"] == "testing"
+    _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()  # its own files now
 
 
 def test_bad_labels_and_garbage_sequences_are_reported_once_before_predicting(setup, tmp_path, caplog):
