@@ -4,7 +4,7 @@ Usage::
 
     python -m data_prep.brats --dataset_dir /data/MICCAI_BraTS_2018_Data_Training --output datalist.json \\
         [--folds 5] [--seed 0] [--test_fold 0|none] [--val_fold 1] [--layout auto|brats2018|flat|brats2023] \\
-        [--release YEAR] [--workers N] [--allow_unlabelled] \\
+        [--release YEAR] [--workers N] [--allow_unlabelled] [--overwrite] \\
         [--protocol lckd2018|lckd2018_disjoint | --split_lists training=FILE [validation=FILE] [testing=FILE]]
 
 With ``--protocol`` or ``--split_lists`` the splits follow case-id lists instead of folds (see
@@ -14,7 +14,10 @@ The layout (and from it the label convention: ET = 4 up to 2022, 3 from 2023) is
 Every case is checked (readable NIfTI, 3-D, same shape and affine, finite non-empty images, valid labels); a
 broken case is listed under ``rejected`` with its file and reason and never stops the run. A missing sequence
 leaves the case usable with that sequence ``null``. Exit status: 0 when at least one case is usable, 1 when
-none is (or the folder holds no BraTS case), 2 for a bad argument.
+none is (or the folder holds no BraTS case, or the datalist cannot be written), 2 for a bad argument, 130 on Ctrl-C.
+
+An existing ``--output`` is replaced only when it is a datalist lckd_med wrote and nobody edited since, or with
+``--overwrite``; never when it is one of the dataset's own files.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ from lckd_med.data.splits import (
     report_lines,
 )
 from lckd_med.data.validation import validate_cases
+from lckd_med.utils.errors import run_guarded
+from lckd_med.utils.outputs import same_file
+from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_int
 from lckd_med.utils.progress import progress_bar
 
 __all__ = ["build_parser", "main", "default_workers"]
@@ -74,19 +80,26 @@ def _release(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m data_prep.brats``."""
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog="python -m data_prep.brats",
         description="Validate a BraTS dataset folder and write a datalist JSON with cross-validation splits.",
         epilog="Layouts: " + "; ".join(f"{k}: {v}" for k, v in LAYOUT_PATTERNS.items()),
     )
     p.add_argument("--dataset_dir", required=True, help="BraTS dataset folder, or any folder above it")
     p.add_argument("--output", required=True, help="datalist JSON file to write")
-    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold shuffle (default 0)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output that lckd_med did not write as it is"
+    )
+    p.add_argument(
+        "--folds", type=arg_type(parse_int, "--folds"), default=5, help="number of cross-validation folds (default 5)"
+    )
+    p.add_argument("--seed", type=arg_type(parse_int, "--seed"), default=0, help="seed of the fold shuffle (default 0)")
     p.add_argument(
         "--test_fold", type=_fold_or_none, default=0, help="fold held out for testing, or 'none' (default 0)"
     )
-    p.add_argument("--val_fold", type=int, default=1, help="fold used for validation (default 1)")
+    p.add_argument(
+        "--val_fold", type=arg_type(parse_int, "--val_fold"), default=1, help="fold used for validation (default 1)"
+    )
     lists = p.add_mutually_exclusive_group()
     lists.add_argument(
         "--protocol",
@@ -107,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--release", type=_release, default=None, help="BraTS year forcing the label convention (2023+: ET=3)"
     )
-    p.add_argument("--workers", type=int, default=default_workers(), help="validation processes (default min(4, cpus))")
+    p.add_argument(
+        "--workers",
+        type=arg_type(parse_int, "--workers", minimum=1),
+        default=default_workers(),
+        help="validation processes (default min(4, cpus))",
+    )
     p.add_argument("--allow_unlabelled", action="store_true", help="keep cases without a segmentation (label null)")
     return p
 
@@ -126,9 +144,19 @@ def _no_case_message(detail: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the tool; returns the exit status (0 ok, 1 no usable case, 2 bad argument)."""
+    """Run the tool; returns the exit status (0 ok, 1 no usable case or nothing written, 2 bad argument, 130 Ctrl-C)."""
     for stream in (sys.stdout, sys.stderr):  # non-UTF-8 file names print as \xNN instead of crashing the run
         getattr(stream, "reconfigure", lambda **_: None)(errors="backslashreplace")
+    # a file-system error (read-only or full disk, a folder that vanished) or Ctrl-C: one line
+    return run_guarded(
+        lambda: _main(argv),
+        interrupted="interrupted (Ctrl-C); no datalist was written",
+        errors=(OSError,),
+        failed=EXIT_NO_DATA,
+    )
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -146,9 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_split_lists(lists)
     except (ValueError, FileNotFoundError) as err:
         _err(str(err))
-        return EXIT_BAD_ARGS
-    if args.workers < 1:
-        _err(f"--workers must be >= 1, got {args.workers}")
         return EXIT_BAD_ARGS
     if os.path.isdir(args.output):
         _err(f"--output is a folder, expected a JSON file path: {args.output}")
@@ -177,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(_no_case_message(f"no BraTS case found under {found.root} with layout {found.layout}."))
         return EXIT_NO_DATA
 
+    inputs = [p for c in found.cases for p in (*c.paths.values(), c.label) if p is not None]
+    clash = next((p for p in inputs if same_file(args.output, p)), None)
+    if clash is not None:
+        _err(f"--output {args.output} is a file of the dataset ({clash}); choose another output path")
+        return EXIT_BAD_ARGS
     with progress_bar(desc="validate", total=len(found.cases)) as bar:
         checks = validate_cases(
             found.cases,
@@ -218,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         convention=found.convention,
     )
     try:
-        out = write_datalist(d, args.output)
-    except (FileExistsError, OSError) as err:
+        out = write_datalist(d, args.output, overwrite=args.overwrite)
+    except FileExistsError as err:
         _err(str(err))
         return EXIT_BAD_ARGS
     print(f"splits (folds={args.folds}, seed={args.seed}, test_fold={args.test_fold}, val_fold={args.val_fold}):")
@@ -251,7 +281,11 @@ def _write_from_lists(args: argparse.Namespace, found, checks, lists) -> int:
     if not d["training"]:
         _err(f"no case of the training list is usable under {found.root}; no datalist written.")
         return EXIT_NO_DATA
-    out = write_datalist(d, args.output)
+    try:
+        out = write_datalist(d, args.output, overwrite=args.overwrite)
+    except FileExistsError as err:
+        _err(str(err))
+        return EXIT_BAD_ARGS
     print(f"datalist written: {out}")
     return EXIT_OK
 

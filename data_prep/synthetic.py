@@ -3,12 +3,13 @@
 Usage::
 
     python -m data_prep.synthetic --out D --cases N [--seed S] [--spacing 1|2] [--release 2018|2023]
-                                  [--lgg_fraction F] [--missing_fraction F]
+                                  [--lgg_fraction F] [--missing_fraction F] [--overwrite]
 
 Cases follow the release's real layout and file naming (2018-2019: ``D/{HGG,LGG}/Brats18_SYN_001_1/...``;
 2020-2022: flat legacy names; 2023+: flat ``BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}.nii.gz``), int16 images,
 uint8 labels in the release's convention, BraTS affine with qform = sform (codes 1). Every file is written to a
-temporary name and renamed. Prints one summary line.
+temporary name and renamed. Prints one summary line. Files already at the paths the cases take are never replaced
+without ``--overwrite``. Exit status: 0 written, 1 not written (message on stderr), 2 bad argument, 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from lckd_med.data.synthetic import RELEASES_ACCEPTED, release_layout, validate_release, write_dataset
+from lckd_med.utils.errors import run_guarded
+from lckd_med.utils.parse import OneLineArgumentParser, parse_float
 
 __all__ = ["build_parser", "main"]
 
@@ -46,7 +49,7 @@ _seed = _int_at_least(0, "a non-negative integer seed")
 
 def _spacing(text: str) -> float:
     try:
-        value = float(text)
+        value = parse_float(text, "--spacing")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 1 or 2 (mm), got {text!r}") from None
     if value not in _SPACINGS:
@@ -63,7 +66,7 @@ def _release(text: str) -> int:
 
 def _fraction(text: str) -> float:
     try:
-        value = float(text)
+        value = parse_float(text, "fraction")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
     if not 0.0 <= value <= 1.0:
@@ -73,7 +76,7 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m data_prep.synthetic``."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m data_prep.synthetic",
         description="Write procedural BraTS-like cases (four sequences + segmentation) in a real BraTS layout.",
     )
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="fraction of cases with one or two sequence files not written (default 0)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace files already at the cases' paths")
     return parser
 
 
@@ -98,15 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (argument errors exit with status 2)."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    records = write_dataset(
-        args.out,
-        args.cases,
-        seed=args.seed,
-        spacing=args.spacing,
-        release=args.release,
-        lgg_fraction=args.lgg_fraction,
-        missing_fraction=args.missing_fraction,
+    records: list = []
+
+    def write() -> int:
+        records.extend(
+            write_dataset(
+                args.out,
+                args.cases,
+                seed=args.seed,
+                spacing=args.spacing,
+                release=args.release,
+                lgg_fraction=args.lgg_fraction,
+                missing_fraction=args.missing_fraction,
+                overwrite=args.overwrite,
+            )
+        )
+        return 0
+
+    # an existing file (FileExistsError), a read-only or full file system, or Ctrl-C: one line
+    status = run_guarded(
+        write, interrupted="interrupted (Ctrl-C); the cases written so far are complete files", errors=(OSError,)
     )
+    if status:
+        return status
     n_lgg = sum(r["grade"] == "LGG" for r in records)
     n_no_et = sum(not r["enhancing"] for r in records)
     n_missing = sum(bool(r["missing"]) for r in records)

@@ -11,7 +11,11 @@ Each sub-command is a thin wrapper over the library call the bundles use:
   ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`).
 
 Declared in ``pyproject.toml`` (``[project.scripts] lckd-med = "lckd_med.cli:main"``); ``python -m lckd_med.cli``
-is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 bad arguments.
+is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 bad arguments, 130 Ctrl-C.
+
+Every flag is parsed into its type (:mod:`lckd_med.utils.parse`) and a bad value is one line; no command replaces a
+file it did not write unless ``--overwrite`` is given, and never one of its inputs
+(:mod:`lckd_med.utils.outputs`); errors are one ``lckd-med: error:`` line (``LCKD_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,18 +23,31 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lckd_med.constants import MODALITIES
+from lckd_med.constants import MODALITIES, label_convention
+from lckd_med.utils.errors import EXIT_INTERRUPTED
+from lckd_med.utils.errors import run_guarded as guarded
+from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_float, parse_int, parse_text
 
-__all__ = ["build_parser", "main", "default_checkpoint", "predict", "evaluate_folder", "prepare"]
+__all__ = [
+    "build_parser",
+    "main",
+    "default_checkpoint",
+    "predict",
+    "evaluate_folder",
+    "prepare",
+    "run_guarded",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_ARGS = 0, 1, 2
 _PROG = "lckd-med"
+#: Prefix of the working folder ``predict`` makes beside its output (removed after; stale ones at the next run).
+PREDICT_WORK_PREFIX = ".lckd_predict_"
 
 
 def default_checkpoint() -> Path:
@@ -77,6 +94,23 @@ The .safetensors file holds the network weights and, as text metadata, the netwo
 modality/region order and label convention: enough to rebuild the network, and no code can ride along."""
 
 
+def _device(text: str, name: str) -> str:
+    from lckd_med.prediction.device import resolve_device
+
+    try:
+        resolve_device(parse_text(text, name).strip())
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return text.strip()
+
+
+def _convention(text: str, name: str) -> str:
+    try:
+        return label_convention(text).name
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
 def _command(sub: Any, name: str, summary: str, description: str, epilog: str) -> argparse.ArgumentParser:
     """One sub-command: ``summary`` in ``lckd-med --help``, ``description`` and the ``epilog`` example in its own."""
     return sub.add_parser(name, help=summary, description=description, epilog=epilog, formatter_class=_formatter)
@@ -84,7 +118,7 @@ def _command(sub: Any, name: str, summary: str, description: str, epilog: str) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lckd-med`` parser with its sub-commands."""
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         prog=_PROG,
         description="lckd_med: brain-tumour segmentation with missing MRI sequences (LCKD, OMD).",
         formatter_class=_formatter,
@@ -103,14 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
     for m in MODALITIES:
         pr.add_argument(f"--{m}", metavar="FILE", default=None, help=f"{m} NIfTI file (optional)")
     pr.add_argument("-o", "--output", required=True, metavar="FILE", help="label map to write (.nii.gz or .nii)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output (never an input)")
     pr.add_argument("--ckpt", metavar="FILE", default=None, help="checkpoint (default: the lckd bundle's model.pt)")
-    pr.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    pr.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
-    pr.add_argument("--overlap", type=float, default=1 / 3, help="sliding-window overlap (default 1/3)")
-    pr.add_argument("--threshold", type=float, default=0.5, help="sigmoid threshold per region (default 0.5)")
-    pr.add_argument("--roi_size", type=int, nargs=3, default=None, metavar="N", help="window (default: training's)")
     pr.add_argument(
-        "--label_convention", default=None, help="brats2018 (ET=4) or brats2023 (ET=3); default: the checkpoint's"
+        "--device",
+        default="auto",
+        type=arg_type(_device, "--device"),
+        help="auto (CUDA when available), cpu, cuda or cuda:N",
+    )
+    pr.add_argument("--no_amp", action="store_true", help="no bf16 autocast on CUDA")
+    pr.add_argument(
+        "--overlap",
+        type=arg_type(parse_float, "--overlap", low=0.0, high=1.0, high_open=True),
+        default=1 / 3,
+        help="sliding-window overlap in [0, 1) (default 1/3)",
+    )
+    pr.add_argument(
+        "--threshold",
+        type=arg_type(parse_float, "--threshold", low=0.0, high=1.0, low_open=True, high_open=True),
+        default=0.5,
+        help="sigmoid threshold per region, in (0, 1) (default 0.5)",
+    )
+    pr.add_argument(
+        "--roi_size",
+        type=arg_type(parse_int, "--roi_size", minimum=1),
+        nargs=3,
+        default=None,
+        metavar="N",
+        help="window (default: training's)",
+    )
+    pr.add_argument(
+        "--label_convention",
+        type=arg_type(_convention, "--label_convention"),
+        default=None,
+        help="brats2018 (ET=4) or brats2023 (ET=3); default: the checkpoint's",
     )
 
     sub.add_parser(
@@ -133,9 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--labels", required=True, help="BraTS dataset folder or folder of label files")
     ev.add_argument("-o", "--output_dir", required=True, help="folder for the reports")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="replace same-named report files lckd_med did not write there"
+    )
     ev.add_argument("--subset", default=None, help="subset of the predictions, e.g. t1ce+t2 (default: all four)")
-    ev.add_argument("--release", default=None, help="BraTS year of the labels (2023+: ET=3); default: detected")
-    ev.add_argument("--postprocess_min_et", type=int, default=None, help="ET post-processing threshold, mm^3")
+    ev.add_argument(
+        "--release",
+        type=arg_type(_convention, "--release"),
+        default=None,
+        help="BraTS year of the labels (2023+: ET=3); default: detected",
+    )
+    ev.add_argument(
+        "--postprocess_min_et",
+        type=arg_type(parse_int, "--postprocess_min_et", minimum=0),
+        default=None,
+        help="ET post-processing threshold, mm^3 (0: none)",
+    )
     ev.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     ex = _command(
@@ -147,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--ckpt", required=True, help="checkpoint (model.pt)")
     ex.add_argument("-o", "--output", default=None, help="file to write (default: beside --ckpt, .safetensors)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --output (never --ckpt)")
     im = _command(
         sub,
         "import-safetensors",
@@ -156,13 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.add_argument("--weights", required=True, help=".safetensors file")
     im.add_argument("-o", "--output", required=True, help="checkpoint to write (model.pt)")
+    im.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (a training checkpoint there loses its optimiser and election state)",
+    )
     return p
 
 
 def predict(args: argparse.Namespace) -> int:
-    """``lckd-med predict``: one case through :class:`~lckd_med.inference.BatchInference`, written to ``-o``."""
+    """``lckd-med predict``: one case through :class:`~lckd_med.inference.BatchInference`, written to ``-o``.
+
+    The case runs in a working folder beside the output (so the final rename is atomic), marked as this process's
+    (:func:`~lckd_med.utils.outputs.make_work_dir`); one left by a killed run is removed at the next run.
+    """
     from lckd_med.inference.batch import BatchInference
+    from lckd_med.inference.subset_dice import describe_source
     from lckd_med.utils.io import save_nifti_atomic
+    from lckd_med.utils.outputs import check_output_file, make_work_dir, remove_stale_work_dirs
 
     paths = {m: getattr(args, m) for m in MODALITIES}
     if not any(paths.values()):
@@ -172,37 +257,33 @@ def predict(args: argparse.Namespace) -> int:
     if not out.name.lower().endswith((".nii.gz", ".nii")):
         _err(f"--output must end in .nii.gz or .nii, got {out}")
         return EXIT_BAD_ARGS
-    if out.is_dir():
-        _err(f"--output is a folder, expected a file name: {out}")
-        return EXIT_BAD_ARGS
     ckpt = Path(args.ckpt).expanduser() if args.ckpt else default_checkpoint()
+    inputs = [Path(p).expanduser() for p in paths.values() if p] + [ckpt]
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, what="--output")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary folder sits beside the output so the final rename is atomic
-    with tempfile.TemporaryDirectory(prefix=".lckd_predict_", dir=out.parent) as tmp:
-        manifest = Path(tmp) / "case.csv"
+    remove_stale_work_dirs(out.parent, PREDICT_WORK_PREFIX)
+    work = make_work_dir(out.parent, PREDICT_WORK_PREFIX)
+    try:
+        manifest = work / "case.csv"
         with open(manifest, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", *MODALITIES])
             w.writerow(["case", *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
-        try:
-            engine = BatchInference(
-                ckpt,
-                None,
-                Path(tmp) / "out",
-                manifest=manifest,
-                device=args.device,
-                amp=not args.no_amp,
-                roi_size=tuple(args.roi_size) if args.roi_size else None,
-                overlap=args.overlap,
-                threshold=args.threshold,
-                progress=False,
-                label_convention=args.label_convention,
-            )
-        except (FileNotFoundError, ValueError, TypeError) as e:
-            _err(str(e))
-            return EXIT_FAILED
+        engine = BatchInference(
+            ckpt,
+            None,
+            work / "out",
+            manifest=manifest,
+            device=args.device,
+            amp=not args.no_amp,
+            roi_size=tuple(args.roi_size) if args.roi_size else None,
+            overlap=args.overlap,
+            threshold=args.threshold,
+            progress=False,
+            label_convention=args.label_convention,
+        )
         (case,) = engine.cases()
-        (Path(tmp) / "out").mkdir()
+        (work / "out").mkdir()
         row = engine.run_case(case)
         if row["status"] != "ok":
             _err(f"could not segment the case: {row['message']}")
@@ -213,6 +294,8 @@ def predict(args: argparse.Namespace) -> int:
             import nibabel as nib
 
             save_nifti_atomic(nib.Nifti1Image.from_image(nib.load(row["output"])), out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out} ({row['modalities']}, {row['seconds']:.1f} s)")
     if row["message"]:
         print(f"note: {row['message']}")
@@ -220,7 +303,10 @@ def predict(args: argparse.Namespace) -> int:
         k[len("expected_dice_") :]: v for k, v in row.items() if k.startswith("expected_dice_") and v is not None
     }
     if expected:
-        print("validation Dice of this subset at training: " + ", ".join(f"{r} {v:.3f}" for r, v in expected.items()))
+        print(
+            f"Dice of this subset on {describe_source(engine.subset_dice_source)}, measured with these weights: "
+            + ", ".join(f"{r} {v:.3f}" for r, v in expected.items())
+        )
     return EXIT_OK
 
 
@@ -229,19 +315,16 @@ def evaluate_folder(args: argparse.Namespace) -> int:
     from lckd_med.constants import ET_MIN_VOXELS
     from lckd_med.reports.folder_scores import score_folder
 
-    try:
-        res = score_folder(
-            args.pred_dir,
-            args.labels,
-            args.output_dir,
-            subset=args.subset,
-            release=args.release,
-            postprocess_min_et=ET_MIN_VOXELS if args.postprocess_min_et is None else args.postprocess_min_et,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        _err(str(e))
-        return EXIT_FAILED
+    res = score_folder(
+        args.pred_dir,
+        args.labels,
+        args.output_dir,
+        subset=args.subset,
+        release=args.release,
+        postprocess_min_et=ET_MIN_VOXELS if args.postprocess_min_et is None else args.postprocess_min_et,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
     for p in res.problems:
         print(f"left out: {p}")
     print(res.reports["summary_md"].read_text(encoding="utf-8"))
@@ -266,16 +349,22 @@ def prepare(argv: Sequence[str]) -> int:
 def _export(args: argparse.Namespace) -> int:
     from lckd_med.engines.safetensors_io import export_safetensors, import_safetensors
 
-    try:
-        if args.command == "export-safetensors":
-            out = export_safetensors(args.ckpt, args.output)
-        else:
-            out = import_safetensors(args.weights, args.output)
-    except (FileNotFoundError, ValueError) as e:
-        _err(str(e))
-        return EXIT_FAILED
+    if args.command == "export-safetensors":
+        out = export_safetensors(args.ckpt, args.output, overwrite=args.overwrite)
+    else:
+        out = import_safetensors(args.weights, args.output, overwrite=args.overwrite)
     print(f"wrote {out}")
     return EXIT_OK
+
+
+def run_guarded(work: Callable[[], int]) -> int:
+    """Run a command's ``work``: an input or environment error becomes one ``lckd-med: error:`` line (exit status 1),
+    Ctrl-C one line (exit status 130); ``LCKD_DEBUG=1`` lets the exception through."""
+    return guarded(
+        work,
+        prefix=f"{_PROG}: error",
+        interrupted="interrupted (Ctrl-C); files are written whole or not at all, so nothing half-written was left",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -292,14 +381,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_ARGS
     if args.command == "predict":
-        return predict(args)
+        return run_guarded(lambda: predict(args))
     if args.command == "evaluate-folder":
-        return evaluate_folder(args)
-    return _export(args)
+        return run_guarded(lambda: evaluate_folder(args))
+    return run_guarded(lambda: _export(args))
 
 
 def _run() -> None:
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # before a command's own handler (while importing)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

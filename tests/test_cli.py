@@ -115,7 +115,7 @@ def test_predict_writes_uncompressed_nifti(ckpt, tmp_path):
         (["--t1", "T1", "-o", "seg.png"], 2, "must end in .nii.gz"),
         (["--t1", "T1", "-o", "seg.nii.gz", "--ckpt", "missing.pt"], 1, "no checkpoint"),
         (["--t1", "missing_t1.nii.gz", "-o", "seg.nii.gz", "--ckpt", "CKPT"], 1, "does not exist"),
-        (["--t1", "T1", "-o", "seg.nii.gz", "--ckpt", "CKPT", "--threshold", "2"], 1, "threshold"),
+        (["--t1", "T1", "-o", "seg.nii.gz", "--ckpt", "CKPT", "--threshold", "2"], 2, "threshold"),
     ],
 )
 def test_predict_bad_input(ckpt, tmp_path, capsys, args, rc, expected):

@@ -18,10 +18,28 @@ from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lckd_med.networks import LCKDNet
 
-__all__ = ["write_nifti", "tiny_lckd_net", "checkpoint_payload", "save_tiny_checkpoint", "config_expressions"]
+__all__ = [
+    "mri_like",
+    "write_nifti",
+    "tiny_lckd_net",
+    "checkpoint_payload",
+    "save_tiny_checkpoint",
+    "config_expressions",
+]
 
 #: Channels per level of the small networks the tests build.
 TINY_FILTERS = (4, 8, 16)
+
+
+def mri_like(shape: tuple[int, ...], seed: int = 0, low: float = 0.1, high: float = 1.1) -> np.ndarray:
+    """A smooth random float32 volume with values in ``[low, high]`` (positive everywhere): on small test grids it
+    passes the check that a sequence can be an MRI of a head (many distinct values, neighbouring voxels alike),
+    which pure noise (``rng.random``) does not."""
+    from scipy import ndimage
+
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), sigma=1.5, mode="reflect")
+    field = (field - field.min()) / max(float(np.ptp(field)), 1e-12)
+    return (low + (high - low) * field).astype(np.float32)
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:

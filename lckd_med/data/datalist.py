@@ -58,6 +58,7 @@ __all__ = [
     "make_datalist",
     "validate_datalist",
     "write_datalist",
+    "is_unchanged_datalist",
     "read_datalist",
     "load_datalist",
     "datalist_spec",
@@ -315,8 +316,29 @@ def validate_datalist(d: Any, source: str = "datalist") -> None:
         raise ValueError(f"{source}: 'rejected' must be a list of objects with 'case_id', 'file' and 'reason'")
 
 
-def write_datalist(d: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Validate and write a datalist atomically (temporary file in the same folder, then ``os.replace``).
+def _content_hash(d: Mapping[str, Any]) -> str:
+    """SHA-256 of a datalist's content without its own ``meta.content_sha256`` (key order and spacing ignored)."""
+    body = {**d, "meta": {k: v for k, v in d.get("meta", {}).items() if k != "content_sha256"}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def is_unchanged_datalist(path: str | os.PathLike) -> bool:
+    """``path`` is a datalist lckd_med wrote and nobody edited since: its ``meta.content_sha256`` (recorded by
+    :func:`write_datalist`) matches its content. Such a file is lckd_med's to regenerate; an edited one is the user's."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return isinstance(d, dict) and d["meta"]["content_sha256"] == _content_hash(d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def write_datalist(d: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate and write a datalist atomically (temporary file in the same folder, then ``os.replace``), recording
+    the hash of its content in ``meta.content_sha256``.
+
+    An existing file at ``path`` is replaced only when it is a datalist lckd_med wrote and nobody edited since
+    (:func:`is_unchanged_datalist`), or with ``overwrite``; a scan given by mistake, another file or a hand-edited
+    datalist is left untouched.
 
     Returns:
         The absolute path written.
@@ -324,20 +346,24 @@ def write_datalist(d: Mapping[str, Any], path: str | os.PathLike) -> Path:
     Raises:
         ValueError: the datalist does not follow the format.
         IsADirectoryError: ``path`` is a folder.
-        FileExistsError: ``path`` exists and is not a datalist (it is never replaced).
+        FileExistsError: ``path`` exists and is not lckd_med's to replace (naming the file and ``--overwrite``).
     """
     d = dict(d)
     validate_datalist(d)
     out = Path(path).expanduser().resolve()
     if out.is_dir():
         raise IsADirectoryError(f"datalist output is a folder, expected a file path: {out}")
-    if out.exists():  # only a datalist (ours to regenerate) is replaced, never e.g. a scan given by mistake
+    if out.exists() and not overwrite and not is_unchanged_datalist(out):
         try:
             read_datalist(out)
+            what = "a datalist edited since lckd_med wrote it (or written by another tool)"
         except (ValueError, OSError):
-            raise FileExistsError(
-                f"{out} exists and is not a datalist; it was left untouched: choose another output path"
-            ) from None
+            what = "not a datalist"
+        raise FileExistsError(
+            f"{out} exists and is {what}; it was left untouched: choose another output path or pass --overwrite "
+            "to replace it"
+        )
+    d["meta"] = {**d["meta"], "content_sha256": _content_hash(d)}
     write_text_atomic(out, json.dumps(d, indent=2) + "\n")
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lckd_med.constants import RELEASE_FILE_SUFFIXES, SEGMENTATION_SUFFIX
 
-__all__ = ["NIFTI_EXTENSIONS", "SEPARATORS", "is_nifti", "nifti_stem", "match_sequence_file"]
+__all__ = ["NIFTI_EXTENSIONS", "SEPARATORS", "is_nifti", "nifti_stem", "match_sequence_file", "case_prefix"]
 
 #: NIfTI file extensions, the compressed one first (preferred when a case has both).
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -52,4 +52,18 @@ def match_sequence_file(filename: str) -> str | None:
                 return None
             if suffix in _SUFFIX_TO_MODALITY:
                 return _SUFFIX_TO_MODALITY[suffix]
+    return None
+
+
+def case_prefix(filename: str) -> str | None:
+    """The case part of a BraTS-named sequence or segmentation file (``Brats18_X_1`` of ``Brats18_X_1_t1ce.nii.gz``,
+    ``BraTS-GLI-00000-000`` of ``BraTS-GLI-00000-000-seg.nii.gz``), or None for any other name."""
+    stem = nifti_stem(filename)
+    if stem is None or filename.startswith("."):
+        return None
+    for sep in SEPARATORS:
+        if sep in stem:
+            prefix, suffix = stem.rsplit(sep, 1)
+            if prefix and (suffix.lower() == SEGMENTATION_SUFFIX or suffix.lower() in _SUFFIX_TO_MODALITY):
+                return prefix
     return None

@@ -488,6 +488,7 @@ def write_dataset(
     release: int | str = 2018,
     lgg_fraction: float = 0.3,
     missing_fraction: float = 0.0,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``n_cases`` procedural cases in the release's BraTS layout (deterministic for a seed).
 
@@ -495,8 +496,15 @@ def write_dataset(
     enhancing tumour. ``round(missing_fraction * n_cases)`` cases lack one or two sequence files on disk (the
     segmentation is always written).
 
+    Args:
+        overwrite: replace (or, for a missing sequence, remove) files already at the paths the cases take; without
+            it, any such file stops the run before anything is written.
+
     Returns:
         One dict per case, in case order, as returned by :func:`write_case`.
+
+    Raises:
+        FileExistsError: a file the dataset would write already exists and ``overwrite`` is False.
     """
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)):
         raise TypeError(f"n_cases must be an int, got {n_cases!r}")
@@ -515,6 +523,23 @@ def write_dataset(
     n_missing = int(round(missing_fraction * n_cases))
     missing_cases = set(plan.permutation(n_cases)[:n_missing].tolist())
     case_seeds = np.random.SeedSequence(int(seed)).spawn(n_cases)
+    if not overwrite:
+        suffixes = [*file_suffixes(year).values(), SEGMENTATION_SUFFIX]
+        taken = [
+            path
+            for i in range(n_cases)
+            for grade in GRADES  # either grade's folder: checked before the grades are drawn
+            for suffix in suffixes
+            if (
+                path := _case_dir(Path(out_dir), year, case_id_for(year, i), grade)
+                / _file_name(year, case_id_for(year, i), suffix)
+            ).exists()
+        ]
+        if taken:
+            raise FileExistsError(
+                f"{taken[0]} exists ({len(taken)} file(s) the synthetic dataset would write are there already); they "
+                f"were left untouched: choose an empty --out folder or pass --overwrite to replace them"
+            )
 
     records = []
     lgg_seen = 0

@@ -1,15 +1,25 @@
-"""Checks that a discovered BraTS case can be trained or evaluated on.
+"""Checks that a discovered BraTS case can be trained or evaluated on, and that a volume can be an MRI of a head.
 
 :func:`validate_case` reads every present file once and never raises for a bad case: it returns a
 :class:`CaseCheck` listing every reason (each naming its file), so one corrupt case never stops a dataset
 scan. A missing sequence is not an error (the case is usable with that channel null / all-zero); a
 sequence file that is present but broken is.
+
+Garbage in, garbage out is refused by one check used everywhere a sequence is read (data preparation, evaluation's
+datalist, batch inference and ``lckd-med predict``, through :func:`lckd_med.data.volume.read_nifti`):
+:func:`head_mri_problem` refuses a volume that cannot be an MRI of a head (a mask, a label map, a constant image,
+pure noise, a handful of voxels), with the thresholds named below; :func:`case_file_problems` refuses a case whose
+sequences are one file given twice (a copy or a link: same content) or files of different patients (file-name
+prefixes that disagree). The thresholds leave every real BraTS-like volume well inside: the synthetic heads of
+:mod:`lckd_med.data.synthetic` at 1, 2 and 4 mm have over 20,000 non-zero voxels, hundreds of distinct intensities and
+a neighbour correlation above 0.9 (``tests/data/test_validation.py`` pins this).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +30,23 @@ import torch
 
 from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES, LabelConvention, label_convention
 from lckd_med.data.layouts import BratsCase, Issue
+from lckd_med.data.naming import case_prefix
 from lckd_med.data.volume import describe_error, read_nifti
+from lckd_med.utils.memory import check_fits
+from lckd_med.utils.outputs import file_sha256, same_file
 
 __all__ = [
     "AFFINE_ATOL_MM",
     "GZIP_MAX_RATIO",
+    "MIN_AXIS_VOXELS",
+    "MIN_NONZERO_VOXELS",
+    "MIN_DISTINCT_INTENSITIES",
+    "MIN_NEIGHBOUR_CORRELATION",
+    "MAX_AFFINE_CONDITION",
+    "READ_MEMORY_FACTOR",
+    "head_mri_problem",
+    "case_file_problems",
+    "label_file_problems",
     "Issue",
     "CaseCheck",
     "check_volume_file",
@@ -40,6 +62,28 @@ __all__ = [
 GZIP_MAX_RATIO: int = 1100
 #: Above this claimed size (bytes) a ``.nii.gz`` is also checked against the uncompressed size in its gzip trailer.
 _TRAILER_CHECK_BYTES: int = 1 << 30
+#: Reading a volume and checking it holds a few float32/float64 copies of it at once: the claimed voxel count times
+#: this many bytes must fit in the available memory, else the file is refused before reading (a gzip bomb that
+#: stays within :data:`GZIP_MAX_RATIO` would otherwise end in a raw ``MemoryError`` or the kernel's OOM killer).
+READ_MEMORY_FACTOR: int = 24
+#: The affine's 3x3 part must be invertible: its condition number (largest / smallest singular value, i.e. the voxel
+#: size ratio of the grid, about 1 to 10 for MRI) must stay below this. A zero voxel size or two axes mapped onto one
+#: make it singular: no world position, no resampling, no grid check.
+MAX_AFFINE_CONDITION: float = 1e6
+
+#: An MRI of a head has at least this many voxels along every axis: a single slice or a 1 x 1 x 1 "volume" is none.
+MIN_AXIS_VOXELS: int = 8
+#: ... and at least this many non-zero voxels: a brain on a 4 mm grid (the coarsest lckd_med trains on) has about
+#: 20,000; one stray voxel or a small blob is not a head.
+MIN_NONZERO_VOXELS: int = 1000
+#: ... and at least this many distinct non-zero intensities: a binary mask has 1, a label map 3 or 4, a constant image
+#: 1; an MRI has hundreds (counted on up to 200,000 voxels).
+MIN_DISTINCT_INTENSITIES: int = 16
+#: ... and neighbouring voxels alike: the correlation of each voxel with its neighbour, averaged over the three axes,
+#: is above 0.9 for heads (tissue spans many voxels, the head sits in empty background) and about 0 for pure noise.
+MIN_NEIGHBOUR_CORRELATION: float = 0.3
+_DISTINCT_SAMPLE = 200_000
+_CORRELATION_VOXELS = 2_000_000
 
 
 def _gzip_trailer_size(path: Path) -> int | None:
@@ -99,6 +143,31 @@ def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.Path
             f"{path}: the affine (voxel-to-world matrix in the header) holds NaN or infinite entries; "
             "fix the qform/sform of this file (e.g. re-save it with nibabel or fslorient)"
         )
+    if affine is not None and affine.shape == (4, 4):
+        try:
+            singular = np.linalg.svd(affine[:3, :3], compute_uv=False)
+        except np.linalg.LinAlgError:
+            singular = np.zeros(3)
+        if singular.min() <= singular.max() / MAX_AFFINE_CONDITION:
+            sizes = ", ".join(f"{v:.3g}" for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+            raise ValueError(
+                f"{path}: the affine (voxel-to-world matrix in the header) is singular (voxel sizes {sizes} mm): a "
+                "zero voxel size or two axes mapped onto one; fix the qform/sform or pixdim of this file"
+            )
+    try:
+        kind = np.dtype(img.get_data_dtype()).kind
+    except TypeError:
+        kind = ""
+    if kind == "c":
+        raise ValueError(
+            f"{path}: holds complex-valued voxels ({img.get_data_dtype()}); an MRI for segmentation is real-valued: "
+            "save the magnitude image instead"
+        )
+    check_fits(
+        float(np.prod(shape, dtype=np.float64)) * READ_MEMORY_FACTOR,
+        f"{path}: reading its {shape} voxels",
+        "the file is corrupt or far larger than a head MRI; check it, or free memory",
+    )
 
 
 def check_volume_file(path: str | os.PathLike) -> None:
@@ -137,6 +206,102 @@ def normalisation_problem(data: np.ndarray) -> str | None:
         f"intensities up to {peak:.3g} overflow the float32 z-score normalisation (non-finite result); "
         "rescale this image (e.g. to its original scanner range) and try again"
     )
+
+
+def head_mri_problem(data: np.ndarray) -> str | None:
+    """Why ``data`` (an image volume, finite and not all zero) cannot be an MRI of a head, or None when it can.
+
+    Checks, in order, against the named thresholds: every axis has :data:`MIN_AXIS_VOXELS` voxels; at least
+    :data:`MIN_NONZERO_VOXELS` are non-zero; the non-zero voxels take :data:`MIN_DISTINCT_INTENSITIES` distinct
+    values; neighbouring voxels correlate at least :data:`MIN_NEIGHBOUR_CORRELATION` (pure noise does not).
+    """
+    shape = tuple(int(s) for s in data.shape)
+    why = None
+    if min(shape, default=0) < MIN_AXIS_VOXELS:
+        why = f"its shape {shape} has fewer than {MIN_AXIS_VOXELS} voxels along an axis"
+    else:
+        nonzero = data[data != 0]
+        if nonzero.size < MIN_NONZERO_VOXELS:
+            why = f"only {nonzero.size} non-zero voxels (a head has at least {MIN_NONZERO_VOXELS})"
+        else:
+            sample = nonzero[:: max(1, nonzero.size // _DISTINCT_SAMPLE)]
+            distinct = int(np.unique(sample).size)
+            if distinct < MIN_DISTINCT_INTENSITIES:
+                why = (
+                    f"only {distinct} distinct non-zero intensit{'y' if distinct == 1 else 'ies'} (a mask, a label map "
+                    f"or a constant image; an MRI has at least {MIN_DISTINCT_INTENSITIES})"
+                )
+            else:
+                correlation = _neighbour_correlation(data)
+                if correlation < MIN_NEIGHBOUR_CORRELATION:
+                    why = (
+                        f"neighbouring voxels are unrelated (correlation {correlation:.2f}, an MRI has at least "
+                        f"{MIN_NEIGHBOUR_CORRELATION}): pure noise?"
+                    )
+    if why is None:
+        return None
+    return f"does not look like an MRI of a head: {why}; check that this is the right file"
+
+
+def _neighbour_correlation(data: np.ndarray) -> float:
+    """Mean over the three axes of the correlation between each voxel and its next neighbour (on a regular subsample
+    of at most ``_CORRELATION_VOXELS`` voxels)."""
+    step = max(1, int(np.ceil((data.size / _CORRELATION_VOXELS) ** (1 / 3))))
+    x = np.asarray(data[::step, ::step, ::step], dtype=np.float64)
+    values = []
+    for axis in range(3):
+        a = np.moveaxis(x, axis, 0)
+        u, v = a[:-1].ravel(), a[1:].ravel()
+        su, sv = u.std(), v.std()
+        values.append(float(((u - u.mean()) * (v - v.mean())).mean() / (su * sv)) if su > 0 and sv > 0 else 0.0)
+    return float(np.mean(values))
+
+
+def case_file_problems(paths: Mapping[str, str | os.PathLike | None]) -> list[tuple[str, str]]:
+    """What makes the sequence files of one case not one case: ``[(file, reason), ...]``, empty when fine.
+
+    * one file given for two sequences: the same path, a link to it, or a copy (equal content, compared by SHA-256);
+    * files of different patients: BraTS-named files (``<prefix>_flair.nii.gz``, ``<prefix>-t1c.nii.gz``) whose
+      prefixes disagree. Files named otherwise are not compared by name.
+
+    Args:
+        paths: modality key -> file (None: missing).
+    """
+    present = [(m, Path(p)) for m, p in paths.items() if p is not None and str(p) != ""]
+    problems: list[tuple[str, str]] = []
+    digests: dict[str, str] = {}
+    for i, (m, p) in enumerate(present):
+        for m0, p0 in present[:i]:
+            if same_file(p, p0):
+                problems.append((str(p), f"the {m} file is the {m0} file ({p0}); give each sequence its own scan"))
+                break
+        else:
+            try:
+                digest = file_sha256(p)
+            except OSError:
+                continue  # unreadable: reported by the reader
+            if digest in digests:
+                problems.append(
+                    (
+                        str(p),
+                        f"the {m} file has the same content as the {digests[digest]} file (a copy of one scan given as "
+                        "two sequences); give each sequence its own scan",
+                    )
+                )
+            else:
+                digests[digest] = m
+    prefixes = {m: case_prefix(p.name) for m, p in present}
+    named = {m: v for m, v in prefixes.items() if v is not None}
+    if len({v.lower() for v in named.values()}) > 1:
+        listing = ", ".join(f"{m} {paths[m]}" for m in named)
+        problems.append(
+            (
+                str(present[0][1].parent),
+                f"the sequence files name different cases ({listing}): files of two patients in one case? Put each "
+                "patient's files in their own case folder (or rename them if they are one patient)",
+            )
+        )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -195,6 +360,18 @@ def _check_label(
         warnings.append(Issue(str(path), "segmentation is empty (no tumour voxel)"))
 
 
+def label_file_problems(path: str | os.PathLike, convention: int | str | LabelConvention) -> list[str]:
+    """Why a segmentation file cannot be scored in ``convention`` (unreadable, not 3-D, values outside the
+    convention's labels, non-finite or non-integer values), each without the path; empty when fine."""
+    convention = label_convention(convention)
+    read = read_nifti(path, label=True)
+    if read.problems or read.data is None:
+        return list(read.problems)
+    reasons: list[Issue] = []
+    _check_label(Path(path), read.data, convention, reasons, [])
+    return [r.reason for r in reasons]
+
+
 def validate_case(
     case: BratsCase,
     convention: int | str | LabelConvention = "brats2018",
@@ -236,6 +413,7 @@ def validate_case(
     if case.label is None and require_label:
         reasons.append(Issue(None, f"segmentation file missing in {case.dir}"))
 
+    reasons.extend(Issue(f, why) for f, why in case_file_problems({**case.paths, "label": case.label}))
     files: list[tuple[str, Path]] = [(m, case.paths[m]) for m in case.present_modalities]
     if case.label is not None:
         files.append(("label", case.label))
@@ -313,11 +491,20 @@ def validate_cases(
     results: list[CaseCheck | None] = [None] * len(todo)
     if workers == 1 or len(todo) < 2:
         for i, case in enumerate(todo):
-            results[i] = validate_case(case, convention, require_label)
+            try:
+                results[i] = validate_case(case, convention, require_label)
+            except Exception as err:  # as a dead pool worker below: this case is rejected, the scan goes on
+                results[i] = _crashed(case, err)
             if progress is not None:
                 progress(results[i])  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo), os.cpu_count() or 1)) as pool:
+    # workers ignore Ctrl-C: the main process stops them (no traceback from each worker)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo), os.cpu_count() or 1),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
         futures = [pool.submit(validate_case, case, convention, require_label) for case in todo]
         for i, fut in enumerate(futures):
             try:
@@ -326,4 +513,8 @@ def validate_cases(
                 results[i] = _crashed(todo[i], err)
             if progress is not None:
                 progress(results[i])  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results  # type: ignore[return-value]

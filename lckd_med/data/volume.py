@@ -30,9 +30,10 @@ def describe_error(err: BaseException) -> str:
 
 
 def intensity_problems(data: np.ndarray) -> list[str]:
-    """What makes an image volume unusable: non-finite voxels (counted), all zero, or intensities that overflow
-    the float32 z-score of the pipelines. Empty when fine."""
-    from lckd_med.data.validation import normalisation_problem
+    """What makes an image volume unusable: non-finite voxels (counted), all zero, intensities that overflow
+    the float32 z-score of the pipelines, or content that cannot be an MRI of a head
+    (:func:`lckd_med.data.validation.head_mri_problem`). Empty when fine."""
+    from lckd_med.data.validation import head_mri_problem, normalisation_problem
 
     problems = []
     nonfinite = 0
@@ -47,7 +48,7 @@ def intensity_problems(data: np.ndarray) -> list[str]:
     if int(np.count_nonzero(data)) - nonfinite == 0:
         problems.append("image is all zero (empty volume); leave it out if the sequence was not acquired")
     elif not nonfinite:
-        problem = normalisation_problem(data)
+        problem = normalisation_problem(data) or head_mri_problem(data)
         if problem:
             problems.append(problem)
     return problems
@@ -96,6 +97,8 @@ def read_nifti(path: str | os.PathLike, label: bool = False, strict: bool = Fals
     def fail(img: nib.spatialimages.SpatialImage | None, why: str, warnings: tuple[str, ...] = ()) -> NiftiRead:
         return NiftiRead(path, img, None, (why,), warnings)
 
+    if path.is_dir():
+        return fail(None, "is a folder, expected a NIfTI file (.nii.gz or .nii)")
     if not path.is_file():
         return fail(None, "does not exist")
     try:
@@ -118,7 +121,9 @@ def read_nifti(path: str | os.PathLike, label: bool = False, strict: bool = Fals
         return NiftiRead(path, img, None, (), warnings)
     try:
         data = np.asanyarray(img.dataobj).reshape(shape[:3])
+        problems = () if label else tuple(intensity_problems(data))
+    except MemoryError:  # the header's size fitted the memory estimate, but not the memory at hand
+        return fail(img, f"not enough memory to read and check its {shape[:3]} voxels; free memory or check the file")
     except Exception as err:  # truncated or corrupt gzip streams surface here, not at nib.load
         return fail(img, f"cannot read image data, file truncated or corrupt ({describe_error(err)})", warnings)
-    problems = () if label else tuple(intensity_problems(data))
     return NiftiRead(path, img, data, problems, warnings)

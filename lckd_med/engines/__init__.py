@@ -8,6 +8,7 @@ from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elec
 from lckd_med.engines.omd_trainer import OMDTrainer
 from lckd_med.engines.progress import ProgressHandler
 from lckd_med.engines.schedules import LR_SCHEDULES, TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
+from lckd_med.engines.settings import SETTINGS, check_settings
 from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
 from lckd_med.engines.workflow import (
     DatasetNotFoundError,
@@ -55,4 +56,6 @@ __all__ = [
     "setup_logging",
     "single_modality_dice",
     "OMDTrainer",
+    "SETTINGS",
+    "check_settings",
 ]

@@ -13,10 +13,18 @@ it can be opened safely and the network rebuilt from it without any config:
 ``iteration``/``epoch``/``phase``  training progress; ``optimizer``/``scheduler``/``rng`` for resuming
 ``subset_dice``       per-subset validation Dice ``{subset: {region: dice}}`` once evaluation has stored it
 ``method``            ``"lckd"`` or ``"omd"``; ``train_config`` a JSON-able dict of the recipe
+``weights_sha256``    content hash of ``model`` (:func:`weights_hash`), recorded by :func:`save_checkpoint`
+``grad_params``       parameters holding a gradient when saved (training state, see the checkpoint handler)
+
+Integrity: ``torch.load`` does not check the zip's CRCs, so a bit flip inside a tensor loads silently.
+:func:`save_checkpoint` records the SHA-256 of the weights and :func:`load_checkpoint` verifies it (files written
+before the hash existed load without that check); it also refuses non-finite weights and weights beyond
+:data:`MAX_ABS_WEIGHT` (a diverged training or a corrupted file), naming the tensor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Mapping
@@ -42,12 +50,66 @@ __all__ = [
     "NETWORK_REGISTRY",
     "checkpoint_spec",
     "check_network_spec",
+    "MAX_ABS_WEIGHT",
+    "weights_hash",
+    "check_weights",
 ]
 
 CHECKPOINT_FORMAT = "lckd_med.checkpoint/1"
 #: File name of the checkpoint inside ``ckpt_dir``.
 CHECKPOINT_NAME = "model.pt"
 _REQUIRED_KEYS = ("format", "network", "model", "modalities", "regions", "label_convention")
+#: Largest absolute value a weight of a trained network may have: trained convolution and normalisation weights stay
+#: within about 10; a value beyond this is a diverged training or a corrupted file.
+MAX_ABS_WEIGHT: float = 1e6
+
+
+def weights_hash(state: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a state dict's content: every entry's name, dtype, shape and bytes, in name order.
+
+    The same weights give the same hash whatever file holds them (``model.pt``, a ``.safetensors`` export).
+    """
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not torch.is_tensor(t):
+            h.update(f"{name}:{t!r};".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_weights(state: Any, source: str, expected_hash: str | None = None) -> None:
+    """Refuse weights that cannot be a trained network's: not a dict of tensors, non-finite or beyond
+    :data:`MAX_ABS_WEIGHT` values, or content that differs from ``expected_hash`` (:func:`weights_hash`).
+
+    Raises:
+        ValueError: naming ``source``, the tensor and what is wrong.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ValueError(f"{source}: the weights ('model') are not a dictionary of named tensors")
+    for name, t in state.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"{source}: weight {name} holds {int((~finite).sum())} NaN or infinite value(s) (a diverged training "
+                "or a corrupted file); use an earlier checkpoint or retrain"
+            )
+        peak = float(t.abs().max())
+        if peak > MAX_ABS_WEIGHT:
+            raise ValueError(
+                f"{source}: weight {name} holds a value of magnitude {peak:.3g}, beyond {MAX_ABS_WEIGHT:g} "
+                "(lckd_med.engines.checkpoint.MAX_ABS_WEIGHT): a diverged training or a corrupted file"
+            )
+    if expected_hash is not None and weights_hash(state) != expected_hash:
+        raise ValueError(
+            f"{source}: the weights differ from the content hash recorded when the file was written (weights_sha256): "
+            "the file was corrupted (e.g. bits flipped on disk or in transfer) or edited; use another copy"
+        )
 
 
 def unwrap_model(net: torch.nn.Module) -> torch.nn.Module:
@@ -112,7 +174,8 @@ def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, np.random.R
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename), with the content
+    hash of its weights (``weights_sha256``, verified by :func:`load_checkpoint`).
 
     A crash while writing leaves the previous checkpoint intact and no partial file behind.
 
@@ -123,8 +186,9 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     if missing:
         raise ValueError(f"checkpoint payload lacks required keys {missing}")
     path = Path(path)
+    payload = {**payload, "weights_sha256": weights_hash(payload["model"])}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(dict(payload), f)
+        torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
     return path
@@ -146,10 +210,14 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: no file at ``path`` (the message says how to make one).
-        ValueError: the file is not an lckd_med checkpoint, its region order differs from ours, or its modality
-            spec differs from ``modalities`` (the message lists what differs).
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: the file is not an lckd_med checkpoint, its weights are broken (non-finite, absurdly large, or
+            not the content whose hash was recorded: see :func:`check_weights`), its region order differs from ours,
+            or its modality spec differs from ``modalities`` (the message lists what differs).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the checkpoint file (model.pt) inside it")
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}; train first (python -m monai.bundle run training ...) "
@@ -170,6 +238,8 @@ def load_checkpoint(
     missing = [k for k in _REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"{path}: checkpoint lacks keys {missing}")
+    recorded = ckpt.get("weights_sha256")
+    check_weights(ckpt["model"], str(path), recorded if isinstance(recorded, str) else None)
     spec = checkpoint_spec(ckpt, source=str(path))
     expected = None if modalities is None else spec_of(modalities)
     if tuple(ckpt["regions"]) != REGIONS:

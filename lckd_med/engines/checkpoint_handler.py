@@ -12,10 +12,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
@@ -31,6 +32,7 @@ from lckd_med.engines.checkpoint import (
     save_checkpoint,
     set_rng_state,
     unwrap_model,
+    weights_hash,
 )
 from lckd_med.engines.election import TeacherState
 from lckd_med.modalities import ModalitySpec, spec_of
@@ -49,6 +51,31 @@ def _is_rank0() -> bool:
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def grad_params(net: torch.nn.Module) -> list[str]:
+    """Names of the parameters that hold a ``.grad`` tensor (zeroed or not) rather than ``None``.
+
+    Part of the training state that ``state_dict`` does not carry: the trainer zeroes gradients in place
+    (``zero_grad(set_to_none=False)``, MONAI's default), so a parameter that once had a gradient keeps a zero
+    ``.grad`` in iterations where it takes no part (the encoder of a dropped sequence in phase 2), and SGD momentum,
+    Adam moments and weight decay still move it; a ``None`` gradient makes the optimiser skip it. A resumed run must
+    start with the same parameters holding a gradient, or its first phase-2 step differs from the uninterrupted run's.
+    """
+    return [name for name, p in net.named_parameters() if p.grad is not None]
+
+
+def restore_grad_params(net: torch.nn.Module, names: Sequence[str] | None) -> None:
+    """Give the parameters named in ``names`` (from :func:`grad_params`) a zero ``.grad``, as they had when saved.
+
+    ``None`` (a checkpoint written before this was recorded) leaves the gradients alone.
+    """
+    if names is None:
+        return
+    wanted = set(names)
+    for name, p in net.named_parameters():
+        if name in wanted and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 class TrainingInterrupted(Exception):
@@ -219,6 +246,7 @@ class TrainingCheckpointHandler:
             "phase": int(getattr(engine.state, "phase", 1)),
             "optimizer": engine.optimizer.state_dict(),
             "rng": rng_state(self._generators(engine)),
+            "grad_params": grad_params(net),
             "train_config": self.train_config,
         }
         if self.scheduler is not None:
@@ -236,7 +264,8 @@ class TrainingCheckpointHandler:
             except ValueError:
                 previous = {}
         payload = self.payload(engine)
-        if "subset_dice" in previous and previous.get("iteration") == payload["iteration"]:
+        # the stored scores belong to the weights they were measured with: same content hash, not same iteration
+        if "subset_dice" in previous and previous.get("weights_sha256") == weights_hash(payload["model"]):
             payload["subset_dice"] = previous["subset_dice"]
         save_checkpoint(self.path, payload)
         logger.info("saved %s (iteration %d, epoch %d)", self.path, payload["iteration"], payload["epoch"])
@@ -245,6 +274,15 @@ class TrainingCheckpointHandler:
         if not self.path.is_file():
             return
         ckpt = load_checkpoint(self.path, map_location="cpu", modalities=self.spec)
+        lacking = [k for k in ("optimizer", "iteration", "teachers", "election_history") if k not in ckpt]
+        if lacking:
+            origin = (
+                f"imported from {ckpt['imported_from']}" if ckpt.get("imported_from") else "not written by training"
+            )
+            raise ValueError(
+                f"{self.path} is an inference checkpoint ({origin}; it lacks {', '.join(lacking)}): training cannot "
+                "resume from it; choose another ckpt_dir, or pass --resume False to train from scratch over it"
+            )
         if ckpt.get("network", {}).get("name") != self.network_name:
             raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {self.network_name}")
         net = unwrap_model(engine.network)
@@ -256,6 +294,7 @@ class TrainingCheckpointHandler:
                 f"{net.hparams}; use another ckpt_dir or the same network settings to resume"
             )
         net.load_state_dict(ckpt["model"])
+        restore_grad_params(net, ckpt.get("grad_params"))
         if "optimizer" in ckpt:
             engine.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and "scheduler" in ckpt:

@@ -37,6 +37,7 @@ from lckd_med.metrics import legacy_dice
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor
 from lckd_med.utils.io import write_text_atomic
+from lckd_med.utils.outputs import OwnedFiles
 
 __all__ = [
     "ELECTION_COLUMNS",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 ELECTION_COLUMNS = ("iteration", "modality", "region", "dice", "elected")
+#: The election record in ``output_dir``.
+ELECTION_FILE = "teacher_election.csv"
 #: ``"soft"``: the reference's soft Dice of the probabilities (default); ``"legacy"``: hard legacy BraTS Dice.
 ELECTION_SCORES: tuple[str, ...] = ("soft", "legacy")
 logger = logging.getLogger(__name__)
@@ -200,13 +203,31 @@ def elect_teachers(
     return elected
 
 
+def _check_record_writable(path: Path) -> None:
+    """Refuse to replace a ``teacher_election.csv`` that lckd_med did not write (not in the folder's ownership record
+    and not an election record by its header).
+
+    Raises:
+        FileExistsError: naming the file (it is left untouched).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.readline().strip() == ",".join(ELECTION_COLUMNS):
+                return  # an election record (also one written before ownership records existed)
+    except (OSError, UnicodeDecodeError):
+        pass
+    OwnedFiles(path.parent, flag=None).check(path.name)
+
+
 def _write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    _check_record_writable(path)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(ELECTION_COLUMNS))
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row[k] for k in ELECTION_COLUMNS})
     write_text_atomic(path, buf.getvalue())
+    OwnedFiles(path.parent).record(path.name)
 
 
 class TeacherElectionHandler:
@@ -304,6 +325,8 @@ class TeacherElectionHandler:
         return self.interval > 0 and iteration >= offset and (iteration - offset) % self.interval == 0
 
     def attach(self, engine: Engine) -> None:
+        # before the first iteration, not at the first election minutes later
+        engine.add_event_handler(Events.STARTED, lambda _: _check_record_writable(self.output_dir / ELECTION_FILE))
         engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due), self)
         if self.reset_iteration is not None:
             engine.add_event_handler(Events.ITERATION_STARTED(once=self.reset_iteration), self._reset)
@@ -371,7 +394,7 @@ class TeacherElectionHandler:
                 )
         rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
         if rank0:
-            _write_csv_atomic(self.output_dir / "teacher_election.csv", self.teacher_state.history)
+            _write_csv_atomic(self.output_dir / ELECTION_FILE, self.teacher_state.history)
             if self.summary_writer is not None:
                 for m, modality in enumerate(spec.names):
                     for r, region in enumerate(REGIONS):

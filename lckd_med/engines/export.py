@@ -28,6 +28,9 @@ from typing import Any
 import torch
 
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
+from lckd_med.engines.settings import export_target
+from lckd_med.utils.outputs import check_output_file
+from lckd_med.utils.parse import parse_bool
 
 __all__ = ["ExportableSegmenter"]
 
@@ -50,12 +53,30 @@ class ExportableSegmenter(torch.nn.Module):
         self.network = network
 
     @classmethod
-    def from_checkpoint(cls, ckpt_path: str | os.PathLike, load_weights: bool = True) -> ExportableSegmenter:
+    def from_checkpoint(
+        cls, ckpt_path: str | os.PathLike, load_weights: bool = True, overwrite: bool = False
+    ) -> ExportableSegmenter:
         """The network described in an lckd_med checkpoint (rebuilt from its stored hyper-parameters), in eval mode.
+
+        Under ``python -m monai.bundle ckpt_export`` the file it will write (``--filepath``) is checked first: an
+        existing file is refused unless ``overwrite`` (the bundle key, ``--overwrite True``), and the checkpoint
+        itself always.
 
         Raises:
             FileNotFoundError / ValueError: see :func:`lckd_med.engines.checkpoint.load_checkpoint`.
+            FileExistsError: the export target exists and ``overwrite`` is False.
         """
+        overwrite = parse_bool(overwrite, "--overwrite")  # ckpt_export runs no initialize: "false" arrives as text
+        target = export_target()
+        if target is not None:
+            filepath, ckpt_file = target
+            check_output_file(
+                filepath,
+                inputs=[ckpt_path, ckpt_file or None],
+                overwrite=overwrite,
+                flag="--overwrite True",
+                what="--filepath",
+            )
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
         return cls(build_network(ckpt, load_weights=load_weights)).eval()
 

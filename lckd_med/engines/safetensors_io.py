@@ -8,8 +8,12 @@ checkpoint's description travels as safetensors text metadata, so the file alone
 ``network``            JSON ``{"name": ..., "hparams": {...}}``
 ``modalities``/``regions``  JSON lists (channel and output order), ``label_convention`` its name
 ``method``, ``teachers``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
+``weights_sha256``     content hash of the weights (:func:`lckd_med.engines.checkpoint.weights_hash`), verified on read
 
-Optimiser, scheduler and RNG states are left out: the file is for inference and sharing, not for resuming.
+Optimiser, scheduler and RNG states are left out: the file is for inference and sharing, not for resuming. An
+imported ``model.pt`` says so (``imported_from``), and training refuses to resume from it. Every metadata entry is
+checked when the file is read, and a bad one is named with the file, so a broken export fails at import, not later
+with a message about something the user never set.
 """
 
 from __future__ import annotations
@@ -22,8 +26,19 @@ from typing import Any
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, build_network, load_checkpoint, save_checkpoint
+from lckd_med.constants import REGIONS, label_convention
+from lckd_med.engines.checkpoint import (
+    CHECKPOINT_FORMAT,
+    NETWORK_REGISTRY,
+    build_network,
+    check_weights,
+    checkpoint_spec,
+    load_checkpoint,
+    save_checkpoint,
+    weights_hash,
+)
 from lckd_med.utils.io import atomic_path
+from lckd_med.utils.outputs import check_output_file
 
 __all__ = ["SAFETENSORS_FORMAT", "export_safetensors", "read_safetensors", "import_safetensors"]
 
@@ -42,27 +57,75 @@ _JSON_KEYS = (
 _REQUIRED = ("format", "network", "modalities", "regions", "label_convention")
 
 
-def export_safetensors(ckpt_path: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+def export_safetensors(
+    ckpt_path: str | os.PathLike, output: str | os.PathLike | None = None, overwrite: bool = False
+) -> Path:
     """Write the network weights and description of ``ckpt_path`` to a ``.safetensors`` file (atomically).
 
     Args:
         ckpt_path: checkpoint written by :func:`lckd_med.engines.checkpoint.save_checkpoint`.
         output: file to write; default beside the checkpoint with the suffix ``.safetensors``.
+        overwrite: replace an existing ``output`` (never the checkpoint itself).
 
     Raises:
         FileNotFoundError / ValueError: see :func:`lckd_med.engines.checkpoint.load_checkpoint`.
+        FileExistsError: ``output`` exists and ``overwrite`` is False.
     """
-    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     out = Path(output) if output is not None else Path(ckpt_path).with_suffix(".safetensors")
     if not out.name.endswith(".safetensors"):
         raise ValueError(f"output must end in .safetensors, got {out}")
+    check_output_file(out, inputs=[ckpt_path], overwrite=overwrite, what="--output")
+    ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     meta = {"format": SAFETENSORS_FORMAT, "label_convention": str(ckpt["label_convention"])}
     meta.update({k: json.dumps(ckpt[k]) for k in _JSON_KEYS if ckpt.get(k) is not None})
     # safetensors refuses views sharing storage: give every tensor its own contiguous copy
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in ckpt["model"].items()}
+    meta["weights_sha256"] = weights_hash(tensors)
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return out
+
+
+def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
+    """Refuse metadata entries that are not what :func:`export_safetensors` writes, naming the key.
+
+    Raises:
+        ValueError: ``<file>: metadata '<key>' ...``.
+    """
+
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"{source}: metadata {key!r} {why}; re-export the file with `lckd-med export-safetensors`")
+
+    network = ckpt.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("name"), str):
+        raise bad("network", 'must be {"name": ..., "hparams": {...}}')
+    if network["name"] not in NETWORK_REGISTRY:
+        raise bad("network", f"names an unknown network {network['name']!r} (known: {sorted(NETWORK_REGISTRY)})")
+    if not isinstance(network.get("hparams", {}), dict):
+        raise bad("network", "has hparams that are not a dictionary")
+    if not isinstance(ckpt.get("modalities"), list) or not all(isinstance(m, str) for m in ckpt["modalities"]):
+        raise bad("modalities", "must be a list of modality names")
+    if ckpt.get("regions") != list(REGIONS):
+        raise bad("regions", f"must be {list(REGIONS)}, got {ckpt.get('regions')!r}")
+    try:
+        label_convention(ckpt["label_convention"])
+        checkpoint_spec(ckpt, source=source)
+    except ValueError as e:
+        key = "label_convention" if "release" in str(e) else "modality_spec"
+        raise bad(key, f"is invalid ({e})") from None
+    if "iteration" in ckpt and (isinstance(ckpt["iteration"], bool) or not isinstance(ckpt["iteration"], int)):
+        raise bad("iteration", f"must be a whole number, got {ckpt['iteration']!r}")
+    teachers = ckpt.get("teachers", [])
+    if not isinstance(teachers, list) or any(t not in ckpt["modalities"] for t in teachers):
+        raise bad("teachers", f"must list modalities of {ckpt['modalities']}, got {teachers!r}")
+    for key in ("train_config", "subset_dice"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise bad(key, "must be a dictionary")
+    for subset, row in ckpt.get("subset_dice", {}).items():
+        if not isinstance(row, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in row.values()
+        ):
+            raise bad("subset_dice", f"entry {subset!r} must map regions to Dice values in [0, 1]")
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
@@ -73,6 +136,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: not a safetensors file, or not one written by :func:`export_safetensors`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the .safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"no safetensors file at {path}")
     try:
@@ -88,20 +153,35 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
             "make one with `lckd-med export-safetensors`"
         )
     ckpt: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "model": state, "label_convention": meta["label_convention"]}
-    ckpt.update({k: json.loads(meta[k]) for k in _JSON_KEYS if k in meta})
+    for k in _JSON_KEYS:
+        if k in meta:
+            try:
+                ckpt[k] = json.loads(meta[k])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: metadata {k!r} is not valid JSON ({e}); re-export the file") from None
+    _check_metadata(ckpt, str(path))
+    check_weights(state, str(path), meta.get("weights_sha256"))
     return ckpt
 
 
-def import_safetensors(path: str | os.PathLike, output: str | os.PathLike) -> Path:
+def import_safetensors(path: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write an inference checkpoint (``model.pt``) from a ``.safetensors`` export, after rebuilding the network
     and loading the weights strictly (a file whose weights do not fit its description is refused).
 
+    Args:
+        path: the ``.safetensors`` file.
+        output: the checkpoint to write; an existing file (e.g. a training checkpoint, whose optimiser and election
+            state would be lost) is replaced only with ``overwrite``, the input never.
+
     Raises:
         FileNotFoundError / ValueError: see :func:`read_safetensors`; weights that do not fit the network.
+        FileExistsError: ``output`` exists and ``overwrite`` is False.
     """
+    check_output_file(output, inputs=[path], overwrite=overwrite, what="--output")
     ckpt = read_safetensors(path)
     try:
         build_network(ckpt, load_weights=True)
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: the weights do not fit the network it describes ({e})") from e
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: metadata 'network' does not fit the weights it describes ({e})") from e
+    ckpt["imported_from"] = str(Path(path).resolve())
     return save_checkpoint(output, ckpt)

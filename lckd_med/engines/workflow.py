@@ -38,6 +38,8 @@ __all__ = [
     "install_error_hook",
     "user_error_of",
     "DatasetNotFoundError",
+    "DatalistMismatchError",
+    "check_datalist_matches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,13 +110,17 @@ def prepare_datalist(
     """Path of a usable datalist: ``datalist`` when it exists, else one made from ``dataset_dir`` there.
 
     Making it calls :func:`lckd_med.data.prepare.build_datalist`, the code behind ``python -m data_prep.brats``
-    (discovery, validation, stratified folds), and logs its summary.
+    (discovery, validation, stratified folds), and logs its summary. An existing datalist is used only when it
+    describes what was asked (see :func:`check_datalist_matches`): one found in ``output_dir`` that was made from
+    another dataset, or with other folds, is refused rather than silently evaluated.
 
     Raises:
         DatasetNotFoundError: no datalist and ``dataset_dir`` missing, empty or without a usable case.
+        DatalistMismatchError: the existing datalist was made from another ``dataset_dir`` or other folds/seed.
     """
     datalist = Path(datalist)
     if datalist.is_file():
+        check_datalist_matches(datalist, dataset_dir, folds, seed)
         return str(datalist)
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -131,6 +137,38 @@ def prepare_datalist(
             _no_data_message(dataset_dir, f"no usable BraTS case found in dataset_dir ({e})")
         ) from e
     return str(datalist)
+
+
+class DatalistMismatchError(ValueError):
+    """An existing datalist describes another dataset or other folds than the command asks for."""
+
+
+def check_datalist_matches(datalist: str | os.PathLike, dataset_dir: str | os.PathLike, folds: int, seed: int) -> None:
+    """Refuse an existing datalist that was made from another dataset or with other folds than asked.
+
+    ``dataset_dir`` is compared only when it is an existing folder (a config that names a datalist alone keeps
+    its default, absent ``dataset_dir``); ``folds`` and ``seed`` only for a fold-based datalist (not one made from
+    case-id lists).
+
+    Raises:
+        DatalistMismatchError: naming the datalist, what it was made from and the ways out.
+    """
+    meta = datalist_meta(datalist)
+    made_from = meta.get("dataset_dir")
+    asked = Path(dataset_dir)
+    diffs = []
+    if made_from and asked.is_dir() and Path(made_from).resolve() != asked.resolve():
+        diffs.append(f"dataset_dir {made_from}, not {asked}")
+    if "split_lists" not in meta:
+        if "folds" in meta and meta["folds"] != folds:
+            diffs.append(f"folds {meta['folds']}, not {folds}")
+        if "seed" in meta and meta["seed"] != seed:
+            diffs.append(f"seed {meta['seed']}, not {seed}")
+    if diffs:
+        raise DatalistMismatchError(
+            f"datalist {datalist} was made with {'; '.join(diffs)} as asked: pass --datalist with a new path to make "
+            "one for what you asked, move this one away, or pass the settings it was made with to use it as it is"
+        )
 
 
 # only __wrapped__ is set: inspect.signature and help() show prepare_datalist's arguments
@@ -301,7 +339,8 @@ def user_error_of(exc: BaseException) -> BaseException | None:
                 found = node
             elif isinstance(node, OSError) and node.filename is not None:  # e.g. makedirs on a file or read-only dir
                 found = node
-        node = node.__cause__ or node.__context__
+        # an error raised ``from None`` replaces its context: the context is not the message to show
+        node = node.__cause__ or (None if node.__suppress_context__ else node.__context__)
     return found
 
 

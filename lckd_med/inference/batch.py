@@ -13,8 +13,11 @@ fails is reported (status ``error``, message naming the file and the reason); th
 Ownership: the report lists every label map this tool wrote in ``output_dir``. A file there that it does not list is
 the user's and is never overwritten (that case fails with a message); a case that fails never deletes an earlier
 run's output (the row says it was kept). The report is rewritten atomically after every case, so a killed run still
-says what it finished, and a re-run skips cases whose listed output is newer than their inputs (``overwrite=True``
-redoes them). Stale temporary files of a killed run (hidden ``.<name>.<random>.tmp.*``) are removed at start.
+says what it finished, and a re-run skips a case whose inputs have the same content (SHA-256) and whose settings
+(the checkpoint's weights hash, labels, window, overlap, threshold, autocast) are the same as when its listed output
+was made (the row's ``settings`` column; ``overwrite=True`` redoes it): a timestamp decides nothing. Stale temporary
+files of a killed run (hidden ``.<name>.<random>.tmp.*``) and working folders whose owner process is gone are removed
+at start. One run at a time writes an output folder: a second one is refused while the first holds its lock.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,14 +54,22 @@ from lckd_med.constants import label_convention as to_label_convention
 from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
 from lckd_med.data.pipelines import eval_transforms, recipe_intensity
 from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
-from lckd_med.engines.checkpoint import build_network, load_checkpoint
+from lckd_med.data.validation import case_file_problems
+from lckd_med.engines.checkpoint import build_network, load_checkpoint, weights_hash
 from lckd_med.inference.geometry import check_and_align, reference_modality
-from lckd_med.inference.subset_dice import read_subset_dice
+from lckd_med.inference.subset_dice import load_subset_dice
 from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
 from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports.folder_scores import voxel_spacing
 from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
+from lckd_med.utils.outputs import (
+    check_output_folder,
+    file_sha256,
+    folder_lock,
+    make_work_dir,
+    remove_stale_work_dirs,
+)
 from lckd_med.utils.progress import progress_bar
 
 __all__ = [
@@ -276,8 +288,8 @@ class BatchInference:
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
             checkpoint's.
         sw_batch_size: windows per network call.
-        overwrite: redo cases whose output (listed in an earlier report) is newer than their inputs; False skips
-            them. Files this tool did not write are never overwritten either way.
+        overwrite: redo cases whose output (listed in an earlier report) was made from the same inputs with the same
+            settings; False skips them. Files this tool did not write are never overwritten either way.
         average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's).
         postprocess: ``"none"`` or ``"reference"`` (the LCKD reference's ``postprocess.py``, k-means step only when
             the case has T1ce; :func:`lckd_med.metrics.postprocess.reference_postprocess`).
@@ -323,8 +335,7 @@ class BatchInference:
             raise FileNotFoundError(f"input_dir {input_dir} is not a folder")
         if manifest is not None and not Path(manifest).is_file():
             raise FileNotFoundError(f"manifest {manifest} does not exist")
-        if Path(output_dir).exists() and not Path(output_dir).is_dir():
-            raise NotADirectoryError(f"output_dir {output_dir} is a file; pass a folder (it is created if missing)")
+        check_output_folder(output_dir, "output_dir")
         self.ckpt_path = Path(ckpt_path)
         self.input_dir = Path(input_dir) if input_dir is not None else None
         self.output_dir = Path(output_dir)
@@ -355,29 +366,43 @@ class BatchInference:
             average=average,
         )
         self.roi_size = self.predictor.roi_size
-        # what evaluation measured per subset (subset_dice.json beside model.pt; older model.pt files hold it)
-        self.subset_dice: Mapping[str, Mapping[str, float]] = read_subset_dice(self.ckpt_path, self.ckpt)
+        # what evaluation measured per subset with these weights (subset_dice.json beside model.pt; older model.pt
+        # files hold it), and on which split (None: not recorded)
+        self.subset_dice: Mapping[str, Mapping[str, float]]
+        self.subset_dice, self.subset_dice_source = load_subset_dice(self.ckpt_path, self.ckpt)
         self.transforms = eval_transforms(
             self.convention, with_label=False, intensity=recipe_intensity(self.ckpt.get("train_config"))
         )
         self.inverter = Invertd(
             keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
         )
-        stat = self.ckpt_path.stat()
-        # what decides the label maps besides the inputs: a re-run reuses an output only when this is unchanged
+        # what decides the label maps besides the inputs (the weights by content, not by file name or date): a re-run
+        # reuses an output only when this and the inputs' content are unchanged (see _case_settings)
+        weights = self.ckpt.get("weights_sha256") or weights_hash(self.ckpt["model"])
         self.settings = hashlib.sha1(
             json.dumps(
-                [str(self.ckpt_path.resolve()), stat.st_size, stat.st_mtime_ns, self.convention.name, self.roi_size]
-                + [self.overlap, self.threshold, self.amp]
+                [weights, self.convention.name, self.roi_size, self.overlap, self.threshold, self.amp]
                 + ([average, postprocess] if (average, postprocess) != ("logits", "none") else [])
             ).encode()
         ).hexdigest()[:12]
 
     # ---------------------------------------------------------------------------------------------------------
     def cases(self) -> list[InferenceCase]:
-        """Cases to run (the output folder is skipped when it lies inside ``input_dir``)."""
+        """Cases to run (the output folder is skipped when it lies inside ``input_dir``).
+
+        Raises:
+            ValueError: ``output_dir`` is a case folder of ``input_dir`` (it holds sequence files): skipping it would
+                drop that case without a word, writing into it would mix outputs with a case's scans.
+        """
         cases = discover_inference_cases(self.input_dir, self.manifest)
         out = self.output_dir.resolve()
+        for c in cases:
+            if c.source is not None and c.source.resolve() == out and c.present:
+                raise ValueError(
+                    f"output_dir {self.output_dir} is the case folder of case {printable(c.case_id)} in input_dir "
+                    f"(it holds {', '.join(str(c.paths[m].name) for m in c.present)}); choose an output_dir that "
+                    "holds no scans"
+                )
         return [c for c in cases if c.source is None or c.source.resolve() != out]
 
     def _expected_dice(self, subset: str) -> dict[str, float | None]:
@@ -424,22 +449,27 @@ class BatchInference:
             )
         return labels, ref_img, notes
 
-    def _up_to_date(self, case: InferenceCase, target: Path) -> bool:
-        """The earlier run's output of this case is listed as ok and newer than every input file."""
+    def _case_settings(self, case: InferenceCase) -> str:
+        """What the case's label map depends on: :attr:`settings` and the SHA-256 of every input file (in modality
+        order), hashed; ``""`` when an input cannot be read."""
+        try:
+            inputs = [file_sha256(p) if p is not None else "" for p in (case.paths[m] for m in MODALITIES)]
+        except OSError:
+            return ""
+        return hashlib.sha1(json.dumps([self.settings, inputs]).encode()).hexdigest()[:16]
+
+    def _up_to_date(self, case: InferenceCase, key: str) -> bool:
+        """The earlier run's output of this case is listed as ok and was made from inputs of the same content with
+        the same settings (``key`` from :meth:`_case_settings`)."""
         prev = self._previous.get(printable(case.case_id))
         if self.overwrite or prev is None or prev.get("status") != "ok" or case.error is not None:
             return False
-        if prev.get("settings") != self.settings:  # other checkpoint, threshold, labels, ...
-            return False
-        try:
-            newest_input = max(Path(p).stat().st_mtime for p in case.paths.values() if p is not None)
-            return target.stat().st_mtime >= newest_input
-        except (OSError, ValueError):
-            return False
+        return bool(key) and prev.get("settings") == key
 
     def run_case(self, case: InferenceCase) -> dict[str, Any]:
         """Segment one case and write its label map; never raises for a bad case (the row says why)."""
         t0 = time.perf_counter()
+        key = self._case_settings(case) if case.error is None else ""
         row: dict[str, Any] = {
             "case_id": printable(case.case_id),
             "modalities": case.subset,
@@ -447,7 +477,7 @@ class BatchInference:
             "message": "",
             **self._expected_dice(case.subset),
             "output": "",
-            "settings": self.settings,
+            "settings": key,
         }
         target = self.output_dir / f"{case.case_id}.nii.gz"
         exists = target.exists() or target.is_symlink()
@@ -458,18 +488,27 @@ class BatchInference:
             )
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
-        if exists and self._up_to_date(case, target):
+        if exists and self._up_to_date(case, key):
             row = {**self._previous[printable(case.case_id)], **self._expected_dice(case.subset)}  # typed values
-            row["message"] = "up to date: output newer than its inputs, not recomputed (overwrite=True redoes it)"
+            row["message"] = (
+                "up to date: made from inputs of the same content with the same settings, not recomputed "
+                "(overwrite=True redoes it)"
+            )
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
         notes = list(case.notes)
         try:
             if case.error is not None:
                 raise ValueError(case.error)
-            with tempfile.TemporaryDirectory(prefix=_WORK_PREFIX, dir=self.output_dir) as work:
-                labels, ref_img, geometry_notes = self.predict_case(case, Path(work))
+            problems = case_file_problems(case.paths)
+            if problems:  # one scan given twice, or two patients' files: a segmentation would be silently wrong
+                raise ValueError("; ".join(why for _, why in problems))
+            work = make_work_dir(self.output_dir, _WORK_PREFIX)
+            try:
+                labels, ref_img, geometry_notes = self.predict_case(case, work)
                 save_label_map(labels, ref_img, target)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
             row.update(status="ok", message="; ".join([*geometry_notes, *notes]), output=printable(str(target)))
         except Exception as e:  # one bad case must not stop the batch: report it and go on
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
@@ -480,12 +519,11 @@ class BatchInference:
         row["seconds"] = round(time.perf_counter() - t0, 3)
         return row
 
-    def _prepare_output_dir(self) -> None:
-        """Create ``output_dir``, check it is writable, read what an earlier run wrote, clear its temporaries.
+    def _make_output_dir(self) -> None:
+        """Create ``output_dir`` and check it is writable (before any case runs).
 
         Raises:
-            PermissionError: ``output_dir`` cannot be created or written (checked before any case runs).
-            ValueError: an ``inference_report.csv`` there was not written by this tool.
+            PermissionError: it cannot be created or written (read-only or full file system, no permission).
         """
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -496,7 +534,17 @@ class BatchInference:
                 f"output_dir {self.output_dir} is not writable ({e.strerror or e}); choose another folder or fix "
                 "its permissions"
             ) from None
-        removed = remove_stale_temporaries(self.output_dir, dir_prefixes=(_WORK_PREFIX,))
+
+    def _prepare_output_dir(self) -> None:
+        """Create ``output_dir``, check it is writable, read what an earlier run wrote, clear its temporaries (files of
+        :func:`~lckd_med.utils.io.atomic_path` and working folders whose owner process is gone).
+
+        Raises:
+            PermissionError: ``output_dir`` cannot be created or written (checked before any case runs).
+            ValueError: an ``inference_report.csv`` there was not written by this tool.
+        """
+        self._make_output_dir()
+        removed = remove_stale_temporaries(self.output_dir) + remove_stale_work_dirs(self.output_dir, _WORK_PREFIX)
         if removed:
             logger.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), self.output_dir)
         report = self.output_dir / REPORT_NAME
@@ -543,6 +591,11 @@ class BatchInference:
         if not cases:
             where = self.manifest if self.manifest is not None else self.input_dir
             raise ValueError(f"no cases found in {where}: expected one sub-folder per case or manifest rows")
+        self._make_output_dir()
+        with folder_lock(self.output_dir, "inference"):  # two runs would interleave their report and outputs
+            return self._run_locked(cases)
+
+    def _run_locked(self, cases: list[InferenceCase]) -> pd.DataFrame:
         self._prepare_output_dir()
         logger.info(
             "segmenting %d case(s) from %s into %s on %s (roi %s, threshold %g, labels %s)",

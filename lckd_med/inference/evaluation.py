@@ -38,7 +38,9 @@ from lckd_med.constants import AFFINE_ATOL_MM, NUM_REGIONS, REGIONS, LabelConven
 from lckd_med.data.datalist import SPLITS
 from lckd_med.data.pipelines import eval_transforms, recipe_intensity
 from lckd_med.data.transforms import IMAGE_KEY
-from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint
+from lckd_med.data.validation import case_file_problems, label_file_problems
+from lckd_med.data.volume import read_nifti
+from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, weights_hash
 from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
@@ -48,7 +50,9 @@ from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, summarize, write_reports
 from lckd_med.reports.folder_scores import score_folder, voxel_spacing
+from lckd_med.reports.subset_report import check_reports_writable
 from lckd_med.utils.io import save_label_map, write_text_atomic
+from lckd_med.utils.outputs import OWNER_MARKER, OwnedFiles, check_output_folder, make_work_dir, remove_stale_work_dirs
 from lckd_med.utils.progress import progress_bar
 
 __all__ = [
@@ -64,6 +68,8 @@ logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
 #: Sub-folder of ``output_dir`` holding the reports of the reference post-processing (``postprocess="reference"``).
 POSTPROCESSED_DIR = "postprocessed"
+#: Prefix of the staging folders the predictions are written to before scoring (see :func:`make_work_dir`).
+_STAGE_PREFIX = ".lckd_eval_"
 
 
 def _single(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +121,13 @@ class SubsetEvaluator:
         device: ``"auto"`` (CUDA when available) or a device name; ``amp``: bf16 autocast on CUDA.
         num_workers: loader processes preparing the next cases while one is swept (0: in the main process).
         modalities: the modality spec of the data and the checkpoint (``None`` = BraTS).
+        overwrite: replace report files, a ``predictions/`` folder and a ``subset_dice.json`` that lckd_med did not
+            write (by default they are refused before anything is predicted; see
+            :class:`~lckd_med.utils.outputs.OwnedFiles`).
+
+    Every case is checked before any prediction: its label (readable, 3-D, values of the label convention) and its
+    sequences (each an MRI of a head, see :func:`lckd_med.data.validation.head_mri_problem`; no scan given twice, no
+    two patients' files); a case that fails is left out with one warning naming the file.
     """
 
     def __init__(
@@ -140,6 +153,7 @@ class SubsetEvaluator:
         progress: bool = True,
         num_workers: int = 2,
         modalities: ModalitySpec | Mapping[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
@@ -188,6 +202,53 @@ class SubsetEvaluator:
         self.amp = amp
         self.progress = progress
         self.num_workers = int(num_workers)
+        self.overwrite = bool(overwrite)
+
+    def _check_outputs(self) -> None:
+        """Refuse, before any work, to replace files or folders in ``output_dir`` and beside ``model.pt`` that are
+        not lckd_med's (with ``overwrite`` they are replaced).
+
+        Raises:
+            FileExistsError: naming the file and ``--overwrite True``.
+        """
+        flag = "--overwrite True"
+        check_reports_writable(self.output_dir, self.overwrite, flag)
+        owned = OwnedFiles(self.output_dir, self.overwrite, flag)
+        folders = ["predictions"] + (["predictions_postprocessed"] if self.postprocess == "reference" else [])
+        for folder in folders if self.save_predictions and not self.overwrite else []:
+            foreign = owned.foreign_in_tree(folder)
+            if foreign:
+                raise FileExistsError(
+                    f"{self.output_dir / folder} holds {len(foreign)} file(s) lckd_med did not write (e.g. "
+                    f"{foreign[0]}); it was left untouched: move it away, choose another output_dir or pass {flag} "
+                    "to replace it"
+                )
+        if self.postprocess == "reference":
+            check_reports_writable(self.output_dir / POSTPROCESSED_DIR, self.overwrite, flag)
+        if self.write_subset_dice:
+            target = self.ckpt_path.with_name(SUBSET_DICE_NAME)
+            if target.exists() and not _is_subset_dice_file(target):
+                OwnedFiles(self.ckpt_path.parent, self.overwrite, flag).check(SUBSET_DICE_NAME)
+
+    def _case_problems(self, entries: list[dict[str, Any]], conv: LabelConvention) -> dict[str, str]:
+        """``case_id -> why it cannot be evaluated``, checked before anything is predicted: a label that cannot be
+        scored, a sequence that cannot be an MRI of a head, one scan given twice or two patients' files (a datalist
+        edited by hand, or files changed since it was made)."""
+        bad: dict[str, str] = {}
+        if self.spec.spatial_dims != 3:  # the NIfTI checks read 3-D volumes; other specs have their own loaders
+            return bad
+        for entry in entries:
+            problems = [f"label {entry['label']}: {p}" for p in label_file_problems(entry["label"], conv)]
+            if not problems:
+                paths = {m: entry.get(m) for m in self.spec.names}
+                problems = [f"{f}: {why}" for f, why in case_file_problems(paths)]
+            for m in self.spec.names if not problems else ():
+                if entry.get(m):
+                    read = read_nifti(entry[m])
+                    problems += [f"{m} file {entry[m]}: {p}" for p in read.problems]
+            if problems:
+                bad[entry["case_id"]] = problems[0]
+        return bad
 
     def _case_subsets(self, entry: dict[str, Any]) -> list[str]:
         present = {m for m in self.spec.names if entry.get(m)}
@@ -195,10 +256,8 @@ class SubsetEvaluator:
 
     def run(self) -> pd.DataFrame:
         """Evaluate, write ``subset_metrics.csv``, ``subset_summary.{csv,md}``, the heat map; return the rows."""
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise NotADirectoryError(
-                f"output_dir {self.output_dir} is a file; pass a folder (it is created if missing)"
-            )
+        check_output_folder(self.output_dir, "output_dir")
+        self._check_outputs()
         meta = datalist_meta(self.datalist)
         datalist_spec = spec_of(meta.get("modality_spec"))
         datalist_spec.check_same(self.spec, f"datalist {self.datalist}", f"the evaluator ({self.spec.name})")
@@ -229,32 +288,38 @@ class SubsetEvaluator:
         skipped: list[str] = []
         todo = []
         todo_entries: list[dict[str, Any]] = []
+        labelled = [e for e in entries if e.get("label")]
+        bad_cases = self._case_problems(labelled, conv)  # before 15 subsets are predicted for nothing
         for entry in entries:
             if not entry.get("label"):
                 skipped.append(f"{entry['case_id']}: no label file")
+            elif entry["case_id"] in bad_cases:
+                skipped.append(f"{entry['case_id']}: {bad_cases[entry['case_id']]}")
             elif not self._case_subsets(entry):
                 skipped.append(f"{entry['case_id']}: none of the requested subsets is available")
             else:
                 todo.append({k: entry.get(k) for k in (*self.spec.names, "case_id")})
                 todo_entries.append(entry)
+        for why in skipped:  # once each, before the long part
+            logger.warning("skipped %s", why)
+        if not todo:
+            reasons = "; ".join(skipped[:3])
+            raise ValueError(f"no case of the {self.split!r} split of {self.datalist} can be evaluated ({reasons})")
         by_id = {e["case_id"]: e for e in entries}
         # workers load and preprocess the next cases while the current one is swept
         loader = DataLoader(Dataset(todo, transform), batch_size=1, num_workers=self.num_workers, collate_fn=_single)
         # predict into a fresh staging folder and score exactly that; it becomes predictions/ (replacing an
         # earlier run's, so no stale file is ever mistaken for this run's) or, without save_predictions, goes away
-        stage = self.output_dir / ".predictions_partial"
-        stage_pp = self.output_dir / ".predictions_postprocessed_partial" if self.postprocess == "reference" else None
-        for folder in (stage, stage_pp):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_work_dirs(self.output_dir, _STAGE_PREFIX)
+        stage = make_work_dir(self.output_dir, _STAGE_PREFIX)
+        stage_pp = make_work_dir(self.output_dir, _STAGE_PREFIX) if self.postprocess == "reference" else None
         suffix = ".nii.gz" if self.save_predictions else ".nii"  # scratch files skip gzip: written once, read once
         t_start = time.perf_counter()
         try:
             for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
                 self._predict_case(sample, by_id[sample["case_id"]], predictor, inverter, conv, stage, suffix, stage_pp)
             labels = {e["case_id"]: e["label"] for e in todo_entries}
-            if not labels:
-                raise RuntimeError(f"no case of the {self.split!r} split of {self.datalist} could be evaluated")
             scores = score_folder(
                 stage,
                 labels,
@@ -267,17 +332,21 @@ class SubsetEvaluator:
             if stage_pp is not None:
                 self._score_postprocessed(stage_pp, labels, conv)
             if self.save_predictions:
-                shutil.rmtree(self.output_dir / "predictions", ignore_errors=True)
+                owned = OwnedFiles(self.output_dir, self.overwrite, "--overwrite True")
+                owned.remove_tree("predictions")  # only an earlier run's own files (checked before predicting)
+                (stage / OWNER_MARKER).unlink()
                 stage.rename(self.output_dir / "predictions")
+                saved = [p for p in (self.output_dir / "predictions").rglob("*") if p.is_file()]
                 if stage_pp is not None:
-                    shutil.rmtree(self.output_dir / "predictions_postprocessed", ignore_errors=True)
+                    owned.remove_tree("predictions_postprocessed")
+                    (stage_pp / OWNER_MARKER).unlink()
                     stage_pp.rename(self.output_dir / "predictions_postprocessed")
+                    saved += [p for p in (self.output_dir / "predictions_postprocessed").rglob("*") if p.is_file()]
+                owned.record(*(p.relative_to(self.output_dir) for p in saved))
         finally:
             for folder in (stage, stage_pp):
                 if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
-        for why in skipped:
-            logger.warning("skipped %s", why)
         # case order of the split, then subset order: the table reads as before the predict/score split
         order = {cid: i for i, cid in enumerate(labels)}
         df = scores.metrics.assign(
@@ -300,6 +369,8 @@ class SubsetEvaluator:
             caption=caption,
             allow_partial=set(df["subset"]) != set(self.spec.subset_names),
             modalities=self.spec,
+            overwrite=self.overwrite,
+            flag="--overwrite True",
         )
         if self.write_subset_dice:
             self._write_subset_dice(ckpt, df)
@@ -387,6 +458,18 @@ class SubsetEvaluator:
             "datalist": str(self.datalist),
             "n_cases": int(df["case_id"].nunique()),
             "iteration": int(ckpt.get("iteration", 0)),
+            "weights_sha256": ckpt.get("weights_sha256") or weights_hash(ckpt["model"]),
         }
         payload = {"subset_dice": subset_dice, "source": source}
         write_text_atomic(self.ckpt_path.with_name(SUBSET_DICE_NAME), json.dumps(payload, indent=2) + "\n")
+        OwnedFiles(self.ckpt_path.parent).record(SUBSET_DICE_NAME)
+
+
+def _is_subset_dice_file(path: Path) -> bool:
+    """``path`` is a ``subset_dice.json`` evaluation wrote (its own format, also from versions before ownership
+    records): lckd_med's to replace."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"subset_dice", "source"} and isinstance(data["source"], dict)

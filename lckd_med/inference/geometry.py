@@ -151,8 +151,9 @@ def read_volume(path: str | os.PathLike, modality: str | None = None) -> tuple[n
 
     Raises:
         GeometryError: the first problem :func:`lckd_med.data.volume.read_nifti` lists: missing, unreadable,
-        corrupt or non-NIfTI file; implausible header; not a single 3D volume; NaN or infinite voxels (counted);
-        all voxels zero; intensities overflowing the z-score.
+        corrupt or non-NIfTI file; implausible header (a size beyond the file or the memory, a singular affine,
+        complex data); not a single 3D volume; NaN or infinite voxels (counted); all voxels zero; intensities
+        overflowing the z-score; content that cannot be an MRI of a head.
     """
     path = Path(path)
     read = read_nifti(path)  # the one reader: header guards, shape, voxels, intensity checks

@@ -23,9 +23,11 @@ from torch import nn
 from lckd_med.constants import MODALITIES, NUM_MODALITIES
 from lckd_med.networks.fusion import check_mask
 
-__all__ = ["KD_REDUCTIONS", "CrossModalDistillationLoss", "teacher_mask"]
+__all__ = ["KD_DISTANCES", "KD_REDUCTIONS", "CrossModalDistillationLoss", "teacher_mask"]
 
 _DISTANCES = {"l1": F.l1_loss, "mse": F.mse_loss}
+#: Feature distances of the distillation loss.
+KD_DISTANCES: tuple[str, ...] = tuple(_DISTANCES)
 #: ``"pair_sum"``: sum over (teacher, student) pairs of the batch-mean distance (reference, default);
 #: ``"mean"``: mean over (sample, teacher, student) pairs; ``"sum"``: sum over (sample, teacher, student) pairs.
 KD_REDUCTIONS: tuple[str, ...] = ("pair_sum", "mean", "sum")

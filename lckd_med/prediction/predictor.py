@@ -10,14 +10,27 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from lckd_med.constants import NUM_REGIONS
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.sweep import BLEND_MODES, WINDOW_AVERAGES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
+from lckd_med.utils.memory import check_fits
 
-__all__ = ["SubsetPredictor", "resolve_roi_size"]
+__all__ = [
+    "SubsetPredictor",
+    "resolve_roi_size",
+    "estimate_sweep_memory",
+    "ACTIVATION_FACTOR",
+    "STITCHING_FACTOR",
+    "FALLBACK_BYTES_PER_WINDOW_VOXEL",
+]
+
+#: Activation bytes per window voxel assumed for a network without ``filters``/``in_modalities`` hyper-parameters.
+FALLBACK_BYTES_PER_WINDOW_VOXEL: int = 256
 
 
 def resolve_roi_size(
@@ -56,6 +69,53 @@ def resolve_roi_size(
     if divisor is not None and (len(divisor) != len(roi) or any(r % int(d) for r, d in zip(roi, divisor, strict=True))):
         raise ValueError(f"roi_size {roi} must be divisible by the network's size divisor {tuple(divisor)}")
     return roi
+
+
+#: Feature maps alive at once per level while a window is encoded and decoded, in units of one float32 map per
+#: modality (and one for the decoder): measured peaks on the CPU were 1.5 to 2.1 times one map (tiny, lean_small and
+#: lean networks, 96^3 to 128^3 windows; docs/reliability.md).
+ACTIVATION_FACTOR: float = 2.0
+#: Buffers alive at once while the windows are stitched, in units of the padded image and logit sums.
+STITCHING_FACTOR: float = 1.5
+
+
+def _window_bytes_per_voxel(network: torch.nn.Module) -> float:
+    """Activation bytes per window voxel: :data:`ACTIVATION_FACTOR` float32 feature maps per level and modality, plus
+    the decoder's, each at its level's resolution (``filters[l]`` channels over the product of the strides down to
+    level ``l``), plus the full-resolution head of a network with a strided stem."""
+    hparams = getattr(network, "hparams", None) or {}
+    filters, modalities = hparams.get("filters"), hparams.get("in_modalities")
+    if not filters or not modalities:
+        return float(FALLBACK_BYTES_PER_WINDOW_VOXEL)
+    dims = int(hparams.get("spatial_dims", 3))
+    strides = hparams.get("strides") or [[1] * dims] + [[2] * dims] * (len(filters) - 1)
+    per_voxel, scale = 0.0, 1.0
+    for f, stride in zip(filters, strides, strict=False):
+        scale *= float(np.prod(stride))
+        per_voxel += int(f) / scale
+    head = float(hparams.get("head_filters") or 0) if np.prod(strides[0]) > 1 else 0.0
+    return 4.0 * ACTIVATION_FACTOR * (per_voxel * (int(modalities) + 1) + head)
+
+
+def estimate_sweep_memory(
+    image_shape: Sequence[int],
+    roi_size: Sequence[int],
+    n_subsets: int,
+    network: torch.nn.Module,
+    sw_batch_size: int = 1,
+) -> tuple[float, float]:
+    """``(stitching bytes, window bytes)`` a sliding-window sweep allocates, as lower estimates.
+
+    Stitching (on the output device): the image padded to at least one window per axis, the subsets' logit sums
+    and their copy, the count map (MONAI pads an image smaller than the window, so a window larger than the image
+    makes all of these window-sized). Windows (on the device the network runs on): ``sw_batch_size`` windows of the
+    network's activations (see :func:`_window_bytes_per_voxel`).
+    """
+    batch, channels, *spatial = (int(v) for v in image_shape)
+    padded = float(np.prod([max(s, int(r)) for s, r in zip(spatial, roi_size, strict=True)], dtype=np.float64))
+    stitching = 4.0 * STITCHING_FACTOR * batch * padded * (channels + 2 * n_subsets * NUM_REGIONS + 2)
+    window = float(np.prod([int(r) for r in roi_size], dtype=np.float64)) * sw_batch_size
+    return stitching, window * _window_bytes_per_voxel(network)
 
 
 class SubsetPredictor:
@@ -123,7 +183,21 @@ class SubsetPredictor:
         """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, C, *S)`` under ``subsets``.
 
         ``available`` ``(B, M)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
+
+        Raises:
+            NotEnoughMemoryError: the sweep's memory estimate (:func:`estimate_sweep_memory`) exceeds what the
+                output or window device has available (checked before anything is allocated).
         """
+        stitching, windows = estimate_sweep_memory(
+            tuple(image.shape), self.roi_size, len(subsets), self.network, self.sw_batch_size
+        )
+        what = f"sliding-window inference of a {tuple(image.shape[2:])} image with a {self.roi_size} window"
+        fix = "use a smaller roi_size (a window larger than the image only pads it) or fewer subsets at once"
+        if self.output_device == self.device:
+            check_fits(stitching + windows, what, fix, self.device)
+        else:
+            check_fits(stitching, what, fix, self.output_device)
+            check_fits(windows, what, fix, self.device)
         return sweep_subsets(
             self.network,
             torch.as_tensor(image).as_subclass(torch.Tensor),

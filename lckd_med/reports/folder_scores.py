@@ -40,7 +40,7 @@ from lckd_med.data.layouts import LayoutError, discover_cases
 from lckd_med.data.naming import nifti_stem
 from lckd_med.metrics.brats import HD95_METHODS, case_region_metrics, postprocess_et, region_masks_from_labels
 from lckd_med.modalities import BRATS, ModalitySpec
-from lckd_med.reports.subset_report import rows_from_case_metrics, write_reports
+from lckd_med.reports.subset_report import check_reports_writable, rows_from_case_metrics, write_reports
 from lckd_med.utils.checks import non_negative_int
 from lckd_med.utils.progress import progress_bar
 
@@ -166,6 +166,7 @@ def score_folder(
     hd95_method: str = "pooled",
     caption: str | None = None,
     modalities: ModalitySpec = BRATS,
+    overwrite: bool = False,
 ) -> FolderScores:
     """Score every prediction of ``pred_dir`` that has a label (see the module docstring) and write the reports.
 
@@ -188,9 +189,12 @@ def score_folder(
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the data: its subset names are the valid
             sub-folder names and report rows, its ``spatial_dims`` the dimensions of the label maps (2-D NIfTI
             files for a 2-D spec). Default BraTS.
+        overwrite: replace report files in ``output_dir`` that lckd_med did not write (by default they are refused
+            before anything is scored; see :func:`~lckd_med.reports.subset_report.check_reports_writable`).
 
     Raises:
         FileNotFoundError: a folder is missing.
+        FileExistsError: a report file in ``output_dir`` is the user's (nothing is written).
         ValueError: bad ``subset``, ``release`` or ``hd95_method``; no prediction could be scored (the message
             lists why).
     """
@@ -205,6 +209,8 @@ def score_folder(
     pred_root = Path(pred_dir)
     if not pred_root.is_dir():
         raise FileNotFoundError(f"prediction folder {pred_root} does not exist or is not a folder")
+    if output_dir is not None:
+        check_reports_writable(output_dir, overwrite)
     if isinstance(labels, Mapping):
         gts, dataset_convention = {str(k): Path(v) for k, v in labels.items()}, None
     else:
@@ -249,7 +255,12 @@ def score_folder(
                 f"{postprocess_min_et} mm^3 relabelled NCR."
             )
         reports = write_reports(
-            df, output_dir, caption=caption, allow_partial=set(df["subset"]) != set(names), modalities=modalities
+            df,
+            output_dir,
+            caption=caption,
+            allow_partial=set(df["subset"]) != set(names),
+            modalities=modalities,
+            overwrite=overwrite,
         )
     return FolderScores(metrics=df, problems=tuple(problems), reports=reports)
 

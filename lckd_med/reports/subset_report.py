@@ -39,6 +39,7 @@ from lckd_med.constants import (
 )
 from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.utils.io import atomic_path, write_text_atomic
+from lckd_med.utils.outputs import OwnedFiles
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -46,6 +47,7 @@ __all__ = [
     "MEAN_ROW",
     "MODALITY_LABELS",
     "REPORT_FILES",
+    "check_reports_writable",
     "subset_label",
     "rows_from_case_metrics",
     "validate_metrics_table",
@@ -375,6 +377,18 @@ def plot_dice_heatmap(
     return path
 
 
+def check_reports_writable(
+    output_dir: str | os.PathLike[str], overwrite: bool = False, flag: str = "--overwrite"
+) -> None:
+    """Raise before any work when a report file in ``output_dir`` is not lckd_med's to replace (the folder's
+    ownership record, :class:`~lckd_med.utils.outputs.OwnedFiles`, does not list it with its current content).
+
+    Raises:
+        FileExistsError: naming the file and ``flag``; NotADirectoryError: ``output_dir`` is (under) a file.
+    """
+    OwnedFiles(output_dir, overwrite, flag).check(*REPORT_FILES.values())
+
+
 def write_reports(
     df: pd.DataFrame,
     output_dir: str | os.PathLike[str],
@@ -382,8 +396,11 @@ def write_reports(
     caption: str | None = None,
     allow_partial: bool = False,
     modalities: ModalitySpec = BRATS,
+    overwrite: bool = False,
+    flag: str = "--overwrite",
 ) -> dict[str, Path]:
-    """Write the long metrics CSV, the summary CSV and Markdown, and the Dice heat map, each atomically.
+    """Write the long metrics CSV, the summary CSV and Markdown, and the Dice heat map, each atomically, and list them
+    in the folder's ownership record.
 
     Args:
         df: long metrics table (see the module docstring).
@@ -392,12 +409,19 @@ def write_reports(
         caption: caption line under the Markdown table (default: units, statistics and empty rules).
         allow_partial: see :func:`summarize`.
         modalities: the spec whose subsets the table holds (default BraTS).
+        overwrite: replace same-named files lckd_med did not write (see :func:`check_reports_writable`; callers
+            check first, before their work); ``flag`` names it in the message.
 
     Returns:
         ``{"metrics_csv", "summary_csv", "summary_md", "heatmap_png"}`` -> written paths (see :data:`REPORT_FILES`).
+
+    Raises:
+        FileExistsError: a report file exists that lckd_med did not write (nothing is written).
     """
     table = validate_metrics_table(df, allow_partial=allow_partial, modalities=modalities)
     summary = summarize(table, allow_partial=allow_partial, modalities=modalities)
+    owned = OwnedFiles(output_dir, overwrite, flag)
+    owned.check(*REPORT_FILES.values())
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {key: out_dir / name for key, name in REPORT_FILES.items()}
@@ -409,6 +433,7 @@ def write_reports(
     write_text_atomic(paths["summary_csv"], buf.getvalue())
     write_text_atomic(paths["summary_md"], format_table(summary, title=title, caption=caption, modalities=modalities))
     plot_dice_heatmap(summary, paths["heatmap_png"], title=title, modalities=modalities)
+    owned.record(*REPORT_FILES.values())
     return paths
 
 

@@ -47,13 +47,19 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` with the same suffix; rename it to ``path`` on success.
 
     The suffix is kept so writers that pick the format from the name (nibabel's ``.nii.gz``, matplotlib's
     ``.png``) write the right thing. The folder is created if needed; the file gets the usual permissions
-    (``mkstemp`` would leave it 0600).
+    (``0666`` less the umask, like any file the user creates; ``mkstemp`` and some writers would leave it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,11 +68,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # again: some writers (safetensors) re-create the file 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -71,6 +71,7 @@ def test_two_process_training_elects_the_same_teachers(tmp_path):
     ckpt = load_checkpoint(tmp_path / "models" / "model.pt")
     assert ckpt["iteration"] == 8 and not any(k.startswith("module.") for k in ckpt["model"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".lckd_med_outputs.json",  # the ownership record lists teacher_election.csv
         "datalist.json",
         "teacher_election.csv",
         "tensorboard",

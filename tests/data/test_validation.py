@@ -19,13 +19,14 @@ from lckd_med.data.validation import (
     validate_case,
     validate_cases,
 )
+from tests.testkit import mri_like
 
 SHAPE = (16, 16, 10)
 AFFINE = brats_affine()
 
 
 def image(seed: int = 0, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
-    return (np.random.default_rng(seed).random(shape, dtype=np.float32) + 0.1).astype(np.float32)
+    return mri_like(shape, seed)
 
 
 def segmentation(et: int = 4) -> np.ndarray:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from lckd_med.data.volume import intensity_problems, read_nifti
+from tests.testkit import mri_like
 
-SHAPE = (8, 8, 6)
+SHAPE = (16, 16, 12)
 
 
 def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -18,7 +19,7 @@ def _write(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Pa
 
 def _image(value: float = 1.0) -> np.ndarray:
     d = np.zeros(SHAPE, np.float32)
-    d[2:6, 2:6, 1:5] = np.arange(64, dtype=np.float32).reshape(4, 4, 4) + value
+    d[2:14, 2:14, 1:11] = mri_like((12, 12, 10), low=value, high=value + 100)
     return d
 
 

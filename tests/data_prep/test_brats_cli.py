@@ -15,6 +15,7 @@ import pytest
 from data_prep.brats import main
 from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES, brats_affine
 from lckd_med.data.datalist import SPLITS, load_datalist
+from tests.testkit import mri_like
 
 SHAPE = (16, 16, 10)
 REPO = Path(__file__).resolve().parents[2]
@@ -23,10 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 def write_case(folder: Path, sep: str = "_", scheme: str = "legacy", et: int = 4, skip: tuple[str, ...] = ()) -> None:
     """One tiny valid case in ``folder`` (its name is the case id)."""
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(len(folder.name))
-    for key, suffix in RELEASE_FILE_SUFFIXES[scheme].items():
+    for i, (key, suffix) in enumerate(RELEASE_FILE_SUFFIXES[scheme].items()):
         if key not in skip:
-            data = rng.random(SHAPE, dtype=np.float32) + 0.1
+            data = mri_like(SHAPE, 10 * len(folder.name) + i)
             nib.save(nib.Nifti1Image(data, brats_affine()), str(folder / f"{folder.name}{sep}{suffix}.nii.gz"))
     lab = np.zeros(SHAPE, np.uint8)
     lab[4:10, 4:10, 3:7] = 2
@@ -164,7 +164,7 @@ def test_all_cases_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 BAD_ARGS = [
     ("folds_one", ["--folds", "1"], "folds must be >= 3"),
-    ("folds_not_int", ["--folds", "five"], "invalid int value"),
+    ("folds_not_int", ["--folds", "five"], "argument --folds: must be a whole number, got 'five'"),
     ("seed_negative", ["--seed", "-1"], "seed must be >= 0"),
     ("test_fold_out_of_range", ["--test_fold", "5"], "test_fold must be in"),
     ("test_fold_not_int", ["--test_fold", "first"], "fold number or 'none'"),
@@ -172,7 +172,7 @@ BAD_ARGS = [
     ("test_equals_val", ["--test_fold", "1", "--val_fold", "1"], "must differ"),
     ("layout_unknown", ["--layout", "brats2016"], "invalid choice"),
     ("release_unknown", ["--release", "latest"], "release must be a BraTS year"),
-    ("workers_zero", ["--workers", "0"], "--workers must be >= 1"),
+    ("workers_zero", ["--workers", "0"], "argument --workers: must be a whole number >= 1, got '0'"),
 ]
 
 

@@ -323,3 +323,34 @@ def test_bundle_resumes_with_more_iterations(tmp_path, small_dataset, caplog):
     assert "nothing to resume" in caplog.text
     assert third["iteration"] == 16 and third["election_history"] == second["election_history"]
     _assert_same_weights(third["model"], second["model"])
+
+
+def test_an_imported_inference_checkpoint_is_not_resumed_from(tmp_path):
+    """``import-safetensors -o <ckpt_dir>/model.pt --overwrite`` gives weights without optimiser or election state:
+    training refuses to resume from it with one line instead of a KeyError deep in ignite."""
+    from lckd_med.engines.safetensors_io import export_safetensors, import_safetensors
+
+    _trainer(tmp_path / "trained", max_epochs=1).run()
+    st = export_safetensors(tmp_path / "trained" / CHECKPOINT_NAME, tmp_path / "m.safetensors")
+    import_safetensors(st, tmp_path / "models" / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="is an inference checkpoint \\(imported from .*m.safetensors; it lacks "):
+        _trainer(tmp_path / "models", max_epochs=2).run()
+    fresh = _trainer(tmp_path / "models", max_epochs=1, resume=False)  # the documented way to train over it
+    fresh.run()
+    assert "optimizer" in load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)
+
+
+def test_a_resumed_run_restores_which_parameters_hold_a_gradient(tmp_path):
+    """Parameters that held a zeroed gradient when saved get one back on resume (the optimiser moves them; see
+    lckd_med.engines.checkpoint_handler.grad_params)."""
+    _trainer(tmp_path, max_epochs=1).run()
+    saved = load_checkpoint(tmp_path / CHECKPOINT_NAME)["grad_params"]
+    assert saved and all(isinstance(n, str) for n in saved)
+    resumed = _trainer(tmp_path, max_epochs=2)
+    seen = {}
+    resumed.add_event_handler(
+        Events.ITERATION_STARTED(once=EPOCH_LENGTH + 1),
+        lambda e: seen.update({n: p.grad is not None for n, p in e.network.named_parameters()}),
+    )
+    resumed.run()
+    assert [n for n, has in seen.items() if has] == saved

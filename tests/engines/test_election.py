@@ -293,7 +293,8 @@ def test_handler_elects_on_schedule_and_writes_csv(tmp_path):
         m, r = MODALITIES.index(row["modality"]), REGIONS.index(row["region"])
         assert float(row["dice"]) == pytest.approx(float(expected[m, r]), abs=1e-6)
         assert row["elected"] == ("true" if winners[row["region"]] == row["modality"] else "false")
-    assert [f.name for f in tmp_path.iterdir()] == ["teacher_election.csv"]  # atomic write left no temp file
+    # atomic write left no temp file; the folder's ownership record lists the election record
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".lckd_med_outputs.json", "teacher_election.csv"]
 
 
 def test_handler_unwraps_data_parallel_network(tmp_path):
@@ -375,3 +376,19 @@ def test_elect_teachers_of_another_spec():
     assert elect_teachers(dice, RGBD) == {"ET": "depth", "TC": "ir", "WT": "rgb"}  # tie -> earlier modality
     with pytest.raises(ValueError, match=r"mean_dice must be \(3, 3\)"):
         elect_teachers(dice[:2], RGBD)
+
+
+def test_a_user_file_named_like_the_election_record_is_refused_at_start(tmp_path):
+    record = tmp_path / "teacher_election.csv"
+    record.write_text("my,own,table\n1,2,3\n")
+    state = TeacherState()
+    handler = TeacherElectionHandler(state, [_case()], roi_size=(SIZE,) * 3, interval=1, output_dir=tmp_path, amp=False)
+    engine = _engine(ThresholdNet())
+    handler.attach(engine)
+    with pytest.raises(FileExistsError, match="teacher_election.csv exists and was not written by lckd_med"):
+        engine.run(range(2), max_epochs=1)
+    assert record.read_text() == "my,own,table\n1,2,3\n" and state.history == []
+    record.unlink()
+    engine.run(range(2), max_epochs=1)  # then an earlier run's record (its header) is continued
+    engine.run(range(2), max_epochs=1)
+    assert record.read_text().startswith("iteration,modality,region,dice,elected")

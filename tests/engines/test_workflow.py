@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 
 from lckd_med.data.synthetic import write_dataset
 from lckd_med.engines.workflow import (
+    DatalistMismatchError,
     DatasetNotFoundError,
     bundle_datalist,
     bundle_dir,
@@ -270,3 +272,17 @@ def test_training_with_a_file_as_ckpt_dir_is_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(tmp_path / "models") in errors[0], proc.stderr[-3000:]
     assert (tmp_path / "models").read_text() == "mine"
+
+
+def test_a_datalist_of_another_dataset_or_other_folds_is_refused_not_reused(tmp_path, dataset):
+    """An evaluation that finds a datalist in output_dir must not silently score it for another --dataset_dir or
+    --folds."""
+    path = tmp_path / "datalist.json"
+    prepare_datalist(dataset, path, folds=3, seed=1)
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    with pytest.raises(DatalistMismatchError, match=f"made with dataset_dir {dataset}, not {other}"):
+        prepare_datalist(other, path, folds=3, seed=1)
+    with pytest.raises(DatalistMismatchError, match="folds 3, not 5; seed 1, not 0"):
+        prepare_datalist(dataset, path)
+    assert prepare_datalist(dataset, path, folds=3, seed=1) == str(path)  # what it was made with

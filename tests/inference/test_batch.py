@@ -12,6 +12,9 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +24,7 @@ import pytest
 import torch
 
 from lckd_med.constants import MODALITIES, RELEASE_FILE_SUFFIXES
-from lckd_med.engines.checkpoint import save_checkpoint
+from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.inference.batch import (
     REPORT_COLUMNS,
     REPORT_NAME,
@@ -31,7 +34,8 @@ from lckd_med.inference.batch import (
     match_sequence_file,
     read_manifest,
 )
-from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, describe_source
+from lckd_med.utils.outputs import LOCK_FILE, OWNER_MARKER, OutputLockedError, folder_lock
 from tests.testkit import checkpoint_payload, tiny_lckd_net, write_nifti
 
 SHAPE = (24, 24, 16)
@@ -113,7 +117,7 @@ def assert_matches_input(out_path: Path, ref_path: Path, et_label: int = 4) -> N
 
 
 def leftovers(output_dir: Path, expected_outputs) -> list[str]:
-    wanted = {f"{c}.nii.gz" for c in expected_outputs} | {REPORT_NAME}
+    wanted = {f"{c}.nii.gz" for c in expected_outputs} | {REPORT_NAME, LOCK_FILE}
     return sorted(set(os.listdir(output_dir)) - wanted)
 
 
@@ -505,7 +509,13 @@ def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_p
     assert df["message"].str.contains("up to date").all() and (df["status"] == "ok").all()
     assert df["seconds"].map(type).eq(float).all() and "a: ok (t1)" in caplog.text
     assert {c: (out / f"{c}.nii.gz").stat().st_mtime_ns for c in ("a", "b")} == first
-    os.utime(refs["t1"], ns=(first["a"] + 10**9, first["a"] + 10**9))  # input changed after the output
+    os.utime(refs["t1"], ns=(first["a"] + 10**9, first["a"] + 10**9))  # touched, same content: still up to date
+    df = run(ckpt, inp, out).set_index("case_id")
+    assert "up to date" in df.loc["a", "message"]
+    # new content with an older timestamp (a copy that kept its date): recomputed, whatever the dates say
+    data = nib.load(refs["t1"])
+    write_nifti(refs["t1"], np.asarray(data.dataobj)[::-1].copy(), data.affine)
+    os.utime(refs["t1"], ns=(first["a"] - 10**10, first["a"] - 10**10))
     df = run(ckpt, inp, out).set_index("case_id")
     assert "up to date" not in df.loc["a", "message"] and "up to date" in df.loc["b", "message"]
     df = run(ckpt, inp, out, overwrite=True)
@@ -531,7 +541,11 @@ def test_report_is_written_after_every_case_and_stale_temporaries_are_removed(ck
     stale = [out / ".a.k3j4h5g6.tmp.nii.gz", out / ".inference_report.abcd_123.tmp.csv"]
     for p in stale:
         p.write_bytes(b"half written")
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()  # a process id that no longer runs: the owner of a folder left by a killed run
     (out / ".lckd_align_x1y2").mkdir()
+    (out / ".lckd_align_x1y2" / OWNER_MARKER).write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    (out / ".lckd_align_theirs").mkdir()  # no owner marker: not provably ours, kept
     (out / ".my_notes").write_text("mine")
     with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line, status 130
         _KilledAfterFirstCase(ckpt, inp, out, device="cpu", progress=False).run()
@@ -539,7 +553,7 @@ def test_report_is_written_after_every_case_and_stale_temporaries_are_removed(ck
     report = pd.read_csv(out / REPORT_NAME, keep_default_na=False)
     assert report["case_id"].tolist() == ["a"] and report["status"].tolist() == ["ok"]
     assert not any(p.exists() for p in stale) and not (out / ".lckd_align_x1y2").exists()
-    assert (out / ".my_notes").read_text() == "mine"
+    assert (out / ".my_notes").read_text() == "mine" and (out / ".lckd_align_theirs").is_dir()
     df = run(ckpt, inp, out).set_index("case_id")  # the re-run finishes the batch
     assert "up to date" in df.loc["a", "message"] and df.loc["b", "status"] == "ok"
 
@@ -570,10 +584,11 @@ def test_output_dir_not_writable_or_a_file_fails_before_any_case(ckpt, tmp_path)
     inp = tmp_path / "in"
     write_case(inp, "a", ("t1",))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(PermissionError, match="not writable"):
+    with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
         run(ckpt, inp, tmp_path / "file" / "out")
     with pytest.raises(NotADirectoryError, match="is a file"):
         run(ckpt, inp, tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
@@ -656,7 +671,9 @@ def test_bad_manifest_is_one_clear_error(tmp_path, content, match):
 def test_expected_dice_read_from_the_json_beside_the_checkpoint(tmp_path):
     ckpt = make_checkpoint(tmp_path / "model.pt")  # no subset_dice inside: evaluation writes the JSON instead
     (tmp_path / "in").mkdir()
-    payload = {"subset_dice": {"t1ce+t2": {"ET": 0.7, "TC": 0.8, "WT": 0.9}}, "source": {"iteration": 0}}
+    source = {"iteration": 0, "split": "validation", "n_cases": 3, "datalist": "/d/datalist.json"}
+    source["weights_sha256"] = load_checkpoint(ckpt)["weights_sha256"]
+    payload = {"subset_dice": {"t1ce+t2": {"ET": 0.7, "TC": 0.8, "WT": 0.9}}, "source": source}
     (tmp_path / SUBSET_DICE_NAME).write_text(json.dumps(payload))
     runner = BatchInference(ckpt, tmp_path / "in", tmp_path / "out", device="cpu", progress=False)
     assert runner._expected_dice("t1ce+t2") == {
@@ -665,3 +682,70 @@ def test_expected_dice_read_from_the_json_beside_the_checkpoint(tmp_path):
         "expected_dice_WT": 0.9,
     }
     assert runner._expected_dice("flair")["expected_dice_ET"] is None
+    assert describe_source(runner.subset_dice_source) == "the validation split of datalist.json (3 cases)"
+
+
+def test_expected_dice_of_other_weights_is_not_shown(tmp_path):
+    """A model retrained to the same iteration: the scores measured with the old weights do not apply."""
+    old = load_checkpoint(make_checkpoint(tmp_path / "model.pt"))
+    (tmp_path / "in").mkdir()
+    source = {"iteration": old.get("iteration", 0), "split": "testing", "weights_sha256": old["weights_sha256"]}
+    payload = {"subset_dice": {"t1ce+t2": {"ET": 0.7, "TC": 0.8, "WT": 0.9}}, "source": source}
+    (tmp_path / SUBSET_DICE_NAME).write_text(json.dumps(payload))
+    retrained = save_checkpoint(
+        tmp_path / "model.pt",
+        checkpoint_payload(tiny_lckd_net(seed=5), **{k: old[k] for k in ("train_config",) if k in old}),
+    )
+    runner = BatchInference(retrained, tmp_path / "in", tmp_path / "out", device="cpu", progress=False)
+    assert runner.subset_dice == {} and runner._expected_dice("t1ce+t2")["expected_dice_ET"] is None
+
+
+def test_an_output_dir_that_is_a_case_folder_is_refused_not_dropped(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    write_case(inp, "a", ("flair",))
+    write_case(inp, "b", ("t1",))
+    with pytest.raises(ValueError, match="output_dir .* is the case folder of case b in input_dir"):
+        run(ckpt, inp, inp / "b")
+    assert sorted(p.name for p in (inp / "b").iterdir()) == ["b_t1.nii.gz"]
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_while_the_first_runs(ckpt, tmp_path):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_case(inp, "a", ("t1",))
+    with folder_lock(out, "inference"):  # another run holds the folder
+        with pytest.raises(OutputLockedError, match="another lckd_med inference is writing to"):
+            run(ckpt, inp, out)
+    assert not (out / REPORT_NAME).exists()
+    assert run(ckpt, inp, out)["status"].tolist() == ["ok"]
+
+
+def test_one_scan_as_two_sequences_or_two_patients_in_a_case_is_an_error_row(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    paths = write_case(inp, "copy", ("t1",))
+    shutil.copy(paths["t1"], inp / "copy" / "copy_t2.nii.gz")
+    paths = write_case(inp, "link", ("t1",))
+    (inp / "link" / "link_flair.nii.gz").symlink_to(paths["t1"])
+    write_case(inp, "mixed", ("t1",))
+    shutil.copy(write_case(tmp_path / "other", "P2", ("t2",))["t2"], inp / "mixed" / "P2_t2.nii.gz")
+    write_case(inp, "good", ("t1", "t2"))
+    df = run(ckpt, inp, tmp_path / "out").set_index("case_id")
+    assert df.loc["good", "status"] == "ok"
+    assert df.loc["copy", "status"] == "error" and "same content as the t1 file" in df.loc["copy", "message"]
+    assert df.loc["link", "status"] == "error" and "the t1 file is the flair file" in df.loc["link", "message"]
+    assert df.loc["mixed", "status"] == "error" and "name different cases" in df.loc["mixed", "message"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["good.nii.gz"]
+
+
+def test_garbage_sequences_are_error_rows_never_ok(ckpt, tmp_path):
+    inp = tmp_path / "in"
+    write_case(inp, "good", ("t1",))
+    for name, data in {
+        "mask": (volume(seed=0) > 2).astype(np.float32),
+        "noise": np.random.default_rng(0).random(volume(seed=0).shape, dtype=np.float32) + 1,
+        "constant": np.full(volume(seed=0).shape, 3.0, np.float32),
+    }.items():
+        write(inp / name / f"{name}_t1.nii.gz", data)
+    df = run(ckpt, inp, tmp_path / "out").set_index("case_id")
+    assert df.loc["good", "status"] == "ok"
+    for name in ("mask", "noise", "constant"):
+        assert df.loc[name, "status"] == "error" and "does not look like an MRI of a head" in df.loc[name, "message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -151,20 +152,25 @@ def test_subset_dice_written_beside_the_checkpoint(setup):
     assert read_subset_dice(ckpt_path, ckpt) == data["subset_dice"]
 
 
-def test_subset_dice_of_another_iteration_is_not_used(setup, tmp_path):
+def test_subset_dice_of_other_weights_is_not_used(setup, tmp_path):
+    """The scores belong to the weights they were measured with (their content hash), not to an iteration."""
     src = setup["root"] / "models" / SUBSET_DICE_NAME
     (tmp_path / SUBSET_DICE_NAME).write_text(src.read_text())
-    old = {"flair": {"ET": 0.1, "TC": 0.2, "WT": 0.3}}
-    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9, "subset_dice": old}) == old  # older model.pt
-    assert read_subset_dice(tmp_path / "model.pt", {"iteration": 9}) == {}
+    source = json.loads(src.read_text())["source"]
     assert (
-        read_subset_dice(tmp_path / "model.pt", {"iteration": 8})["flair"]
-        == json.loads(src.read_text())["subset_dice"]["flair"]
+        source["split"] == "testing"
+        and source["weights_sha256"] == load_checkpoint(setup["root"] / "models" / "model.pt")["weights_sha256"]
     )
+    old = {"flair": {"ET": 0.1, "TC": 0.2, "WT": 0.3}}
+    other = {"iteration": source["iteration"], "weights_sha256": "0" * 64}  # retrained to the same iteration
+    assert read_subset_dice(tmp_path / "model.pt", {**other, "subset_dice": old}) == old  # older model.pt
+    assert read_subset_dice(tmp_path / "model.pt", other) == {}
+    same = {"iteration": 9, "weights_sha256": source["weights_sha256"]}
+    assert read_subset_dice(tmp_path / "model.pt", same)["flair"] == json.loads(src.read_text())["subset_dice"]["flair"]
 
 
 def test_scratch_predictions_are_removed(setup):
-    assert not (setup["out"] / ".predictions_partial").exists()
+    assert not [p for p in setup["out"].iterdir() if p.name.startswith(".lckd_eval_")]
 
 
 def test_evaluate_folder_scores_the_saved_predictions_the_same(setup, tmp_path):
@@ -289,3 +295,74 @@ def test_output_dir_that_is_a_file_is_refused(setup, tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file"):
         evaluator.run()
     assert (tmp_path / "out").read_text() == "mine"
+
+
+def _evaluator(setup, out: Path, datalist: Path | None = None, ckpt_dir: Path | None = None, **kw) -> SubsetEvaluator:
+    return SubsetEvaluator(
+        ckpt_dir or setup["root"] / "models",
+        datalist or setup["datalist"],
+        out,
+        subsets=["t1ce"],
+        device="cpu",
+        amp=False,
+        progress=False,
+        num_workers=0,
+        **kw,
+    )
+
+
+def _user_files(setup, tmp_path: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """An output folder and a copy of the models folder holding the user's own files where evaluation writes."""
+    out, models = tmp_path / "out", tmp_path / "models"
+    shutil.copytree(setup["root"] / "models", models)
+    (models / SUBSET_DICE_NAME).unlink()
+    targets = {
+        "report": out / REPORT_FILES["summary_md"],
+        "predictions": out / "predictions" / "t1ce" / "notes.txt",
+        "subset_dice": models / SUBSET_DICE_NAME,
+    }
+    return out, models, targets
+
+
+@pytest.mark.parametrize("where", ["report", "predictions", "subset_dice"])
+def test_files_evaluation_did_not_write_are_refused_before_predicting(setup, tmp_path, where):
+    out, models, targets = _user_files(setup, tmp_path)
+    targets[where].parent.mkdir(parents=True, exist_ok=True)
+    targets[where].write_text("the user's")
+    with pytest.raises(FileExistsError, match="not written by lckd_med|lckd_med did not write"):
+        _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()
+    assert targets[where].read_text() == "the user's"
+    assert not (out / REPORT_FILES["metrics_csv"]).exists()  # refused before any work
+
+
+def test_overwrite_replaces_them_and_evaluation_replaces_its_own_files_freely(setup, tmp_path):
+    out, models, targets = _user_files(setup, tmp_path)
+    for target in targets.values():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("the user's")
+    _evaluator(setup, out, ckpt_dir=models, save_predictions=True, overwrite=True).run()
+    assert not targets["predictions"].exists() and targets["report"].read_text() != "the user's"
+    assert json.loads(targets["subset_dice"].read_text())["source"]["split"] == "testing"
+    _evaluator(setup, out, ckpt_dir=models, save_predictions=True).run()  # its own files now
+
+
+def test_bad_labels_and_garbage_sequences_are_reported_once_before_predicting(setup, tmp_path, caplog):
+    data = json.loads(setup["datalist"].read_text())
+    first, second = data["testing"]
+    bad_label = tmp_path / "bad_seg.nii.gz"
+    label = nib.load(first["label"])
+    nib.save(nib.Nifti1Image(np.full(label.shape, 7, np.uint8), label.affine), str(bad_label))
+    first["label"] = str(bad_label)
+    flat = tmp_path / f"{Path(second['t1ce']).name}"  # same case prefix: only the content is wrong
+    image = nib.load(second["t1ce"])
+    nib.save(nib.Nifti1Image(np.full(image.shape, 5.0, np.float32), image.affine), str(flat))
+    second["t1ce"] = str(flat)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="lckd_med"), pytest.raises(ValueError, match="can be evaluated"):
+        _evaluator(setup, tmp_path / "out", datalist=datalist).run()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2
+    assert "segmentation values [7]" in warnings[0] and str(bad_label) in warnings[0]
+    assert "does not look like an MRI of a head" in warnings[1] and str(flat) in warnings[1]
+    assert not (tmp_path / "out" / "predictions").exists()

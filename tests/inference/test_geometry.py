@@ -19,7 +19,7 @@ from lckd_med.inference.geometry import (
     read_volume,
     reference_modality,
 )
-from tests.testkit import save_tiny_checkpoint, write_nifti
+from tests.testkit import mri_like, save_tiny_checkpoint, write_nifti
 
 SHAPE = (20, 18, 12)
 
@@ -36,7 +36,7 @@ def lps_affine(spacing=(1.0, 1.0, 1.0), offset=(0.0, 0.0, 0.0)) -> np.ndarray:
 def volume(shape=SHAPE, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     data = np.zeros(shape, np.float32)
-    data[3:15, 4:12, 2:9] = rng.uniform(1.0, 2.0, size=(12, 8, 7))
+    data[2:18, 2:16, 1:11] = mri_like((16, 14, 10), int(rng.integers(1 << 30)), 1.0, 2.0)
     return data
 
 

@@ -7,6 +7,8 @@ from lckd_med.constants import NUM_MODALITIES
 from lckd_med.modalities import ModalitySpec
 from lckd_med.networks import LCKDNet
 from lckd_med.prediction import SubsetPredictor, resolve_roi_size, sweep_subsets
+from lckd_med.prediction.predictor import estimate_sweep_memory
+from lckd_med.utils.memory import NotEnoughMemoryError
 
 SHAPE = (24, 24, 16)
 ROI = (16, 16, 16)
@@ -97,3 +99,17 @@ def test_predictor_refuses_a_spec_the_network_does_not_take(net):
     toy = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
     with pytest.raises(ValueError, match=r"3-D inputs with channels \[1, 1, 1, 1\].*2-D, \[3, 1\]"):
         SubsetPredictor(net, ROI, device="cpu", modalities=toy)
+
+
+def test_a_sweep_that_cannot_fit_in_memory_is_refused_with_the_estimate(net, monkeypatch):
+    """A window far larger than the image pads the image to the window: estimated and refused before allocating."""
+    monkeypatch.setattr("lckd_med.utils.memory.available_memory", lambda device="cpu": 512 * 2**20)
+    predictor = SubsetPredictor(net, (512, 512, 512), device="cpu", amp=False)
+    image = torch.zeros(1, NUM_MODALITIES, 16, 16, 16)
+    with pytest.raises(NotEnoughMemoryError) as info:
+        predictor(image, ["flair"])
+    message = str(info.value)
+    assert "(16, 16, 16) image with a (512, 512, 512) window needs about" in message and "GiB" in message
+    assert "only 512.0 MiB are available" in message and "smaller roi_size" in message
+    stitching, windows = estimate_sweep_memory((1, 4, 240, 240, 155), (160, 160, 80), 1, net)
+    assert 0 < stitching < 1 * 2**30 and 0 < windows < 4 * 2**30  # the bundles' default sweep is not refused

@@ -22,6 +22,7 @@ from lckd_med.reports.subset_report import (
     validate_metrics_table,
     write_reports,
 )
+from lckd_med.utils.outputs import OWNERSHIP_FILE
 
 
 def _table(subsets=SUBSET_NAMES, pp: bool = False) -> pd.DataFrame:
@@ -162,7 +163,8 @@ def test_write_reports_files(tmp_path):
     df = _table(pp=True)
     paths = write_reports(df, out_dir, title="Test run", caption="My caption.")
     assert set(paths) == set(REPORT_FILES)
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(REPORT_FILES.values())  # no temp files left
+    # no temp files left; the ownership record lists the reports
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*REPORT_FILES.values(), OWNERSHIP_FILE])
 
     long = pd.read_csv(paths["metrics_csv"])
     assert len(long) == len(df) and list(long.columns[:5]) == ["case_id", "subset", "region", "dice", "hd95"]
@@ -184,7 +186,7 @@ def test_write_reports_files(tmp_path):
 
     # Writing again over existing files works and still leaves no temp files.
     write_reports(df, out_dir)
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(REPORT_FILES.values())
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*REPORT_FILES.values(), OWNERSHIP_FILE])
 
 
 def test_write_reports_partial(tmp_path):
