@@ -23,6 +23,7 @@ import torch
 
 from lckd_med.constants import MODALITIES, label_convention
 from lckd_med.data.datalist import SPLITS
+from lckd_med.data.pipelines import AUGMENTATIONS, CROP_SAMPLINGS, INTENSITY_NORMS
 from lckd_med.data.transforms import DROPOUT_DISTRIBUTIONS, DROPOUT_GRANULARITIES
 from lckd_med.engines.election import ELECTION_SCORES
 from lckd_med.engines.schedules import LR_SCHEDULES
@@ -30,9 +31,10 @@ from lckd_med.losses.distillation import KD_DISTANCES, KD_REDUCTIONS
 from lckd_med.losses.segmentation import BCE_REDUCTIONS
 from lckd_med.methods.registry import METHODS
 from lckd_med.metrics import HD95_METHODS
+from lckd_med.metrics.postprocess import POSTPROCESSINGS
 from lckd_med.networks.fusion import FILL_LEVELS
-from lckd_med.networks.presets import PRESETS
-from lckd_med.prediction import BLEND_MODES, resolve_device
+from lckd_med.networks.presets import NETWORK_PRESETS, PRESETS
+from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, resolve_device
 from lckd_med.utils.parse import (
     optional,
     parse_bool,
@@ -137,6 +139,9 @@ SETTINGS: Mapping[str, Setting] = {
     "split": _choice(SPLITS),
     "label_convention": Setting(optional(_convention), ("brats1999", "latest")),
     "cache_rate": _float(low=0.0, high=1.0),
+    "intensity": _choice(INTENSITY_NORMS),
+    "crop_sampling": _choice(CROP_SAMPLINGS),
+    "augmentation": _choice(AUGMENTATIONS),
     "num_workers": _int(0),
     "val_max_cases": _int(1, nullable=True),
     "max_cases": _int(1, nullable=True),
@@ -145,9 +150,9 @@ SETTINGS: Mapping[str, Setting] = {
     "amp": _bool(),
     "dist_backend": _choice(("nccl", "gloo")),
     # network
-    "network_preset": _choice(PRESETS),
+    "network_preset": _choice([*PRESETS, *NETWORK_PRESETS]),
     "filters": _ints(minimum=1, nullable=True),
-    "share_encoder": _bool(),
+    "share_encoder": Setting(optional(parse_bool), ("maybe", 2)),  # null: the preset's choice
     "fill_levels": _choice(FILL_LEVELS),
     "restore_kernel_size": _int(1),
     "translate_kernel_size": _int(1),
@@ -164,6 +169,7 @@ SETTINGS: Mapping[str, Setting] = {
     "weight_decay": _float(low=0.0),
     "lr_schedule": _choice(LR_SCHEDULES),
     "poly_power": _float(low=0.0, low_open=True),
+    "phase2_overlap": _int(0),
     "save_every_epochs": _int(1),
     "log_every": _int(1),
     "resume": _bool(),
@@ -171,6 +177,7 @@ SETTINGS: Mapping[str, Setting] = {
     "method_name": _choice(METHODS),
     "bce_reduction": _choice(BCE_REDUCTIONS),
     "kd_weight": _float(low=0.0),
+    "dice_smooth_dr": _float(low=0.0),
     "kd_distance": _choice(KD_DISTANCES),
     "kd_reduction": _choice(KD_REDUCTIONS),
     "kd_levels": _ints(),
@@ -179,6 +186,7 @@ SETTINGS: Mapping[str, Setting] = {
     "first_election": _int(1, nullable=True),
     "elect_at_phase_switch": _bool(),
     "election_score": _choice(ELECTION_SCORES),
+    "reset_teachers_at_phase_switch": _bool(),
     "dropout_distribution": _choice(DROPOUT_DISTRIBUTIONS),
     "dropout_granularity": _choice(DROPOUT_GRANULARITIES),
     "dropout_max_kept": _int(1),
@@ -196,6 +204,8 @@ SETTINGS: Mapping[str, Setting] = {
     "sw_mode": _choice(BLEND_MODES),
     "hd95_method": _choice(HD95_METHODS),
     "postprocess_min_et": _int(0),
+    "sw_average": _choice(WINDOW_AVERAGES),
+    "postprocess": _choice(POSTPROCESSINGS),
     "save_predictions": _bool(),
     "overwrite": _bool(),
 }
