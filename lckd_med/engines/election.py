@@ -30,6 +30,7 @@ from ignite.engine import Engine, Events
 
 from lckd_med.constants import NUM_REGIONS, REGIONS
 from lckd_med.engines.checkpoint import unwrap_model
+from lckd_med.methods.lckd import TeacherState
 from lckd_med.metrics import legacy_dice
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor
@@ -39,7 +40,6 @@ __all__ = [
     "ELECTION_COLUMNS",
     "ELECTION_SCORES",
     "soft_dice",
-    "TeacherState",
     "single_modality_dice",
     "elect_teachers",
     "TeacherElectionHandler",
@@ -49,37 +49,6 @@ ELECTION_COLUMNS = ("iteration", "modality", "region", "dice", "elected")
 #: ``"soft"``: the reference's soft Dice of the probabilities (default); ``"legacy"``: hard legacy BraTS Dice.
 ELECTION_SCORES: tuple[str, ...] = ("soft", "legacy")
 logger = logging.getLogger(__name__)
-
-
-class TeacherState:
-    """The current teachers and the election record, shared by the trainer, the election and the checkpoint.
-
-    Args:
-        default: teacher modality keys used before the first election. Default: none (no distillation until the
-            first election, which the reference runs after iteration 1); e.g. ``["t1ce"]`` builds in a prior.
-        modalities: the :class:`~lckd_med.modalities.ModalitySpec` whose modalities may teach (``None`` = BraTS);
-            the election handler scores its single-modality subsets.
-    """
-
-    def __init__(self, default: Sequence[str] = (), modalities: ModalitySpec | Mapping[str, Any] | None = None) -> None:
-        self.spec = spec_of(modalities)
-        default = list(default)
-        bad = [m for m in default if m not in self.spec.names]
-        if bad:
-            raise ValueError(f"default teachers {bad} are not modality keys {self.spec.names}")
-        self.teachers: list[str] = [m for m in self.spec.names if m in default]
-        self.history: list[dict[str, Any]] = []
-
-    def mask(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """``(M,)`` boolean teacher mask in modality order."""
-        return torch.tensor([m in self.teachers for m in self.spec.names], dtype=torch.bool, device=device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teachers": list(self.teachers), "history": [dict(r) for r in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teachers = [m for m in self.spec.names if m in state.get("teachers", [])] or self.teachers
-        self.history = [dict(r) for r in state.get("history", [])]
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

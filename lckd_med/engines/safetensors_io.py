@@ -7,7 +7,7 @@ checkpoint's description travels as safetensors text metadata, so the file alone
 ``format``             ``"lckd_med.safetensors/1"``
 ``network``            JSON ``{"name": ..., "hparams": {...}}``
 ``modalities``/``regions``  JSON lists (channel and output order), ``label_convention`` its name
-``method``, ``teachers``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
+``method``, ``method_state``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
 
 Optimiser, scheduler and RNG states are left out: the file is for inference and sharing, not for resuming.
 """
@@ -34,7 +34,7 @@ _JSON_KEYS = (
     "modality_spec",
     "regions",
     "method",
-    "teachers",
+    "method_state",
     "train_config",
     "subset_dice",
     "iteration",

@@ -40,7 +40,7 @@ def _rows(logits: Any, idx: torch.Tensor) -> Any:
 
 
 class OMDMethod(TrainingMethod):
-    """Restoration + shared cross translation trained in one stage (needs an :class:`~lckd_med.networks.OMDNet`).
+    """Restoration + shared cross translation trained in one stage (trains an :class:`~lckd_med.networks.OMDNet`).
 
     Args:
         mmd_loss: marginal adaptation term; ``None`` = :class:`~lckd_med.losses.FeatureMMDLoss` defaults.
@@ -56,7 +56,8 @@ class OMDMethod(TrainingMethod):
         ValueError: a negative weight, bad ``mmd_levels``.
     """
 
-    network_family = "omd"
+    label = "OMD"
+    network_class = OMDNet
 
     def __init__(
         self,
@@ -81,10 +82,8 @@ class OMDMethod(TrainingMethod):
         self.kl_loss = kl_loss if kl_loss is not None else TemperatureKLLoss()
 
     def bind(self, network: torch.nn.Module, seg_loss: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
-        bare = network.module if hasattr(network, "module") else network
-        if not isinstance(bare, OMDNet):
-            raise TypeError(f"OMD needs an OMDNet (possibly DDP-wrapped), got {type(bare).__name__}")
-        num_levels = bare.num_levels
+        super().bind(network, seg_loss)  # checks the network class
+        num_levels = (network.module if hasattr(network, "module") else network).num_levels
         if self._mmd_levels_arg is None:
             self.mmd_levels = list(range(num_levels))
         else:
@@ -96,7 +95,6 @@ class OMDMethod(TrainingMethod):
                     f"mmd_levels {list(given)} has invalid entries {bad}; the network has {num_levels} levels"
                 )
             self.mmd_levels = sorted({int(v) % num_levels for v in given})
-        super().bind(network, seg_loss)
 
     def compute_loss(self, batch: TrainBatch, phase: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         out = self.network(batch.image, batch.mask, available=batch.available)

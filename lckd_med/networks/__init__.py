@@ -1,5 +1,8 @@
 """lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder).
 
+:data:`NETWORKS` (``registry.py``) names the network classes a checkpoint may hold; registering a new class defined
+here is one line there.
+
 Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
 """
 
@@ -21,6 +24,7 @@ from lckd_med.networks.omd_net import (
 )
 from lckd_med.networks.presets import DEFAULT_PRESET, PRESETS, build_preset, preset_hparams
 from lckd_med.networks.protocol import SegmentationNetwork
+from lckd_med.networks.registry import NETWORKS
 
 __all__ = [
     "SegmentationNetwork",
@@ -45,6 +49,7 @@ __all__ = [
     "OMDFusion",
     "ModalityRestoration",
     "CrossTranslation",
+    "NETWORKS",
     "PRESETS",
     "DEFAULT_PRESET",
     "build_preset",

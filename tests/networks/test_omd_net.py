@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, subset_to_mask
-from lckd_med.engines.checkpoint import NETWORK_REGISTRY, build_network
+from lckd_med.engines.checkpoint import build_network
 from lckd_med.networks import LCKDNet, MissingModalityNet, SegmentationNetwork
 from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FILTERS = (4, 8, 16)
 SIZE = 16
@@ -154,7 +154,6 @@ def test_hparams_round_trip_and_checkpoint_registry(net):
     assert hp["restore_kernel_size"] == [3, 3, 3] and hp["translate_kernel_size"] == [1, 1, 1]
     rebuilt = OMDNet.from_hparams(hp)
     assert type(rebuilt) is OMDNet and rebuilt.hparams == net.hparams
-    assert "OMDNet" in NETWORK_REGISTRY
     ckpt = {"network": {"name": "OMDNet", "hparams": hp}, "model": net.state_dict()}
     loaded = build_network(ckpt)
     x = torch.randn(1, 4, SIZE, SIZE, SIZE)
