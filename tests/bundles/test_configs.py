@@ -93,3 +93,19 @@ def test_import_lines_stay_pure(path: Path):
     """MONAI raises on a ``$`` expression holding both the word ``import`` and an ``@`` reference."""
     bad = [e for e in config_expressions(json.loads(path.read_text())) if "import" in e and "@" in e]
     assert bad == []
+
+
+@pytest.mark.parametrize("bundle", method_bundles())
+def test_train_config_builds_the_methods_network_and_method(bundle):
+    """The merged training config builds its registered method and that method's network (no data needed)."""
+    from monai.bundle import ConfigParser
+
+    files = [LCKD / "train.json"] + ([Path(bundle_dir(bundle)) / "train.json"] if bundle != "lckd" else [])
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in files])
+    parser.update({"filters": [4, 8], "device": "$torch.device('cpu')"})
+    cls = METHODS[bundle]
+    assert type(parser.get_parsed_content("network_def")) is cls.network_class
+    method = parser.get_parsed_content("train#method")
+    assert type(method) is cls
+    assert parser.get_parsed_content("progress_state") == ["phase", *method.status()]
