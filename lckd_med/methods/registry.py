@@ -24,6 +24,7 @@ from torch import nn
 
 from lckd_med.methods.base import TrainingMethod
 from lckd_med.methods.baselines import FullModalityMethod, NoDistillationMethod
+from lckd_med.methods.hemis import HeMISMethod
 from lckd_med.methods.lckd import LCKDMethod
 from lckd_med.methods.omd import OMDMethod
 from lckd_med.networks.presets import DEFAULT_PRESET
@@ -48,6 +49,7 @@ METHODS: Mapping[str, type[TrainingMethod]] = MappingProxyType(
         "lckd_nokd": NoDistillationMethod,
         "all4": FullModalityMethod,
         "omd": OMDMethod,
+        "hemis": HeMISMethod,
     }
 )
 
