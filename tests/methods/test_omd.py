@@ -148,3 +148,13 @@ def test_bad_arguments(kwargs, error):
     net = kwargs.pop("net", None)
     with pytest.raises(error):
         _trainer(iterations=1, net=net, **kwargs)
+
+
+def test_mmd_levels_default_to_the_restored_levels():
+    net = OMDNet(filters=(4, 8, 16), restore_levels="bottleneck")
+    trainer = _trainer(iterations=1, net=net)
+    assert trainer.method.mmd_levels == [2]
+    trainer.run()
+    assert loss_terms(trainer.state.output)["mmd_loss"] > 0
+    with pytest.raises(ValueError, match="does not restore"):
+        _trainer(iterations=1, net=OMDNet(filters=(4, 8, 16), restore_levels="bottleneck"), mmd_levels=[0])
