@@ -18,7 +18,14 @@ from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from lckd_med.networks import LCKDNet
 
-__all__ = ["write_nifti", "tiny_lckd_net", "checkpoint_payload", "save_tiny_checkpoint", "config_expressions"]
+__all__ = [
+    "write_nifti",
+    "tiny_lckd_net",
+    "checkpoint_payload",
+    "save_tiny_checkpoint",
+    "config_expressions",
+    "merged_config",
+]
 
 #: Channels per level of the small networks the tests build.
 TINY_FILTERS = (4, 8, 16)
@@ -71,3 +78,12 @@ def config_expressions(node: Any) -> Iterator[str]:
             yield from config_expressions(v)
     elif isinstance(node, str) and node.startswith("$"):
         yield node
+
+
+def merged_config(*paths: Path) -> dict:
+    """The raw (unparsed) config MONAI builds from ``paths`` merged in order, as ``--config_file "[...]"`` does."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    return parser.get()

@@ -2,7 +2,8 @@
 
 FlopCounterMode counts convolutions and matrix products as ``2 x MACs``, whatever the padding, so the counts of
 fully convolutional networks are exactly proportional to the number of voxels: a tiny crop gives the per-voxel
-figure of any crop (the tests assert the targets on one). Normalisations, activations and element-wise ops are
+figure of any crop (the tests assert the targets on one). A method's loss may add work that does not scale with the
+crop (OMD's MMD compares a fixed number of sampled voxel features): its training figure then depends on the crop. Normalisations, activations and element-wise ops are
 not counted (as in every published FLOP figure we quote).
 
 Figures (MFLOP per input voxel; a voxel of the batch x crop):

@@ -45,7 +45,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def bundles_root() -> Path:
-    """Folder holding the bundles (``lckd``, ``omd``).
+    """Folder holding the bundles (``lckd`` and one folder per method with a bundle of its own: ``omd``, ``hemis``).
 
     An installed wheel ships them as package data, ``lckd_med/bundles`` (``pyproject.toml`` maps the repository's
     top-level ``bundles/`` there); a source checkout, editable install or not, has them beside the package, in the

@@ -16,7 +16,7 @@ import pytest
 from lckd_med.demo import method_bundles
 from lckd_med.engines.workflow import bundle_dir, bundles_root
 from lckd_med.methods import METHODS
-from tests.testkit import config_expressions
+from tests.testkit import config_expressions, merged_config
 
 CONFIGS = sorted(p for p in bundles_root().glob("*/*.json") if p.name != "metadata.json")
 LCKD = Path(bundle_dir("lckd"))
@@ -27,14 +27,6 @@ OVERLAY_FILES = {"train.json", "evaluate.json", "inference.json", "metadata.json
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def _merged(*paths: Path) -> dict:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in paths])
-    return parser.get()
 
 
 def _blocks(path: Path, size: int = 6) -> set[tuple[str, ...]]:
@@ -63,7 +55,7 @@ def test_method_bundle_files(bundle):
 def test_method_train_overlay_names_its_method_and_folder(bundle):
     train = _json(Path(bundle_dir(bundle)) / "train.json")
     assert train["method_name"] == bundle and train["bundle_root"] == f"$lckd_med.engines.bundle_dir('{bundle}')"
-    merged = _merged(LCKD / "train.json", Path(bundle_dir(bundle)) / "train.json")
+    merged = merged_config(LCKD / "train.json", Path(bundle_dir(bundle)) / "train.json")
     assert merged["train"]["trainer"] == _json(LCKD / "train.json")["train"]["trainer"]  # the one trainer
 
 
@@ -73,7 +65,7 @@ def test_evaluate_and_inference_overlays_only_name_the_folder(bundle, name):
     """Evaluation and inference rebuild whatever network the checkpoint describes: every method runs LCKD's."""
     folder = Path(bundle_dir(bundle))
     assert _json(folder / name) == {"bundle_root": f"$lckd_med.engines.bundle_dir('{bundle}')"}
-    merged, lckd = _merged(LCKD / name, folder / name), _json(LCKD / name)
+    merged, lckd = merged_config(LCKD / name, folder / name), _json(LCKD / name)
     merged.pop("_meta_")
     assert merged.pop("bundle_root") == f"$lckd_med.engines.bundle_dir('{bundle}')"
     lckd.pop("bundle_root")

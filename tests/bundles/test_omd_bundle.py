@@ -26,6 +26,7 @@ from lckd_med.engines.checkpoint import load_checkpoint
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.reports import REPORT_FILES
+from tests.testkit import merged_config
 
 OMD = Path(bundle_dir("omd"))
 LCKD = Path(bundle_dir("lckd"))
@@ -35,19 +36,11 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _merged(*paths: Path) -> dict:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in paths])
-    return parser.get()
-
-
 def test_merged_config_is_omd():
     from monai.bundle import ConfigParser
 
     lckd = _json(LCKD / "train.json")
-    omd = _merged(LCKD / "train.json", OMD / "train.json")
+    omd = merged_config(LCKD / "train.json", OMD / "train.json")
     assert set(omd) >= set(lckd)
     for key in ("dataset_dir", "output_dir", "ckpt_dir", "datalist", "datalist_file", "label_convention", "run"):
         assert omd[key] == lckd[key], key
@@ -69,7 +62,7 @@ def test_merged_config_is_omd():
     assert (omd["method_name"], lckd["method_name"]) == ("omd", "lckd")
     assert omd["phase1_iterations"] == 0  # one stage
     assert omd["method_handlers"] == []  # no election
-    demo = _merged(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
+    demo = merged_config(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
     assert demo["phase1_iterations"] == 0 and demo["mmd_max_samples"] == 256
     # the demo's 300 CPU iterations learn TC/ET only with the BCE averaged over regions (docs/omd.md)
     assert demo["bce_reduction"] == "mean" and omd["bce_reduction"] == "sum_channels"
