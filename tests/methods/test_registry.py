@@ -75,7 +75,6 @@ def _trainer(method: object, net: torch.nn.Module, phase1: int = 0) -> MethodTra
 
 # ---------------------------------------------------------------------------------------------- the registry
 def test_registry_holds_method_classes_with_label_and_registered_network():
-    assert list(METHODS)[:4] == ["lckd", "lckd_nokd", "all4", "omd"]
     known = network_classes()
     for name, cls in METHODS.items():
         assert issubclass(cls, TrainingMethod) and isinstance(cls.label, str) and cls.label, name
