@@ -154,12 +154,15 @@ class ModalityRestoration(nn.Module):
 
         Only the samples with a missing slot are restored (``rows``, their indices, when the caller knows them;
         computed here otherwise): with per-sample normalisation (the default) this changes nothing but compute.
-        For those samples all ``M`` restorations are computed in one grouped pass and the available slots' ones
+        Under ``torch.jit.trace`` every sample is restored, so that one traced graph serves every mask. For the
+        restored samples all ``M`` restorations are computed in one grouped pass and the available slots' ones
         discarded: on CPU this measured faster than convolving only the missing (sample, modality) pairs with weight
         slices.
         """
         mask = self._check(features, mask, validate)
-        if rows is None:
+        if torch.jit.is_tracing():
+            rows = torch.arange(features.shape[0], device=features.device)
+        elif rows is None:
             rows = torch.nonzero(~mask.all(dim=1)).flatten()
         if rows.numel() == 0:
             return features
@@ -347,7 +350,7 @@ class RestoreTranslateFusion(nn.ModuleList):
     def complete(self, features: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
         """Per level ``(B, M, C_l, *S_l)`` features with the missing slots restored (``mask`` validated); only the
         samples that miss a modality go through the restoration modules."""
-        rows = torch.nonzero(~mask.all(dim=1)).flatten()  # one device sync for all levels
+        rows = None if torch.jit.is_tracing() else torch.nonzero(~mask.all(dim=1)).flatten()  # one sync, all levels
         return [fusion.complete(f, mask, validate=False, rows=rows) for fusion, f in zip(self, features, strict=True)]
 
     def translate(self, complete: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
