@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -173,6 +174,7 @@ def _recipe(run: RunSpec) -> str:
     if _elects(run.name):
         phases += ", teachers elected once at the switch"
     doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    doc = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", doc).replace("``", "`")  # reST roles -> Markdown
     return f"{run.label}: {phases} ({doc.rstrip('.')})"
 
 

@@ -71,6 +71,7 @@ def test_caption_describes_each_run():
     recipes = {r.name: _recipe(r) for r in default_runs(100)}
     assert "all sequences for 50 iterations" in recipes["lckd"] and "teachers elected once" in recipes["lckd"]
     assert "from the first iteration" in recipes["omd"] and "at every iteration" in recipes["all4"]
+    assert "trains an OMDNet" in recipes["omd"] and ":class:" not in recipes["omd"] and "``" not in recipes["lckd"]
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.5, True, "100"])

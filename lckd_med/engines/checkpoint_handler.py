@@ -62,8 +62,8 @@ class TrainingCheckpointHandler:
     """Save ``<ckpt_dir>/model.pt`` every ``save_every`` epochs, at the end and on Ctrl-C; resume from it at start.
 
     A resumed run continues at the saved iteration (mid-epoch after Ctrl-C) with the same weights, optimizer,
-    scheduler, phase, method state (LCKD's teachers), global and modality-dropout RNG states and, when the loader is fed by a
-    :class:`lckd_med.data.stream.StreamSampler`, the same position in the data stream -- so it ends bit for bit
+    scheduler, phase, method state (LCKD's teachers), global and modality-dropout RNG states and, when the loader is
+    fed by a :class:`lckd_med.data.stream.StreamSampler`, the same position in the data stream -- so it ends bit for bit
     where the uninterrupted run ends. The RNG states are restored just before the first batch is drawn (after the
     loader's iterator is built), the point at which the uninterrupted run saved them.
 

@@ -100,10 +100,9 @@ def test_verify_net_in_out(bundle, tmp_path):
     from monai.bundle import verify_net_in_out
 
     torch.manual_seed(0)
-    cls = METHODS[bundle].network_class
-    net = cls(filters=(4, 8, 16))
+    net = METHODS[bundle].build_network("fullres", filters=[4, 8, 16])
     save_checkpoint(tmp_path / "model.pt", checkpoint_payload(net))
-    assert load_checkpoint(tmp_path / "model.pt")["network"]["name"] == cls.__name__
+    assert load_checkpoint(tmp_path / "model.pt")["network"]["name"] == METHODS[bundle].network_class.__name__
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -16,11 +16,17 @@ import torch
 from lckd_med.demo import method_bundles
 from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.export import ExportableSegmenter
-from lckd_med.methods import METHODS, network_classes
+from lckd_med.methods import METHODS
 from lckd_med.networks import LCKDNet
 from tests.testkit import checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[2]
+#: one registered method per network class (the tiny networks are built the way the registry's tests build them)
+BY_NETWORK = {cls.network_class.__name__: name for name, cls in reversed(METHODS.items())}
+
+
+def _tiny(method: str) -> torch.nn.Module:
+    return METHODS[method].build_network("fullres", filters=[4, 8, 16])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,10 +42,10 @@ def inputs(shape=(2, 4, 16, 32, 16)) -> tuple[torch.Tensor, torch.Tensor]:
     return x * mask[:, :, None, None, None], mask
 
 
-@pytest.mark.parametrize("name", sorted(network_classes()))
+@pytest.mark.parametrize("name", sorted(BY_NETWORK))
 def test_wrapper_equals_network_and_trace_generalises(name):
     torch.manual_seed(0)
-    net = network_classes()[name](filters=(4, 8, 16)).eval()
+    net = _tiny(BY_NETWORK[name]).eval()
     wrapper = ExportableSegmenter(net).eval()
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, torch.rand(1, 4, 16, 16, 16))  # traced at another size and batch
@@ -64,10 +70,9 @@ def test_wrapper_load_state_dict_says_what_to_fix():
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", method_bundles())
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
-    cls = METHODS[bundle].network_class
-    name = cls.__name__
+    name = METHODS[bundle].network_class.__name__
     torch.manual_seed(1)
-    net = cls(filters=(4, 8, 16)).eval()
+    net = _tiny(bundle).eval()
     models = tmp_path / "models"
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name

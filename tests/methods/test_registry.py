@@ -135,9 +135,9 @@ def test_each_method_trains_on_the_one_trainer(name):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_refuses_another_network(name):
     cls = METHODS[name]
-    other = next(c for c in network_classes().values() if not issubclass(c, cls.network_class))
+    other = next(n for n, c in METHODS.items() if not issubclass(c.network_class, cls.network_class))
     with pytest.raises(TypeError, match=cls.network_class.__name__):
-        cls().bind(other(filters=(4, 8)), segmentation_loss())
+        cls().bind(_net(other), segmentation_loss())
 
 
 @pytest.mark.parametrize("name", list(METHODS))
