@@ -62,6 +62,9 @@ class TrainingMethod(ABC):
     #: The network class it trains: :meth:`build_network` builds it, :meth:`bind` checks it, and checkpoints can
     #: rebuild it by its class name (:func:`lckd_med.methods.registry.network_class`).
     network_class: ClassVar[type[torch.nn.Module]]
+    #: Other network classes it can train (e.g. one a whole-network preset builds); :meth:`bind` accepts them and
+    #: checkpoints can rebuild them, as :attr:`network_class`.
+    other_networks: ClassVar[tuple[type[torch.nn.Module], ...]] = ()
     #: ``False``: the trainer never enters the modality-dropout phase (the "all sequences only" baseline).
     drops_modalities: ClassVar[bool] = True
 
@@ -87,14 +90,12 @@ class TrainingMethod(ABC):
         """Attach the trainer's network (bare or DDP-wrapped) and segmentation loss.
 
         Raises:
-            TypeError: the (unwrapped) network is not a :attr:`network_class`.
+            TypeError: the (unwrapped) network is not a :attr:`network_class` (or one of :attr:`other_networks`).
         """
         bare = network.module if isinstance(getattr(network, "module", None), torch.nn.Module) else network
-        if not isinstance(bare, self.network_class):
-            raise TypeError(
-                f"{type(self).__name__} trains a {self.network_class.__name__} (possibly DDP-wrapped), "
-                f"got {type(bare).__name__}"
-            )
+        if not isinstance(bare, (self.network_class, *self.other_networks)):
+            names = " or ".join(c.__name__ for c in (self.network_class, *self.other_networks))
+            raise TypeError(f"{type(self).__name__} trains a {names} (possibly DDP-wrapped), got {type(bare).__name__}")
         self.network = network
         self.seg_loss = seg_loss
 

@@ -7,8 +7,9 @@ records the method's name and saves its :meth:`~lckd_med.methods.base.TrainingMe
 loading (:func:`network_class` rebuilds the network a checkpoint names), ``lckd_med.compare``, the benchmark
 suite, the demo and the tests.
 
-Network classes a checkpoint may name: every method's ``network_class`` (so a method defining its own network in
-its module, as HeMIS, needs nothing more) and the classes registered in :data:`lckd_med.networks.NETWORKS` (the
+Network classes a checkpoint may name: every method's ``network_class`` and ``other_networks`` (so a method defining
+its own network in its module, as HeMIS, needs nothing more) and the classes registered in
+:data:`lckd_med.networks.NETWORKS` (the
 networks defined in ``lckd_med/networks/``, one line each there). Both live below the engines, so inference
 rebuilds a network without the trainer.
 """
@@ -113,16 +114,16 @@ def build_network(method: str, preset: str = DEFAULT_PRESET, **options: Any) -> 
 
 def network_classes() -> dict[str, type[nn.Module]]:
     """Every network class a checkpoint may name, by class name: :data:`lckd_med.networks.NETWORKS` and each
-    registered method's ``network_class``.
+    registered method's ``network_class`` and ``other_networks``.
 
     Raises:
         RuntimeError: two different classes under one name.
     """
     found = dict(NETWORKS)
     for cls in METHODS.values():
-        net = cls.network_class
-        if found.setdefault(net.__name__, net) is not net:
-            raise RuntimeError(f"two network classes are named {net.__name__}; rename one")
+        for net in (cls.network_class, *cls.other_networks):
+            if found.setdefault(net.__name__, net) is not net:
+                raise RuntimeError(f"two network classes are named {net.__name__}; rename one")
     return found
 
 

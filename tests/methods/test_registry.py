@@ -152,6 +152,20 @@ def test_each_method_state_round_trips_as_json(name):
     assert fresh.state_dict() == state and fresh.status() == method.status()
 
 
+def test_other_networks_are_trained_and_known(monkeypatch):
+    """A method may train further network classes (``other_networks``, e.g. one a whole-network preset builds)."""
+
+    class Both(NoDistillationMethod):
+        other_networks = (OMDNet,)
+
+    Both().bind(_net("omd"), segmentation_loss())
+    with pytest.raises(TypeError, match="trains a LCKDNet "):
+        NoDistillationMethod().bind(_net("omd"), segmentation_loss())
+    monkeypatch.setattr("lckd_med.methods.registry.NETWORKS", {})
+    monkeypatch.setattr("lckd_med.methods.registry.METHODS", {"both": Both})
+    assert network_classes() == {"LCKDNet": LCKDNet, "OMDNet": OMDNet}
+
+
 def test_a_method_without_state_refuses_one():
     with pytest.raises(ValueError, match="keeps no state"):
         NoDistillationMethod().load_state_dict({"teachers": ["t1ce"]})
