@@ -1,22 +1,21 @@
-"""Compare LCKD, LCKD without distillation, OMD and an all-four-sequences model on one dataset and budget.
+"""Compare every registered method (LCKD, LCKD without distillation, an all-four-sequences model, OMD, HeMIS, ...)
+on one dataset and budget.
 
-``python -m lckd_med.compare`` writes a synthetic BraTS-layout dataset (or uses ``--dataset_dir``), then trains and
-evaluates four models through the real bundles -- ``python -m monai.bundle run training|evaluate`` with the demo
-overlay plus command-line overrides, each command printed before it runs -- on the same data, split, seed, crop,
-network width and number of iterations:
+``python -m lckd_med.compare [--runs lckd omd ...]`` writes a synthetic BraTS-layout dataset (or uses
+``--dataset_dir``), then trains and evaluates one model per method of :data:`lckd_med.methods.METHODS` through the
+real bundles -- ``python -m monai.bundle run training|evaluate`` with the demo overlay plus command-line overrides,
+each command printed before it runs -- on the same data, split, seed, crop, network width and number of iterations.
+Each run uses its method's bundle (``bundles/<method>/``, an overlay of LCKD's) or, for a method without one, LCKD's
+bundle with ``method_name`` set; the short budget scales each recipe (:func:`default_runs`):
 
-========== ===== ===========================================================================================
-run        bundle recipe
-========== ===== ===========================================================================================
-lckd       lckd  two phases (all sequences, then random missing sequences), elected teachers, KD weight 0.1
-lckd_nokd  lckd  the same with KD weight 0: plain modality-dropout training (no election needed)
-omd        omd   one stage: random missing sequences from the first iteration, restoration + MMD + KL
-all4       lckd  all four sequences at every iteration (phase 1 only), KD weight 0; missing sequences at
-                 test time are mean-filled by the network
-========== ===== ===========================================================================================
+* a method whose bundle starts with an all-sequence phase (LCKD's two phases) gets half the iterations in it;
+* a method that never drops sequences (all4) stays in that phase (missing sequences at test time are mean-filled
+  by its network);
+* a method that elects teachers (it takes the ``teacher_state`` the election updates: LCKD) elects once, at the
+  switch; on LCKD's bundle, the other methods run without the election.
 
 Every model is evaluated on the 15 subsets of the held-out ``testing`` split (the bundles' SubsetEvaluator), and
-the per-subset mean Dice of the four runs is written as one Markdown table (``comparison.md``) and one figure
+the per-subset mean Dice of the runs is written as one Markdown table (``comparison.md``) and one figure
 (``comparison_dice.png``) in ``--docs_dir``. The caption states the data, number of cases, spacing, iterations,
 hardware, wall time and the exact command. On CPU the default budget is short: such numbers show that the
 pipelines run and how the methods move relative to each other on synthetic data, not how they do on BraTS.
@@ -28,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -43,8 +43,9 @@ import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
 from lckd_med.data.datalist import read_datalist, split_counts
-from lckd_med.demo import DEMO_CONFIGS, bundle_command
+from lckd_med.demo import BASE_BUNDLE, bundle_command, demo_configs, method_bundles
 from lckd_med.engines.workflow import bundle_dir
+from lckd_med.methods import METHODS, method_parameters
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
 
@@ -100,9 +101,9 @@ class RunSpec:
     """One model of the comparison.
 
     Attributes:
-        name: run folder name and key of the results.
+        name: run folder name and key of the results (the method's registered name).
         label: column/legend label.
-        bundle: ``"lckd"`` or ``"omd"``.
+        bundle: the bundle whose configs the run merges after LCKD's (``"lckd"``: LCKD's alone).
         overrides: bundle config overrides (``--key value``) specific to this run.
     """
 
@@ -112,52 +113,69 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def _elects(method: str) -> bool:
+    """Whether ``method`` distils from elected teachers: it takes the ``teacher_state`` the election updates."""
+    return "teacher_state" in method_parameters(method)
+
+
+def _bundle_phase1(bundle: str) -> int:
+    """``phase1_iterations`` of ``bundle``'s training config (LCKD's unless its overlay sets it)."""
+    value = json.loads((Path(bundle_dir(BASE_BUNDLE)) / "train.json").read_text())["phase1_iterations"]
+    if bundle != BASE_BUNDLE:
+        value = json.loads((Path(bundle_dir(bundle)) / "train.json").read_text()).get("phase1_iterations", value)
+    return int(value)
+
+
 def default_runs(iterations: int) -> list[RunSpec]:
-    """The four runs of the comparison for a budget of ``iterations`` training iterations each.
+    """One run per registered method for a budget of ``iterations`` training iterations each (see the module
+    docstring for how each recipe is scaled).
 
     LCKD's phase 1 (all sequences) takes the first half, as in the reference recipe's proportion (80k of 115k is
     70 %; half keeps enough missing-sequence iterations in a short budget); teachers are elected once, at the phase
-    switch, on at most ``val_max_cases`` validation cases. The runs without distillation do not elect.
+    switch, on at most ``val_max_cases`` validation cases.
+
+    Raises:
+        ValueError: ``iterations`` is not an int >= 2.
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 2:
         raise ValueError(f"iterations must be an int >= 2, got {iterations!r}")
-    half = iterations // 2
-    no_election = {
-        "validate#election#interval": 0,
-        "validate#election#first_election": None,
-        "validate#election#phase_switch_iteration": None,
-        "validate#election#elect_at_end": False,
-    }
-    return [
-        RunSpec(
-            "lckd",
-            "LCKD",
-            "lckd",
-            {
-                "phase1_iterations": half,
-                "kd_weight": 0.1,
+    own = set(method_bundles())
+    runs = []
+    for name, cls in METHODS.items():
+        bundle = name if name in own else BASE_BUNDLE
+        over: dict[str, Any] = {} if bundle == name else {"method_name": name}
+        if not cls.drops_modalities:  # phase1_iterations only keeps the LR schedule of the other runs
+            over["phase1_iterations"] = iterations
+        else:
+            over["phase1_iterations"] = iterations // 2 if _bundle_phase1(bundle) > 0 else 0
+        if _elects(name):  # one election, at the switch: the short budget has no room for the reference's schedule
+            over |= {
                 "election_interval": 0,
-                # one election, at the switch: the short budget has no room for the reference's schedule
                 "first_election": None,
                 "elect_at_phase_switch": True,
                 "validate#election#elect_at_end": False,
-            },
-        ),
-        RunSpec(
-            "lckd_nokd",
-            "LCKD w/o KD",
-            "lckd",
-            {"method_name": "lckd_nokd", "phase1_iterations": half, "kd_weight": 0.0, **no_election},
-        ),
-        RunSpec("omd", "OMD", "omd", {"phase1_iterations": 0}),
-        # phase1_iterations only keeps the LR schedule of the earlier runs; the method never drops a sequence
-        RunSpec(
-            "all4",
-            "All-4 only",
-            "lckd",
-            {"method_name": "all4", "phase1_iterations": iterations, "kd_weight": 0.0, **no_election},
-        ),
-    ]
+            }
+        elif bundle == BASE_BUNDLE:
+            over["method_handlers"] = []  # LCKD's bundle elects teachers; this method has none
+        runs.append(RunSpec(name, cls.label, bundle, over))
+    return runs
+
+
+def _recipe(run: RunSpec) -> str:
+    """One clause per run for the caption: its phases and, from its class docstring, its loss."""
+    cls = METHODS[run.name]
+    phase1 = int(run.overrides.get("phase1_iterations", 0))
+    if not cls.drops_modalities:
+        phases = "all sequences at every iteration"
+    elif phase1 > 0:
+        phases = f"all sequences for {phase1} iterations, then random missing sequences drawn per batch"
+    else:
+        phases = "random missing sequences from the first iteration"
+    if _elects(run.name):
+        phases += ", teachers elected once at the switch"
+    doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    doc = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", doc).replace("``", "`")  # reST roles -> Markdown
+    return f"{run.label}: {phases} ({doc.rstrip('.')})"
 
 
 def _format_value(value: Any) -> str:
@@ -278,7 +296,7 @@ def write_comparison(
     labels: Mapping[str, str],
     docs_dir: str | os.PathLike,
     caption: str,
-    title: str = "LCKD vs OMD vs baselines: mean Dice (%) per available-sequence subset",
+    title: str = "Missing-modality methods: mean Dice (%) per available-sequence subset",
 ) -> dict[str, Path]:
     """Write ``comparison.md`` (title, table, caption) and ``comparison_dice.png`` into ``docs_dir``."""
     docs = Path(docs_dir)
@@ -342,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument("--max_eval_cases", type=int, default=None, help="evaluate only the first test cases")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--runs", nargs="+", default=None, help="subset of lckd lckd_nokd omd all4")
+    parser.add_argument("--runs", nargs="+", default=None, help=f"subset of the methods {' '.join(METHODS)}")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
 
@@ -417,10 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.dry_run:
             shutil.rmtree(work / run.name, ignore_errors=True)
         train_over = {**common, **run.overrides, "ckpt_dir": str(ckpt_dir), "output_dir": str(out_dir)}
-        if run.bundle == "lckd":
+        if _elects(run.name):
             train_over["val_max_cases"] = int(budget["val_max_cases"])
         train_cmd = bundle_command(
-            "training", run.bundle, DEMO_CONFIGS[run.bundle, "training"], overrides_argv(train_over)
+            "training", run.bundle, demo_configs(run.bundle, "training"), overrides_argv(train_over)
         )
         eval_over = {
             "dataset_dir": str(dataset),
@@ -431,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_cases": args.max_eval_cases,
         }
         eval_cmd = bundle_command(
-            "evaluate", run.bundle, DEMO_CONFIGS[run.bundle, "evaluate"], overrides_argv(eval_over)
+            "evaluate", run.bundle, demo_configs(run.bundle, "evaluate"), overrides_argv(eval_over)
         )
         t_train = _run(train_cmd, work / run.name / "train.log", args.dry_run)
         t_eval = _run(eval_cmd, work / run.name / "evaluate.log", args.dry_run)
@@ -451,11 +469,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (preset_name == "cpu")
         else ""
     )
-    omd = json.loads((Path(bundle_dir("omd")) / "train.json").read_text())
-    omd_recipe = (
-        f"MMD {float(omd['mmd_weight'])} + KL(T={float(omd['kl_temperature']):g}) {float(omd['kl_weight'])} + "
-        f"real-path segmentation {float(omd['real_seg_weight'])}"
-    )
     caption = (
         f"Mean Dice (%) over the {n_test} held-out test case(s) for each set of available sequences; bold = best "
         f"run per row and region. {data_note}; split {_split_counts(datalist)} (5 folds, seed {args.seed}). "
@@ -463,14 +476,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), network preset {budget['network_preset']}"
         f"{'' if budget['filters'] is None else ' with filters ' + str(budget['filters'])}, "
         f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with the "
-        f"bundles' poly schedule (LCKD: the reference's two-phase poly), seed {args.seed}. LCKD: first half all "
-        "sequences, then random missing sequences drawn per batch, teachers elected once at the switch, KD 0.1; "
-        "LCKD w/o KD: the same with KD 0; OMD: missing sequences from the start, restoration + "
-        f"{omd_recipe}; All-4 only: all sequences at every iteration. Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
+        f"bundles' poly schedule (LCKD's bundle: the reference's two-phase poly), seed {args.seed}. "
+        + "; ".join(_recipe(r) for r in runs)
+        + f". Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
         f"(train + evaluate: {per_run}). Legacy BraTS rules for empty regions; ET not post-processed. "
         f"Command: `{command}`.{short}"
     )
-    title = "LCKD vs OMD vs baselines: mean Dice (%) per available-sequence subset"
+    title = " vs ".join(r.label for r in runs) + ": mean Dice (%) per available-sequence subset"
     if preset_name == "cpu":
         title += " (synthetic data, short CPU budget)"
     paths = write_comparison(summaries, labels, docs, caption, title=title)

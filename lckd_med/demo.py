@@ -1,8 +1,9 @@
 """CPU-sized end-to-end demo: synthetic BraTS data -> training -> 15-subset evaluation -> the per-subset table.
 
-``python -m lckd_med.demo`` runs the real bundle commands through ``python -m monai.bundle`` with the demo
-overlay, exactly as a user would type them, and prints each command before running it. The numbers it prints
-come from synthetic data and a short CPU budget: they show the pipeline works, not how well LCKD segments BraTS.
+``python -m lckd_med.demo [--bundle lckd|omd|...]`` runs the real bundle commands through ``python -m monai.bundle``
+with the demo overlay, exactly as a user would type them, and prints each command before running it. ``--bundle``
+is any registered method with a bundle folder (``bundles/<method>/``). The numbers it prints come from synthetic
+data and a short CPU budget: they show the pipeline works, not how well a method segments BraTS.
 """
 
 from __future__ import annotations
@@ -16,19 +17,42 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lckd_med.engines.workflow import bundle_dir
+from lckd_med.engines.workflow import bundle_dir, bundles_root
+from lckd_med.methods import METHODS
 
-__all__ = ["main", "bundle_command", "DEMO_CONFIGS"]
+__all__ = ["main", "bundle_command", "demo_configs", "method_bundles", "BASE_BUNDLE"]
 
-#: Configs merged, in order (later files override), per ``(bundle, run id)`` of the CPU demo. OMD's configs are
-#: overlays of LCKD's (its evaluate.json only names its folder); both demos add ``bundles/lckd/demo.json`` (OMD's
-#: training adds two keys more).
-DEMO_CONFIGS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("lckd", "training"): ("lckd/train.json", "lckd/demo.json"),
-    ("lckd", "evaluate"): ("lckd/evaluate.json", "lckd/demo.json"),
-    ("omd", "training"): ("lckd/train.json", "omd/train.json", "lckd/demo.json", "omd/demo.json"),
-    ("omd", "evaluate"): ("lckd/evaluate.json", "omd/evaluate.json", "lckd/demo.json"),
-}
+#: The bundle every other method's bundle overlays (its configs are merged first).
+BASE_BUNDLE = "lckd"
+#: The config file of each run id of the CPU demo.
+_RUN_FILES = {"training": "train.json", "evaluate": "evaluate.json"}
+
+
+def method_bundles() -> list[str]:
+    """The registered methods (:data:`lckd_med.methods.METHODS`, in its order) that have a bundle folder."""
+    root = bundles_root()
+    return [name for name in METHODS if (root / name / "train.json").is_file()]
+
+
+def demo_configs(bundle: str, run_id: str) -> tuple[str, ...]:
+    """Configs merged, in order (later files override), for ``run_id`` (``training``/``evaluate``) of the CPU demo.
+
+    A method's configs are overlays of LCKD's: ``lckd/<file>``, then ``<bundle>/<file>``, then the demo overlay
+    ``lckd/demo.json`` and, for training, the method's own ``<bundle>/demo.json`` when it has one.
+
+    Raises:
+        ValueError: unknown run id.
+    """
+    if run_id not in _RUN_FILES:
+        raise ValueError(f"run_id must be one of {list(_RUN_FILES)}, got {run_id!r}")
+    name = _RUN_FILES[run_id]
+    configs = [f"{BASE_BUNDLE}/{name}"]
+    if bundle != BASE_BUNDLE:
+        configs.append(f"{bundle}/{name}")
+    configs.append(f"{BASE_BUNDLE}/demo.json")
+    if bundle != BASE_BUNDLE and run_id == "training" and (Path(bundle_dir(bundle)) / "demo.json").is_file():
+        configs.append(f"{bundle}/demo.json")
+    return tuple(configs)
 
 
 def bundle_command(run_id: str, bundle: str, configs: Sequence[str], overrides: Sequence[str] = ()) -> list[str]:
@@ -58,7 +82,7 @@ def _run(cmd: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lckd_med.demo", description=__doc__)
-    parser.add_argument("--bundle", default="lckd", choices=["lckd", "omd"], help="which method's bundle to run")
+    parser.add_argument("--bundle", default=BASE_BUNDLE, choices=method_bundles(), help="which method's bundle to run")
     parser.add_argument("--fresh", action="store_true", help="delete the previous demo data, model and reports")
     args = parser.parse_args(argv)
 
@@ -67,16 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("demo_data", "demo_output", "demo_models"):
             shutil.rmtree(root / "runs" / name, ignore_errors=True)
     try:
-        _run(bundle_command("training", args.bundle, DEMO_CONFIGS[args.bundle, "training"]))
-        _run(bundle_command("evaluate", args.bundle, DEMO_CONFIGS[args.bundle, "evaluate"]))
+        _run(bundle_command("training", args.bundle, demo_configs(args.bundle, "training")))
+        _run(bundle_command("evaluate", args.bundle, demo_configs(args.bundle, "evaluate")))
     except subprocess.CalledProcessError as e:
         print(f"\ndemo step failed with exit code {e.returncode}: {' '.join(e.cmd)}", file=sys.stderr)
         return e.returncode or 1
     out = root / "runs" / "demo_output"
+    election = out / "teacher_election.csv"
     print(
-        f"\nReports: {out}/subset_summary.md, subset_metrics.csv, subset_dice_heatmap.png; "
-        f"teacher election record: {out}/teacher_election.csv.\n"
-        "These numbers come from synthetic data and a CPU-sized budget (see bundles/lckd/demo.json)."
+        f"\nReports: {out}/subset_summary.md, subset_metrics.csv, subset_dice_heatmap.png"
+        + (f"; teacher election record: {election}" if election.is_file() else "")
+        + ".\nThese numbers come from synthetic data and a CPU-sized budget (see bundles/lckd/demo.json)."
     )
     return 0
 

@@ -13,6 +13,7 @@ import pytest
 from lckd_med.compare import (
     COMPARISON_MD,
     COMPARISON_PNG,
+    _recipe,
     comparison_table,
     default_runs,
     main,
@@ -20,10 +21,11 @@ from lckd_med.compare import (
     write_comparison,
 )
 from lckd_med.constants import REGIONS, SUBSET_NAMES
+from lckd_med.demo import method_bundles
 from lckd_med.methods import METHODS
 from lckd_med.reports import summarize
 
-LABELS = {"lckd": "LCKD", "lckd_nokd": "LCKD w/o KD", "omd": "OMD", "all4": "All-4 only"}
+LABELS = {name: cls.label for name, cls in METHODS.items()}
 
 
 def _summary(seed: int, n_cases: int = 3) -> pd.DataFrame:
@@ -42,19 +44,34 @@ def summaries() -> dict[str, pd.DataFrame]:
     return {name: _summary(i) for i, name in enumerate(LABELS)}
 
 
-def test_default_runs_are_the_four_recipes():
+def test_default_runs_are_one_per_registered_method():
     runs = {r.name: r for r in default_runs(100)}
-    assert list(runs) == ["lckd", "lckd_nokd", "omd", "all4"]
-    assert runs["lckd"].overrides["kd_weight"] == 0.1 and runs["lckd"].overrides["phase1_iterations"] == 50
-    assert runs["lckd_nokd"].overrides["kd_weight"] == 0.0 and runs["lckd_nokd"].overrides["phase1_iterations"] == 50
-    assert runs["all4"].overrides["phase1_iterations"] == 100 and runs["all4"].overrides["kd_weight"] == 0.0
-    assert runs["omd"].bundle == "omd" and runs["omd"].overrides["phase1_iterations"] == 0
-    assert {r.bundle for n, r in runs.items() if n != "omd"} == {"lckd"}
-    # LCKD elects once, at the switch; the runs without distillation never elect (not even after iteration 1)
-    assert runs["lckd"].overrides["elect_at_phase_switch"] is True and runs["lckd"].overrides["first_election"] is None
-    for name in ("lckd_nokd", "all4"):
-        assert runs[name].overrides["validate#election#first_election"] is None
-        assert runs[name].overrides["method_name"] == name and name in METHODS  # the baselines are methods
+    assert list(runs) == list(METHODS) and {n: r.label for n, r in runs.items()} == LABELS
+    own = set(method_bundles())
+    for name, run in runs.items():
+        # its own bundle (an overlay of LCKD's), else LCKD's bundle with method_name set
+        assert run.bundle == (name if name in own else "lckd"), name
+        assert run.overrides.get("method_name", name) == name
+        if not METHODS[name].drops_modalities:
+            assert run.overrides["phase1_iterations"] == 100  # never drops: stays in phase 1
+        # only the method that distils from elected teachers elects (once, at the switch); on LCKD's bundle the
+        # others run without the election handler
+        if name == "lckd":
+            assert run.overrides["elect_at_phase_switch"] is True and run.overrides["first_election"] is None
+        elif run.bundle == "lckd":
+            assert run.overrides["method_handlers"] == []
+    assert runs["lckd"].overrides["phase1_iterations"] == runs["lckd_nokd"].overrides["phase1_iterations"] == 50
+    assert runs["omd"].bundle == "omd" and runs["omd"].overrides["phase1_iterations"] == 0  # one stage
+
+
+def test_caption_describes_each_run():
+    for run in default_runs(100):
+        text = _recipe(run)
+        assert text.startswith(f"{run.label}: ") and "(" in text, text
+    recipes = {r.name: _recipe(r) for r in default_runs(100)}
+    assert "all sequences for 50 iterations" in recipes["lckd"] and "teachers elected once" in recipes["lckd"]
+    assert "from the first iteration" in recipes["omd"] and "at every iteration" in recipes["all4"]
+    assert "trains an OMDNet" in recipes["omd"] and ":class:" not in recipes["omd"] and "``" not in recipes["lckd"]
 
 
 @pytest.mark.parametrize("bad", [0, 1, 2.5, True, "100"])
@@ -118,12 +135,13 @@ def test_dry_run_prints_the_bundle_commands_and_writes_nothing(tmp_path, capsys)
     assert main(["--dry_run", "--preset", "cpu", "--work_dir", str(work), "--docs_dir", str(tmp_path / "docs")]) == 0
     out = capsys.readouterr().out
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
-    assert len(commands) == 8  # train + evaluate for each of the 4 runs
-    assert sum("run training" in c for c in commands) == 4 and sum("run evaluate" in c for c in commands) == 4
+    assert len(commands) == 2 * len(METHODS)  # train + evaluate for each registered method
+    assert sum("run training" in c for c in commands) == sum("run evaluate" in c for c in commands) == len(METHODS)
     for name in LABELS:
         assert any(f"--ckpt_dir {work / name / 'models'}" in c for c in commands), name
         assert any(f"--output_dir {work / name / 'output'}" in c for c in commands), name
-    assert sum("bundles/omd/train.json" in c for c in commands) == 1
+    for bundle in set(method_bundles()) - {"lckd"}:
+        assert sum(f"bundles/{bundle}/train.json" in c for c in commands) == 1, bundle
     assert all("--num_iterations 300" in c for c in commands if "run training" in c)
     assert not work.exists() and not (tmp_path / "docs").exists()
 

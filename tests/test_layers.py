@@ -1,12 +1,17 @@
 """Layers import downward only: a module may import its own layer or a layer listed before it, never one after.
 
 The order is written once, here (docs/README "Package layout" quotes it). Every module under ``lckd_med/`` is
-parsed with :mod:`ast`, so imports inside functions and under ``TYPE_CHECKING`` count too.
+parsed with :mod:`ast`, so imports inside functions and under ``TYPE_CHECKING`` count too. Each layer holds one
+kind of part; a cycle between two parts is only possible inside one layer, so the layers are kept narrow (the
+methods and the engines were one layer, and ``import lckd_med.methods`` then failed on a cycle through the engines).
+Each subpackage also imports on its own in a fresh interpreter (:func:`test_each_subpackage_imports_on_its_own`).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("networks",),
     ("losses",),
     ("prediction",),  # the sliding-window subset predictor: election (engines) and inference both use it
-    ("methods", "engines"),
+    ("methods",),  # a method: its network, losses and state; the registry (rebuilds checkpoints' networks)
+    ("engines",),  # the one trainer and its handlers (they run whatever method the registry gives)
     ("reports", "inference"),
     ("benchmarks", "cli", "compare", "demo"),  # entry points
 )
@@ -97,6 +103,8 @@ def test_no_upward_import():
         ("lckd_med.data.datalist", "lckd_med.constants", False),
         ("lckd_med.networks.fusion", "lckd_med.losses", True),
         ("lckd_med.reports.folder_scores", "lckd_med.inference.evaluation", False),  # same layer
+        ("lckd_med.methods.lckd", "lckd_med.engines.election", True),  # the cycle of release 0.3.0
+        ("lckd_med.engines.election", "lckd_med.methods.lckd", False),
     ],
 )
 def test_layer_rule(src, dst, upward):
@@ -114,3 +122,36 @@ def test_only_the_cli_runs_the_data_prep_tools():
             if any(n.split(".")[0] == "data_prep" for n in names):
                 users.add(_module_name(path))
     assert users <= {"lckd_med.cli"}, sorted(users)
+
+
+def _subpackages() -> list[str]:
+    names = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    return [f"lckd_med.{n}" for n in names]
+
+
+def test_each_subpackage_imports_on_its_own():
+    """``python -c "import lckd_med.<name>"`` works for every subpackage, whatever was imported before.
+
+    One child interpreter for all of them (each a few seconds to start with torch and MONAI): before each import it
+    forgets every ``lckd_med`` module, so each subpackage is imported as in a fresh interpreter; a cycle between
+    lckd_med modules depends only on which of them are already loaded.
+    """
+    names = _subpackages()
+    assert "lckd_med.methods" in names and "lckd_med.engines" in names
+    script = (
+        "import importlib, sys, traceback\n"
+        "failed = []\n"
+        f"for name in {names!r}:\n"
+        "    for m in [m for m in sys.modules if m == 'lckd_med' or m.startswith('lckd_med.')]:\n"
+        "        del sys.modules[m]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception:\n"
+        "        failed.append(name + ': ' + traceback.format_exc().strip().splitlines()[-1])\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -25,6 +25,7 @@ __all__ = [
     "checkpoint_payload",
     "save_tiny_checkpoint",
     "config_expressions",
+    "merged_config",
 ]
 
 #: Channels per level of the small networks the tests build.
@@ -60,7 +61,7 @@ def tiny_lckd_net(seed: int = 0, filters: tuple[int, ...] = TINY_FILTERS) -> LCK
 
 def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
     """What ``model.pt`` holds for ``net`` (weights, network name and hyper-parameters, modality and region order,
-    BraTS 2018 labels), with ``fields`` added or replacing those (``train_config``, ``teachers``, ...)."""
+    BraTS 2018 labels), with ``fields`` added or replacing those (``train_config``, ``method_state``, ...)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "network": {"name": type(net).__name__, "hparams": net.hparams},
@@ -89,3 +90,12 @@ def config_expressions(node: Any) -> Iterator[str]:
             yield from config_expressions(v)
     elif isinstance(node, str) and node.startswith("$"):
         yield node
+
+
+def merged_config(*paths: Path) -> dict:
+    """The raw (unparsed) config MONAI builds from ``paths`` merged in order, as ``--config_file "[...]"`` does."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in paths])
+    return parser.get()

@@ -2,16 +2,19 @@
 
 FlopCounterMode counts convolutions and matrix products as ``2 x MACs``, whatever the padding, so the counts of
 fully convolutional networks are exactly proportional to the number of voxels: a tiny crop gives the per-voxel
-figure of any crop (the tests assert the targets on one). Normalisations, activations and element-wise ops are
+figure of any crop (the tests assert the targets on one). A method's loss may add work that does not scale with the
+crop (OMD's MMD compares a fixed number of sampled voxel features): its training figure then depends on the crop. Normalisations, activations and element-wise ops are
 not counted (as in every published FLOP figure we quote).
 
 Figures (MFLOP per input voxel; a voxel of the batch x crop):
 
-* ``train``: one training step (:func:`~lckd_med.benchmarks.train_step.training_loss`, then backward), all
-  sequences present (LCKD phase 1; OMD with nothing dropped is not a real step, so OMD counts its one-stage step
-  with the :data:`~lckd_med.benchmarks.train_step.PHASE2_MASK` drop).
-* ``train_phase2``: the same with one sequence kept per sample (:data:`PHASE2_MASK`); for LCKD under
-  ``fill_levels="bottleneck"`` this includes the zero-input encodings of the missing sequences.
+* ``train``: one training step of the method (:func:`~lckd_med.benchmarks.train_step.training_loss`, its own
+  ``compute_loss``, then backward): the costlier of its all-sequences step (phase 1) and its dropout step
+  (``train_phase2``), i.e. what a step can cost (LCKD: phase 1; OMD: its one-stage dropout step, since with
+  nothing dropped it skips the real-feature path).
+* ``train_phase2``: the dropout step with one sequence kept per sample
+  (:data:`~lckd_med.benchmarks.train_step.PHASE2_MASK`); for LCKD under ``fill_levels="bottleneck"`` this includes
+  the zero-input encodings of the missing sequences. Only for methods that drop sequences.
 * ``infer``: one forward pass, all four sequences (one subset).
 * ``sweep15``: all 15 subsets of one window: one encoding + 15 decodes for the project's networks (steady state of
   a sliding window, the zero-input encodings cached after the first window), 15 forward passes for the peers.
@@ -26,7 +29,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lckd_med.benchmarks.train_step import make_batch, training_loss
+from lckd_med.benchmarks.train_step import PEER, make_batch, training_loss
+from lckd_med.methods import get_method
 from lckd_med.prediction.sweep import subset_masks
 
 __all__ = ["count_flops", "flops_per_voxel", "saved_activation_bytes", "encodes_once"]
@@ -70,10 +74,10 @@ def flops_per_voxel(
 
     Args:
         net: the network, on CPU (counting does not need a device).
-        kind: ``"lckd"``, ``"omd"`` or ``"peer"`` (see :data:`~lckd_med.benchmarks.train_step.KINDS`).
+        kind: a registered method name or ``"peer"`` (see :func:`~lckd_med.benchmarks.train_step.training_loss`).
         roi: crop, divisible by the network's size divisor.
         batch: samples per training step (the inference figures use one sample).
-        phase2: also count ``train_phase2`` (the project's networks only).
+        phase2: also count ``train_phase2`` (methods that drop sequences) and take it into ``train``.
     """
     voxels = math.prod(roi)
     x, y = make_batch(batch, roi, "cpu")
@@ -83,9 +87,10 @@ def flops_per_voxel(
     def step(p2: bool) -> None:
         training_loss(net, kind, x, y, phase2=p2).backward()
 
-    out = {"train": count_flops(lambda: step(kind == "omd")) / (batch * voxels) / 1e6}
-    if phase2 and kind != "peer":
+    out = {"train": count_flops(lambda: step(False)) / (batch * voxels) / 1e6}
+    if phase2 and kind != PEER and get_method(kind).drops_modalities:
         out["train_phase2"] = count_flops(lambda: step(True)) / (batch * voxels) / 1e6
+        out["train"] = max(out["train"], out["train_phase2"])
     net.zero_grad(set_to_none=True)
     net.eval()
     one = x[:1]

@@ -42,7 +42,7 @@ from lckd_med.compare import comparison_table, default_runs, hardware_descriptio
 from lckd_med.constants import REGIONS
 from lckd_med.demo import bundle_command
 from lckd_med.engines.workflow import bundle_dir, ensure_synthetic, prepare_datalist
-from lckd_med.networks import build_preset
+from lckd_med.networks import LCKDNet, build_preset
 from lckd_med.reports import REPORT_FILES, read_summary
 from lckd_med.utils.io import write_text_atomic
 
@@ -70,7 +70,7 @@ def step_time_ratio(name: str, filters: Sequence[int], roi: Sequence[int], batch
         over = NETWORKS[run][1]
         torch.manual_seed(0)
         widths = list(filters) if over.get("filters", True) is not None else None
-        net = build_preset(over["network_preset"], "lckd", filters=widths, fill_levels=over["fill_levels"])
+        net = build_preset(over["network_preset"], LCKDNet, filters=widths, fill_levels=over["fill_levels"])
         times[run] = benchmark_step(net, "lckd", roi, batch, torch.device("cpu"), False, steps)["step_s"]
     return times["fullres"] / times[name]
 

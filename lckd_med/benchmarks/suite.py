@@ -1,13 +1,15 @@
-"""Side-by-side benchmark of the project's networks (both methods, every preset) and MONAI peers.
+"""Side-by-side benchmark of every registered method (each under every network preset) and MONAI peers.
 
 ``python -m lckd_med.benchmarks.suite [--device auto] [--roi 64 64 32] [--batch 1] [--case_shape 240 240 155]
 [--json suite.json] [--md suite.md]``
 
-For LCKD and OMD under every preset of :mod:`lckd_med.networks.presets`, and for MONAI's nnU-Net-like
-``DynUNet`` (filters 32..320, early fusion of the four sequences) and the model-zoo BraTS ``SegResNet``:
+For every method of :data:`lckd_med.methods.METHODS` (its network, its own ``compute_loss``) under every preset of
+:mod:`lckd_med.networks.presets`, and for MONAI's nnU-Net-like ``DynUNet`` (filters 32..320, early fusion of the
+four sequences) and the model-zoo BraTS ``SegResNet``:
 
 * hardware-independent: parameters, MFLOP per input voxel (training step, one-subset inference, 15-subset sweep;
-  :mod:`lckd_med.benchmarks.flops`) and the activations saved for backward by one training step;
+  :mod:`lckd_med.benchmarks.flops`) and the activations of one training step, as the counted bytes of the tensors
+  autograd saves for backward (:func:`~lckd_med.benchmarks.flops.saved_activation_bytes`; not a measured peak);
 * timed in the same run, as ratios: training step time relative to DynUNet on the same crop and batch, and the
   15-subset sweep of one window relative to 15 separate forward passes;
 * on CUDA (bf16 autocast) also: step time, Mvox/s, model-FLOP utilisation against the bf16 matmul peak measured
@@ -32,11 +34,11 @@ from monai.networks.nets import DynUNet, SegResNet
 
 from lckd_med.benchmarks.flops import encodes_once, flops_per_voxel, saved_activation_bytes
 from lckd_med.benchmarks.sweep import separate_passes, time_call
-from lckd_med.benchmarks.train_step import benchmark_step, make_batch, training_loss
+from lckd_med.benchmarks.train_step import PEER, benchmark_step, make_batch, training_loss
 from lckd_med.constants import FULL_SUBSET, NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES
-from lckd_med.engines.workflow import pick_device
-from lckd_med.networks import DEFAULT_NORM, DEFAULT_PRESET, PRESETS, build_preset
-from lckd_med.prediction.sweep import autocast_context, subset_masks, sweep_subsets
+from lckd_med.methods import METHODS
+from lckd_med.networks import DEFAULT_NORM, DEFAULT_PRESET, PRESETS
+from lckd_med.prediction import autocast_context, resolve_device, subset_masks, sweep_subsets
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["MODELS", "BASELINE", "build_models", "run_suite", "markdown_tables", "measure_bf16_peak", "main"]
@@ -73,21 +75,19 @@ def _segresnet() -> torch.nn.Module:
 
 
 def _project(preset: str, method: str) -> Callable[[], torch.nn.Module]:
-    return lambda: build_preset(preset, method)
+    return lambda: METHODS[method].build_network(preset)
 
 
-#: Model name -> (kind for :func:`~lckd_med.benchmarks.train_step.training_loss`, builder).
+#: Model name (``"<method label> <preset>"``) -> (kind for :func:`~lckd_med.benchmarks.train_step.training_loss`:
+#: the registered method name, or ``"peer"``; builder).
 MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {
     **{
-        f"{method.upper()} {preset}{' (default)' if preset == DEFAULT_PRESET else ''}": (
-            method,
-            _project(preset, method),
-        )
-        for method in ("lckd", "omd")
+        f"{cls.label} {preset}{' (default)' if preset == DEFAULT_PRESET else ''}": (name, _project(preset, name))
+        for name, cls in METHODS.items()
         for preset in PRESETS
     },
-    BASELINE: ("peer", _dynunet),
-    "SegResNet (model zoo)": ("peer", _segresnet),
+    BASELINE: (PEER, _dynunet),
+    "SegResNet (model zoo)": (PEER, _segresnet),
 }
 
 
@@ -117,7 +117,7 @@ def _forward_predictor(net: torch.nn.Module, kind: str, mask: torch.Tensor, amp:
     def predict(w: torch.Tensor) -> torch.Tensor:
         w = w * mask.view(1, -1, 1, 1, 1).to(w.dtype)
         with autocast_context(w.device, amp):
-            out = net(w) if kind == "peer" else net(w, mask.expand(w.shape[0], -1))
+            out = net(w) if kind == PEER else net(w, mask.expand(w.shape[0], -1))
         return out.float()
 
     return predict
@@ -236,8 +236,7 @@ def run_suite(
         x, y = make_batch(batch, roi, "cpu")
         net.train()
         row["saved_activations_gib"] = round(
-            saved_activation_bytes(lambda n=net, k=kind, x=x, y=y: training_loss(n, k, x, y, phase2=k == "omd"))
-            / 2**30,
+            saved_activation_bytes(lambda n=net, k=kind, x=x, y=y: training_loss(n, k, x, y, phase2=k != PEER)) / 2**30,
             3,
         )
         timed = net
@@ -349,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--md", default=None, help="write the Markdown tables here")
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     roi = args.roi or ([160, 160, 80] if cuda else [64, 64, 32])
     case = args.case_shape or ([240, 240, 155] if cuda else None)

@@ -1,6 +1,6 @@
 """Time the 15-subset sweep (encode once per window) against 15 separate sliding-window forward passes.
 
-``python -m lckd_med.benchmarks.sweep [--ckpt model.pt | --preset lean [--method lckd] [--filters ...]]
+``python -m lckd_med.benchmarks.sweep [--ckpt model.pt | --preset lean [--method <registered method>] [--filters ...]]
 [--shape 240 240 155] [--roi 128 128 128] [--device auto] [--repeats 3]``
 
 Same model, same random volume, same sliding-window settings; prints seconds per case for both, the speed-up,
@@ -19,9 +19,10 @@ from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import NUM_MODALITIES, SUBSET_NAMES
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
-from lckd_med.engines.workflow import pick_device
-from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
-from lckd_med.prediction.sweep import autocast_context, subset_masks, sweep_subsets
+from lckd_med.methods import METHODS
+from lckd_med.methods import build_network as method_network
+from lckd_med.networks import DEFAULT_PRESET, PRESETS
+from lckd_med.prediction import autocast_context, resolve_device, subset_masks, sweep_subsets
 from lckd_med.utils.io import write_text_atomic
 
 __all__ = ["separate_passes", "time_call", "main"]
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.sweep", description=__doc__)
     p.add_argument("--ckpt", help="model.pt to benchmark (default: a randomly initialised LCKDNet)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="network (without --ckpt)")
-    p.add_argument("--method", default="lckd", choices=["lckd", "omd"])
+    p.add_argument("--method", default="lckd", choices=list(METHODS), help="whose network (without --ckpt)")
     p.add_argument("--filters", type=int, nargs="+", default=None, help="override the preset's channels")
     p.add_argument("--shape", type=int, nargs=3, default=[160, 192, 144], help="volume (cropped brain box)")
     p.add_argument("--roi", type=int, nargs=3, default=[128, 128, 128])
@@ -85,11 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     if args.ckpt:
         net = build_network(load_checkpoint(args.ckpt))
     else:
-        net = build_preset(args.preset, args.method, filters=args.filters)
+        net = method_network(args.method, args.preset, filters=args.filters)
     net = net.to(device).eval()
     torch.manual_seed(0)
     image = torch.randn(1, NUM_MODALITIES, *args.shape, device=device)

@@ -1,12 +1,13 @@
 """One training step (forward, loss, backward, SGD step) of any benchmarked network, timed, with its peak memory.
 
-``python -m lckd_med.benchmarks.train_step [--preset lean] [--method lckd] [--filters ...] [--roi 160 160 80]
-[--batch 2] [--device auto] [--steps 10] [--precision bf16 fp32]``
+``python -m lckd_med.benchmarks.train_step [--preset lean] [--method lckd|<any registered method>] [--filters ...]
+[--roi 160 160 80] [--batch 2] [--device auto] [--steps 10] [--precision bf16 fp32]``
 
 Prints seconds per step, voxels per second (batch x patch volume / step time: the fair way to compare
 networks of different patch sizes) and, on CUDA, peak allocated memory, for each precision asked for. The same
 step (:func:`training_loss`) is what :mod:`lckd_med.benchmarks.flops` counts and :mod:`lckd_med.benchmarks.suite`
-times side by side with MONAI's networks.
+times side by side with MONAI's networks. A method's step is its own ``compute_loss``
+(:mod:`lckd_med.methods`), so every registered method is benchmarked the way it trains.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from collections.abc import Sequence
 import torch
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
-from lckd_med.engines.workflow import make_optimizer, pick_device
-from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
-from lckd_med.networks import DEFAULT_PRESET, PRESETS, build_preset
-from lckd_med.prediction.sweep import autocast_context
+from lckd_med.engines.workflow import make_optimizer
+from lckd_med.losses import segmentation_loss
+from lckd_med.methods import METHODS, TeacherState, TrainBatch, build_method, get_method
+from lckd_med.networks import DEFAULT_PRESET, PRESETS
+from lckd_med.prediction import autocast_context, resolve_device
 
-__all__ = ["KINDS", "PHASE2_MASK", "make_batch", "training_loss", "benchmark_step", "main"]
+__all__ = ["PEER", "STEP_SETTINGS", "PHASE2_MASK", "make_batch", "training_loss", "benchmark_step", "main"]
 
-#: How a network is trained in a step: ``lckd`` (per-modality encoders, segmentation + 0.1 x KD from T1ce at the
-#: bottleneck), ``omd`` (one stage: restored and real paths, segmentation on both), ``peer`` (one early-fusion
-#: network, segmentation only).
-KINDS = ("lckd", "omd", "peer")
+#: The kind of a network that is not a method's: one early-fusion network (the four sequences as input channels),
+#: segmentation loss only. Every other kind is a registered method name (:data:`lckd_med.methods.METHODS`).
+PEER = "peer"
+#: Settings of every benchmarked method beside its defaults (:func:`lckd_med.methods.build_method` passes each
+#: method those it takes): T1ce teaches, as LCKD's elections pick it for ET and TC.
+STEP_SETTINGS = {"teacher_state": TeacherState(["t1ce"])}
 #: Availability of the two samples of a phase-2 step (one sequence kept each): the worst case for the
 #: zero-input encodings of ``fill_levels="bottleneck"`` (every modality missing somewhere in the batch).
 PHASE2_MASK = ((False, False, True, False), (True, False, False, False))
@@ -54,27 +58,28 @@ def training_loss(
     """Forward pass and loss of one training step (the caller runs backward).
 
     Args:
-        net: the network (``LCKDNet`` for ``lckd``, ``OMDNet`` for ``omd``, any ``(B, 4, *S) -> (B, 3, *S)``
-            network for ``peer``).
-        kind: one of :data:`KINDS`.
+        net: the network: the method's ``network_class`` for a method, any ``(B, 4, *S) -> (B, 3, *S)`` network for
+            :data:`PEER`.
+        kind: a registered method name (its :meth:`~lckd_med.methods.TrainingMethod.compute_loss` with its defaults
+            and :data:`STEP_SETTINGS`) or :data:`PEER`.
         x: ``(B, 4, *S)`` image; y: ``(B, 3, *S)`` target.
-        phase2: drop modalities as in :data:`PHASE2_MASK` (``lckd``: zeroed channels under the mask; ``omd``:
-            the dropped ones are restored, the real path still sees them). Peers ignore it.
+        phase2: the dropout phase with the sequences of :data:`PHASE2_MASK` kept (the dropped channels zeroed in
+            ``dropped_image``, still in ``image``), for a method that drops sequences. Peers ignore it.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != PEER and kind not in METHODS:
+        raise ValueError(f"kind must be {PEER!r} or a registered method {list(METHODS)}, got {kind!r}")
     seg = segmentation_loss()
+    if kind == PEER:
+        return seg(net(x).float(), y)
+    method = build_method(kind, **STEP_SETTINGS)
+    method.bind(net, seg)
     batch = x.shape[0]
     full = torch.ones(batch, NUM_MODALITIES, dtype=torch.bool, device=x.device)
-    mask = _phase2_mask(batch, x.device) if phase2 else full
-    if kind == "peer":
-        return seg(net(x).float(), y)
-    if kind == "omd":
-        out = net(x, mask, available=full)
-        return seg(out.logits.float(), y) + seg(out.logits_real.float(), y)
-    logits, feats = net(x * mask.view(batch, -1, 1, 1, 1).to(x.dtype), mask, return_features=True)
-    teachers = torch.tensor([False, False, True, False], device=x.device)
-    return seg(logits.float(), y) + 0.1 * CrossModalDistillationLoss()([feats[-1].float()], mask, teachers)
+    phase = 2 if phase2 and method.drops_modalities else 1
+    mask = _phase2_mask(batch, x.device) if phase == 2 else full
+    dropped = x * mask.view(batch, -1, *([1] * (x.dim() - 2))).to(x.dtype)
+    loss, _, _ = method.compute_loss(TrainBatch(x, dropped, y, full, mask), phase)
+    return loss
 
 
 def benchmark_step(
@@ -118,7 +123,7 @@ def benchmark_step(
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.train_step", description=__doc__)
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--method", default="lckd", choices=["lckd", "omd"])
+    p.add_argument("--method", default="lckd", choices=list(METHODS))
     p.add_argument("--filters", type=int, nargs="+", default=None, help="override the preset's channels")
     p.add_argument("--roi", type=int, nargs=3, default=[160, 160, 80])
     p.add_argument("--batch", type=int, default=2)
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     args = p.parse_args(argv)
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     results = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "roi": args.roi,
@@ -140,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[prec] = "skipped: bf16 autocast is used on CUDA only"
             continue
         torch.manual_seed(0)
-        net = build_preset(args.preset, args.method, filters=args.filters)
+        net = get_method(args.method).build_network(args.preset, filters=args.filters)
         results[prec] = benchmark_step(net, args.method, args.roi, args.batch, device, bf16, args.steps)
     print(json.dumps(results, indent=2))
     return 0

@@ -13,7 +13,6 @@ from lckd_med.data.transforms import (
     MaskMissingModalities,
     MaskMissingModalitiesd,
     ModalityDropout,
-    ModalityDropoutd,
     drop_modalities_batch,
 )
 from lckd_med.data.validation import CaseCheck, validate_case, validate_cases
@@ -29,7 +28,6 @@ __all__ = [
     "MaskMissingModalities",
     "MaskMissingModalitiesd",
     "ModalityDropout",
-    "ModalityDropoutd",
     "detect_layout",
     "discover_cases",
     "drop_modalities_batch",

@@ -54,7 +54,6 @@ from lckd_med.data.transforms import (
     LabelToRegionsd,
     LoadModalitiesd,
     MaskMissingModalitiesd,
-    ModalityDropoutd,
 )
 from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
@@ -165,9 +164,6 @@ def train_transforms_split(
     pos: float = 1.0,
     neg: float = 1.0,
     augment: bool = True,
-    dropout_prob: float = 0.0,
-    dropout_distribution: str | Mapping[str, float] = "uniform",
-    max_kept: int | None = None,
     flip_prob: float = 0.5,
     intensity_scale: float = 0.1,
     intensity_shift: float = 0.1,
@@ -185,7 +181,8 @@ def train_transforms_split(
     LabelToRegionsd (uint8, to keep caches small) -> SpatialPadd(roi).
     Suffix: RandCropByPosNegLabeld or ReferenceCropd -> [augmentation: ``"light"``: RandFlipd per axis,
     RandScaleIntensityd, RandShiftIntensityd; ``"reference"``: :func:`~lckd_med.data.augment.reference_augmentation`]
-    -> MaskMissingModalitiesd -> [ModalityDropoutd] -> EnsureTyped (image and label float32).
+    -> MaskMissingModalitiesd -> EnsureTyped (image and label float32). Modality dropout is not here: the trainer
+    draws it per batch on the device (:func:`lckd_med.data.transforms.drop_modalities_batch`).
 
     Args:
         roi_size: patch size ``(H, W, D)`` or an int for a cube.
@@ -194,15 +191,13 @@ def train_transforms_split(
         pos, neg: foreground / background patch-centre ratio of ``RandCropByPosNegLabeld`` (foreground = any
             region).
         augment: add random flips and per-channel intensity scale/shift.
-        dropout_prob: probability of ``ModalityDropoutd``; 0 leaves it out.
-        dropout_distribution, max_kept: see :class:`lckd_med.data.transforms.ModalityDropout`.
         flip_prob: per-axis flip probability.
         intensity_scale: ``RandScaleIntensityd`` factor range ``(-s, s)``.
         intensity_shift: ``RandShiftIntensityd`` offset range ``(-s, s)`` (in z-score units).
         allow_missing: accept cases with missing sequences.
         track_meta: keep MetaTensors in the output (False gives plain tensors, cheaper in training steps).
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): loading,
-            flips (one per spatial axis), masking and dropout follow it; ``roi_size`` has its ``spatial_dims``.
+            flips (one per spatial axis) and masking follow it; ``roi_size`` has its ``spatial_dims``.
         augmentation: ``"light"`` (flips, intensity scale / shift: ``flip_prob``, ``intensity_scale``,
             ``intensity_shift``) or ``"reference"`` (the LCKD reference's chain; 3-D only).
         crop: ``"posneg"`` (``pos`` / ``neg``) or ``"reference"`` (the LCKD reference's law, margins 15 / 10 / 0 on
@@ -223,7 +218,6 @@ def train_transforms_split(
         raise ValueError("pos and neg cannot both be 0")
     if not isinstance(augment, bool):
         raise TypeError(f"augment must be a bool, got {augment!r}")
-    dropout_prob = _check_number("dropout_prob", dropout_prob, 0.0, 1.0)
     flip_prob = _check_number("flip_prob", flip_prob, 0.0, 1.0)
     intensity_scale = _check_number("intensity_scale", intensity_scale, 0.0)
     intensity_shift = _check_number("intensity_shift", intensity_shift, 0.0)
@@ -266,17 +260,6 @@ def train_transforms_split(
             RandShiftIntensityd(keys=IMAGE_KEY, offsets=intensity_shift, prob=1.0, channel_wise=True),
         ]
     suffix.append(MaskMissingModalitiesd(keys=IMAGE_KEY, mask_key=MASK_KEY, modalities=spec))
-    if dropout_prob > 0:
-        suffix.append(
-            ModalityDropoutd(
-                keys=IMAGE_KEY,
-                prob=dropout_prob,
-                distribution=dropout_distribution,
-                max_kept=max_kept,
-                mask_key=MASK_KEY,
-                modalities=spec,
-            )
-        )
     suffix.append(EnsureTyped(keys=keys, dtype=torch.float32, track_meta=track_meta))
     return Compose(prefix), Compose(suffix)
 
@@ -287,7 +270,7 @@ def train_transforms(
     """Full training chain (flat, so ``CacheDataset`` caches everything before ``RandCropByPosNegLabeld``).
 
     Args: see :func:`train_transforms_split`; every other keyword argument (``num_samples``, ``pos``, ``neg``,
-    ``augment``, ``dropout_prob``, ...) is passed on to it.
+    ``augment``, ...) is passed on to it.
 
     Returns:
         Compose mapping a datalist entry to a list of ``num_samples`` dicts with ``image`` ``(4, *roi)``,

@@ -59,7 +59,6 @@ __all__ = [
     "LabelToRegions",
     "LabelToRegionsd",
     "ModalityDropout",
-    "ModalityDropoutd",
     "MaskMissingModalities",
     "MaskMissingModalitiesd",
     "drop_modalities_batch",
@@ -703,75 +702,10 @@ class ModalityDropout(RandomizableTransform):
         return self._device_tables[key]
 
 
-class ModalityDropoutd(RandomizableTransform, MapTransform):
-    """Dictionary version of :class:`ModalityDropout`.
-
-    One subset is drawn per sample and applied to every image key; the updated mask is written to ``mask_key``
-    (derived from the non-zero channels when absent).
-
-    Args:
-        keys: image keys (``(4, ...)``, modality order).
-        prob, distribution, max_kept, granularity: see :class:`ModalityDropout` (a dict transform sees one sample,
-            so ``granularity`` matters only when it is passed to :func:`drop_modalities_batch`).
-        mask_key: availability mask key.
-        case_key: key naming the case in error messages.
-        allow_missing_keys: skip image keys absent from the data.
-        modalities: see :class:`ModalityDropout` (``None`` = BraTS).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = IMAGE_KEY,
-        prob: float = 0.5,
-        distribution: str | Mapping[str, float] = "uniform",
-        max_kept: int | None = None,
-        mask_key: str = MASK_KEY,
-        case_key: str = CASE_KEY,
-        allow_missing_keys: bool = False,
-        granularity: str = "sample",
-        modalities: ModalitySpec | Mapping[str, Any] | None = None,
-    ) -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys)
-        self.dropper = ModalityDropout(
-            prob=prob, distribution=distribution, max_kept=max_kept, granularity=granularity, modalities=modalities
-        )
-        RandomizableTransform.__init__(self, prob=self.dropper.prob)
-        self.mask_key = mask_key
-        self.case_key = case_key
-
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
-        """Seed this transform and its array twin (which draws all random numbers)."""
-        super().set_random_state(seed, state)
-        self.dropper.set_random_state(seed, state)
-        return self
-
-    def randomize(self, data: Any = None) -> None:
-        """Draw fire/subset on the array twin; ``data`` is the availability mask."""
-        self.dropper.randomize(data)
-        self._do_transform = self.dropper._do_transform
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        keys = list(self.key_iterator(d))
-        if not keys:
-            return d
-        mask = d.get(self.mask_key)
-        avail = _as_bool_mask(mask, d[keys[0]], self.dropper.spec)
-        try:
-            self.randomize(avail)
-        except ValueError as e:
-            raise ValueError(f"{_case_prefix(d.get(self.case_key))}{e}") from None
-        kept = avail
-        for key in keys:
-            d[key], kept = self.dropper(d[key], avail, randomize=False)
-        d[self.mask_key] = kept
-        return d
-
-
 def drop_modalities_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
-    transform: ModalityDropout | ModalityDropoutd,
+    transform: ModalityDropout,
     check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply modality dropout to a batch on its own device (e.g. GPU, inside a training step).
@@ -791,9 +725,9 @@ def drop_modalities_batch(
     Returns:
         ``(images, masks)``: new tensors, dropped channels zeroed, masks torch.bool ``(B, M)`` on ``images.device``.
     """
-    dropper = transform.dropper if isinstance(transform, ModalityDropoutd) else transform
+    dropper = transform
     if not isinstance(dropper, ModalityDropout):
-        raise TypeError(f"transform must be ModalityDropout or ModalityDropoutd, got {type(transform).__name__}")
+        raise TypeError(f"transform must be a ModalityDropout, got {type(transform).__name__}")
     spec = dropper.spec
     if images.ndim < 3 or images.shape[1] != spec.total_channels:
         raise ValueError(f"images must be (B, {spec.total_channels}, ...), got shape {tuple(images.shape)}")

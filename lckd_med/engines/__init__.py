@@ -1,15 +1,15 @@
-"""Training engines and handlers: the LCKD trainer, teacher election, checkpoints, progress, bundle glue."""
+"""Training engines and handlers: the one ignite trainer (runs any method), teacher election, checkpoints,
+progress, bundle glue."""
 
 from __future__ import annotations
 
 from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpointHandler
-from lckd_med.engines.election import TeacherElectionHandler, TeacherState, elect_teachers, single_modality_dice
-from lckd_med.engines.omd_trainer import OMDTrainer
+from lckd_med.engines.election import TeacherElectionHandler, elect_teachers, single_modality_dice
 from lckd_med.engines.progress import ProgressHandler
 from lckd_med.engines.schedules import LR_SCHEDULES, TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
 from lckd_med.engines.settings import SETTINGS, check_settings
-from lckd_med.engines.trainer import LCKDTrainer, MethodTrainer, loss_terms
+from lckd_med.engines.trainer import MethodTrainer, loss_terms
 from lckd_med.engines.workflow import (
     DatasetNotFoundError,
     bundle_datalist,
@@ -19,7 +19,6 @@ from lckd_med.engines.workflow import (
     epochs_for,
     load_split,
     make_optimizer,
-    pick_device,
     prepare_datalist,
     recipe_of,
     setup_logging,
@@ -32,11 +31,9 @@ __all__ = [
     "two_phase_poly_factor",
     "CHECKPOINT_NAME",
     "DatasetNotFoundError",
-    "LCKDTrainer",
     "MethodTrainer",
     "ProgressHandler",
     "TeacherElectionHandler",
-    "TeacherState",
     "TrainingCheckpointHandler",
     "build_network",
     "bundle_datalist",
@@ -50,12 +47,10 @@ __all__ = [
     "load_split",
     "loss_terms",
     "make_optimizer",
-    "pick_device",
     "prepare_datalist",
     "save_checkpoint",
     "setup_logging",
     "single_modality_dice",
-    "OMDTrainer",
     "SETTINGS",
     "check_settings",
 ]

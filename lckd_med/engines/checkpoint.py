@@ -4,15 +4,19 @@ A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts
 it can be opened safely and the network rebuilt from it without any config:
 
 ``format``            ``"lckd_med.checkpoint/1"``
-``network``           ``{"name": str, "hparams": dict}`` (rebuilds the network, see :func:`build_network`)
+``network``           ``{"name": str, "hparams": dict}``: the registered network class and its constructor arguments
+                      (rebuilt through the method registry, see :func:`build_network`)
 ``model``             network ``state_dict`` (DDP / compile wrappers removed)
 ``modalities``        modality order, ``regions`` output order, ``label_convention`` name
 ``modality_spec``     the :class:`~lckd_med.modalities.ModalitySpec` (``to_dict``); absent before specs existed,
                       which means BraTS
-``teachers``          elected teacher modality keys, ``election_history`` rows of the election record
+``method_state``      the training method's own state (:meth:`lckd_med.methods.TrainingMethod.state_dict`; LCKD's
+                      ``teachers`` and election ``history``); release 0.3.0 wrote LCKD's as top-level ``teachers``
+                      and ``election_history`` (such checkpoints load for inference, not for resuming)
 ``iteration``/``epoch``/``phase``  training progress; ``optimizer``/``scheduler``/``rng`` for resuming
 ``subset_dice``       per-subset validation Dice ``{subset: {region: dice}}`` once evaluation has stored it
-``method``            ``"lckd"`` or ``"omd"``; ``train_config`` a JSON-able dict of the recipe
+``method``            the registered method name (``lckd_med.methods.METHODS``); ``train_config`` a JSON-able dict
+                      of the recipe
 ``weights_sha256``    content hash of ``model`` (:func:`weights_hash`), recorded by :func:`save_checkpoint`
 ``grad_params``       parameters holding a gradient when saved (training state, see the checkpoint handler)
 
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 from lckd_med.constants import REGIONS
+from lckd_med.methods.registry import network_class
 from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 from lckd_med.utils.io import atomic_path
 
@@ -47,7 +52,6 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "build_network",
-    "NETWORK_REGISTRY",
     "checkpoint_spec",
     "check_network_spec",
     "MAX_ABS_WEIGHT",
@@ -292,39 +296,22 @@ def check_network_spec(hparams: Mapping[str, Any], spec: ModalitySpec, what: str
         raise ValueError(f"{what} does not take the input of the {spec.name} modality spec: " + "; ".join(diff))
 
 
-def _lckd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
-    from lckd_med.networks import LCKDNet
-
-    return LCKDNet.from_hparams(dict(hparams))
-
-
-def _omd_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
-    from lckd_med.networks import OMDNet
-
-    return OMDNet.from_hparams(dict(hparams))
-
-
-def _reference_net(hparams: Mapping[str, Any]) -> torch.nn.Module:
-    from lckd_med.networks.reference_net import ReferenceLCKDNet
-
-    return ReferenceLCKDNet.from_hparams(dict(hparams))
-
-
-#: Network name stored in a checkpoint -> builder from its hyper-parameters. Methods register theirs here.
-NETWORK_REGISTRY: dict[str, Any] = {"LCKDNet": _lckd_net, "OMDNet": _omd_net, "ReferenceLCKDNet": _reference_net}
-
-
 def build_network(ckpt: Mapping[str, Any], load_weights: bool = True) -> torch.nn.Module:
     """Rebuild the network described in a checkpoint (and load its weights).
+
+    The class comes from the method registry (:func:`lckd_med.methods.network_class`), which knows every method's
+    network and the classes of :data:`lckd_med.networks.NETWORKS`.
 
     Raises:
         ValueError: unknown network name.
     """
     spec = ckpt["network"]
     name = spec.get("name")
-    if name not in NETWORK_REGISTRY:
-        raise ValueError(f"checkpoint network {name!r} is unknown; known: {sorted(NETWORK_REGISTRY)}")
-    net = NETWORK_REGISTRY[name](spec.get("hparams", {}))
+    try:
+        cls = network_class(name)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {e}") from None
+    net = cls.from_hparams(dict(spec.get("hparams", {})))
     check_network_spec(getattr(net, "hparams", {}), checkpoint_spec(ckpt), f"checkpoint network {name}")
     if load_weights:
         net.load_state_dict(ckpt["model"])

@@ -1,8 +1,11 @@
 """Ignite handler that saves the self-describing ``model.pt`` and resumes training from it.
 
 MONAI's ``CheckpointSaver`` names files by ignite's conventions and stores only ``state_dict`` objects; the
-product needs one fixed ``<ckpt_dir>/model.pt`` that also carries the network hyper-parameters, label
-convention, teachers and election record, loadable with ``weights_only=True``. Hence this handler.
+product needs one fixed ``<ckpt_dir>/model.pt`` that also carries what rebuilds the network (the registered method
+and network names, the network hyper-parameters), the label convention and the training method's own state
+(whatever :meth:`lckd_med.methods.TrainingMethod.state_dict` returns, e.g. LCKD's teachers and election record),
+loadable with ``weights_only=True``. Hence this handler. It knows no method by name: it reads the method from the
+trainer (:class:`~lckd_med.engines.MethodTrainer`'s ``method``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from lckd_med.engines.checkpoint import (
     unwrap_model,
     weights_hash,
 )
-from lckd_med.engines.election import TeacherState
+from lckd_med.methods.registry import method_name, network_name
 from lckd_med.modalities import ModalitySpec, spec_of
 
 __all__ = ["TrainingCheckpointHandler", "TrainingInterrupted", "CHECKPOINT_NAME"]
@@ -86,36 +89,33 @@ class TrainingCheckpointHandler:
     """Save ``<ckpt_dir>/model.pt`` every ``save_every`` epochs, at the end and on Ctrl-C; resume from it at start.
 
     A resumed run continues at the saved iteration (mid-epoch after Ctrl-C) with the same weights, optimizer,
-    scheduler, phase, teachers, global and modality-dropout RNG states and, when the loader is fed by a
-    :class:`lckd_med.data.stream.StreamSampler`, the same position in the data stream -- so it ends bit for bit
+    scheduler, phase, method state (LCKD's teachers), global and modality-dropout RNG states and, when the loader is
+    fed by a :class:`lckd_med.data.stream.StreamSampler`, the same position in the data stream -- so it ends bit for bit
     where the uninterrupted run ends. The RNG states are restored just before the first batch is drawn (after the
     loader's iterator is built), the point at which the uninterrupted run saved them.
 
     Ctrl-C (SIGINT, single-process runs) lets the current iteration finish, saves before the next batch, and exits with one line and
     status 130; a second Ctrl-C stops at once without saving.
 
+    The checkpoint names the trainer's method (its registered name) and network (its registered class name) and
+    holds the method's :meth:`~lckd_med.methods.TrainingMethod.state_dict` as ``method_state``.
+
     Args:
         ckpt_dir: folder of ``model.pt``.
-        network_name: registry name stored in the checkpoint (``"LCKDNet"``).
-        teacher_state: teachers and election record to save and restore.
         scheduler: learning-rate scheduler to save and restore (optional).
         label_convention: ``"brats2018"``/``"brats2023"`` or a release year.
-        method: ``"lckd"`` or ``"omd"``.
         train_config: JSON-able recipe stored for the record.
         save_every: epochs between saves (>= 1).
         resume: load ``model.pt`` at start when it exists (a finished run is not re-run).
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` stored in the checkpoint (``modality_spec``);
-            ``None`` = the teacher state's spec, else BraTS. It must match the network's channels and dims.
+            ``None`` = the spec of the trainer's modality dropout. It must match the network's channels and dims.
     """
 
     def __init__(
         self,
         ckpt_dir: str | os.PathLike,
-        network_name: str,
-        teacher_state: TeacherState | None = None,
         scheduler: Any = None,
         label_convention: str | int = "brats2018",
-        method: str = "lckd",
         train_config: Mapping[str, Any] | None = None,
         save_every: int = 1,
         resume: bool = True,
@@ -124,16 +124,10 @@ class TrainingCheckpointHandler:
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1 epoch, got {save_every}")
         self.path = Path(ckpt_dir) / CHECKPOINT_NAME
-        self.network_name = network_name
-        self.teacher_state = teacher_state
-        if modalities is None and teacher_state is not None:
-            modalities = teacher_state.spec
-        self.spec = spec_of(modalities)
-        if teacher_state is not None:
-            self.spec.check_same(teacher_state.spec, "the checkpoint handler", "the teacher state")
+        self._modalities = None if modalities is None else spec_of(modalities)
+        self.spec = self._modalities if self._modalities is not None else spec_of(None)
         self.scheduler = scheduler
         self.label_convention = _convention(label_convention).name
-        self.method = method
         self.train_config = dict(train_config or {})
         self.save_every = int(save_every)
         self.resume = resume
@@ -143,6 +137,9 @@ class TrainingCheckpointHandler:
         self._previous_sigint: Any = None
 
     def attach(self, engine: Engine) -> None:
+        """Attach to a :class:`~lckd_med.engines.MethodTrainer` (its ``method`` and ``dropout`` are read when it
+        starts)."""
+        engine.add_event_handler(Events.STARTED, self._check_spec)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._restore_rng)
@@ -154,6 +151,18 @@ class TrainingCheckpointHandler:
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._save_if_interrupted)
         engine.add_event_handler(Events.COMPLETED, self._restore_sigint)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _check_spec(self, engine: Engine) -> None:
+        """The spec stored in the checkpoint: ``modalities``, else the trainer's modality dropout's.
+
+        Raises:
+            ValueError: ``modalities`` differs from the spec of the trainer's modality dropout.
+        """
+        dropout_spec = getattr(getattr(engine, "dropout", None), "spec", None)
+        if self._modalities is None:
+            self.spec = dropout_spec if dropout_spec is not None else self.spec
+        elif dropout_spec is not None:
+            self._modalities.check_same(dropout_spec, "the checkpoint handler", "the trainer's modality dropout")
 
     # -- Ctrl-C -----------------------------------------------------------------------------------------------
     def _install_sigint(self, engine: Engine) -> None:
@@ -215,8 +224,7 @@ class TrainingCheckpointHandler:
     def _generators(engine: Engine) -> dict[str, Any]:
         """The trainer's modality-dropout generator (its draws are not covered by the global RNGs)."""
         dropout = getattr(engine, "dropout", None)
-        drawer = getattr(dropout, "dropper", dropout)  # ModalityDropoutd draws through its array twin
-        return {"modality_dropout": drawer.R} if drawer is not None and hasattr(drawer, "R") else {}
+        return {"modality_dropout": dropout.R} if dropout is not None and hasattr(dropout, "R") else {}
 
     def payload(self, engine: Engine) -> dict[str, Any]:
         net = unwrap_model(engine.network)
@@ -224,18 +232,16 @@ class TrainingCheckpointHandler:
         if hparams is None:
             raise TypeError(f"{type(net).__name__} has no hparams; the checkpoint could not rebuild it")
         check_network_spec(hparams, self.spec, type(net).__name__)
-        teachers = self.teacher_state.state_dict() if self.teacher_state else {"teachers": [], "history": []}
         out: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
-            "method": self.method,
-            "network": {"name": self.network_name, "hparams": dict(hparams)},
+            "method": method_name(engine.method),
+            "network": {"name": network_name(net), "hparams": dict(hparams)},
             "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
             "modalities": list(self.spec.names),
             "modality_spec": self.spec.to_dict(),
             "regions": list(REGIONS),
             "label_convention": self.label_convention,
-            "teachers": teachers["teachers"],
-            "election_history": teachers["history"],
+            "method_state": engine.method.state_dict(),
             "iteration": int(engine.state.iteration),
             # completed epochs (after Ctrl-C the current one is not)
             "epoch": int(engine.state.iteration) // int(engine.state.epoch_length or 1)
@@ -274,7 +280,7 @@ class TrainingCheckpointHandler:
         if not self.path.is_file():
             return
         ckpt = load_checkpoint(self.path, map_location="cpu", modalities=self.spec)
-        lacking = [k for k in ("optimizer", "iteration", "teachers", "election_history") if k not in ckpt]
+        lacking = [k for k in ("optimizer", "iteration") if k not in ckpt]
         if lacking:
             origin = (
                 f"imported from {ckpt['imported_from']}" if ckpt.get("imported_from") else "not written by training"
@@ -283,9 +289,20 @@ class TrainingCheckpointHandler:
                 f"{self.path} is an inference checkpoint ({origin}; it lacks {', '.join(lacking)}): training cannot "
                 "resume from it; choose another ckpt_dir, or pass --resume False to train from scratch over it"
             )
-        if ckpt.get("network", {}).get("name") != self.network_name:
-            raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {self.network_name}")
         net = unwrap_model(engine.network)
+        name = network_name(net)
+        if ckpt.get("network", {}).get("name") != name:
+            raise ValueError(f"{self.path} holds a {ckpt['network'].get('name')} network, not {name}")
+        if ckpt.get("method") != method_name(engine.method):
+            raise ValueError(
+                f"{self.path} was trained with method {ckpt.get('method')!r}, the config runs "
+                f"{method_name(engine.method)!r}; use another ckpt_dir or the same method to resume"
+            )
+        if "method_state" not in ckpt:
+            raise ValueError(
+                f"{self.path} was written by lckd_med 0.3.0 or earlier: it loads for evaluation and inference, not "
+                "for resuming training; use another ckpt_dir"
+            )
         saved = ckpt["network"]["hparams"]
         complete = getattr(type(net), "complete_hparams", None)
         if (complete(saved) if complete is not None else dict(saved)) != dict(net.hparams):
@@ -299,8 +316,7 @@ class TrainingCheckpointHandler:
             engine.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and "scheduler" in ckpt:
             self._load_scheduler(ckpt["scheduler"])
-        if self.teacher_state is not None:
-            self.teacher_state.load_state_dict({"teachers": ckpt["teachers"], "history": ckpt["election_history"]})
+        engine.method.load_state_dict(ckpt["method_state"])
         # restored right before the first batch, after the loader's iterator has drawn its own seeds
         self._pending_rng = ckpt.get("rng")
         epoch_length = int(engine.state.epoch_length or 0)
@@ -318,12 +334,12 @@ class TrainingCheckpointHandler:
         if sampler is not None:
             sampler.set_start(iteration * int(engine.data_loader.batch_size or 1))
         logger.info(
-            "resumed from %s at iteration %d (epoch %d, phase %d, teachers %s)",
+            "resumed from %s at iteration %d (epoch %d, phase %d%s)",
             self.path,
             engine.state.iteration,
             engine.state.epoch,
             engine.state.phase,
-            "+".join(ckpt["teachers"]) or "-",
+            "".join(f", {k} {v or '-'}" for k, v in engine.method.status().items()),
         )
 
     def _restore_rng(self, engine: Engine) -> None:

@@ -4,11 +4,11 @@ As in the LCKD reference (train.py), the election runs after the first iteration
 iterations (iterations 1, 5001, 10001, ... -- the reference's 0-based ``i_iter % 5000 == 0``); optionally also at the
 switch to the missing-modality phase and at the end. The reference's phase-2 run starts from its ``--teachers``
 default again and re-runs one iteration index (``phase2_overlap``, see :mod:`lckd_med.engines.schedules`): the
-handler can reset the teachers to :class:`TeacherState`'s default before the first phase-2 iteration and shift the
-phase-2 schedule by the overlap. The current model segments the validation cases with each
-modality alone (whole volume, sliding window with uniform blending, one encoding per window); the mean score per
-region decides, per region (ET, TC, WT), which modality teaches. The teacher set is the union. Ties go to the
-modality that comes first in ``MODALITIES`` so every rank and every rerun agrees.
+handler can reset the teachers to their default (:meth:`lckd_med.methods.lckd.TeacherState.reset`, LCKD's state)
+before the first phase-2 iteration and shift the phase-2 schedule by the overlap. The current model segments the
+validation cases with each modality alone (whole volume, sliding window with uniform blending, one encoding per
+window); the mean score per region decides, per region (ET, TC, WT), which modality teaches. The teacher set is the
+union. Ties go to the modality that comes first in ``MODALITIES`` so every rank and every rerun agrees.
 
 Scores (:data:`ELECTION_SCORES`): ``"soft"`` (default, the reference's ``dice_score``): per case and region
 ``2 sum(p g) / (sum p + sum g + 1)`` with ``p`` the sigmoid probabilities; ``"legacy"``: the hard legacy BraTS Dice
@@ -33,6 +33,7 @@ from ignite.engine import Engine, Events
 
 from lckd_med.constants import NUM_REGIONS, REGIONS
 from lckd_med.engines.checkpoint import unwrap_model
+from lckd_med.methods.lckd import TeacherState
 from lckd_med.metrics import legacy_dice
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor
@@ -43,7 +44,6 @@ __all__ = [
     "ELECTION_COLUMNS",
     "ELECTION_SCORES",
     "soft_dice",
-    "TeacherState",
     "single_modality_dice",
     "elect_teachers",
     "TeacherElectionHandler",
@@ -55,43 +55,6 @@ ELECTION_FILE = "teacher_election.csv"
 #: ``"soft"``: the reference's soft Dice of the probabilities (default); ``"legacy"``: hard legacy BraTS Dice.
 ELECTION_SCORES: tuple[str, ...] = ("soft", "legacy")
 logger = logging.getLogger(__name__)
-
-
-class TeacherState:
-    """The current teachers and the election record, shared by the trainer, the election and the checkpoint.
-
-    Args:
-        default: teacher modality keys used before the first election. Default: none (no distillation until the
-            first election, which the reference runs after iteration 1); e.g. ``["t1ce"]`` builds in a prior.
-        modalities: the :class:`~lckd_med.modalities.ModalitySpec` whose modalities may teach (``None`` = BraTS);
-            the election handler scores its single-modality subsets.
-    """
-
-    def __init__(self, default: Sequence[str] = (), modalities: ModalitySpec | Mapping[str, Any] | None = None) -> None:
-        self.spec = spec_of(modalities)
-        default = list(default)
-        bad = [m for m in default if m not in self.spec.names]
-        if bad:
-            raise ValueError(f"default teachers {bad} are not modality keys {self.spec.names}")
-        #: the teachers before the first election (modality order)
-        self.default: tuple[str, ...] = tuple(m for m in self.spec.names if m in default)
-        self.teachers: list[str] = list(self.default)
-        self.history: list[dict[str, Any]] = []
-
-    def reset(self) -> None:
-        """Back to the default teachers (the election record is kept)."""
-        self.teachers = list(self.default)
-
-    def mask(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """``(M,)`` boolean teacher mask in modality order."""
-        return torch.tensor([m in self.teachers for m in self.spec.names], dtype=torch.bool, device=device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teachers": list(self.teachers), "history": [dict(r) for r in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teachers = [m for m in self.spec.names if m in state.get("teachers", [])] or self.teachers
-        self.history = [dict(r) for r in state.get("history", [])]
 
 
 def soft_dice(prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ checkpoint's description travels as safetensors text metadata, so the file alone
 ``format``             ``"lckd_med.safetensors/1"``
 ``network``            JSON ``{"name": ..., "hparams": {...}}``
 ``modalities``/``regions``  JSON lists (channel and output order), ``label_convention`` its name
-``method``, ``teachers``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
+``method``, ``method_state``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
 ``weights_sha256``     content hash of the weights (:func:`lckd_med.engines.checkpoint.weights_hash`), verified on read
 
 Optimiser, scheduler and RNG states are left out: the file is for inference and sharing, not for resuming. An
@@ -29,7 +29,6 @@ from safetensors.torch import save_file
 from lckd_med.constants import REGIONS, label_convention
 from lckd_med.engines.checkpoint import (
     CHECKPOINT_FORMAT,
-    NETWORK_REGISTRY,
     build_network,
     check_weights,
     checkpoint_spec,
@@ -37,6 +36,7 @@ from lckd_med.engines.checkpoint import (
     save_checkpoint,
     weights_hash,
 )
+from lckd_med.methods.registry import METHODS, network_classes
 from lckd_med.utils.io import atomic_path
 from lckd_med.utils.outputs import check_output_file
 
@@ -49,7 +49,7 @@ _JSON_KEYS = (
     "modality_spec",
     "regions",
     "method",
-    "teachers",
+    "method_state",
     "train_config",
     "subset_dice",
     "iteration",
@@ -99,8 +99,9 @@ def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
     network = ckpt.get("network")
     if not isinstance(network, dict) or not isinstance(network.get("name"), str):
         raise bad("network", 'must be {"name": ..., "hparams": {...}}')
-    if network["name"] not in NETWORK_REGISTRY:
-        raise bad("network", f"names an unknown network {network['name']!r} (known: {sorted(NETWORK_REGISTRY)})")
+    known = network_classes()
+    if network["name"] not in known:
+        raise bad("network", f"names an unknown network {network['name']!r} (known: {sorted(known)})")
     if not isinstance(network.get("hparams", {}), dict):
         raise bad("network", "has hparams that are not a dictionary")
     if not isinstance(ckpt.get("modalities"), list) or not all(isinstance(m, str) for m in ckpt["modalities"]):
@@ -115,10 +116,9 @@ def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
         raise bad(key, f"is invalid ({e})") from None
     if "iteration" in ckpt and (isinstance(ckpt["iteration"], bool) or not isinstance(ckpt["iteration"], int)):
         raise bad("iteration", f"must be a whole number, got {ckpt['iteration']!r}")
-    teachers = ckpt.get("teachers", [])
-    if not isinstance(teachers, list) or any(t not in ckpt["modalities"] for t in teachers):
-        raise bad("teachers", f"must list modalities of {ckpt['modalities']}, got {teachers!r}")
-    for key in ("train_config", "subset_dice"):
+    if "method" in ckpt and ckpt["method"] not in METHODS:
+        raise bad("method", f"names an unknown method {ckpt['method']!r} (registered: {list(METHODS)})")
+    for key in ("method_state", "train_config", "subset_dice"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             raise bad(key, "must be a dictionary")
     for subset, row in ckpt.get("subset_dice", {}).items():

@@ -6,9 +6,9 @@
 each key of :data:`SETTINGS` present in the config whose value is a plain value (not a ``$`` expression or ``@``
 reference) is parsed into its type (:mod:`lckd_med.utils.parse`) and written back, so ``"false"`` becomes ``False``
 everywhere and a bad value ends the run with one line, ``error: --batch_size must be a whole number >= 1, got 0``
-(exit status 1, no traceback; ``LCKD_DEBUG=1`` shows it). The same table serves all bundles (lckd, omd, their
-overlays): a key means the same thing in each. ``tests/engines/test_settings.py`` checks that every plain top-level
-key of every bundle config has an entry and that a bad value of each gives one line.
+(exit status 1, no traceback; ``LCKD_DEBUG=1`` shows it). The same table serves all bundles (lckd, omd, hemis,
+their overlays): a key means the same thing in each. ``tests/engines/test_settings.py`` checks that every plain
+top-level key of every bundle config has an entry and that a bad value of each gives one line.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from lckd_med.methods.registry import METHODS
 from lckd_med.metrics import HD95_METHODS
 from lckd_med.metrics.postprocess import POSTPROCESSINGS
 from lckd_med.networks.fusion import FILL_LEVELS
+from lckd_med.networks.omd_net import RESTORE_LEVELS
 from lckd_med.networks.presets import NETWORK_PRESETS, PRESETS
 from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, resolve_device
 from lckd_med.utils.parse import (
@@ -154,6 +155,7 @@ SETTINGS: Mapping[str, Setting] = {
     "filters": _ints(minimum=1, nullable=True),
     "share_encoder": Setting(optional(parse_bool), ("maybe", 2)),  # null: the preset's choice
     "fill_levels": _choice(FILL_LEVELS),
+    "restore_levels": _choice(RESTORE_LEVELS),
     "restore_kernel_size": _int(1),
     "translate_kernel_size": _int(1),
     # schedule and optimiser

@@ -3,15 +3,13 @@
 MONAI's ``SupervisedTrainer`` computes ``loss(pred, label)`` from one forward pass; missing-modality methods also
 need the availability mask, a phase-dependent modality dropout and their own loss terms. :class:`MethodTrainer`
 keeps MONAI's engine, events and handlers and replaces only ``_iteration``, which asks the method for
-``(loss, prediction, terms)``. :class:`LCKDTrainer` (and :class:`lckd_med.engines.OMDTrainer`) are the same engine
-with :attr:`MethodTrainer.method_name` set: they build their registered method from the keyword arguments its
-constructor takes.
+``(loss, prediction, terms)``. Every method runs on it (``method=build_method(name, ...)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,21 +18,12 @@ from monai.engines.utils import IterationEvents
 from monai.transforms import Randomizable
 from monai.utils import CommonKeys as Keys
 
-from lckd_med.data.transforms import (
-    IMAGE_KEY,
-    LABEL_KEY,
-    MASK_KEY,
-    ModalityDropout,
-    ModalityDropoutd,
-    drop_modalities_batch,
-)
-from lckd_med.engines.election import TeacherState
+from lckd_med.data.transforms import IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDropout, drop_modalities_batch
 from lckd_med.engines.progress import loss_terms
 from lckd_med.methods.base import TrainBatch, TrainingMethod
-from lckd_med.methods.registry import build_method, method_parameters
 from lckd_med.prediction import autocast_context
 
-__all__ = ["MethodTrainer", "LCKDTrainer", "loss_terms", "seed_if_unseeded"]
+__all__ = ["MethodTrainer", "loss_terms", "seed_if_unseeded"]
 
 
 def seed_if_unseeded(transform: Randomizable) -> None:
@@ -44,8 +33,7 @@ def seed_if_unseeded(transform: Randomizable) -> None:
     it, so without this two seeded runs would draw different subsets. Ranks of a distributed run share the
     torch seed, hence the rank offset.
     """
-    drawer = getattr(transform, "dropper", transform)  # ModalityDropoutd draws through its array twin
-    if drawer.R is Randomizable.R:
+    if transform.R is Randomizable.R:
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         transform.set_random_state(seed=(int(torch.randint(0, 2**31 - 1, ()).item()) + rank) % 2**31)
 
@@ -63,25 +51,21 @@ class MethodTrainer(SupervisedTrainer):
     ``modality_mask`` ``(B, 4)``.
 
     Args:
-        method: the training method (bound here to ``network`` and ``seg_loss``); ``None`` only in a subclass that
-            sets :attr:`method_name`, which builds that method from the keyword arguments its constructor takes.
+        method: the training method (:func:`lckd_med.methods.build_method`), bound here to ``network`` and
+            ``seg_loss``; the checkpoint handler saves its state.
         seg_loss: segmentation loss on logits ``(B, 3, *S)`` (passed to MONAI as ``loss_function``).
         dropout: the modality dropout of phase 2, drawn per batch or per sample as its ``granularity`` says; when
             not seeded by the caller it is seeded from torch's global generator here (so
             ``monai.utils.set_determinism`` makes phase 2 reproducible).
-        phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start; > 0 for
-            OMD mimics LCKD's warm-up, for ablations).
+        phase1_iterations: iterations with all sequences before dropout starts (0: dropout from the start).
         amp: bf16 autocast on CUDA (no gradient scaler: bf16 keeps fp32's exponent range).
         Other arguments as in :class:`monai.engines.SupervisedTrainer`.
 
     Raises:
-        TypeError: no ``method`` and no :attr:`method_name`; a method, dropout or method setting of the wrong type.
-        ValueError: ``phase1_iterations < 0``; a bad method setting.
+        TypeError: a method, network (see :meth:`~lckd_med.methods.TrainingMethod.bind`) or dropout of the wrong
+            type.
+        ValueError: ``phase1_iterations < 0``.
     """
-
-    #: A registered method (:data:`lckd_med.methods.METHODS`) built from the keyword arguments when ``method`` is
-    #: ``None`` (set by :class:`LCKDTrainer` and :class:`~lckd_med.engines.OMDTrainer`).
-    method_name: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -92,19 +76,16 @@ class MethodTrainer(SupervisedTrainer):
         optimizer: torch.optim.Optimizer,
         seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         dropout: ModalityDropout,
+        method: TrainingMethod,
         phase1_iterations: int = 0,
-        method: TrainingMethod | None = None,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = True,
         **kwargs: Any,
     ) -> None:
-        if method is None and self.method_name is not None:
-            accepted = method_parameters(self.method_name)
-            method = build_method(self.method_name, **{k: kwargs.pop(k) for k in list(kwargs) if k in accepted})
         if not isinstance(method, TrainingMethod):
             raise TypeError(f"method must be a lckd_med.methods.TrainingMethod, got {type(method).__name__}")
-        if not isinstance(dropout, (ModalityDropout, ModalityDropoutd)):
+        if not isinstance(dropout, ModalityDropout):
             raise TypeError(f"dropout must be a lckd_med.data.transforms.ModalityDropout, got {type(dropout).__name__}")
         if isinstance(phase1_iterations, bool) or not isinstance(phase1_iterations, int) or phase1_iterations < 0:
             raise ValueError(f"phase1_iterations must be an int >= 0, got {phase1_iterations!r}")
@@ -174,18 +155,3 @@ class MethodTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = loss.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
-
-
-class LCKDTrainer(MethodTrainer):
-    """:class:`MethodTrainer` running :class:`~lckd_med.methods.LCKDMethod` (``seg + kd_weight * KD``).
-
-    Takes :class:`~lckd_med.methods.LCKDMethod`'s arguments (``teacher_state``, ``kd_loss``, ``kd_weight``,
-    ``kd_levels``) as keywords beside :class:`MethodTrainer`'s, ``method`` excepted.
-    """
-
-    method_name = "lckd"
-
-    @property
-    def teacher_state(self) -> TeacherState:
-        """The method's teachers, shared with the election and checkpoint handlers."""
-        return self.method.teacher_state

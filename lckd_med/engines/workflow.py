@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 
-from lckd_med.prediction.device import resolve_device
-
 __all__ = [
     "bundles_root",
     "bundle_dir",
@@ -33,7 +31,6 @@ __all__ = [
     "ensure_synthetic",
     "make_optimizer",
     "epochs_for",
-    "pick_device",
     "setup_logging",
     "install_error_hook",
     "user_error_of",
@@ -50,7 +47,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def bundles_root() -> Path:
-    """Folder holding the bundles (``lckd``, ``omd``).
+    """Folder holding the bundles (``lckd`` and one folder per method with a bundle of its own: ``omd``, ``hemis``).
 
     An installed wheel ships them as package data, ``lckd_med/bundles`` (``pyproject.toml`` maps the repository's
     top-level ``bundles/`` there); a source checkout, editable install or not, has them beside the package, in the
@@ -299,10 +296,6 @@ def epochs_for(num_iterations: int, epoch_length: int) -> int:
     if num_iterations < 1 or epoch_length < 1:
         raise ValueError(f"num_iterations and epoch_length must be >= 1, got {num_iterations}, {epoch_length}")
     return math.ceil(num_iterations / epoch_length)
-
-
-#: the one device resolver (:mod:`lckd_med.prediction.device`), under its bundle-config name
-pick_device = resolve_device
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -40,7 +40,7 @@ def _rows(logits: Any, idx: torch.Tensor) -> Any:
 
 
 class OMDMethod(TrainingMethod):
-    """Restoration + shared cross translation trained in one stage (needs an :class:`~lckd_med.networks.OMDNet`).
+    """Restoration + shared cross translation trained in one stage (trains an :class:`~lckd_med.networks.OMDNet`).
 
     Args:
         mmd_loss: marginal adaptation term; ``None`` = :class:`~lckd_med.losses.FeatureMMDLoss` defaults.
@@ -49,14 +49,16 @@ class OMDMethod(TrainingMethod):
         kl_weight: weight of the KL term (0 disables it).
         real_seg_weight: weight of the segmentation loss of the prediction from real features (the in-step
             teacher; 0 trains it only through the shared layers).
-        mmd_levels: encoder levels whose restorations enter the MMD (``None`` = all; ``-1`` = bottleneck).
+        mmd_levels: encoder levels whose restorations enter the MMD (``None`` = every level the network restores,
+            see its ``restore_levels``; ``-1`` = bottleneck).
 
     Raises:
         TypeError: a weight is not a number; :meth:`bind` with a network that is not an OMDNet.
-        ValueError: a negative weight, bad ``mmd_levels``.
+        ValueError: a negative weight, bad ``mmd_levels`` (at :meth:`bind`: a level the network does not restore).
     """
 
-    network_family = "omd"
+    label = "OMD"
+    network_class = OMDNet
 
     def __init__(
         self,
@@ -81,12 +83,11 @@ class OMDMethod(TrainingMethod):
         self.kl_loss = kl_loss if kl_loss is not None else TemperatureKLLoss()
 
     def bind(self, network: torch.nn.Module, seg_loss: Callable[[Any, torch.Tensor], torch.Tensor]) -> None:
+        super().bind(network, seg_loss)  # checks the network class
         bare = network.module if hasattr(network, "module") else network
-        if not isinstance(bare, OMDNet):
-            raise TypeError(f"OMD needs an OMDNet (possibly DDP-wrapped), got {type(bare).__name__}")
-        num_levels = bare.num_levels
+        num_levels, restored = bare.num_levels, bare.fusions.restored_levels
         if self._mmd_levels_arg is None:
-            self.mmd_levels = list(range(num_levels))
+            self.mmd_levels = list(restored)
         else:
             given = self._mmd_levels_arg
             bad = [v for v in given if isinstance(v, bool) or not isinstance(v, int)]
@@ -96,7 +97,11 @@ class OMDMethod(TrainingMethod):
                     f"mmd_levels {list(given)} has invalid entries {bad}; the network has {num_levels} levels"
                 )
             self.mmd_levels = sorted({int(v) % num_levels for v in given})
-        super().bind(network, seg_loss)
+            if set(self.mmd_levels) - set(restored):
+                raise ValueError(
+                    f"mmd_levels {list(given)} names levels the network does not restore (restore_levels "
+                    f"{bare.restore_levels!r} restores {restored})"
+                )
 
     def compute_loss(self, batch: TrainBatch, phase: int) -> tuple[torch.Tensor, Any, dict[str, torch.Tensor]]:
         out = self.network(batch.image, batch.mask, available=batch.available)

@@ -1,6 +1,9 @@
 """lckd_med.networks: missing-modality segmentation networks (encoders, fusion strategies, shared decoder; the LCKD
 reference network; RFNet and mmFormer with the converters of their published checkpoints).
 
+:data:`NETWORKS` (``registry.py``) names the network classes a checkpoint may hold; registering a new class defined
+here is one line there.
+
 Importing this package registers :class:`SafeInstanceNorm` in MONAI's ``Norm`` factory as ``"safeinstance"``.
 """
 
@@ -25,6 +28,7 @@ from lckd_med.networks.omd_net import (
 from lckd_med.networks.presets import DEFAULT_PRESET, NETWORK_PRESETS, PRESETS, build_preset, preset_hparams
 from lckd_med.networks.protocol import SegmentationNetwork
 from lckd_med.networks.reference_net import ReferenceLCKDNet
+from lckd_med.networks.registry import NETWORKS
 from lckd_med.networks.rfnet import PUBLISHED_RECIPE, RFNET_FILTERS, RFNet, RFNetOutput
 from lckd_med.networks.rfnet_import import (
     PUBLISHED_MODALITIES,
@@ -56,6 +60,7 @@ __all__ = [
     "OMDFusion",
     "ModalityRestoration",
     "CrossTranslation",
+    "NETWORKS",
     "PRESETS",
     "NETWORK_PRESETS",
     "DEFAULT_PRESET",

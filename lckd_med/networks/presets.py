@@ -1,9 +1,12 @@
-"""Named network configurations (presets) for both methods, and the builder the bundles use.
+"""Named network configurations (presets) for every :class:`~lckd_med.networks.model.MissingModalityNet`.
 
 A preset fixes the architecture (channels per level, the stride of the first level, the full-resolution head);
-the method (``"lckd"`` -> :class:`~lckd_med.networks.lckd_net.LCKDNet`, ``"omd"`` ->
-:class:`~lckd_med.networks.omd_net.OMDNet`) and every other constructor argument (``fill_levels``,
-``share_encoder``, ...) are given separately. Compute per input voxel (``FlopCounterMode``, see
+the network class (:class:`~lckd_med.networks.lckd_net.LCKDNet`, :class:`~lckd_med.networks.omd_net.OMDNet`, a
+method's own, e.g. HeMIS's) and every other constructor argument (``fill_levels``, ``share_encoder``, ...) are
+given separately. The bundles build their network through the method
+(:meth:`lckd_med.methods.TrainingMethod.build_network`), which calls :func:`build_preset` with its class.
+
+Compute per input voxel (``FlopCounterMode``, see
 ``docs/performance.md``, measured by ``python -m lckd_med.benchmarks.suite``):
 
 =============== ======================== ============ ===================================================
@@ -16,9 +19,10 @@ preset          channels per level       first stride  purpose
                                                        U-Net at full resolution (2.6 MFLOP/voxel to train)
 =============== ======================== ============ ===================================================
 
-``reference`` (LCKD only) is not a U-Net configuration but the LCKD reference network itself, one shared ResNet-50 +
-ASPP encoder and the reference decoder (:mod:`lckd_med.networks.reference_net`, 43,656,672 parameters, 1.06
-MFLOP/voxel to train): :func:`build_preset` builds it from :data:`NETWORK_PRESETS`.
+``reference`` (LCKD and its baselines) is not a U-Net configuration but the LCKD reference network itself, one
+shared ResNet-50 + ASPP encoder and the reference decoder (:mod:`lckd_med.networks.reference_net`, 43,656,672
+parameters, 1.06 MFLOP/voxel to train): :func:`build_preset` builds it from :data:`NETWORK_PRESETS` in place of
+:class:`~lckd_med.networks.lckd_net.LCKDNet`.
 
 Axis order is the project's ``(H, W, D)`` (D = axial slices), so ``(2, 2, 1)`` halves the in-plane resolution
 only, as the reference's first convolution does on its ``(D, H, W)`` crops.
@@ -33,10 +37,10 @@ from typing import Any
 from lckd_med.networks.encoder import SPATIAL_DIMS, check_filters, check_spatial_dims
 from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.model import MissingModalityNet
-from lckd_med.networks.omd_net import OMDNet
 from lckd_med.networks.reference_net import REFERENCE_PRESET, build_reference_preset
+from lckd_med.networks.registry import NETWORKS
 
-__all__ = ["PRESETS", "NETWORK_PRESETS", "DEFAULT_PRESET", "METHODS", "preset_hparams", "build_preset"]
+__all__ = ["PRESETS", "NETWORK_PRESETS", "DEFAULT_PRESET", "preset_hparams", "build_preset"]
 
 #: Preset name -> architecture: ``filters`` per level, ``stem_stride`` (stride of the first level; the other levels
 #: halve every axis) and ``head_filters`` of the full-resolution head (``None``: the network's default,
@@ -50,16 +54,27 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         ),
     }
 )
-#: Presets that are whole networks of their own: name -> ``builder(method, **overrides)``.
+#: Presets that are whole networks of their own: name -> ``builder(network_class, **overrides)``, where
+#: ``network_class`` is the class the method would otherwise build (the builder refuses classes it does not replace).
 NETWORK_PRESETS: Mapping[str, Any] = MappingProxyType({REFERENCE_PRESET: build_reference_preset})
 #: The preset the bundles and the benchmark suite use unless told otherwise.
 DEFAULT_PRESET = "lean"
-#: Method name -> network class.
-METHODS: Mapping[str, type[MissingModalityNet]] = MappingProxyType({"lckd": LCKDNet, "omd": OMDNet})
 
 
-def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> dict[str, Any]:
-    """Constructor arguments of preset ``name`` for ``method``, with ``overrides`` applied.
+def _network(network: type[MissingModalityNet] | str) -> type[MissingModalityNet]:
+    if isinstance(network, str):
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; registered: {sorted(NETWORKS)}")
+        network = NETWORKS[network]
+    if not (isinstance(network, type) and issubclass(network, MissingModalityNet)):
+        raise TypeError(f"network presets build MissingModalityNet subclasses, got {network!r}")
+    return network
+
+
+def preset_hparams(
+    name: str = DEFAULT_PRESET, network: type[MissingModalityNet] | str = LCKDNet, **overrides: Any
+) -> dict[str, Any]:
+    """Constructor arguments of preset ``name`` for the ``network`` class, with ``overrides`` applied.
 
     Overrides set to ``None`` are ignored (bundle configs pass ``null`` for "the preset's value"). Overriding
     ``filters`` keeps the preset's stem: the strides become ``stem_stride`` then 2 for every further level; the
@@ -69,25 +84,30 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
 
     Args:
         name: a key of :data:`PRESETS`.
-        method: a key of :data:`METHODS`.
-        overrides: any constructor argument of the method's network.
+        network: a :class:`~lckd_med.networks.model.MissingModalityNet` subclass, or the name of one in
+            :data:`lckd_med.networks.NETWORKS`.
+        overrides: any constructor argument of the network.
 
     Returns:
-        keyword arguments for the network class (``METHODS[method](**hparams)``).
+        keyword arguments for the network class (``network(**hparams)``).
 
     Raises:
-        ValueError: unknown preset, method or argument.
+        ValueError: unknown preset, network or argument.
+        TypeError: ``network`` is not a MissingModalityNet class.
     """
     if name not in PRESETS:
+        if name in NETWORK_PRESETS:
+            raise ValueError(
+                f"network preset {name!r} is a whole network with no U-Net hyper-parameters; use build_preset"
+            )
         raise ValueError(f"unknown network preset {name!r}; choose from {sorted([*PRESETS, *NETWORK_PRESETS])}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
+    cls = _network(network)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     preset = PRESETS[name]
-    allowed = METHODS[method].hparam_names()
+    allowed = cls.hparam_names()
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise ValueError(f"unknown {METHODS[method].__name__} arguments {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(f"unknown {cls.__name__} arguments {unknown}; allowed: {sorted(allowed)}")
     filters = check_filters(overrides.get("filters", preset["filters"]))
     dims = check_spatial_dims(overrides.get("spatial_dims", SPATIAL_DIMS))
     # a 2-D network keeps the stem's stride of the two in-plane axes (H, W); the 3-D stems halve only those anyway
@@ -103,15 +123,19 @@ def preset_hparams(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides
     return hparams
 
 
-def build_preset(name: str = DEFAULT_PRESET, method: str = "lckd", **overrides: Any) -> MissingModalityNet:
-    """The network of preset ``name`` for ``method`` (untrained); see :func:`preset_hparams`.
+def build_preset(
+    name: str = DEFAULT_PRESET, network: type[MissingModalityNet] | str = LCKDNet, **overrides: Any
+) -> MissingModalityNet:
+    """The ``network`` of preset ``name`` (untrained); see :func:`preset_hparams`.
 
-    Example (what ``bundles/lckd/train.json`` does)::
+    Example (what ``bundles/lckd/train.json`` builds, through ``LCKDMethod.build_network``)::
 
-        net = build_preset("lean", "lckd", fill_levels="bottleneck", filters=None)
+        net = build_preset("lean", LCKDNet, fill_levels="bottleneck", filters=None)
 
-    ``name`` may also be a key of :data:`NETWORK_PRESETS` (``"reference"``).
+    ``name`` may also be a key of :data:`NETWORK_PRESETS` (``"reference"``): its builder gets the network class and
+    refuses the classes its network cannot stand in for.
     """
+    cls = _network(network)
     if name in NETWORK_PRESETS:
-        return NETWORK_PRESETS[name](method, **overrides)
-    return METHODS[method](**preset_hparams(name, method, **overrides))
+        return NETWORK_PRESETS[name](cls, **overrides)
+    return cls(**preset_hparams(name, cls, **overrides))

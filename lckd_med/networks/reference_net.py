@@ -38,6 +38,7 @@ from torch import nn
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.networks.fusion import FILL_LEVELS, MeanFillFusion, mean_fill
+from lckd_med.networks.lckd_net import LCKDNet
 from lckd_med.networks.model import MissingModalityNet, positive_int
 from lckd_med.networks.resnet_aspp import (
     ENCODER_CHANNELS,
@@ -218,20 +219,25 @@ class ReferenceLCKDNet(MissingModalityNet):
 _NEUTRAL = {"share_encoder": True, "filters": None}
 
 
-def build_reference_preset(method: str = "lckd", **overrides: Any) -> ReferenceLCKDNet:
-    """``network_preset reference``: the reference network for ``method`` (LCKD and its baselines only).
+def build_reference_preset(network: type[nn.Module] = LCKDNet, **overrides: Any) -> ReferenceLCKDNet:
+    """``network_preset reference``: the reference network in place of ``network``, the class the method trains
+    (:class:`~lckd_med.networks.lckd_net.LCKDNet`: LCKD and its baselines, whose methods list
+    :class:`ReferenceLCKDNet` among their ``other_networks``).
 
     Overrides set to ``None`` are ignored (bundle configs pass ``null`` for "the preset's value"), as is
     ``share_encoder=True`` (the encoder is shared by construction); the others must be :class:`ReferenceLCKDNet`
     arguments.
 
     Raises:
-        ValueError: ``method`` other than ``"lckd"``, ``share_encoder=False``, ``filters`` or an unknown argument.
+        ValueError: ``network`` other than LCKDNet (or ReferenceLCKDNet), ``share_encoder=False``, ``filters`` or an
+            unknown argument.
     """
-    if method != "lckd":
+    if network not in (LCKDNet, ReferenceLCKDNet):
+        name = getattr(network, "__name__", repr(network))
         raise ValueError(
-            f"network_preset {REFERENCE_PRESET!r} is the LCKD reference network; method {method!r} needs a U-Net "
-            "preset (its modules are defined on per-modality U-Net features)"
+            f"network_preset {REFERENCE_PRESET!r} is the LCKD reference network and stands in for LCKDNet only (LCKD "
+            f"and its baselines); a method training {name} needs a U-Net preset (its modules are defined on "
+            "per-modality U-Net features)"
         )
     given = {k: v for k, v in overrides.items() if v is not None and not (k in _NEUTRAL and v == _NEUTRAL[k])}
     if "share_encoder" in given:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lckd_med.benchmarks import flops, suite, sweep, train_step
+from lckd_med.methods import METHODS
 from lckd_med.networks import build_preset
 
 #: Smallest crop of the 5-level lean network's size divisor (32, 32, 16): per-voxel counts are exact at any crop.
@@ -117,7 +118,22 @@ def test_sweep_benchmark_outputs_agree(tmp_path, capsys):
     assert res["sweep_s"] > 0 and res["separate_s"] > 0
 
 
-@pytest.mark.parametrize("method", ["lckd", "omd"])
+def test_suite_covers_every_registered_method_under_every_preset():
+    kinds = [kind for kind, _ in suite.MODELS.values()]
+    assert all(kinds.count(name) == len(suite.PRESETS) for name in METHODS)
+    assert set(kinds) == {*METHODS, train_step.PEER}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_step_is_counted(method):
+    """FLOPs of each method's own training step (its compute_loss) at tiny widths: both phases, inference, sweep."""
+    net = METHODS[method].build_network("lean", filters=[4, 8])
+    res = flops.flops_per_voxel(net, method, (8, 8, 4))
+    assert res["train"] > res["infer"] > 0 and res["sweep15"] <= res["passes15"]
+    assert ("train_phase2" in res) is METHODS[method].drops_modalities
+
+
+@pytest.mark.parametrize("method", list(METHODS))
 def test_train_step_benchmark(capsys, method):
     argv = ["--filters", "4", "8", "--roi", "8", "8", "8", "--steps", "1", "--device", "cpu", "--method", method]
     assert train_step.main(argv) == 0

@@ -77,4 +77,4 @@ def test_two_process_training_elects_the_same_teachers(tmp_path):
         "tensorboard",
     ]
     teachers = elections[0][-1][2].split("teachers ")[-1]
-    assert "+".join(ckpt["teachers"]) == teachers
+    assert "+".join(ckpt["method_state"]["teachers"]) == teachers

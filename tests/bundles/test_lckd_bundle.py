@@ -74,15 +74,15 @@ def test_training_writes_model_and_election_record(work, trained):
     ckpt = load_checkpoint(work / "models" / "model.pt")
     assert (ckpt["iteration"], ckpt["phase"]) == (8, 2)
     assert ckpt["network"]["hparams"]["filters"] == [4, 8, 16] and ckpt["train_config"]["roi_size"] == [16, 16, 16]
-    assert ckpt["teachers"] and ckpt["label_convention"] == "brats2018"
+    assert ckpt["method_state"]["teachers"] and ckpt["label_convention"] == "brats2018"
     election = pd.read_csv(work / "out" / "teacher_election.csv")
     assert list(election.columns) == list(ELECTION_COLUMNS)
     # the reference schedule: after the first iteration (interval 0: no periodic ones, no phase-switch election by
     # default) and at the end of training (8); the checkpoint holds the final one
     assert sorted(election["iteration"].unique()) == [1, 8] and len(election) == 2 * 12
     last = election[(election["iteration"] == 8) & election["elected"]]
-    assert sorted(ckpt["teachers"]) == sorted(set(last["modality"]))
-    assert len(ckpt["election_history"]) == len(election)
+    assert sorted(ckpt["method_state"]["teachers"]) == sorted(set(last["modality"]))
+    assert len(ckpt["method_state"]["history"]) == len(election)
     assert (work / "out" / "datalist.json").is_file() and any((work / "out" / "tensorboard").iterdir())
     assert not any((work / "cwd").iterdir())  # nothing written to the working directory
     assert "teacher election at iteration 1" in trained.stdout + trained.stderr

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
+from lckd_med.demo import method_bundles
 from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
-from lckd_med.networks import LCKDNet, OMDNet
+from lckd_med.methods import METHODS
 from tests.testkit import checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLES = ("lckd", "omd")
+BUNDLES = tuple(method_bundles())
 #: Mandatory keys of metadata.json (MONAI bundle specification, "metadata.json File", with the 2024-07-25 schema's
 #: ``required_packages_version`` in place of ``optional_packages_version``), plus the optional keys the model zoo's
 #: checks read (``changelog``, holding the current version) and the descriptive ones we fill.
@@ -94,21 +95,21 @@ def test_tensor_specifiers(bundle, side, name, order):
     assert len(spec["spatial_shape"]) == 3 and spec["dtype"] == "float32"
 
 
-@pytest.mark.parametrize("bundle, cls, name", [("lckd", LCKDNet, "LCKDNet"), ("omd", OMDNet, "OMDNet")])
-def test_verify_net_in_out(bundle, cls, name, tmp_path):
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_verify_net_in_out(bundle, tmp_path):
     from monai.bundle import verify_net_in_out
 
     torch.manual_seed(0)
-    net = cls(filters=(4, 8, 16))
+    net = METHODS[bundle].build_network("fullres", filters=[4, 8, 16])
     save_checkpoint(tmp_path / "model.pt", checkpoint_payload(net))
-    assert load_checkpoint(tmp_path / "model.pt")["network"]["name"] == name
+    assert load_checkpoint(tmp_path / "model.pt")["network"]["name"] == METHODS[bundle].network_class.__name__
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         verify_net_in_out(
             net_id="network_def",
             meta_file=str(REPO / "bundles" / bundle / "metadata.json"),
-            # OMD's inference.json is an overlay of LCKD's that only names its folder
+            # another method's inference.json is an overlay of LCKD's that only names its folder
             config_file=[str(REPO / "bundles" / b / "inference.json") for b in dict.fromkeys(("lckd", bundle))],
             device="cpu",
             n=2,

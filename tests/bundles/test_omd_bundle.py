@@ -1,4 +1,6 @@
-"""The omd bundle: overlays of the lckd bundle's configs; same outputs; tiny train -> evaluate -> inference.
+"""The omd bundle: its recipe as an overlay of the lckd bundle's configs; tiny train -> evaluate -> inference.
+
+The rules every method's bundle follows (files, overlays that only name the folder) are in ``test_configs.py``.
 
 OMD's configs are overlays merged after LCKD's (MONAI merges a config-file list, later files override):
 ``['bundles/lckd/train.json','bundles/omd/train.json']`` (+ ``bundles/lckd/demo.json``, ``bundles/omd/demo.json`` for
@@ -24,70 +26,27 @@ from lckd_med.engines.checkpoint import load_checkpoint
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.reports import REPORT_FILES
+from tests.testkit import merged_config
 
 OMD = Path(bundle_dir("omd"))
 LCKD = Path(bundle_dir("lckd"))
-
-
-def _files(bundle: Path) -> set[str]:
-    return {p.name for p in bundle.iterdir() if p.is_file() and not p.name.startswith(".")}
 
 
 def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_same_files_as_the_lckd_bundle_but_the_multi_gpu_overlay():
-    # LCKD's multi-GPU and bf16 (fast.json) overlays serve both; reference_exact.json is LCKD's reference recipe
-    assert _files(OMD) == _files(LCKD) - {"multi_gpu_train.json", "fast.json", "reference_exact.json"}
-
-
-def _merged(*paths: Path) -> dict:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in paths])
-    return parser.get()
-
-
-def _blocks(path: Path, size: int = 6) -> set[tuple[str, ...]]:
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    return {tuple(lines[i : i + size]) for i in range(len(lines) - size + 1)}
-
-
-def _config_blocks(bundle: Path) -> set[tuple[str, ...]]:
-    return set().union(*(_blocks(p) for p in bundle.glob("*.json") if p.name != "metadata.json"))
-
-
-def test_configs_share_no_block_with_lckd():
-    """The OMD configs are overlays holding only what differs: no six-line block of any OMD config appears in any
-    LCKD config (metadata.json aside: both describe the same exported network)."""
-    assert {p.name for p in OMD.glob("*.json")} >= {"train.json", "demo.json", "evaluate.json", "inference.json"}
-    assert _config_blocks(OMD) & _config_blocks(LCKD) == set()
-
-
-@pytest.mark.parametrize("name", ["evaluate.json", "inference.json"])
-def test_evaluate_and_inference_overlays_only_name_the_omd_folder(name):
-    """Evaluation and inference rebuild whatever network the checkpoint describes: OMD runs LCKD's configs."""
-    assert _json(OMD / name) == {"bundle_root": "$lckd_med.engines.bundle_dir('omd')"}
-    merged, lckd = _merged(LCKD / name, OMD / name), _json(LCKD / name)
-    merged.pop("_meta_")
-    assert merged.pop("bundle_root") == "$lckd_med.engines.bundle_dir('omd')"
-    lckd.pop("bundle_root")
-    assert merged == lckd
-
-
 def test_merged_config_is_omd():
     from monai.bundle import ConfigParser
 
     lckd = _json(LCKD / "train.json")
-    omd = _merged(LCKD / "train.json", OMD / "train.json")
+    omd = merged_config(LCKD / "train.json", OMD / "train.json")
     assert set(omd) >= set(lckd)
     for key in ("dataset_dir", "output_dir", "ckpt_dir", "datalist", "datalist_file", "label_convention", "run"):
         assert omd[key] == lckd[key], key
     assert omd["bundle_root"] == "$lckd_med.engines.bundle_dir('omd')"
-    assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.networks.build_preset"
-    # the network follows the method: its network_family (a key of lckd_med.networks.presets.METHODS)
+    assert omd["network_def"]["_target_"] == lckd["network_def"]["_target_"] == "lckd_med.methods.build_network"
+    # the network follows the method: the registered method builds its own network class
     parsed = {}
     for name, files in {"omd": (LCKD / "train.json", OMD / "train.json"), "lckd": (LCKD / "train.json",)}.items():
         parser = ConfigParser()
@@ -102,8 +61,8 @@ def test_merged_config_is_omd():
     assert omd["train"]["trainer"]["_target_"] == "lckd_med.engines.MethodTrainer"
     assert (omd["method_name"], lckd["method_name"]) == ("omd", "lckd")
     assert omd["phase1_iterations"] == 0  # one stage
-    assert omd["method_handlers"] == [] and omd["teacher_state"] is None  # no election, no teachers
-    demo = _merged(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
+    assert omd["method_handlers"] == []  # no election
+    demo = merged_config(LCKD / "train.json", OMD / "train.json", LCKD / "demo.json", OMD / "demo.json")
     assert demo["phase1_iterations"] == 0 and demo["mmd_max_samples"] == 256
     # the demo's 300 CPU iterations learn TC/ET only with the BCE averaged over regions (docs/omd.md)
     assert demo["bce_reduction"] == "mean" and omd["bce_reduction"] == "sum_channels"
@@ -137,7 +96,7 @@ def test_tiny_training_then_evaluation_through_the_cli(tmp_path):
     ckpt = load_checkpoint(tmp_path / "models" / "model.pt")
     assert ckpt["network"]["name"] == "OMDNet" and ckpt["method"] == "omd" and ckpt["iteration"] == 2
     assert ckpt["train_config"]["roi_size"] == [32, 32, 32] and ckpt["train_config"]["kl_temperature"] == 2.0
-    assert ckpt["teachers"] == []
+    assert ckpt["method_state"] == {}  # OMD keeps no state beside the network and optimizer
     assert (tmp_path / "out" / "tensorboard").is_dir()
 
     evaluate = [

@@ -19,7 +19,7 @@ from lckd_med.data.pipelines import (
     train_transforms,
     train_transforms_split,
 )
-from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, LABEL_KEY, MASK_KEY, ModalityDropoutd
+from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, LABEL_KEY, MASK_KEY
 
 SHAPE = (24, 24, 16)
 # BraTS affine (LPS: x and y flipped, y origin on the last voxel), scaled to the tiny grid
@@ -109,25 +109,9 @@ def test_train_foreground_bias(tmp_path):
         assert sample[LABEL_KEY][(wt, *centre)] == 1  # patch centred on a foreground voxel
 
 
-def test_train_with_dropout(tmp_path):
-    entry, _ = make_case(tmp_path)
-    chain = train_transforms(ROI, num_samples=20, dropout_prob=1.0, max_kept=3, dropout_distribution="uniform_size")
-    chain.set_random_state(seed=3)
-    subsets = set()
-    for sample in chain(entry):
-        mask = sample[MASK_KEY]
-        assert 1 <= int(mask.sum()) <= 3
-        flat = sample[IMAGE_KEY].reshape(4, -1)
-        assert torch.count_nonzero(flat[~mask]) == 0 and (flat[mask] != 0).any(1).all()
-        subsets.add(tuple(mask.tolist()))
-    assert len(subsets) > 3
-    assert any(isinstance(t, ModalityDropoutd) for t in chain.transforms)
-    assert not any(isinstance(t, ModalityDropoutd) for t in train_transforms(ROI).transforms)
-
-
 def test_train_determinism(tmp_path):
     entry, _ = make_case(tmp_path)
-    chain = train_transforms(ROI, num_samples=2, dropout_prob=0.5)
+    chain = train_transforms(ROI, num_samples=2)
     chain.set_random_state(seed=7)
     a = chain(dict(entry))
     chain.set_random_state(seed=7)
@@ -141,10 +125,10 @@ def test_train_determinism(tmp_path):
 
 def test_split_prefix_is_deterministic_and_cached(tmp_path):
     entry, _ = make_case(tmp_path)
-    prefix, suffix = train_transforms_split(ROI, dropout_prob=0.5)
+    prefix, suffix = train_transforms_split(ROI)
     assert not any(isinstance(t, Randomizable) for t in prefix.transforms)
     assert isinstance(suffix.transforms[0], RandCropByPosNegLabeld)
-    full = train_transforms(ROI, dropout_prob=0.5)
+    full = train_transforms(ROI)
     first_random = full.get_index_of_first(lambda t: isinstance(t, Randomizable))
     assert first_random == len(prefix.transforms)
     ds = CacheDataset([entry], transform=full, progress=False, num_workers=0)
@@ -273,12 +257,6 @@ def test_recipe_intensity_defaults_to_the_former_normalisation():
         ({"pos": 0.0, "neg": 0.0}, ValueError),
         ({"pos": "1"}, TypeError),
         ({"augment": "yes"}, TypeError),
-        ({"dropout_prob": 1.5}, ValueError),
-        ({"dropout_prob": -0.1}, ValueError),
-        ({"dropout_prob": 0.5, "dropout_distribution": "gaussian"}, ValueError),
-        ({"dropout_prob": 0.5, "dropout_distribution": {}}, ValueError),
-        ({"dropout_prob": 0.5, "dropout_distribution": {"t5": 1.0}}, ValueError),
-        ({"dropout_prob": 0.5, "max_kept": 0}, ValueError),
         ({"flip_prob": 2.0}, ValueError),
         ({"intensity_scale": -0.1}, ValueError),
         ({"intensity_shift": -0.1}, ValueError),

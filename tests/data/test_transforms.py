@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose
 
 from lckd_med.constants import (
     BRATS_2023,
@@ -35,7 +34,6 @@ from lckd_med.data.transforms import (
     MaskMissingModalities,
     MaskMissingModalitiesd,
     ModalityDropout,
-    ModalityDropoutd,
     code_to_mask,
     drop_modalities_batch,
     mask_to_code,
@@ -426,29 +424,6 @@ def test_dropout_determinism_and_batch_equals_single():
     assert not torch.equal(drop_modalities_batch(images, masks, batch)[1], out_mask)
 
 
-def test_dropoutd_dict_and_compose_seed():
-    t = ModalityDropoutd(keys=IMAGE_KEY, prob=1.0, max_kept=2)
-    chain = Compose([t])
-    sample = {IMAGE_KEY: torch.ones(4, 2, 2, 2), MASK_KEY: torch.tensor([True, True, False, True])}
-    chain.set_random_state(seed=3)
-    first = [chain(dict(sample))[MASK_KEY] for _ in range(20)]
-    chain.set_random_state(seed=3)
-    second = [chain(dict(sample))[MASK_KEY] for _ in range(20)]
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
-    assert len({tuple(m.tolist()) for m in first}) > 1
-    for m in first:
-        assert 1 <= int(m.sum()) <= 2 and not m[2]
-    out = t(dict(sample))
-    assert torch.count_nonzero(out[IMAGE_KEY][~out[MASK_KEY]]) == 0
-
-
-def test_dropoutd_infeasible_mapping_names_case():
-    t = ModalityDropoutd(prob=1.0, distribution={"t1ce+t2": 1.0})
-    sample = {IMAGE_KEY: torch.ones(4, 2, 2, 2), MASK_KEY: torch.tensor([True, True, True, False]), CASE_KEY: "c9"}
-    with pytest.raises(ValueError, match=r"case 'c9'.*no subset"):
-        t(sample)
-
-
 def test_batch_helper_infeasible_rows():
     dropper = ModalityDropout(prob=1.0, distribution={"t2": 1.0})
     masks = torch.tensor([[True, True, True, True], [True, True, True, False]])
@@ -500,8 +475,6 @@ def test_batch_helper_bad_arguments(images, masks, transform, exc):
 def test_dropout_bad_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ModalityDropout(**kwargs)
-    with pytest.raises(exc, match=match):
-        ModalityDropoutd(**kwargs)
 
 
 def test_dropout_rejects_wrong_channel_count_and_empty_availability():

@@ -17,10 +17,10 @@ from lckd_med.data.synthetic import write_dataset
 from lckd_med.data.transforms import ModalityDropout
 from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
 from lckd_med.engines.checkpoint_handler import CHECKPOINT_NAME, TrainingCheckpointHandler
-from lckd_med.engines.election import TeacherState
-from lckd_med.engines.trainer import LCKDTrainer
+from lckd_med.engines.trainer import MethodTrainer
 from lckd_med.engines.workflow import bundle_dir
-from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
+from lckd_med.losses import segmentation_loss
+from lckd_med.methods import LCKDMethod, NoDistillationMethod, TeacherState
 from lckd_med.modalities import ModalitySpec
 from lckd_med.networks import LCKDNet
 
@@ -49,6 +49,7 @@ def _trainer(
     total_iters: int | None = None,
     seed: int = 0,
     phase1_iterations: int = 10**6,
+    method: object = None,
     **handler_kwargs,
 ):
     """Trainer + checkpoint handler + per-iteration polynomial LR; all modalities (phase 1) unless told."""
@@ -58,33 +59,29 @@ def _trainer(
     scheduler = torch.optim.lr_scheduler.PolynomialLR(
         optimizer, total_iters=total_iters or max_epochs * EPOCH_LENGTH, power=0.9
     )
-    state = TeacherState(default=["t1ce"])
     handler = TrainingCheckpointHandler(
         ckpt_dir,
-        "LCKDNet",
-        teacher_state=state,
         scheduler=scheduler,
         train_config={"roi_size": [SIZE] * 3},
         **handler_kwargs,
     )
     dropout = ModalityDropout(prob=1.0, max_kept=3)
     dropout.set_random_state(0)
-    trainer = LCKDTrainer(
+    trainer = MethodTrainer(
         device="cpu",
         max_epochs=max_epochs,
         train_data_loader=_data(),
         network=net,
         optimizer=optimizer,
         seg_loss=segmentation_loss(),
-        teacher_state=state,
+        method=method if method is not None else LCKDMethod(TeacherState(default=["t1ce"])),
         dropout=dropout,
         phase1_iterations=phase1_iterations,
-        kd_loss=CrossModalDistillationLoss(),
         epoch_length=EPOCH_LENGTH,
         amp=False,
         train_handlers=[handler, LrScheduleHandler(scheduler, epoch_level=False, print_lr=False)],
     )
-    trainer.scheduler = scheduler
+    trainer.scheduler, trainer.ckpt_handler = scheduler, handler
     return trainer
 
 
@@ -101,8 +98,8 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_checkpoint_contents(tmp_path):
-    trainer = _trainer(tmp_path, max_epochs=2, save_every=1, label_convention=2023, method="lckd")
-    trainer.teacher_state.history.append(
+    trainer = _trainer(tmp_path, max_epochs=2, save_every=1, label_convention=2023)
+    trainer.method.teacher_state.history.append(
         {"iteration": 2, "modality": "flair", "region": "ET", "dice": 0.5, "elected": "true"}
     )
     trainer.run()
@@ -112,7 +109,10 @@ def test_checkpoint_contents(tmp_path):
     assert raw.keys() == ckpt.keys()
     assert (ckpt["iteration"], ckpt["epoch"], ckpt["max_epochs"], ckpt["epoch_length"]) == (4, 2, 2, EPOCH_LENGTH)
     assert ckpt["phase"] == 1 and ckpt["method"] == "lckd" and ckpt["label_convention"] == "brats2023"
-    assert ckpt["teachers"] == ["t1ce"] and ckpt["election_history"][0]["modality"] == "flair"
+    assert ckpt["network"]["name"] == "LCKDNet"
+    # the method's own state, whatever it holds (LCKD: teachers and the election record)
+    assert ckpt["method_state"] == trainer.method.state_dict()
+    assert ckpt["method_state"]["teachers"] == ["t1ce"] and ckpt["method_state"]["history"][0]["modality"] == "flair"
     assert ckpt["train_config"] == {"roi_size": [SIZE] * 3}
     assert ckpt["scheduler"]["last_epoch"] == 4 and ckpt["optimizer"]["state"]  # momentum buffers saved
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
@@ -229,7 +229,7 @@ def test_resume_false_starts_over(tmp_path):
 
 def test_save_every_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="save_every"):
-        TrainingCheckpointHandler(tmp_path, "LCKDNet", save_every=0)
+        TrainingCheckpointHandler(tmp_path, save_every=0)
 
 
 def test_resume_of_a_checkpoint_saved_before_modality_specs(tmp_path):
@@ -246,12 +246,25 @@ def test_resume_of_a_checkpoint_saved_before_modality_specs(tmp_path):
     assert its == [3, 4]
 
 
-def test_handler_spec_must_match_the_teacher_state(tmp_path):
+def test_handler_spec_must_match_the_trainers_dropout(tmp_path):
     toy = ModalitySpec(["rgb", "depth"], [3, 1], spatial_dims=2)
-    with pytest.raises(ValueError, match=r"checkpoint handler differs from the teacher state: names"):
-        TrainingCheckpointHandler(tmp_path, "LCKDNet", teacher_state=TeacherState(), modalities=toy)
-    handler = TrainingCheckpointHandler(tmp_path, "LCKDNet", teacher_state=TeacherState(modalities=toy))
-    assert handler.spec == toy
+    with pytest.raises(ValueError, match=r"checkpoint handler differs from the trainer's modality dropout: names"):
+        _trainer(tmp_path, max_epochs=1, modalities=toy).run()
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.run()
+    assert trainer.ckpt_handler.spec.names == ("flair", "t1", "t1ce", "t2")
+
+
+def test_resume_refuses_another_method_or_a_checkpoint_without_method_state(tmp_path):
+    _trainer(tmp_path, max_epochs=1).run()
+    with pytest.raises(ValueError, match="trained with method 'lckd', the config runs 'lckd_nokd'"):
+        _trainer(tmp_path, max_epochs=2, method=NoDistillationMethod()).run()
+    ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    ckpt["teachers"], ckpt["election_history"] = ckpt["method_state"]["teachers"], ckpt.pop("method_state")["history"]
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, ckpt)  # as release 0.3.0 wrote it
+    with pytest.raises(ValueError, match="0.3.0 or earlier: it loads for evaluation and inference, not for resuming"):
+        _trainer(tmp_path, max_epochs=2).run()
+    assert type(build_network(load_checkpoint(tmp_path / CHECKPOINT_NAME))) is LCKDNet
 
 
 # ------------------------------------------------------------------------------------------ the real bundle
@@ -313,7 +326,8 @@ def test_bundle_resumes_with_more_iterations(tmp_path, small_dataset, caplog):
     assert (second["iteration"], second["epoch"]) == (16, 4)
     assert second["train_config"]["num_iterations"] == 16
     assert second["scheduler"]["last_epoch"] == 16 and second["scheduler"]["total_iters"] == 16
-    assert second["election_history"][: len(first["election_history"])] == first["election_history"]
+    history = [c["method_state"]["history"] for c in (first, second)]
+    assert history[1][: len(history[0])] == history[0]
     assert _csv_iterations(tmp_path / "out" / "teacher_election.csv") == [1, 5, 8, 9, 13, 16]
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])  # it learned
 
@@ -321,7 +335,7 @@ def test_bundle_resumes_with_more_iterations(tmp_path, small_dataset, caplog):
     _train_bundle(tmp_path, data, num_iterations=16)  # finished: nothing retrained
     third = load_checkpoint(tmp_path / "models" / CHECKPOINT_NAME)
     assert "nothing to resume" in caplog.text
-    assert third["iteration"] == 16 and third["election_history"] == second["election_history"]
+    assert third["iteration"] == 16 and third["method_state"] == second["method_state"]
     _assert_same_weights(third["model"], second["model"])
 
 

@@ -68,7 +68,11 @@ def test_a_folder_given_as_the_checkpoint_says_so(tmp_path):
 
 @pytest.fixture
 def export(tmp_path):
-    return export_safetensors(save_tiny_checkpoint(tmp_path / "model.pt", teachers=["t1ce"], iteration=5))
+    return export_safetensors(
+        save_tiny_checkpoint(
+            tmp_path / "model.pt", method="lckd", method_state={"teachers": ["t1ce"], "history": []}, iteration=5
+        )
+    )
 
 
 def _rewrite(path, meta_changes: dict, drop_hash: bool = False, tensors_change=None) -> None:
@@ -111,7 +115,8 @@ BAD_METADATA = {
     "regions": ({"regions": json.dumps(["WT", "TC", "ET"])}, "metadata 'regions' must be"),
     "modalities": ({"modalities": json.dumps("flair")}, "metadata 'modalities' must be a list"),
     "label_convention": ({"label_convention": "brats1999"}, "metadata 'label_convention' is invalid"),
-    "teachers": ({"teachers": json.dumps(["pet"])}, "metadata 'teachers' must list modalities"),
+    "method": ({"method": json.dumps("unet")}, "metadata 'method' names an unknown method 'unet'"),
+    "method_state": ({"method_state": json.dumps(["pet"])}, "metadata 'method_state' must be a dictionary"),
     "iteration": ({"iteration": json.dumps("5")}, "metadata 'iteration' must be a whole number"),
     "subset_dice": ({"subset_dice": json.dumps({"t1": {"ET": 2.0}})}, "metadata 'subset_dice' entry 't1'"),
     "train_config": ({"train_config": json.dumps([1])}, "metadata 'train_config' must be a dictionary"),

@@ -1,5 +1,5 @@
-"""Tests of lckd_med.engines.export and of ``python -m monai.bundle ckpt_export`` for both bundles: the
-TorchScript file reproduces the eager network, whatever subset of sequences is present."""
+"""Tests of lckd_med.engines.export and of ``python -m monai.bundle ckpt_export`` for every method's network and
+bundle: the TorchScript file reproduces the eager network, whatever subset of sequences is present."""
 
 from __future__ import annotations
 
@@ -13,13 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from lckd_med.demo import method_bundles
 from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.export import ExportableSegmenter
-from lckd_med.networks import LCKDNet, OMDNet
+from lckd_med.methods import METHODS
+from lckd_med.networks import LCKDNet
 from tests.testkit import checkpoint_payload
 
 REPO = Path(__file__).resolve().parents[2]
-NETWORKS = {"lckd": ("LCKDNet", LCKDNet), "omd": ("OMDNet", OMDNet)}
+#: one registered method per network class (the tiny networks are built the way the registry's tests build them)
+BY_NETWORK = {cls.network_class.__name__: name for name, cls in reversed(METHODS.items())}
+
+
+def _tiny(method: str) -> torch.nn.Module:
+    return METHODS[method].build_network("fullres", filters=[4, 8, 16])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,10 +42,10 @@ def inputs(shape=(2, 4, 16, 32, 16)) -> tuple[torch.Tensor, torch.Tensor]:
     return x * mask[:, :, None, None, None], mask
 
 
-@pytest.mark.parametrize("bundle", sorted(NETWORKS))
-def test_wrapper_equals_network_and_trace_generalises(bundle):
+@pytest.mark.parametrize("name", sorted(BY_NETWORK))
+def test_wrapper_equals_network_and_trace_generalises(name):
     torch.manual_seed(0)
-    net = NETWORKS[bundle][1](filters=(4, 8, 16)).eval()
+    net = _tiny(BY_NETWORK[name]).eval()
     wrapper = ExportableSegmenter(net).eval()
     with torch.no_grad():
         traced = torch.jit.trace(wrapper, torch.rand(1, 4, 16, 16, 16))  # traced at another size and batch
@@ -61,17 +68,17 @@ def test_wrapper_load_state_dict_says_what_to_fix():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("bundle", sorted(NETWORKS))
+@pytest.mark.parametrize("bundle", method_bundles())
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
-    name, cls = NETWORKS[bundle]
+    name = METHODS[bundle].network_class.__name__
     torch.manual_seed(1)
-    net = cls(filters=(4, 8, 16)).eval()
+    net = _tiny(bundle).eval()
     models = tmp_path / "models"
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name
     ts = models / "model.ts"
-    # the command documented in bundles/<bundle>/README.md (both export with LCKD's inference.json, which rebuilds the
-    # network the checkpoint describes), with --ckpt_dir pointing at this checkpoint's folder
+    # the command documented in bundles/<bundle>/README.md (every method exports with LCKD's inference.json, which
+    # rebuilds the network the checkpoint describes), with --ckpt_dir pointing at this checkpoint's folder
     cmd = [
         sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
         "--config_file", "bundles/lckd/inference.json",

@@ -24,7 +24,7 @@ def _ckpt(path: Path, net: torch.nn.Module, name: str) -> Path:
             "modalities": list(MODALITIES),
             "regions": list(REGIONS),
             "label_convention": "brats2023",
-            "teachers": ["t1ce", "flair"],
+            "method_state": {"teachers": ["t1ce", "flair"], "history": []},
             "iteration": 7,
         },
     )
@@ -40,7 +40,11 @@ def test_round_trip(tmp_path, name, make):
     assert st == tmp_path / "model.safetensors" and st.is_file()
     assert b"pickle" not in st.read_bytes()[:64]
     got = read_safetensors(st)
-    assert got["teachers"] == ["t1ce", "flair"] and got["iteration"] == 7 and got["label_convention"] == "brats2023"
+    assert (
+        got["method_state"]["teachers"] == ["t1ce", "flair"]
+        and got["iteration"] == 7
+        and got["label_convention"] == "brats2023"
+    )
     back = load_checkpoint(import_safetensors(st, tmp_path / "back.pt"))
     x = torch.randn(1, 4, 8, 8, 8)
     with torch.no_grad():

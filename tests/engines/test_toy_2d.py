@@ -29,11 +29,11 @@ from lckd_med.data.pipelines import train_transforms
 from lckd_med.data.transforms import ModalityDropout, drop_modalities_batch
 from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, checkpoint_spec, load_checkpoint
 from lckd_med.engines.checkpoint_handler import TrainingCheckpointHandler
-from lckd_med.engines.election import TeacherElectionHandler, TeacherState
+from lckd_med.engines.election import TeacherElectionHandler
 from lckd_med.engines.trainer import MethodTrainer, loss_terms
 from lckd_med.inference.evaluation import SubsetEvaluator
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
-from lckd_med.methods import LCKDMethod, OMDMethod
+from lckd_med.methods import LCKDMethod, OMDMethod, TeacherState
 from lckd_med.metrics.brats import case_region_metrics, region_masks_from_labels
 from lckd_med.modalities import BRATS, ModalitySpec
 from lckd_med.networks import LCKDNet, OMDNet
@@ -127,7 +127,7 @@ def trained_lckd(tmp_path_factory):
     val = [{k: v[:1] for k, v in b.items()} for b in _data(2, seed=1)]
     handlers = (
         TeacherElectionHandler(state, val, roi_size=ROI, interval=12, output_dir=out, amp=False),
-        TrainingCheckpointHandler(out, "LCKDNet", teacher_state=state, method="lckd"),
+        TrainingCheckpointHandler(out),  # the toy spec comes from the trainer's modality dropout
     )
     method = LCKDMethod(state, CrossModalDistillationLoss(), kd_weight=0.1)
     losses = _train(net, method, batches=8, epochs=3, phase1=6, lr=3e-3, handlers=handlers)
@@ -295,11 +295,11 @@ def test_subset_evaluator_reads_2d_multichannel_nifti(trained_lckd, tmp_path):
 
 
 def test_training_pipeline_reads_the_toy_files(tmp_path):
-    """The bundle's training chain (load, reorient, crop, normalise, pad, pos/neg crops, 2-D flips, masking,
-    dropout) on the toy NIfTI files, feeding the real trainer."""
+    """The bundle's training chain (load, reorient, crop, normalise, pad, pos/neg crops, 2-D flips, masking) on the
+    toy NIfTI files, feeding the real trainer (which drops modalities)."""
     batch = _data(1, batch=3, seed=17)[0]
     entries = [_write_case(tmp_path, f"c{i}", batch["image"][i], batch["label"][i], with_ir=i != 1) for i in range(3)]
-    transform = train_transforms((16, 16), convention="brats2018", num_samples=2, dropout_prob=0.5, modalities=TOY)
+    transform = train_transforms((16, 16), convention="brats2018", num_samples=2, modalities=TOY)
     transform.set_random_state(0)
     samples = [s for e in entries for s in transform(e)]
     assert {tuple(s["image"].shape) for s in samples} == {(TOY.total_channels, 16, 16)}

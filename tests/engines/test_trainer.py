@@ -1,4 +1,4 @@
-"""LCKDTrainer: one step updates weights, two phases (modality dropout in phase 2), the KD term."""
+"""MethodTrainer running LCKD: one step updates weights, two phases (modality dropout in phase 2), the KD term."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from ignite.engine import Events
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.data.transforms import ModalityDropout
-from lckd_med.engines.election import TeacherState
-from lckd_med.engines.trainer import LCKDTrainer, loss_terms
+from lckd_med.engines.trainer import MethodTrainer, loss_terms
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
+from lckd_med.methods import LCKDMethod, TeacherState
 from lckd_med.networks import LCKDNet
 
 SIZE = 8
@@ -31,30 +31,28 @@ def _batches(n: int, mask: list[bool] | None = None, batch: int = 2, seed: int =
 
 
 def _trainer(
-    data: list, max_epochs: int = 1, phase1: int = 100, kd_weight: float = 0.1, teachers=("t1ce",), **kwargs
-) -> LCKDTrainer:
+    data: list, max_epochs: int = 1, phase1: int = 100, kd_weight: float = 0.1, teachers=("t1ce",), kd_levels=(-1,)
+) -> MethodTrainer:
     torch.manual_seed(0)
     net = LCKDNet(filters=(4, 8))
     dropout = ModalityDropout(prob=1.0, distribution="uniform", max_kept=3)
     dropout.set_random_state(0)
-    return LCKDTrainer(
+    method = LCKDMethod(TeacherState(default=list(teachers)), CrossModalDistillationLoss(), kd_weight, kd_levels)
+    return MethodTrainer(
         device="cpu",
         max_epochs=max_epochs,
         train_data_loader=data,
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         seg_loss=segmentation_loss(),
-        teacher_state=TeacherState(default=list(teachers)),
+        method=method,
         dropout=dropout,
         phase1_iterations=phase1,
-        kd_loss=CrossModalDistillationLoss(),
-        kd_weight=kd_weight,
         amp=False,
-        **kwargs,
     )
 
 
-def _record_masks(trainer: LCKDTrainer) -> list[torch.Tensor]:
+def _record_masks(trainer: MethodTrainer) -> list[torch.Tensor]:
     masks: list[torch.Tensor] = []
 
     def hook(module, args, kwargs):
@@ -106,14 +104,14 @@ def _phase2_masks(seed_dropout: bool) -> list[torch.Tensor]:
     dropout = ModalityDropout(prob=1.0, distribution="uniform", max_kept=3)
     if seed_dropout:
         dropout.set_random_state(7)
-    trainer = LCKDTrainer(
+    trainer = MethodTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_batches(3, batch=4),
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         seg_loss=segmentation_loss(),
-        teacher_state=TeacherState(),
+        method=LCKDMethod(),
         dropout=dropout,
         phase1_iterations=0,
         amp=False,
@@ -162,7 +160,7 @@ def test_state_shows_current_teachers():
 
     @trainer.on(Events.ITERATION_COMPLETED(once=1))
     def _elect(engine):
-        engine.teacher_state.teachers = ["flair", "t2"]
+        engine.method.teacher_state.teachers = ["flair", "t2"]
 
     trainer.run()
     assert seen == ["t1ce", "flair+t2"]
@@ -176,18 +174,3 @@ def test_state_shows_current_teachers():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _trainer(_batches(1), **kwargs)
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [({}, "teacher_state"), ({"teacher_state": TeacherState(), "kd_weigth": 0.1}, "kd_weigth")],
-    ids=["no_teacher_state", "misspelt_setting"],
-)
-def test_method_settings_are_checked(kwargs, match):
-    """LCKDTrainer builds LCKDMethod from the keywords its constructor takes; the rest go to MONAI's trainer."""
-    net = LCKDNet(filters=(4, 8))
-    common = {"device": "cpu", "max_epochs": 1, "train_data_loader": _batches(1), "network": net}
-    common |= {"optimizer": torch.optim.SGD(net.parameters(), lr=0.1), "seg_loss": segmentation_loss()}
-    common |= {"dropout": ModalityDropout(prob=1.0, max_kept=3)}
-    with pytest.raises(TypeError, match=match):
-        LCKDTrainer(**common, **kwargs)

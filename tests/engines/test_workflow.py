@@ -25,7 +25,6 @@ from lckd_med.engines.workflow import (
     epochs_for,
     load_split,
     make_optimizer,
-    pick_device,
     prepare_datalist,
     recipe_of,
     setup_logging,
@@ -147,12 +146,6 @@ def test_epochs_for(n, length, epochs):
 def test_epochs_for_bad(n, length):
     with pytest.raises(ValueError, match="must be >= 1"):
         epochs_for(n, length)
-
-
-def test_pick_device():
-    assert pick_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert pick_device("auto").type == expected
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES, subset_to_mask
-from lckd_med.engines.checkpoint import NETWORK_REGISTRY, build_network
+from lckd_med.engines.checkpoint import build_network
 from lckd_med.networks import LCKDNet, MissingModalityNet, SegmentationNetwork
 from lckd_med.networks.omd_net import CrossTranslation, ModalityRestoration, OMDFusion, OMDNet, OMDOutput
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FILTERS = (4, 8, 16)
 SIZE = 16
@@ -56,18 +56,6 @@ def test_restoration_shapes_and_inputs_for_every_subset(net, x, subset):
         with torch.no_grad():
             full = torch.where(mask.view(2, NUM_MODALITIES, 1, 1, 1, 1), f, block.predict(f, mask))
         torch.testing.assert_close(z, full, rtol=1e-5, atol=1e-6)
-
-
-def test_sweep_equals_separate_forwards_for_all_subsets(net, x):
-    """forward(x with garbage in the missing channels, mask) == decode_subsets slice, for all 15 subsets."""
-    with torch.no_grad():
-        sweep = net.decode_subsets(net.encode(x), ALL_MASKS)
-        assert sweep.shape == (2, len(SUBSET_NAMES), NUM_REGIONS, SIZE, SIZE, SIZE)
-        for k, name in enumerate(SUBSET_NAMES):
-            garbage = x.clone()
-            garbage[:, ~ALL_MASKS[k]] = torch.randn_like(garbage[:, ~ALL_MASKS[k]]) * 7
-            out = net(garbage, ALL_MASKS[k].expand(2, -1))
-            torch.testing.assert_close(out, sweep[:, k], rtol=0, atol=1e-5, msg=name)
 
 
 def test_restoration_modules_are_separate_per_target_modality():
@@ -154,7 +142,6 @@ def test_hparams_round_trip_and_checkpoint_registry(net):
     assert hp["restore_kernel_size"] == [3, 3, 3] and hp["translate_kernel_size"] == [1, 1, 1]
     rebuilt = OMDNet.from_hparams(hp)
     assert type(rebuilt) is OMDNet and rebuilt.hparams == net.hparams
-    assert "OMDNet" in NETWORK_REGISTRY
     ckpt = {"network": {"name": "OMDNet", "hparams": hp}, "model": net.state_dict()}
     loaded = build_network(ckpt)
     x = torch.randn(1, 4, SIZE, SIZE, SIZE)
@@ -265,3 +252,56 @@ def test_lean_stem_sweep_equals_forwards():
             torch.testing.assert_close(
                 sweep[:, k], net(x * masks[k].view(1, 4, 1, 1, 1), masks[k]), atol=1e-5, rtol=1e-5
             )
+
+
+def test_only_samples_missing_a_modality_are_restored():
+    """A batch mixing a complete sample and an incomplete one: the same features as restoring both (per-sample
+    normalisation), and the restoration modules see only the incomplete sample (fewer FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(3)
+    block = ModalityRestoration(channels=4, num_modalities=NUM_MODALITIES)
+    features = torch.randn(2, NUM_MODALITIES, 4, 6, 6, 6)
+    mask = torch.tensor([[True, True, True, True], [True, False, True, False]])
+    with torch.no_grad():
+        out = block(features, mask)
+        full = torch.where(mask.view(2, 4, 1, 1, 1, 1), features, block.predict(features, mask))
+        torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-6)
+        assert torch.equal(out[0], features[0])
+        assert block(features, torch.ones(2, 4, dtype=torch.bool)) is features  # nothing to restore
+        counts = []
+        for m in (mask, torch.tensor([[True, False, True, False]] * 2)):
+            with FlopCounterMode(display=False) as counter:
+                block(features, m)
+            counts.append(counter.get_total_flops())
+    assert counts[0] * 2 == counts[1]
+
+
+def test_restore_levels_bottleneck_restores_the_bottleneck_only():
+    torch.manual_seed(0)
+    net = OMDNet(filters=FILTERS, restore_levels="bottleneck").eval()
+    assert net.fusions.restored_levels == [len(FILTERS) - 1] and net.hparams["restore_levels"] == "bottleneck"
+    assert all(f.restore is None for f in list(net.fusions)[:-1])
+    assert OMDNet.from_hparams(json.loads(json.dumps(net.hparams))).hparams == net.hparams
+    x = torch.randn(1, NUM_MODALITIES, SIZE, SIZE, SIZE)
+    mask = torch.tensor([[True, False, True, False]])
+    with torch.no_grad():
+        features = net.encode(x)
+        complete = net.restore(features, mask)
+        # skip levels: the mean of the available slots; bottleneck: a restoration
+        mean = features[0][:, mask[0]].mean(dim=1)
+        torch.testing.assert_close(complete[0][:, 1], mean)
+        assert not torch.allclose(complete[-1][:, 1], features[-1][:, mask[0]].mean(dim=1))
+        sweep = net.decode_subsets(features, ALL_MASKS)
+        for k in range(len(SUBSET_NAMES)):
+            torch.testing.assert_close(sweep[:, k], net(x, ALL_MASKS[k][None]), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="restore_levels"):
+        OMDNet(filters=FILTERS, restore_levels="skips")
+
+
+def test_checkpoints_without_restore_levels_restore_every_level():
+    """Release 0.3.0 saved no restore_levels: every level restored, as the default."""
+    net = OMDNet(filters=FILTERS)
+    old = {k: v for k, v in net.hparams.items() if k != "restore_levels"}
+    assert OMDNet.complete_hparams(old) == net.hparams
+    assert OMDNet.from_hparams(old).fusions.restored_levels == list(range(len(FILTERS)))

@@ -1,4 +1,5 @@
-"""Network presets: every preset builds for both methods, overrides, today's network kept as ``fullres``."""
+"""Network presets: every preset builds every registered network class, overrides, the previous default network
+kept as ``fullres``."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import json
 import pytest
 import torch
 
-from lckd_med.networks import DEFAULT_PRESET, PRESETS, LCKDNet, OMDNet, build_preset, preset_hparams
+from lckd_med.networks import DEFAULT_PRESET, NETWORKS, PRESETS, LCKDNet, OMDNet, build_preset, preset_hparams
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize(("method", "cls"), [("lckd", LCKDNet), ("omd", OMDNet)])
-def test_every_preset_builds_for_both_methods(name, method, cls):
-    net = build_preset(name, method)
-    assert type(net) is cls
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+def test_every_preset_builds_every_registered_network(name, network):
+    cls = NETWORKS[network]
+    net = build_preset(name, network)
+    assert type(net) is cls and type(build_preset(name, cls)) is cls
     assert net.filters == tuple(PRESETS[name]["filters"])
     assert net.strides[0] == tuple(PRESETS[name]["stem_stride"])
     rebuilt = cls.from_hparams(json.loads(json.dumps(net.hparams)))
@@ -25,7 +27,7 @@ def test_default_preset_is_lean_with_reference_fill():
     assert DEFAULT_PRESET == "lean"
     net = build_preset()
     assert net.strides[0] == (2, 2, 1) and net.head_filters == 16 and net.fill_levels == "bottleneck"
-    assert build_preset(method="omd").fill_levels == "all"
+    assert build_preset(network=OMDNet).fill_levels == "all"
 
 
 def test_fullres_preset_is_the_previous_default_network():
@@ -61,9 +63,9 @@ def test_small_override_runs_forward():
     ("args", "kwargs", "match"),
     [
         (("tiny",), {}, "unknown network preset"),
-        (("lean", "unet"), {}, "unknown method"),
+        (("lean", "UNet"), {}, "unknown network 'UNet'; registered"),
         (("lean",), {"depth": 3}, "unknown LCKDNet arguments"),
-        (("lean", "lckd"), {"restore_kernel_size": 3}, "unknown LCKDNet arguments"),
+        (("lean", LCKDNet), {"restore_kernel_size": 3}, "unknown LCKDNet arguments"),
         (("lean",), {"filters": []}, "filters"),
     ],
 )
@@ -72,7 +74,13 @@ def test_bad_arguments(args, kwargs, match):
         preset_hparams(*args, **kwargs)
 
 
-@pytest.mark.parametrize("method", ["lckd", "omd"])
+@pytest.mark.parametrize("network", [torch.nn.Linear, "not a class"])
+def test_presets_build_missing_modality_networks_only(network):
+    with pytest.raises((TypeError, ValueError)):
+        build_preset("lean", network)
+
+
+@pytest.mark.parametrize("method", sorted(NETWORKS))
 def test_2d_preset_for_another_modality_set(method):
     hparams = preset_hparams("lean_small", method, spatial_dims=2, in_modalities=3, in_channels=[3, 1, 1])
     assert hparams["strides"] == [[2, 2], [2, 2], [2, 2], [2, 2]] and hparams["head_filters"] == 8

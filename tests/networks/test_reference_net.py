@@ -17,11 +17,11 @@ import torch
 from lckd_med.benchmarks.flops import count_flops
 from lckd_med.benchmarks.train_step import make_batch, training_loss
 from lckd_med.engines.checkpoint import build_network, load_checkpoint, save_checkpoint
-from lckd_med.engines.election import TeacherState, single_modality_dice
+from lckd_med.engines.election import single_modality_dice
 from lckd_med.engines.export import ExportableSegmenter
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
-from lckd_med.methods import TrainBatch, build_method
-from lckd_med.networks import ReferenceLCKDNet, build_preset
+from lckd_med.methods import METHODS, TeacherState, TrainBatch, build_method, network_class
+from lckd_med.networks import LCKDNet, OMDNet, ReferenceLCKDNet, build_preset
 from lckd_med.networks.reference_net import REFERENCE_PARAMETERS
 from lckd_med.prediction.sweep import subset_masks
 from tests.testkit import checkpoint_payload
@@ -157,26 +157,44 @@ def test_lckd_step_and_election_at_a_tiny_size(net):
 
 
 @pytest.mark.parametrize(
-    ("method", "overrides", "match"),
+    ("network", "overrides", "match"),
     [
-        ("omd", {}, "LCKD reference network"),
-        ("lckd", {"share_encoder": False}, "shares one encoder"),
-        ("lckd", {"filters": [8, 16]}, "unknown ReferenceLCKDNet arguments"),
-        ("lckd", {"kernel_size": 5}, "unknown ReferenceLCKDNet arguments"),
-        ("lckd", {"fill_levels": "some"}, "fill_levels"),
-        ("lckd", {"spatial_dims": 2}, "3-D only"),
-        ("lckd", {"in_channels": [1, 2, 1, 1]}, "same channels"),
-        ("lckd", {"in_modalities": 0}, "in_modalities"),
+        (OMDNet, {}, "LCKD reference network and stands in for LCKDNet only"),
+        (LCKDNet, {"share_encoder": False}, "shares one encoder"),
+        (LCKDNet, {"filters": [8, 16]}, "unknown ReferenceLCKDNet arguments"),
+        (LCKDNet, {"kernel_size": 5}, "unknown ReferenceLCKDNet arguments"),
+        (LCKDNet, {"fill_levels": "some"}, "fill_levels"),
+        (LCKDNet, {"spatial_dims": 2}, "3-D only"),
+        (LCKDNet, {"in_channels": [1, 2, 1, 1]}, "same channels"),
+        (LCKDNet, {"in_modalities": 0}, "in_modalities"),
     ],
 )
-def test_bad_arguments(method, overrides, match):
+def test_bad_arguments(network, overrides, match):
     with torch.device("meta"), pytest.raises(ValueError, match=match):
-        build_preset("reference", method, **overrides)
+        build_preset("reference", network, **overrides)
 
 
 def test_preset_ignores_the_bundles_neutral_overrides_and_round_trips():
     with torch.device("meta"):
-        built = build_preset("reference", "lckd", filters=None, share_encoder=None, fill_levels="all")
+        built = build_preset("reference", LCKDNet, filters=None, share_encoder=None, fill_levels="all")
         assert type(built) is ReferenceLCKDNet and built.fill_levels == "all"
         assert ReferenceLCKDNet.from_hparams(json.loads(json.dumps(built.hparams))).hparams == built.hparams
-        assert build_preset("reference", "lckd", share_encoder=True).size_divisor == (32, 32, 16)
+        assert build_preset("reference", LCKDNet, share_encoder=True).size_divisor == (32, 32, 16)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_builds_the_reference_network_or_refuses_it_in_one_line(method):
+    """LCKD and its baselines train the reference network (``network_preset reference``: one of their
+    ``other_networks``, so checkpoints rebuild it by name); the other methods' modules need U-Net features."""
+    cls = METHODS[method]
+    with torch.device("meta"):
+        if ReferenceLCKDNet in cls.other_networks:
+            net = cls.build_network("reference", filters=None, share_encoder=None, fill_levels="bottleneck")
+            assert type(net) is ReferenceLCKDNet
+            cls().bind(net, segmentation_loss())  # the method accepts it
+        else:
+            with pytest.raises(ValueError) as info:
+                cls.build_network("reference", filters=None, share_encoder=None)
+            assert "stands in for LCKDNet only" in str(info.value) and "\n" not in str(info.value)
+    assert network_class("ReferenceLCKDNet") is ReferenceLCKDNet
+    assert {m for m, c in METHODS.items() if ReferenceLCKDNet in c.other_networks} == {"lckd", "lckd_nokd", "all4"}

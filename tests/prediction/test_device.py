@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lckd_med.engines.workflow import pick_device
 from lckd_med.prediction import resolve_device
 
 
@@ -28,7 +27,3 @@ def test_bad_name(bad):
 def test_cuda_without_cuda():
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
-
-
-def test_bundle_name_is_the_same_resolver():
-    assert pick_device is resolve_device  # one resolver: training and inference agree on LOCAL_RANK

@@ -1,4 +1,5 @@
-"""OMDTrainer: one-stage iteration (dropout, two paths, seg + MMD + KL, one step), phases, weights, validation."""
+"""OMD on the one trainer: one-stage iteration (dropout, two paths, seg + MMD + KL, one step), phases, weights,
+validation of the method's settings."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 
 from lckd_med.data.transforms import ModalityDropout
-from lckd_med.engines import OMDTrainer, loss_terms
+from lckd_med.engines import MethodTrainer, loss_terms
 from lckd_med.losses import FeatureMMDLoss, TemperatureKLLoss, segmentation_loss
+from lckd_med.methods import OMDMethod
 from lckd_med.networks import LCKDNet, OMDNet
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 16
 
@@ -32,12 +34,15 @@ def _batches(n: int = 2, batch: int = 2) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _trainer(iterations: int = 2, net: torch.nn.Module | None = None, **kwargs) -> OMDTrainer:
+def _trainer(
+    iterations: int = 2, net: torch.nn.Module | None = None, phase1_iterations: int = 0, dropout=None, **settings
+) -> MethodTrainer:
     torch.manual_seed(0)
     net = net if net is not None else OMDNet(filters=(4, 8))
-    dropout = ModalityDropout(prob=1.0, max_kept=3)
-    dropout.set_random_state(seed=0)
-    return OMDTrainer(
+    if dropout is None:
+        dropout = ModalityDropout(prob=1.0, max_kept=3)
+        dropout.set_random_state(seed=0)
+    return MethodTrainer(
         device="cpu",
         max_epochs=1,
         train_data_loader=_batches(iterations),
@@ -45,9 +50,10 @@ def _trainer(iterations: int = 2, net: torch.nn.Module | None = None, **kwargs) 
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
         seg_loss=segmentation_loss(),
+        method=OMDMethod(**settings),
         dropout=dropout,
+        phase1_iterations=phase1_iterations,
         amp=False,
-        **kwargs,
     )
 
 
@@ -140,18 +146,15 @@ def test_mmd_levels_and_custom_losses_are_used():
 def test_bad_arguments(kwargs, error):
     kwargs = dict(kwargs)
     net = kwargs.pop("net", None)
-    if "dropout" in kwargs:
-        net = OMDNet(filters=(4, 8))
-        with pytest.raises(error):
-            OMDTrainer(
-                device="cpu",
-                max_epochs=1,
-                train_data_loader=_batches(1),
-                network=net,
-                optimizer=torch.optim.SGD(net.parameters(), lr=0.01),
-                seg_loss=segmentation_loss(),
-                **kwargs,
-            )
-        return
     with pytest.raises(error):
         _trainer(iterations=1, net=net, **kwargs)
+
+
+def test_mmd_levels_default_to_the_restored_levels():
+    net = OMDNet(filters=(4, 8, 16), restore_levels="bottleneck")
+    trainer = _trainer(iterations=1, net=net)
+    assert trainer.method.mmd_levels == [2]
+    trainer.run()
+    assert loss_terms(trainer.state.output)["mmd_loss"] > 0
+    with pytest.raises(ValueError, match="does not restore"):
+        _trainer(iterations=1, net=OMDNet(filters=(4, 8, 16), restore_levels="bottleneck"), mmd_levels=[0])
