@@ -9,6 +9,7 @@ is pointless, and clutters the log, when nobody watches: it is off when standard
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-__all__ = ["PROGRESS_ENV", "progress_enabled", "progress_bar"]
+__all__ = ["PROGRESS_ENV", "progress_enabled", "progress_bar", "ProgressLogHandler"]
 
 #: Environment variable forcing bars on (``1``) or off (``0``).
 PROGRESS_ENV = "LCKD_MED_PROGRESS"
@@ -58,6 +59,7 @@ def progress_bar(
     total: int | None = None,
     unit: str = "case",
     enabled: bool = True,
+    leave: bool = True,
 ) -> tqdm:
     """A tqdm bar (count, rate, elapsed and ETA) drawn only when :func:`progress_enabled` says so.
 
@@ -67,5 +69,30 @@ def progress_bar(
         total: number of items (taken from ``len(iterable)`` when it has one).
         unit: item name.
         enabled: the caller's switch, see :func:`progress_enabled`.
+        leave: keep the finished bar on the screen (False for a bar inside another one, e.g. windows of a case).
     """
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(enabled), dynamic_ncols=True)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=not progress_enabled(enabled),
+        dynamic_ncols=True,
+        leave=leave,
+    )
+
+
+class ProgressLogHandler(logging.Handler):
+    """A logging handler that prints each message (``%(message)s``) on standard output through ``tqdm.write``, so
+    lines and progress bars on one terminal do not overwrite each other. The stream is looked up at each message
+    (whatever ``sys.stdout`` is then)."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # a closed stream must not break the command
+            self.handleError(record)

@@ -231,12 +231,14 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_reference_postprocess_is_scored_beside_the_raw_predictions(setup, tmp_path, monkeypatch):
     """postprocess="reference": post-processed predictions scored into postprocessed/; T1ce read only for subsets
     that hold it; the intensity normalisation is the checkpoint's (train_config)."""
-    import lckd_med.inference.evaluation as evaluation
+    import lckd_med.inference.segmenter as segmenter  # evaluation predicts through the Segmenter
     from lckd_med.metrics.postprocess import reference_postprocess
 
     seen = []
-    original = evaluation.eval_transforms
-    monkeypatch.setattr(evaluation, "eval_transforms", lambda **kw: seen.append(kw["intensity"]) or original(**kw))
+    original = segmenter.eval_transforms
+    monkeypatch.setattr(
+        segmenter, "eval_transforms", lambda *a, **kw: seen.append(kw["intensity"]) or original(*a, **kw)
+    )
     models = tmp_path / "models"
     payload = torch.load(_checkpoint(models), weights_only=True)
     payload["train_config"]["intensity"] = "reference"
