@@ -237,15 +237,14 @@ def load_checkpoint(
             f"no checkpoint at {path}; train first (python -m monai.bundle run training ...) "
             f"or point {flag} at {'the folder holding model.pt' if flag == 'ckpt_dir' else 'a model.pt'}"
         )
+    if _is_torchscript(path):
+        raise ValueError(
+            f"{path} is a TorchScript export (python -m monai.bundle ckpt_export): it runs on its own "
+            f"(torch.jit.load) but cannot be turned back into a checkpoint; give {flag} the model.pt it was exported from"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file or pickled objects: both are refused
-        if _is_torchscript(path):
-            raise ValueError(
-                f"{path} is a TorchScript export (python -m monai.bundle ckpt_export): it runs on its own "
-                "(torch.jit.load) but cannot be turned back into a checkpoint; give "
-                f"{flag} the model.pt it was exported from"
-            ) from None
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         if "Weights only load failed" in why:  # torch's multi-paragraph advice is about trusting the file: we do not
             why = "it holds pickled Python objects or is not a torch file"
