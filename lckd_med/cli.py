@@ -452,12 +452,13 @@ def _predict_case(args: argparse.Namespace, ckpt: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work_dirs(out.parent, PREDICT_WORK_PREFIX)
     work = make_work_dir(out.parent, PREDICT_WORK_PREFIX)
+    name = _stem(out) if _stem(out) not in ("", ".", "..") else "case"  # names the case in messages and the picture
     try:
         manifest = work / "case.csv"
         with open(manifest, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", *MODALITIES])
-            w.writerow(["case", *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
+            w.writerow([name, *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
         engine = BatchInference(ckpt, None, work / "out", manifest=manifest, **_runner_options(args))
         (case,) = engine.cases()
         (work / "out").mkdir()
@@ -467,9 +468,9 @@ def _predict_case(args: argparse.Namespace, ckpt: Path) -> int:
             return EXIT_FAILED
         if png is not None:
             png.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work / "out" / "case.png", png)
+            os.replace(work / "out" / f"{name}.png", png)
         if probs is not None:
-            os.replace(work / "out" / PROBABILITIES_DIR / "case.nii.gz", probs)
+            os.replace(work / "out" / PROBABILITIES_DIR / f"{name}.nii.gz", probs)
         if out.name.lower().endswith(".nii.gz"):
             os.replace(row["output"], out)
         else:

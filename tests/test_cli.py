@@ -298,7 +298,12 @@ def test_predict_one_case_with_a_picture_probabilities_a_grid_and_a_safetensors_
     assert nib.load(tmp_path / "x_seg_probabilities.nii.gz").shape == (*SHAPE, 3)
     assert "ET 0.500" not in text and "no validation Dice for flair with these weights" in text
     picture = tmp_path / "pictures" / "case.png"
-    assert main([*args, "--png", str(picture), "--overwrite"]) == 0 and picture.is_file()
+    picture.parent.mkdir()
+    picture.write_bytes(b"mine")  # the user's file where the picture would go: refused, kept
+    assert main([*args, "-o", str(tmp_path / "z.nii.gz"), "--png", str(picture)]) == 1
+    assert "case.png exists; it was left untouched: choose another --png path" in capsys.readouterr().err
+    assert picture.read_bytes() == b"mine" and not (tmp_path / "z.nii.gz").exists()
+    assert main([*args, "--png", str(picture), "--overwrite"]) == 0 and picture.read_bytes() != b"mine"
     # errors name the flag the user gave
     assert main(["predict", "--flair", str(flair), "-o", str(tmp_path / "y.nii.gz"), "--ckpt", str(tmp_path)]) == 1
     assert "is a folder; give the checkpoint file" in capsys.readouterr().err

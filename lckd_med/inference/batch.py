@@ -49,7 +49,7 @@ from lckd_med.constants import (
 from lckd_med.data.layouts import DatasetConflictError, LayoutError, discover_cases
 from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
 from lckd_med.inference.segmenter import Segmentation, Segmenter
-from lckd_med.inference.subset_dice import load_subset_dice
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, load_subset_dice
 from lckd_med.utils.io import (
     printable,
     remove_stale_temporaries,
@@ -656,6 +656,12 @@ class BatchInference:
             self.threshold,
             self.convention.name,
         )
+        if not self.subset_dice:
+            logger.info(
+                "the expected_dice_* columns stay empty: no per-subset Dice was measured with these weights (the "
+                "evaluate bundle writes %s beside the checkpoint; inference then fills them)",
+                SUBSET_DICE_NAME,
+            )
         rows = []
         done: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()

@@ -206,3 +206,21 @@ def test_a_retrained_checkpoint_is_a_new_segmenter(ckpt, tmp_path):
     payload["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in payload["model"].items()}
     other = save_checkpoint(tmp_path / "model.pt", payload)
     assert Segmenter.from_checkpoint(other, device="cpu").weights_sha256 != load_checkpoint(ckpt)["weights_sha256"]
+
+
+def test_the_readme_example_runs(ckpt, tmp_path, monkeypatch, capsys):
+    """The README's "Segment from Python" block, run as written with its checkpoint and case pointing at this test's
+    (a tiny network, a synthetic 4 mm case)."""
+    import re
+
+    from lckd_med.data.synthetic import write_dataset
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"### Segment from Python.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    (written,) = write_dataset(tmp_path / "data", 1, seed=4, spacing=4.0, release=2018, lgg_fraction=0.0)
+    code = code.replace('"bundles/lckd/runs/demo_models/model.pt"', repr(str(ckpt)))
+    code = re.sub(r'case = "[^"]+"', f"case = {str(Path(written['case_dir']) / written['case_id'])!r}", code)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.startswith("flair+t1ce (60, 60, 39) (4.0, 4.0, 4.0) (3, 60, 60, 39)")
+    assert nib.load(tmp_path / "seg.nii.gz").get_data_dtype() == np.uint8 and (tmp_path / "seg.png").is_file()
