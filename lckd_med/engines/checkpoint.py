@@ -36,7 +36,7 @@ import torch
 
 from lckd_med.constants import REGIONS
 from lckd_med.modalities import BRATS, ModalitySpec, spec_of
-from lckd_med.utils.io import atomic_path
+from lckd_med.utils.io import atomic_path, zip_entries
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -271,14 +271,8 @@ def load_checkpoint(
 
 
 def _is_torchscript(path: Path) -> bool:
-    """``path`` is a TorchScript archive (a zip with a ``constants.pkl`` or ``code/`` entry)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
+    """``path`` is a TorchScript archive (a zip with ``code/`` and ``constants.pkl`` entries)."""
+    names = zip_entries(path) or []
     return any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
 
 

@@ -37,7 +37,7 @@ from lckd_med.engines.checkpoint import (
     save_checkpoint,
     weights_hash,
 )
-from lckd_med.utils.io import atomic_path
+from lckd_med.utils.io import atomic_path, zip_entries
 from lckd_med.utils.outputs import check_output_file
 
 __all__ = ["SAFETENSORS_FORMAT", "export_safetensors", "read_safetensors", "import_safetensors"]
@@ -130,13 +130,7 @@ def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
 
 def _is_checkpoint(path: Path) -> bool:
     """``path`` is a ``torch.save`` zip archive (as ``model.pt``), not a TorchScript one (which holds ``code/``)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
+    names = zip_entries(path) or []
     return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
 
 
