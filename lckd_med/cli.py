@@ -412,6 +412,13 @@ def _predict_folder(args: argparse.Namespace, ckpt: Path) -> int:
     from lckd_med.inference.batch import BatchInference
 
     source = Path(args.input).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"--input {source} does not exist; give a folder of cases or a CSV manifest")
+    if source.is_file() and not source.name.lower().endswith(".csv"):
+        raise ValueError(
+            f"--input {source} is a file; give a folder of cases (found at any depth) or a CSV manifest "
+            "case_id,flair,t1,t1ce,t2 (one case: --flair/--t1/--t1ce/--t2 FILE -o seg.nii.gz)"
+        )
     manifest = source if source.is_file() else None
     engine = BatchInference(
         ckpt,

@@ -312,6 +312,25 @@ def test_predict_one_case_with_a_picture_probabilities_a_grid_and_a_safetensors_
     assert "point --ckpt at" in err and "ckpt_dir" not in err
 
 
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("missing", "--input {} does not exist"),
+        ("scan.nii.gz", "--input {} is a file; give a folder of cases"),
+        ("empty", "no cases found in {}"),
+    ],
+)
+def test_predict_a_folder_with_a_bad_input_is_one_line(ckpt, tmp_path, capsys, given, expected):
+    write(tmp_path / "scan.nii.gz", volume(1))
+    (tmp_path / "empty").mkdir()
+    source = tmp_path / given
+    argv = ["predict", "-i", str(source), "-o", str(tmp_path / "out"), "--ckpt", str(ckpt), "--device", "cpu"]
+    assert main(argv) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected.format(source) in lines[0], lines
+    assert not (tmp_path / "out").exists() or given == "empty"
+
+
 # ---------------------------------------------------------------------------------------------- progress
 
 

@@ -639,7 +639,10 @@ class BatchInference:
         cases = self.cases()
         if not cases:
             where = self.manifest if self.manifest is not None else self.input_dir
-            raise ValueError(f"no cases found in {where}: expected one sub-folder per case or manifest rows")
+            raise ValueError(
+                f"no cases found in {where}: expected case folders (at any depth, named as BraTS ships them, e.g. "
+                "<case>/<case>_t1ce.nii.gz or <case>/<case>-t1c.nii.gz) or manifest rows"
+            )
         self._make_output_dir()
         with folder_lock(self.output_dir, "inference"):  # two runs would interleave their report and outputs
             return self._run_locked(cases)
