@@ -76,7 +76,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 PREDICT_EXAMPLE = """example:
   lckd-med predict -i /data/MICCAI_BraTS_2018_Data_Training -o /data/segs --ckpt model.pt --png
   lckd-med predict --flair BraTS2021_00008_flair.nii.gz --t1ce BraTS2021_00008_t1ce.nii.gz \\
-      -o BraTS2021_00008_seg.nii.gz --ckpt bundles/lckd/runs/models/model.pt --device cuda --png
+      -o BraTS2021_00008_seg.nii.gz --ckpt bundles/lckd/runs/models/model.pt --png
 
 -i DIR: every case folder found below DIR as `lckd-med prepare` finds them (BraTS 2018 HGG/LGG, 2020-2021 flat,
 2023 t2f/t1n/t1c/t2w names); -o DIR gets <case_id>.nii.gz, inference_report.csv (and <case_id>.png, probabilities/).

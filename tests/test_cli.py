@@ -3,7 +3,9 @@ safetensors export/import, and the pyproject entry point."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -334,8 +336,9 @@ def test_predict_a_folder_with_a_bad_input_is_one_line(ckpt, tmp_path, capsys, g
 # ---------------------------------------------------------------------------------------------- progress
 
 
-def _run_on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
-    """Run ``lckd-med argv`` in a fresh interpreter whose standard error is a pseudo-terminal; what it drew there."""
+def _run_on_a_terminal(runs: list[list[str]], env: dict[str, str]) -> str:
+    """Run ``lckd-med <argv>`` for each of ``runs`` in one fresh interpreter whose standard error is a
+    pseudo-terminal; what they drew there."""
     import fcntl
     import select
     import struct
@@ -343,9 +346,9 @@ def _run_on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
 
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # a new pty is 0 x 0, a terminal not
-    code = "import sys; from lckd_med.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import json, sys; from lckd_med.cli import main; sys.exit(max(main(a) for a in json.loads(sys.argv[1])))"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *argv], stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=REPO
+        [sys.executable, "-c", code, json.dumps(runs)], stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=REPO
     )
     os.close(slave)
     drawn = b""
@@ -367,13 +370,36 @@ def _run_on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
     return drawn.decode(errors="replace")
 
 
-def test_progress_is_drawn_on_a_terminal_per_case_and_window_and_ci_stays_quiet(ckpt, tmp_path):
-    write_cases(tmp_path / "in")
+def test_progress_is_drawn_on_a_terminal_per_case_and_window(ckpt, tmp_path):
+    """Under a pseudo-terminal: a bar over the cases and one over each case's windows, for a folder and for one
+    case (CI stays quiet: tests/inference/test_segmenter.py, tests/utils/test_progress.py)."""
+    cases = write_cases(tmp_path / "in")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "LCKD_MED_PROGRESS")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    args = ["predict", "--ckpt", str(ckpt), "--device", "cpu", "-i", str(tmp_path / "in"), "-o"]
-    drawn = _run_on_a_terminal([*args, str(tmp_path / "a")], env)
+    args = ["predict", "--ckpt", str(ckpt), "--device", "cpu"]
+    batch = [*args, "-i", str(tmp_path / "in"), "-o", str(tmp_path / "a")]
+    flair = next(cases["Brats18_A_1"].glob("*_flair.nii.gz"))
+    single = [*args, "--flair", str(flair), "-o", str(tmp_path / "one_seg.nii.gz")]
+    drawn = _run_on_a_terminal([batch, single], env)
     assert "inference: " in drawn and "3/3" in drawn  # the bar over cases
     assert "Brats18_A_1: " in drawn and "window" in drawn  # a bar over each case's windows
-    quiet = _run_on_a_terminal([*args, str(tmp_path / "b")], {**env, "CI": "true"})
-    assert "window" not in quiet and "%|" not in quiet
+    assert "one_seg: " in drawn  # one case: the bar over its windows
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_example_in_the_help_parses(command, capsys):
+    """The examples `lckd-med <command> --help` shows take only flags the command accepts (the import-safetensors
+    example used to pass --ckpt, which it rejects)."""
+    import shlex
+
+    from data_prep import brats
+    from lckd_med.cli import build_parser
+
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out.replace("\\\n", " ")
+    examples = [line.strip() for line in text.splitlines() if line.strip().startswith(f"lckd-med {command} ")]
+    assert examples
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parser = brats.build_parser() if command == "prepare" else sub[command]
+    for example in examples:
+        parser.parse_args(shlex.split(example)[2:])  # exits (status 2) on a flag it does not take

@@ -1,7 +1,8 @@
 """One progress bar (count, rate, ETA) for long loops over cases, quiet in CI and in logs.
 
 Every long loop of the toolkit (data preparation, evaluation, batch inference, scoring a folder) shows one tqdm bar
-on the terminal; training logs its own line with an ETA (:class:`lckd_med.engines.progress.ProgressHandler`). A bar
+on the terminal, and prediction one more over each case's sliding windows
+(:class:`lckd_med.prediction.SubsetPredictor`); training logs its own line with an ETA (:class:`lckd_med.engines.progress.ProgressHandler`). A bar
 is pointless, and clutters the log, when nobody watches: it is off when standard error is not a terminal, when the
 ``CI`` environment variable is set (GitHub Actions, GitLab CI and most others set it), or when
 ``LCKD_MED_PROGRESS=0``. ``LCKD_MED_PROGRESS=1`` forces it on.

@@ -3,6 +3,8 @@ the grid choice, region probabilities, input warnings, checkpoints of every kind
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -71,6 +73,27 @@ def test_arrays_images_and_files_give_the_same_segmentation(segmenter, ckpt, tmp
     np.testing.assert_array_equal(from_arrays.affine, lps())
     BatchInference(ckpt, tmp_path / "in", tmp_path / "out", device="cpu", progress=False).run()
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "x.nii.gz").dataobj), from_arrays.labels)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_window_progress_is_drawn_on_a_terminal_and_never_in_ci(segmenter, monkeypatch):
+    monkeypatch.delenv("LCKD_MED_PROGRESS", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    for ci, expected in ((None, True), ("true", False)):
+        if ci:
+            monkeypatch.setenv("CI", ci)
+        terminal = _Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        segmenter({"t1": volume(1)}, affine=lps(), name="case7", progress=True)
+        assert ("case7: " in terminal.getvalue() and "window" in terminal.getvalue()) is expected, ci
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    segmenter({"t1": volume(1)}, affine=lps(), name="case7")  # progress=False: nothing, terminal or not
+    assert terminal.getvalue() == ""
 
 
 def test_probabilities_are_the_regions_the_labels_come_from(segmenter, tmp_path):
