@@ -6,4 +6,6 @@ from lckd_med import constants
 
 __all__ = ["constants", "__version__"]
 
-__version__ = "0.3.0"
+#: The package version; pyproject.toml reads it (``[tool.setuptools.dynamic]``), the bundles' metadata.json require it
+#: (``required_packages_version``) and CHANGELOG.md's newest entry names it (tests/test_packaging.py checks all three).
+__version__ = "0.4.0"

@@ -2,8 +2,10 @@
 
 Each sub-command is a thin wrapper over the library call the bundles use:
 
-* ``lckd-med predict``: one case from its sequence files -> one label map (:class:`lckd_med.inference.BatchInference`
-  on a one-row manifest, so geometry checks, resampling, missing sequences and the output header are the batch's);
+* ``lckd-med predict``: every case found below a folder (``-i DIR -o DIR``, cases discovered as ``prepare`` finds
+  them), or one case from its sequence files (``--flair F ... -o seg.nii.gz``), through
+  :class:`lckd_med.inference.BatchInference` (the inference bundle's runner; one case is a one-row manifest), which
+  predicts with :class:`lckd_med.inference.Segmenter`, the one prediction path;
 * ``lckd-med prepare``: ``python -m data_prep.brats`` (discover, validate, write the datalist with splits);
 * ``lckd-med evaluate-folder``: score a folder of label maps against BraTS labels
   (:func:`lckd_med.reports.folder_scores.score_folder`);
@@ -16,20 +18,26 @@ is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 ba
 Every flag is parsed into its type (:mod:`lckd_med.utils.parse`) and a bad value is one line; no command replaces a
 file it did not write unless ``--overwrite`` is given, and never one of its inputs
 (:mod:`lckd_med.utils.outputs`); errors are one ``lckd-med: error:`` line (``LCKD_DEBUG=1`` shows the traceback).
+
+Start-up is light: this module and every command's ``--help`` and argument errors import neither torch nor MONAI
+(a command imports what it needs when it runs; ``python -m lckd_med.benchmarks.startup`` measures it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import logging
 import os
+import re
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lckd_med.constants import MODALITIES, label_convention
+from lckd_med.constants import GRID_RULES, MODALITIES, label_convention
 from lckd_med.utils.errors import EXIT_INTERRUPTED
 from lckd_med.utils.errors import run_guarded as guarded
 from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_float, parse_int, parse_text
@@ -66,12 +74,17 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
 
 
 PREDICT_EXAMPLE = """example:
+  lckd-med predict -i /data/MICCAI_BraTS_2018_Data_Training -o /data/segs --ckpt model.pt --png
   lckd-med predict --flair BraTS2021_00008_flair.nii.gz --t1ce BraTS2021_00008_t1ce.nii.gz \\
-      -o BraTS2021_00008_seg.nii.gz --ckpt bundles/lckd/runs/models/model.pt --device cuda
+      -o BraTS2021_00008_seg.nii.gz --ckpt bundles/lckd/runs/models/model.pt --png
 
-Give any non-empty subset of the four sequences; the others count as missing. Sequences stored in another
-orientation or voxel size of the same world space are resampled onto the reference sequence (t1ce, else flair,
-t2, t1), whose grid and header the label map takes, so it overlays that input.
+-i DIR: every case folder found below DIR as `lckd-med prepare` finds them (BraTS 2018 HGG/LGG, 2020-2021 flat,
+2023 t2f/t1n/t1c/t2w names); -o DIR gets <case_id>.nii.gz, inference_report.csv (and <case_id>.png, probabilities/).
+One case: give any non-empty subset of the four sequences; the others count as missing. --ckpt takes model.pt or a
+.safetensors export. Inputs must be skull-stripped and co-registered, as BraTS (README: What inputs must look like).
+Sequences stored in another orientation or voxel size of the same world space are resampled onto the reference
+sequence (--grid: t1ce, else flair, t2, t1 by default; a sequence name; coarsest or finest), whose grid and header
+the label map takes, so it overlays that input.
 Labels: 1 NCR, 2 ED, 4 ET (3 for BraTS 2023+ checkpoints or --label_convention brats2023)."""
 
 EVALUATE_EXAMPLE = """example:
@@ -88,20 +101,51 @@ Same options as python -m data_prep.brats (listed above)."""
 
 EXPORT_EXAMPLE = """example:
   lckd-med export-safetensors --ckpt bundles/lckd/runs/models/model.pt -o bundles/lckd/runs/models/model.safetensors
-  lckd-med import-safetensors --weights model.safetensors --ckpt model.pt -o model_from_safetensors.pt
 
 The .safetensors file holds the network weights and, as text metadata, the network name and hyper-parameters,
-modality/region order and label convention: enough to rebuild the network, and no code can ride along."""
+modality/region order and label convention: enough to rebuild the network, and no code can ride along.
+lckd-med predict --ckpt takes it as it is."""
+
+IMPORT_EXAMPLE = """example:
+  lckd-med import-safetensors --weights model.safetensors -o bundles/lckd/runs/imported/model.pt
+
+Writes an inference checkpoint (model.pt: network weights and description, no optimiser state) for the bundles'
+ckpt_dir (evaluation, inference); training does not resume from it. lckd-med predict takes the .safetensors file
+directly."""
+
+
+_DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
 
 def _device(text: str, name: str) -> str:
-    from lckd_med.prediction.device import resolve_device
+    """A device name, checked without importing torch unless it names a GPU (whose presence only torch knows)."""
+    value = parse_text(text, name).strip()
+    if not _DEVICE_NAME.match(value):
+        raise ValueError(f"{name}: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    if value.startswith(("cuda", "xpu", "mps")):
+        from lckd_med.prediction.device import resolve_device
 
-    try:
-        resolve_device(parse_text(text, name).strip())
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-    return text.strip()
+        try:
+            resolve_device(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return value
+
+
+def _grid(text: str, name: str) -> str:
+    value = parse_text(text, name).strip().lower()
+    if value not in (*MODALITIES, *GRID_RULES):
+        raise ValueError(
+            f"{name}: must be a sequence ({', '.join(MODALITIES)}) or {' / '.join(GRID_RULES)}, got {text!r}"
+        )
+    return value
+
+
+def _png(text: str, name: str) -> str:
+    value = parse_text(text, name).strip()
+    if not value.lower().endswith(".png"):
+        raise ValueError(f"{name}: must name a .png file, got {text!r}")
+    return value
 
 
 def _convention(text: str, name: str) -> str:
@@ -130,15 +174,39 @@ def build_parser() -> argparse.ArgumentParser:
     pr = _command(
         sub,
         "predict",
-        "segment one case from its sequence files",
-        "Segment one case from whichever of its four MRI sequences you have.",
+        "segment every case below a folder, or one case from its sequence files",
+        "Segment every case found below a folder (-i DIR -o DIR), or one case from whichever of its four MRI "
+        "sequences you have.",
         PREDICT_EXAMPLE,
     )
+    pr.add_argument(
+        "-i",
+        "--input",
+        metavar="DIR",
+        default=None,
+        help="folder of cases (found at any depth, as prepare finds them) or a CSV manifest case_id,flair,t1,t1ce,t2; "
+        "-o is then a folder",
+    )
     for m in MODALITIES:
-        pr.add_argument(f"--{m}", metavar="FILE", default=None, help=f"{m} NIfTI file (optional)")
-    pr.add_argument("-o", "--output", required=True, metavar="FILE", help="label map to write (.nii.gz or .nii)")
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output (never an input)")
-    pr.add_argument("--ckpt", metavar="FILE", default=None, help="checkpoint (default: the lckd bundle's model.pt)")
+        pr.add_argument(f"--{m}", metavar="FILE", default=None, help=f"{m} NIfTI file of one case (optional)")
+    pr.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="label map to write (.nii.gz or .nii), or a folder with -i",
+    )
+    pr.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output (never an input); with -i: redo cases that are up to date",
+    )
+    pr.add_argument(
+        "--ckpt",
+        metavar="FILE",
+        default=None,
+        help="model.pt or .safetensors export (default: the lckd bundle's model.pt)",
+    )
     pr.add_argument(
         "--device",
         default="auto",
@@ -172,6 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="brats2018 (ET=4) or brats2023 (ET=3); default: the checkpoint's",
     )
+    pr.add_argument(
+        "--grid",
+        type=arg_type(_grid, "--grid"),
+        default=None,
+        help="output grid: a sequence (t1ce, flair, t2, t1) or coarsest / finest voxels (default: t1ce, else flair, "
+        "t2, t1)",
+    )
+    pr.add_argument(
+        "--png",
+        type=arg_type(_png, "--png"),
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="FILE",
+        help="also write a picture: 3 slices through the tumour, labels overlaid (default file: beside --output, "
+        ".png; with -i: <output>/<case_id>.png)",
+    )
+    pr.add_argument(
+        "--save_probabilities",
+        action="store_true",
+        help="also write the region probabilities (ET, TC, WT) as a 4-D NIfTI: <output stem>_probabilities.nii.gz, "
+        "with -i: <output>/probabilities/<case_id>.nii.gz",
+    )
+    pr.add_argument("--no_progress", action="store_true", help="no progress bars")
 
     sub.add_parser(
         "prepare",
@@ -226,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "import-safetensors",
         "make an inference checkpoint from a .safetensors file",
         "Write an lckd_med checkpoint (model.pt) from a safetensors file made by export-safetensors.",
-        EXPORT_EXAMPLE,
+        IMPORT_EXAMPLE,
     )
     im.add_argument("--weights", required=True, help=".safetensors file")
     im.add_argument("-o", "--output", required=True, help="checkpoint to write (model.pt)")
@@ -238,56 +330,154 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def predict(args: argparse.Namespace) -> int:
-    """``lckd-med predict``: one case through :class:`~lckd_med.inference.BatchInference`, written to ``-o``.
+def _check_predict_args(args: argparse.Namespace) -> str | None:
+    """Why the combination of ``predict`` flags is wrong (before anything heavy is imported), or None."""
+    paths = [getattr(args, m) for m in MODALITIES]
+    if args.input is not None:
+        if any(paths):
+            return (
+                "give either -i/--input (a folder of cases) or sequence files (--flair, --t1, --t1ce, --t2), not both"
+            )
+        if isinstance(args.png, str):
+            return "with -i, --png takes no file name: each case's picture is <output>/<case_id>.png"
+        if Path(args.output).name.lower().endswith((".nii.gz", ".nii")):
+            return f"with -i, --output is a folder (for <case_id>.nii.gz files), got {args.output}"
+        return None
+    if not any(paths):
+        return "give -i/--input (a folder of cases) or at least one sequence: --flair, --t1, --t1ce and/or --t2"
+    if not Path(args.output).name.lower().endswith((".nii.gz", ".nii")):
+        return f"--output must end in .nii.gz or .nii, got {Path(args.output).expanduser()}"
+    return None
 
-    The case runs in a working folder beside the output (so the final rename is atomic), marked as this process's
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+@contextlib.contextmanager
+def _messages_on_stdout() -> Iterator[None]:
+    """lckd_med's INFO log lines (what is being done, the output size, per case results) on standard output while a
+    command runs, written around the progress bars (which go to standard error)."""
+    from lckd_med.utils.progress import ProgressLogHandler
+
+    log = logging.getLogger("lckd_med")
+    handler = ProgressLogHandler()
+    level = log.level
+    log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``lckd-med predict``: every case below ``-i`` (:meth:`BatchInference.run`), or one case through
+    :meth:`~lckd_med.inference.BatchInference.run_case` on a one-row manifest, written to ``-o``.
+
+    One case runs in a working folder beside the output (so the final rename is atomic), marked as this process's
     (:func:`~lckd_med.utils.outputs.make_work_dir`); one left by a killed run is removed at the next run.
     """
+    problem = _check_predict_args(args)
+    if problem:
+        _err(problem)
+        return EXIT_BAD_ARGS
+    ckpt = Path(args.ckpt).expanduser() if args.ckpt else default_checkpoint()
+    with _messages_on_stdout():
+        if args.input is not None:
+            return _predict_folder(args, ckpt)
+        return _predict_case(args, ckpt)
+
+
+def _runner_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "device": args.device,
+        "amp": not args.no_amp,
+        "roi_size": tuple(args.roi_size) if args.roi_size else None,
+        "overlap": args.overlap,
+        "threshold": args.threshold,
+        "label_convention": args.label_convention,
+        "grid": args.grid,
+        "png": args.png is not None,
+        "save_probabilities": args.save_probabilities,
+        "progress": not args.no_progress,
+        "ckpt_flag": "--ckpt",
+    }
+
+
+def _predict_folder(args: argparse.Namespace, ckpt: Path) -> int:
     from lckd_med.inference.batch import BatchInference
+
+    source = Path(args.input).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"--input {source} does not exist; give a folder of cases or a CSV manifest")
+    if source.is_file() and not source.name.lower().endswith(".csv"):
+        raise ValueError(
+            f"--input {source} is a file; give a folder of cases (found at any depth) or a CSV manifest "
+            "case_id,flair,t1,t1ce,t2 (one case: --flair/--t1/--t1ce/--t2 FILE -o seg.nii.gz)"
+        )
+    manifest = source if source.is_file() else None
+    engine = BatchInference(
+        ckpt,
+        None if manifest is not None else source,
+        Path(args.output).expanduser(),
+        manifest=manifest,
+        overwrite=args.overwrite,
+        **_runner_options(args),
+    )
+    try:
+        report = engine.run()
+    except SystemExit as e:  # Ctrl-C between cases: the runner said what was done
+        return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
+    failed = report[report["status"] != "ok"]
+    for row in failed.itertuples():
+        print(f"{_PROG}: error: {row.case_id}: {row.message}", file=sys.stderr)
+    return EXIT_FAILED if len(failed) else EXIT_OK
+
+
+def _predict_case(args: argparse.Namespace, ckpt: Path) -> int:
+    from lckd_med.inference.batch import PROBABILITIES_DIR, BatchInference
     from lckd_med.inference.subset_dice import describe_source
     from lckd_med.utils.io import save_nifti_atomic
     from lckd_med.utils.outputs import check_output_file, make_work_dir, remove_stale_work_dirs
 
     paths = {m: getattr(args, m) for m in MODALITIES}
-    if not any(paths.values()):
-        _err("give at least one sequence: --flair, --t1, --t1ce and/or --t2")
-        return EXIT_BAD_ARGS
     out = Path(args.output).expanduser()
-    if not out.name.lower().endswith((".nii.gz", ".nii")):
-        _err(f"--output must end in .nii.gz or .nii, got {out}")
-        return EXIT_BAD_ARGS
-    ckpt = Path(args.ckpt).expanduser() if args.ckpt else default_checkpoint()
+    png = (
+        (out.with_name(_stem(out) + ".png") if args.png is True else Path(args.png).expanduser()) if args.png else None
+    )
+    probs = out.with_name(_stem(out) + "_probabilities.nii.gz") if args.save_probabilities else None
     inputs = [Path(p).expanduser() for p in paths.values() if p] + [ckpt]
     check_output_file(out, inputs=inputs, overwrite=args.overwrite, what="--output")
+    if png is not None:
+        check_output_file(png, inputs=[*inputs, out], overwrite=args.overwrite, what="--png")
+    if probs is not None:
+        check_output_file(probs, inputs=[*inputs, out], overwrite=args.overwrite, what="--save_probabilities file")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work_dirs(out.parent, PREDICT_WORK_PREFIX)
     work = make_work_dir(out.parent, PREDICT_WORK_PREFIX)
+    name = _stem(out) if _stem(out) not in ("", ".", "..") else "case"  # names the case in messages and the picture
     try:
         manifest = work / "case.csv"
         with open(manifest, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case_id", *MODALITIES])
-            w.writerow(["case", *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
-        engine = BatchInference(
-            ckpt,
-            None,
-            work / "out",
-            manifest=manifest,
-            device=args.device,
-            amp=not args.no_amp,
-            roi_size=tuple(args.roi_size) if args.roi_size else None,
-            overlap=args.overlap,
-            threshold=args.threshold,
-            progress=False,
-            label_convention=args.label_convention,
-        )
+            w.writerow([name, *(str(Path(paths[m]).expanduser().resolve()) if paths[m] else "" for m in MODALITIES)])
+        engine = BatchInference(ckpt, None, work / "out", manifest=manifest, **_runner_options(args))
         (case,) = engine.cases()
         (work / "out").mkdir()
         row = engine.run_case(case)
         if row["status"] != "ok":
             _err(f"could not segment the case: {row['message']}")
             return EXIT_FAILED
+        if png is not None:
+            png.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work / "out" / f"{name}.png", png)
+        if probs is not None:
+            os.replace(work / "out" / PROBABILITIES_DIR / f"{name}.nii.gz", probs)
         if out.name.lower().endswith(".nii.gz"):
             os.replace(row["output"], out)
         else:
@@ -297,8 +487,14 @@ def predict(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out} ({row['modalities']}, {row['seconds']:.1f} s)")
-    if row["message"]:
-        print(f"note: {row['message']}")
+    for extra in (png, probs):
+        if extra is not None:
+            print(f"wrote {extra}")
+    for part in str(row["message"] or "").split("; "):
+        if part.startswith("warning: "):
+            print(part, file=sys.stderr)
+        elif part:
+            print(f"note: {part}")
     expected = {
         k[len("expected_dice_") :]: v for k, v in row.items() if k.startswith("expected_dice_") and v is not None
     }
@@ -306,6 +502,11 @@ def predict(args: argparse.Namespace) -> int:
         print(
             f"Dice of this subset on {describe_source(engine.subset_dice_source)}, measured with these weights: "
             + ", ".join(f"{r} {v:.3f}" for r, v in expected.items())
+        )
+    else:
+        print(
+            f"no validation Dice for {row['modalities']} with these weights: evaluating the checkpoint (python -m "
+            "monai.bundle run evaluate ...) writes subset_dice.json beside it, and predict then shows it"
         )
     return EXIT_OK
 

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "AFFINE_ATOL_MM",
+    "GRID_RULES",
     "MODALITIES",
     "NUM_MODALITIES",
     "REGIONS",
@@ -53,6 +54,10 @@ __all__ = [
     "HD95_ONE_EMPTY_MM",
     "ET_MIN_VOXELS",
 ]
+
+#: Output-grid choices of prediction besides a sequence name: the sequence with the largest voxels (fewest to
+#: segment) or the smallest (lckd_med.inference.geometry.choose_reference).
+GRID_RULES: tuple[str, ...] = ("coarsest", "finest")
 
 #: Modality keys in channel order (BraTS2018 file suffixes).
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")

@@ -88,6 +88,9 @@ FLAGS: dict[str, tuple[list[str], dict[str, tuple[list[str], int, str]]]] = {
             "--threshold": (["nan"], 2, "argument --threshold: must be a number in (0, 1)"),
             "--roi_size": (["16", "16", "0"], 2, "argument --roi_size: must be a whole number >= 1"),
             "--label_convention": (["brats1999"], 2, "argument --label_convention"),
+            "--input": (["MISSING"], 2, "give either -i/--input (a folder of cases) or sequence files"),
+            "--grid": (["t3"], 2, "argument --grid: must be a sequence (flair, t1, t1ce, t2) or coarsest / finest"),
+            "--png": (["seg.txt"], 2, "argument --png: must name a .png file"),
         },
     ),
     "evaluate-folder": (

@@ -115,3 +115,33 @@ def test_wheel_ships_the_bundles_and_finds_them_from_any_directory(tmp_path):
     package, omd, bundle_root = done.stdout.splitlines()[-3:]
     assert Path(package) == site / "lckd_med" / "__init__.py"
     assert Path(omd) == Path(bundle_root) == site / "lckd_med" / "bundles" / "omd"
+
+
+# ---------------------------------------------------------------------------------------------- one version
+
+
+def _changelog_versions() -> list[str]:
+    import re
+
+    text = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    return re.findall(r"^## (\d+\.\d+\.\d+)\s*$", text, re.MULTILINE)
+
+
+def test_the_bundles_require_the_package_version_and_the_changelogs_agree():
+    """metadata.json's required lckd_med is the package's own version; CHANGELOG.md and each metadata.json list the
+    same versions, newest first, the newest being the package's."""
+    import json
+
+    import lckd_med
+
+    versions = _changelog_versions()
+    assert versions and versions[0] == lckd_med.__version__, versions
+    assert versions == sorted(versions, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    for name in BUNDLES:
+        meta = json.loads((REPO / "bundles" / name / "metadata.json").read_text(encoding="utf-8"))
+        assert meta["required_packages_version"]["lckd_med"] == lckd_med.__version__, name
+        assert list(meta["changelog"]) == versions, name
+        assert meta["version"] == versions[0], name
+    pyproject = _pyproject()
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lckd_med.__version__"}

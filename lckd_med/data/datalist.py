@@ -63,6 +63,8 @@ __all__ = [
     "load_datalist",
     "datalist_spec",
     "split_counts",
+    "training_spacing",
+    "SPACING_SAMPLE",
 ]
 
 #: Split names of a datalist holding case entries, in file order.
@@ -439,3 +441,35 @@ def split_counts(d: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         counts["total"] = sum(counts.values())
         out[split] = counts
     return out
+
+
+#: Training cases whose headers :func:`training_spacing` reads (evenly spread over the split).
+SPACING_SAMPLE: int = 32
+
+
+def training_spacing(path: str | os.PathLike, split: str = "training") -> list[float] | None:
+    """Typical voxel size (mm) of a datalist's training cases: per sorted axis, the median over up to
+    :data:`SPACING_SAMPLE` cases of the first sequence's voxel sizes, from the NIfTI headers (no voxel read).
+
+    Training records it in the checkpoint's ``train_config`` (``voxel_spacing_mm``) so prediction can warn when an
+    input's voxels are far from it. None when it cannot be told (no case, unreadable headers, not 3-D NIfTI data).
+    """
+    import nibabel as nib
+
+    try:
+        entries = load_datalist(path, split)
+    except (OSError, ValueError):
+        return None
+    step = max(1, len(entries) // SPACING_SAMPLE)
+    sizes = []
+    for entry in entries[::step][:SPACING_SAMPLE]:
+        first = next((entry[m] for m in MODALITIES if entry.get(m)), None)
+        try:
+            affine = np.asarray(nib.load(str(first)).affine, dtype=float)
+        except Exception:  # any reader failure: this case tells nothing
+            continue
+        if affine.shape == (4, 4):
+            sizes.append(sorted(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)).tolist()))
+    if not sizes:
+        return None
+    return [round(float(v), 4) for v in np.median(np.asarray(sizes), axis=0)]

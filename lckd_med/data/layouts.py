@@ -604,7 +604,7 @@ def detect_layout(root: str | os.PathLike) -> str:
     return Counter(x.case.layout for x in found).most_common(1)[0][0]
 
 
-def _check_duplicates(found: list[_Found]) -> None:
+def _check_duplicates(found: list[_Found], flag: str = "--dataset_dir") -> None:
     by_id: dict[str, list[_Found]] = {}
     for x in found:
         by_id.setdefault(x.case.case_id, []).append(x)
@@ -614,13 +614,17 @@ def _check_duplicates(found: list[_Found]) -> None:
         shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
         raise DatasetConflictError(
             f"{len(copies)} case id(s) found in two or more different folders: {shown}. "
-            "Two copies of one case would leak between training and test splits: remove the copies, or point "
-            "--dataset_dir at one of the datasets."
+            "Two copies of one case would leak between training and test splits (and overwrite each other's "
+            f"outputs): remove the copies, or point {flag} at one of the datasets."
         )
 
 
 def discover_cases(
-    root: str | os.PathLike, layout: str | None = None, release: int | str | None = None
+    root: str | os.PathLike,
+    layout: str | None = None,
+    release: int | str | None = None,
+    flag: str = "--dataset_dir",
+    one_edition: bool = True,
 ) -> DiscoveryResult:
     """Find the BraTS cases at or below a folder (see the module docstring).
 
@@ -630,6 +634,10 @@ def discover_cases(
             ``None``/``"auto"`` for any.
         release: BraTS release year forcing the label convention (2023+ -> ET = 3, else 4); ``None`` guesses
             it from the case names, falling back to the layout's default.
+        flag: how the user gave ``root`` (named in messages): ``--dataset_dir`` of data preparation, ``input_dir``
+            of inference.
+        one_edition: refuse sub-trees of two BraTS editions (data preparation: they share patients); inference,
+            whose labels follow the checkpoint, segments them all (the release is then the most common one).
 
     Returns:
         A :class:`DiscoveryResult`; its ``cases`` may be empty when a forced layout matches nothing.
@@ -652,7 +660,7 @@ def discover_cases(
             raise _no_case_error(path, None)
         year = forced if forced is not None else LAYOUT_DEFAULT_RELEASE[layout]
         return DiscoveryResult(path, layout, year, label_convention(year), (), tuple(walker.problems))
-    _check_duplicates(walker.found)
+    _check_duplicates(walker.found, flag)
 
     groups: dict[tuple[Path, str], list[BratsCase]] = {}
     for x in walker.found:
@@ -662,12 +670,14 @@ def discover_cases(
         for (root_, lay), cs in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))
     )
     editions = sorted({st.release for st in subtrees})
+    if not one_edition:
+        editions = [Counter(st.release for st in subtrees for _ in st.case_ids).most_common(1)[0][0]]
     if len(editions) > 1:
         raise DatasetConflictError(
             f"{path} holds cases of {len(editions)} BraTS editions ({', '.join(map(str, editions))}): "
             + "; ".join(str(st) for st in subtrees)
-            + ". Editions share patients under different names and may label ET differently: point --dataset_dir "
-            "at one of these folders."
+            + ". Editions share patients under different names and may label ET differently: point "
+            f"{flag} at one of these folders."
         )
     cases = sorted((x.case for x in walker.found), key=lambda c: (c.case_id, str(c.dir)))
     main_layout = Counter(c.layout for c in cases).most_common(1)[0][0]

@@ -24,18 +24,22 @@ from itertools import combinations
 from typing import Any
 
 import monai.data
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import ImageReader, MetaTensor
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import (
     ConvertToMultiChannelBasedOnBratsClasses,
+    EnsureChannelFirst,
     LoadImage,
     MapTransform,
     RandomizableTransform,
     Transform,
 )
-from monai.utils import TransformBackends
+from monai.transforms.io.array import switch_endianness
+from monai.utils import ImageMetaKey, TransformBackends
 
 from lckd_med.constants import (
     AFFINE_ATOL_MM,
@@ -183,7 +187,10 @@ class LoadModalities(Transform):
     multi-channel file stores its channels as NIfTI vector components (the 5th dimension, ``(H, W, 1, 1, C)`` in
     2-D) or, for a 2-D spec, as the last axis of an ``(H, W, C)`` array.
 
-    Each file is read with MONAI ``LoadImage`` (nibabel reader, channel first). Channels follow ``MODALITIES``;
+    Each file is read with MONAI ``LoadImage`` (nibabel reader, channel first). A sequence may also be a nibabel
+    image held in memory (``nib.Nifti1Image``, e.g. built from an array and its affine by
+    :class:`lckd_med.inference.Segmenter`): it goes through the same reader's ``get_data``, so its tensor and metadata
+    are those the file would give. Channels follow ``MODALITIES``;
     a sequence that is missing (``None``, ``""`` or absent) is an all-zero channel and False in the mask. Affine
     and metadata are those of the first present sequence, so spatial transforms applied afterwards can be inverted
     with ``Invertd``.
@@ -213,12 +220,34 @@ class LoadModalities(Transform):
         self.reader = _resolve_reader(reader)
         self.loader = LoadImage(reader=self.reader, image_only=True, ensure_channel_first=True, dtype=np.float32)
 
+    def _from_image(self, image: nib.spatialimages.SpatialImage, loader: LoadImage, name: str) -> MetaTensor:
+        """``LoadImage``'s steps after ``reader.read``, on an image held in memory (the reader's header correction
+        included; ``get_data`` pairs images with the names ``read`` would have recorded)."""
+        image = correct_nifti_header_if_necessary(image)
+        self.reader.filenames = (name,)
+        array, meta = self.reader.get_data(image)
+        array = np.asarray(array, dtype=loader.dtype) if loader.dtype is not None else np.asarray(array)
+        meta = switch_endianness(meta, "<")
+        meta[ImageMetaKey.FILENAME_OR_OBJ] = name
+        img = MetaTensor.ensure_torch_and_prune_meta(
+            array, meta, loader.simple_keys, pattern=loader.pattern, sep=loader.sep
+        )
+        return EnsureChannelFirst()(img, meta_dict=meta) if loader.ensure_channel_first else img
+
     def read(
-        self, path: str, case_id: Any = None, what: str = "image", loader: LoadImage | None = None, channels: int = 1
+        self,
+        path: str | nib.spatialimages.SpatialImage,
+        case_id: Any = None,
+        what: str = "image",
+        loader: LoadImage | None = None,
+        channels: int = 1,
     ) -> MetaTensor:
-        """Read one 3D volume as a ``(1, H, W, D)`` MetaTensor (``(channels, *spatial)`` for the spec's
-        dimensions), raising ValueError naming case and file."""
+        """Read one 3D volume (a file, or a nibabel image in memory) as a ``(1, H, W, D)`` MetaTensor
+        (``(channels, *spatial)`` for the spec's dimensions), raising ValueError naming case and file."""
         prefix = _case_prefix(case_id)
+        if isinstance(path, nib.spatialimages.SpatialImage):
+            img = self._from_image(path, loader or self.loader, f"<{what} in memory>")
+            return self._checked_shape(img, f"<{what} in memory>", prefix, what, channels)
         if not os.path.isfile(path):
             raise ValueError(f"{prefix}{what} file does not exist: {path}")
         brats_like = (self.spec.spatial_dims, channels) == (3, 1)
@@ -233,6 +262,9 @@ class LoadModalities(Transform):
             img = (loader or self.loader)(path, reader=self.reader)
         except Exception as e:  # any reader failure becomes one clear error naming the file
             raise ValueError(f"{prefix}cannot read {what} file {path}: {type(e).__name__}: {e}") from e
+        return self._checked_shape(img, path, prefix, what, channels)
+
+    def _checked_shape(self, img: MetaTensor, path: str, prefix: str, what: str, channels: int) -> MetaTensor:
         dims = self.spec.spatial_dims
         if dims != 3 or channels != 1:
             img = _to_channels_first(img, dims, channels)
@@ -282,8 +314,11 @@ class LoadModalities(Transform):
         for i, (mod, path) in enumerate(zip(names, ordered, strict=True)):
             if _is_missing_path(path):
                 continue
+            if isinstance(path, nib.spatialimages.SpatialImage):
+                loaded[i] = self.read(path, case_id, what=mod, channels=self.spec.channels[i])
+                continue
             if not isinstance(path, (str, os.PathLike)):
-                raise TypeError(f"{prefix}path of {mod} must be a string, got {type(path).__name__}")
+                raise TypeError(f"{prefix}path of {mod} must be a string or a nibabel image, got {type(path).__name__}")
             loaded[i] = self.read(os.fspath(path), case_id, what=mod, channels=self.spec.channels[i])
 
         first_i = min(loaded)

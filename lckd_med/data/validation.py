@@ -26,7 +26,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
 
 from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES, LabelConvention, label_convention
 from lckd_med.data.layouts import BratsCase, Issue
@@ -51,6 +50,7 @@ __all__ = [
     "CaseCheck",
     "check_volume_file",
     "check_volume_header",
+    "image_header_problem",
     "check_normalisable",
     "normalisation_problem",
     "validate_case",
@@ -137,10 +137,24 @@ def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.Path
             f"{path}: header claims {shape} voxels ({offset + claimed} bytes with the header) but the file has "
             f"{size} bytes (truncated); {fix}"
         )
+    problem = image_header_problem(img)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    check_fits(
+        float(np.prod(shape, dtype=np.float64)) * READ_MEMORY_FACTOR,
+        f"{path}: reading its {shape} voxels",
+        "the file is corrupt or far larger than a head MRI; check it, or free memory",
+    )
+
+
+def image_header_problem(img: nib.spatialimages.SpatialImage) -> str | None:
+    """What makes an image's header unusable whatever holds it (a file or memory): an affine with NaN or infinite
+    entries, a singular affine (a zero voxel size, two axes mapped onto one), complex-valued voxels. None when fine.
+    """
     affine = np.asarray(img.affine, dtype=float) if img.affine is not None else None
     if affine is not None and not np.isfinite(affine).all():
-        raise ValueError(
-            f"{path}: the affine (voxel-to-world matrix in the header) holds NaN or infinite entries; "
+        return (
+            "the affine (voxel-to-world matrix in the header) holds NaN or infinite entries; "
             "fix the qform/sform of this file (e.g. re-save it with nibabel or fslorient)"
         )
     if affine is not None and affine.shape == (4, 4):
@@ -150,8 +164,8 @@ def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.Path
             singular = np.zeros(3)
         if singular.min() <= singular.max() / MAX_AFFINE_CONDITION:
             sizes = ", ".join(f"{v:.3g}" for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-            raise ValueError(
-                f"{path}: the affine (voxel-to-world matrix in the header) is singular (voxel sizes {sizes} mm): a "
+            return (
+                f"the affine (voxel-to-world matrix in the header) is singular (voxel sizes {sizes} mm): a "
                 "zero voxel size or two axes mapped onto one; fix the qform/sform or pixdim of this file"
             )
     try:
@@ -159,15 +173,11 @@ def check_volume_header(img: nib.spatialimages.SpatialImage, path: str | os.Path
     except TypeError:
         kind = ""
     if kind == "c":
-        raise ValueError(
-            f"{path}: holds complex-valued voxels ({img.get_data_dtype()}); an MRI for segmentation is real-valued: "
+        return (
+            f"holds complex-valued voxels ({img.get_data_dtype()}); an MRI for segmentation is real-valued: "
             "save the magnitude image instead"
         )
-    check_fits(
-        float(np.prod(shape, dtype=np.float64)) * READ_MEMORY_FACTOR,
-        f"{path}: reading its {shape} voxels",
-        "the file is corrupt or far larger than a head MRI; check it, or free memory",
-    )
+    return None
 
 
 def check_volume_file(path: str | os.PathLike) -> None:
@@ -195,6 +205,8 @@ def check_normalisable(data: np.ndarray, path: str | os.PathLike) -> None:
 def normalisation_problem(data: np.ndarray) -> str | None:
     """Why float32 z-score normalisation of the non-zero voxels (what the pipelines do) gives non-finite values,
     or None when it is fine. Finite but huge intensities (beyond ~1e19) overflow the variance."""
+    import torch  # the pipelines' arithmetic, checked with the same library; imported here to keep start-up light
+
     values = torch.as_tensor(np.asarray(data, dtype=np.float32)[np.asarray(data) != 0])
     if values.numel() == 0 or not torch.isfinite(values).all():
         return None  # empty and non-finite volumes are reported by their own checks

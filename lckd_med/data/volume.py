@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["NiftiRead", "read_nifti", "intensity_problems", "describe_error"]
+__all__ = ["NiftiRead", "read_nifti", "read_image", "intensity_problems", "describe_error"]
 
 
 def describe_error(err: BaseException) -> str:
@@ -59,7 +59,7 @@ class NiftiRead:
     """What :func:`read_nifti` found.
 
     Attributes:
-        path: the file.
+        path: the file (for an image held in memory, :func:`read_image`, a name such as ``<flair array>``).
         image: the nibabel image (header), None when the file could not be opened as NIfTI.
         data: voxels ``(H, W, D)`` in the file's data type (trailing singleton axes dropped), None when unread.
         problems: why the file cannot be used, without the path (callers name the file); empty when usable.
@@ -127,3 +127,31 @@ def read_nifti(path: str | os.PathLike, label: bool = False, strict: bool = Fals
     except Exception as err:  # truncated or corrupt gzip streams surface here, not at nib.load
         return fail(img, f"cannot read image data, file truncated or corrupt ({describe_error(err)})", warnings)
     return NiftiRead(path, img, data, problems, warnings)
+
+
+def read_image(image: nib.spatialimages.SpatialImage, name: str, strict: bool = False) -> NiftiRead:
+    """:func:`read_nifti` for an image held in memory (a ``nib.Nifti1Image`` built from an array and an affine, or
+    one a caller loaded): the same header checks that do not concern a file (finite, non-singular affine, real data),
+    shape and intensity checks, the same words; never raises for a bad image.
+
+    Args:
+        image: the image.
+        name: how messages name it (callers prefix it, e.g. ``"flair array"``).
+        strict: refuse trailing singleton axes instead of squeezing them.
+    """
+    from lckd_med.data.validation import image_header_problem
+
+    path = Path(name)
+    problem = image_header_problem(image)
+    if problem:
+        return NiftiRead(path, image, None, (problem,))
+    shape = tuple(int(s) for s in image.shape)
+    warnings: tuple[str, ...] = ()
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]) and not strict:
+        warnings = (f"{len(shape)}-D image with a single volume {shape}: squeezed to 3-D",)
+    elif len(shape) != 3:
+        return NiftiRead(path, image, None, (f"not a single 3D volume (shape {shape}): expected a 3-D volume",))
+    data = np.asanyarray(image.dataobj).reshape(shape[:3])
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        return NiftiRead(path, image, None, (f"holds {data.dtype} values; an MRI is a real-valued volume",))
+    return NiftiRead(path, image, data, tuple(intensity_problems(data)), warnings)

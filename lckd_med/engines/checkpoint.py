@@ -41,7 +41,7 @@ import torch
 from lckd_med.constants import REGIONS
 from lckd_med.methods.registry import network_class
 from lckd_med.modalities import BRATS, ModalitySpec, spec_of
-from lckd_med.utils.io import atomic_path
+from lckd_med.utils.io import atomic_path, zip_entries
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -202,6 +202,7 @@ def load_checkpoint(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     modalities: ModalitySpec | Mapping[str, Any] | None = BRATS,
+    flag: str = "ckpt_dir",
 ) -> dict[str, Any]:
     """Load and check a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
 
@@ -211,9 +212,12 @@ def load_checkpoint(
         modalities: the modality spec the caller's data has (default BraTS; e.g. the datalist's, see
             :func:`lckd_med.data.datalist.datalist_spec`); the checkpoint's must describe the same input.
             ``None`` accepts any spec (read it with :func:`checkpoint_spec`).
+        flag: how the user gave the file (``ckpt_dir`` of the bundles, ``--ckpt`` of ``lckd-med``), named in the
+            messages.
 
     Raises:
-        FileNotFoundError: no file at ``path`` (the message says how to make one).
+        FileNotFoundError: no file at ``path`` (the message says how to make one, or which command converts the
+            ``.safetensors`` export found there).
         IsADirectoryError: ``path`` is a folder.
         ValueError: the file is not an lckd_med checkpoint, its weights are broken (non-finite, absurdly large, or
             not the content whose hash was recorded: see :func:`check_weights`), its region order differs from ours,
@@ -222,10 +226,25 @@ def load_checkpoint(
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the checkpoint file (model.pt) inside it")
+    exports = sorted(path.parent.glob("*.safetensors")) if not path.is_file() and path.parent.is_dir() else []
+    if path.name.lower().endswith(".safetensors") or exports:
+        export = path if path.name.lower().endswith(".safetensors") else exports[0]
+        what = (
+            f"{path} is a .safetensors export" if export == path else f"no {path.name} in {path.parent}, only {export}"
+        )
+        raise FileNotFoundError(
+            f"{what}: make a checkpoint from it with `lckd-med import-safetensors --weights {export} -o "
+            f"{path.with_name(CHECKPOINT_NAME)}` (lckd-med predict --ckpt takes the .safetensors file as it is)"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}; train first (python -m monai.bundle run training ...) "
-            "or point ckpt_dir at the folder holding model.pt"
+            f"or point {flag} at {'the folder holding model.pt' if flag == 'ckpt_dir' else 'a model.pt'}"
+        )
+    if _is_torchscript(path):
+        raise ValueError(
+            f"{path} is a TorchScript export (python -m monai.bundle ckpt_export): it runs on its own "
+            f"(torch.jit.load) but cannot be turned back into a checkpoint; give {flag} the model.pt it was exported from"
         )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -234,7 +253,7 @@ def load_checkpoint(
         if "Weights only load failed" in why:  # torch's multi-paragraph advice is about trusting the file: we do not
             why = "it holds pickled Python objects or is not a torch file"
         raise ValueError(
-            f"{path}: not a readable lckd_med checkpoint ({why}); point ckpt_dir at a "
+            f"{path}: not a readable lckd_med checkpoint ({why}); point {flag} at a "
             "model.pt written by lckd_med training (pickled whole-model files are refused for safety)"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -253,6 +272,12 @@ def load_checkpoint(
     if expected is not None:
         spec.check_same(expected, f"checkpoint {path}", f"the data ({expected.name})")
     return ckpt
+
+
+def _is_torchscript(path: Path) -> bool:
+    """``path`` is a TorchScript archive (a zip with ``code/`` and ``constants.pkl`` entries)."""
+    names = zip_entries(path) or []
+    return any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
 
 
 def checkpoint_spec(ckpt: Mapping[str, Any], source: str = "checkpoint") -> ModalitySpec:

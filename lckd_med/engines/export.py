@@ -58,18 +58,25 @@ class ExportableSegmenter(torch.nn.Module):
     ) -> ExportableSegmenter:
         """The network described in an lckd_med checkpoint (rebuilt from its stored hyper-parameters), in eval mode.
 
-        Under ``python -m monai.bundle ckpt_export`` the file it will write (``--filepath``) is checked first: an
-        existing file is refused unless ``overwrite`` (the bundle key, ``--overwrite True``), and the checkpoint
-        itself always.
+        Under ``python -m monai.bundle ckpt_export`` the network is rebuilt from the file the command exports
+        (``--ckpt_file``) rather than from ``ckpt_path`` (the config's ``<ckpt_dir>/model.pt``), so the documented
+        command works for any checkpoint without ``--ckpt_dir``; and the file it will write (``--filepath``) is
+        checked first: an existing file is refused unless ``overwrite`` (the bundle key, ``--overwrite True``), and the
+        checkpoint itself always.
 
         Raises:
             FileNotFoundError / ValueError: see :func:`lckd_med.engines.checkpoint.load_checkpoint`.
             FileExistsError: the export target exists and ``overwrite`` is False.
         """
+        from lckd_med.engines.workflow import install_error_hook
+
+        install_error_hook()  # ckpt_export runs no initialize list: a bad file is one line here too
         overwrite = parse_bool(overwrite, "--overwrite")  # ckpt_export runs no initialize: "false" arrives as text
         target = export_target()
         if target is not None:
             filepath, ckpt_file = target
+            if ckpt_file:
+                ckpt_path = ckpt_file
             check_output_file(
                 filepath,
                 inputs=[ckpt_path, ckpt_file or None],

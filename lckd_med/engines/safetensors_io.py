@@ -37,7 +37,7 @@ from lckd_med.engines.checkpoint import (
     weights_hash,
 )
 from lckd_med.methods.registry import METHODS, network_classes
-from lckd_med.utils.io import atomic_path
+from lckd_med.utils.io import atomic_path, zip_entries
 from lckd_med.utils.outputs import check_output_file
 
 __all__ = ["SAFETENSORS_FORMAT", "export_safetensors", "read_safetensors", "import_safetensors"]
@@ -128,6 +128,12 @@ def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
             raise bad("subset_dice", f"entry {subset!r} must map regions to Dice values in [0, 1]")
 
 
+def _is_checkpoint(path: Path) -> bool:
+    """``path`` is a ``torch.save`` zip archive (as ``model.pt``), not a TorchScript one (which holds ``code/``)."""
+    names = zip_entries(path) or []
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """A weights-only checkpoint dictionary (as :func:`load_checkpoint` returns) from a ``.safetensors`` file.
 
@@ -145,6 +151,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
             meta = dict(f.metadata() or {})
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # the library raises its own error types for malformed headers
+        if _is_checkpoint(path):
+            raise ValueError(
+                f"{path} is an lckd_med checkpoint (model.pt), not a .safetensors file: make one with "
+                f"`lckd-med export-safetensors --ckpt {path}` (lckd-med predict --ckpt takes either)"
+            ) from None
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
     missing = [k for k in _REQUIRED if k not in meta]
     if meta.get("format") != SAFETENSORS_FORMAT or missing:

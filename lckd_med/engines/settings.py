@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from lckd_med.constants import MODALITIES, label_convention
+from lckd_med.constants import GRID_RULES, MODALITIES, label_convention
 from lckd_med.data.datalist import SPLITS
 from lckd_med.data.pipelines import AUGMENTATIONS, CROP_SAMPLINGS, INTENSITY_NORMS
 from lckd_med.data.transforms import DROPOUT_DISTRIBUTIONS, DROPOUT_GRANULARITIES
@@ -210,6 +210,9 @@ SETTINGS: Mapping[str, Setting] = {
     "postprocess": _choice(POSTPROCESSINGS),
     "save_predictions": _bool(),
     "overwrite": _bool(),
+    "grid": Setting(optional(_p(parse_choice, choices=(*MODALITIES, *GRID_RULES))), ("t3", "smallest", 3)),
+    "png": _bool(),
+    "save_probabilities": _bool(),
 }
 
 #: Top-level keys that hold components or code, not values a user sets (they may look like plain values: ``null``,

@@ -1,5 +1,5 @@
-"""lckd_med.inference: evaluation, geometry checks and batch inference on user scans (the sweep lives in
-:mod:`lckd_med.prediction`, re-exported here)."""
+"""lckd_med.inference: the one prediction path (:class:`Segmenter`), evaluation, geometry checks and batch inference on
+user scans (the sweep lives in :mod:`lckd_med.prediction`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,23 @@ from lckd_med.inference.geometry import (
     REFERENCE_PRIORITY,
     GeometryError,
     VolumeGeometry,
+    align_volumes,
     check_and_align,
+    choose_reference,
     compare_geometry,
     read_volume,
     reference_modality,
 )
+from lckd_med.inference.segmenter import Segmentation, Segmenter, region_probabilities
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.prediction.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 
 __all__ = [
+    "Segmenter",
+    "Segmentation",
+    "region_probabilities",
+    "align_volumes",
+    "choose_reference",
     "sweep_subsets",
     "subset_masks",
     "SubsetSweepPredictor",

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -36,38 +35,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Invertd
 
 from lckd_med.constants import (
+    GRID_RULES,
     MODALITIES,
     REGIONS,
     RELEASE_FILE_SUFFIXES,
     LabelConvention,
     subset_name,
 )
-from lckd_med.constants import label_convention as to_label_convention
+from lckd_med.data.layouts import DatasetConflictError, LayoutError, discover_cases
 from lckd_med.data.naming import NIFTI_EXTENSIONS, SEPARATORS, match_sequence_file, nifti_stem
-from lckd_med.data.pipelines import eval_transforms, recipe_intensity
-from lckd_med.data.transforms import CASE_KEY, IMAGE_KEY, MASK_KEY
-from lckd_med.data.validation import case_file_problems
-from lckd_med.engines.checkpoint import build_network, load_checkpoint, weights_hash
-from lckd_med.inference.geometry import check_and_align, reference_modality
-from lckd_med.inference.subset_dice import load_subset_dice
-from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
-from lckd_med.prediction import SubsetPredictor, resolve_device, resolve_roi_size
-from lckd_med.reports.folder_scores import voxel_spacing
-from lckd_med.utils.checks import fraction, positive_int
-from lckd_med.utils.io import printable, remove_stale_temporaries, save_label_map, write_text_atomic
+from lckd_med.inference.segmenter import Segmentation, Segmenter
+from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, load_subset_dice
+from lckd_med.utils.io import (
+    printable,
+    remove_stale_temporaries,
+    save_label_map,
+    save_nifti_atomic,
+    write_text_atomic,
+)
 from lckd_med.utils.outputs import (
+    OwnedFiles,
     check_output_folder,
     file_sha256,
     folder_lock,
-    make_work_dir,
     remove_stale_work_dirs,
 )
 from lckd_med.utils.progress import progress_bar
@@ -77,6 +71,7 @@ __all__ = [
     "MANIFEST_COLUMNS",
     "REPORT_COLUMNS",
     "REPORT_NAME",
+    "PROBABILITIES_DIR",
     "InferenceCase",
     "match_sequence_file",
     "discover_inference_cases",
@@ -102,8 +97,9 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "settings",
 )
 REPORT_NAME = "inference_report.csv"
-_PRED_KEY = "pred"
-#: Prefix of the per-case working folders (resampled sequences) made inside ``output_dir``.
+#: Sub-folder of ``output_dir`` holding the region probabilities (``save_probabilities``).
+PROBABILITIES_DIR = "probabilities"
+#: Prefix of the per-case working folders older versions made inside ``output_dir`` (removed when their owner is gone).
 _WORK_PREFIX = ".lckd_align_"
 
 
@@ -136,8 +132,17 @@ class InferenceCase:
         return subset_name(self.present) if self.present else ""
 
 
-def _scan_case_folder(folder: Path) -> InferenceCase:
-    case = InferenceCase(case_id=folder.name, source=folder)
+def _seconds(value: Any) -> float | None:
+    """A report's ``seconds`` cell as a number (None when empty or not a number)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _scan_case_folder(folder: Path, case_id: str | None = None) -> InferenceCase:
+    """Read one case folder: its sequence files (:func:`match_sequence_file`), and why it cannot be run."""
+    case = InferenceCase(case_id=folder.name if case_id is None else case_id, source=folder)
     found: dict[str, list[Path]] = {}
     try:
         entries = sorted(folder.iterdir())
@@ -244,18 +249,30 @@ def read_manifest(manifest: str | os.PathLike) -> list[InferenceCase]:
     return cases
 
 
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:  # a link loop
+        return path
+
+
 def discover_inference_cases(
     input_dir: str | os.PathLike | None, manifest: str | os.PathLike | None = None
 ) -> list[InferenceCase]:
-    """Cases to segment: the manifest's rows when given, else every sub-folder of ``input_dir``.
+    """Cases to segment: the manifest's rows when given, else every case folder at or below ``input_dir``.
 
-    Each sub-folder (hidden ones skipped) is a case named after the folder; its sequence files are recognised by
-    :func:`match_sequence_file`. A folder without any recognised sequence, or with two files of one sequence, is a
-    case with an ``error`` (so it appears in the report). Cases are sorted by ``case_id`` (folders).
+    Case folders are found as data preparation finds them (:func:`lckd_med.data.layouts.discover_cases`: BraTS 2018's
+    ``HGG``/``LGG`` nesting, the flat 2020-2021 layout, 2023's hyphenated names, anywhere below the folder); every
+    other sub-folder of ``input_dir`` itself is a case too (named after the folder), so a folder with no recognised
+    sequence, an unreadable one or one whose name is not valid UTF-8 gets its own report row instead of being
+    dropped. Each case folder is read by :func:`_scan_case_folder` (its sequence files recognised by
+    :func:`match_sequence_file`; two files of one sequence, a dangling link, no sequence: the case's ``error``).
+    Cases are sorted by ``case_id``.
 
     Raises:
         FileNotFoundError: ``input_dir`` is not a folder (when no manifest is given).
-        ValueError: neither ``input_dir`` nor ``manifest``; a bad manifest (see :func:`read_manifest`).
+        ValueError: neither ``input_dir`` nor ``manifest``; a bad manifest (see :func:`read_manifest`); two case
+            folders with one name (their outputs would collide).
     """
     if manifest is not None:
         return read_manifest(manifest)
@@ -264,19 +281,48 @@ def discover_inference_cases(
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input_dir {root} is not a folder")
-    return [_scan_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    try:
+        found = discover_cases(root, flag="input_dir", one_edition=False)
+    except LayoutError:
+        found = None
+    except DatasetConflictError as e:
+        raise ValueError(str(e)) from None
+    cases = [_scan_case_folder(c.dir, c.case_id) for c in (found.cases if found is not None else ())]
+    for issue in found.problems if found is not None else ():
+        logger.debug("below input_dir: %s", issue)
+    taken = [_resolved(c.source) for c in cases if c.source is not None]
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        real = _resolved(d)
+        if any(t == real or real in t.parents for t in taken):  # a case, or a folder holding cases
+            continue
+        cases.append(_scan_case_folder(d))
+    by_id: dict[str, list[InferenceCase]] = {}
+    for c in cases:
+        by_id.setdefault(c.case_id, []).append(c)
+    twice = {cid: cs for cid, cs in by_id.items() if len(cs) > 1}
+    if twice:
+        cid, cs = next(iter(sorted(twice.items())))
+        raise ValueError(
+            f"case {printable(cid)} is found {len(cs)} times below {root} ({', '.join(str(c.source) for c in cs)}); "
+            "its outputs would overwrite each other: rename or move one of the folders"
+        )
+    return sorted(cases, key=lambda c: c.case_id)
 
 
 class BatchInference:
     """Segment every case of a folder (or manifest) with one checkpoint, whatever sequences each case has.
 
-    Per case: :func:`~lckd_med.inference.geometry.check_and_align` -> ``eval_transforms(with_label=False)`` ->
-    :class:`~lckd_med.prediction.SubsetPredictor` on the subset of present sequences -> sigmoid > ``threshold``
-    -> ``Invertd`` back to the input grid -> ``LabelConvention.regions_to_labels(ET, TC, WT)`` -> uint8 NIfTI.
+    Per case: :class:`~lckd_med.inference.Segmenter` (read and check the sequences, put them on the reference grid,
+    the checkpoint's normalisation, sliding window on the subset present, threshold, back to the reference grid,
+    labels) -> uint8 NIfTI, and on request a picture (``<case_id>.png``, :func:`lckd_med.reports.overlay.save_overlay`)
+    and the region probabilities (``probabilities/<case_id>.nii.gz``).
 
     Args:
-        ckpt_path: checkpoint written by :func:`lckd_med.engines.checkpoint.save_checkpoint` (loaded once).
-        input_dir: folder of case folders (may be None when ``manifest`` is given).
+        ckpt_path: checkpoint written by :func:`lckd_med.engines.checkpoint.save_checkpoint`, or a ``.safetensors``
+            export (loaded once).
+        input_dir: folder holding the case folders at any depth (may be None when ``manifest`` is given).
         output_dir: where label maps and ``inference_report.csv`` go (created).
         manifest: optional CSV ``case_id,flair,t1,t1ce,t2`` used instead of scanning ``input_dir``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
@@ -284,7 +330,8 @@ class BatchInference:
         roi_size: sliding-window size; None takes ``ckpt["train_config"]["roi_size"]``.
         overlap: sliding-window overlap in [0, 1).
         threshold: sigmoid probability above which a voxel belongs to a region, in (0, 1).
-        progress: show a progress bar over cases (drawn on a terminal only, see :mod:`lckd_med.utils.progress`).
+        progress: show progress bars over cases and over each case's windows (drawn on a terminal only, see
+            :mod:`lckd_med.utils.progress`).
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
             checkpoint's.
         sw_batch_size: windows per network call.
@@ -293,6 +340,11 @@ class BatchInference:
         average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's).
         postprocess: ``"none"`` or ``"reference"`` (the LCKD reference's ``postprocess.py``, k-means step only when
             the case has T1ce; :func:`lckd_med.metrics.postprocess.reference_postprocess`).
+        grid: the grid each case is segmented on and written on: None (t1ce, else flair, t2, t1), a sequence name,
+            ``"coarsest"`` or ``"finest"`` (see :func:`lckd_med.inference.geometry.choose_reference`).
+        png: also write ``<case_id>.png``: three orthogonal slices through the tumour with the labels overlaid.
+        save_probabilities: also write ``probabilities/<case_id>.nii.gz``, the region probabilities (ET, TC, WT).
+        ckpt_flag: how the user gave the checkpoint, named in messages (``ckpt_dir``, ``--ckpt``).
 
     The intensity normalisation is the one the checkpoint was trained with (``train_config``, see
     :func:`lckd_med.data.pipelines.recipe_intensity`).
@@ -319,16 +371,24 @@ class BatchInference:
         overwrite: bool = False,
         average: str = "logits",
         postprocess: str = "none",
+        grid: str | None = None,
+        png: bool = False,
+        save_probabilities: bool = False,
+        ckpt_flag: str = "ckpt_dir",
     ) -> None:
-        for name, flag in (("amp", amp), ("progress", progress), ("overwrite", overwrite)):
+        for name, flag in (
+            ("amp", amp),
+            ("progress", progress),
+            ("overwrite", overwrite),
+            ("png", png),
+            ("save_probabilities", save_probabilities),
+        ):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
-        fraction(overlap, "overlap")
-        fraction(threshold, "threshold", low_open=True)
-        positive_int(sw_batch_size, "sw_batch_size")
-        if postprocess not in POSTPROCESSINGS:
-            raise ValueError(f"postprocess must be one of {POSTPROCESSINGS}, got {postprocess!r}")
-        self.postprocess = postprocess
+        if grid is not None and grid not in (*MODALITIES, *GRID_RULES):
+            raise ValueError(
+                f"grid must be None, a sequence ({', '.join(MODALITIES)}) or one of {GRID_RULES}, got {grid!r}"
+            )
         if input_dir is None and manifest is None:
             raise ValueError("give input_dir (a folder of case folders) or manifest (a CSV file)")
         if manifest is None and not Path(input_dir).is_dir():  # type: ignore[arg-type]
@@ -340,49 +400,48 @@ class BatchInference:
         self.input_dir = Path(input_dir) if input_dir is not None else None
         self.output_dir = Path(output_dir)
         self.manifest = Path(manifest) if manifest is not None else None
-        self.device = resolve_device(device)
-        self.amp = amp
-        self.overlap = float(overlap)
-        self.threshold = float(threshold)
         self.progress = progress
-        self.sw_batch_size = sw_batch_size
         self.overwrite = overwrite
+        self.png = png
+        self.save_probabilities = save_probabilities
         self._previous: dict[str, dict[str, Any]] = {}  # rows of the report an earlier run left, by case_id
         self._owned: set[str] = set()  # names of the label maps that report lists: ours to replace
 
-        self.ckpt = load_checkpoint(self.ckpt_path, map_location="cpu")
-        self.convention = to_label_convention(
-            self.ckpt["label_convention"] if label_convention is None else label_convention
-        )
-        self.network = build_network(self.ckpt).eval().to(self.device)
-        self.predictor = SubsetPredictor(
-            self.network,
-            resolve_roi_size(roi_size, self.ckpt, self.network, where=str(self.ckpt_path)),
-            overlap=self.overlap,
-            amp=self.amp,
-            sw_batch_size=self.sw_batch_size,
-            device=self.device,
-            output_device="cpu",
+        self.segmenter = Segmenter.from_checkpoint(
+            self.ckpt_path,
+            flag=ckpt_flag,
+            device=device,
+            amp=amp,
+            roi_size=roi_size,
+            overlap=overlap,
+            threshold=threshold,
+            label_convention=label_convention,
+            sw_batch_size=sw_batch_size,
             average=average,
+            postprocess=postprocess,
+            grid=grid,
         )
-        self.roi_size = self.predictor.roi_size
+        self.device = self.segmenter.device
+        self.amp = amp
+        self.overlap = self.segmenter.overlap
+        self.threshold = self.segmenter.threshold
+        self.convention = self.segmenter.convention
+        self.roi_size = self.segmenter.roi_size
+        self.transforms = self.segmenter.transforms
+        self.grid = grid
         # what evaluation measured per subset with these weights (subset_dice.json beside model.pt; older model.pt
-        # files hold it), and on which split (None: not recorded)
+        # files and .safetensors exports hold it), and on which split (None: not recorded)
         self.subset_dice: Mapping[str, Mapping[str, float]]
-        self.subset_dice, self.subset_dice_source = load_subset_dice(self.ckpt_path, self.ckpt)
-        self.transforms = eval_transforms(
-            self.convention, with_label=False, intensity=recipe_intensity(self.ckpt.get("train_config"))
-        )
-        self.inverter = Invertd(
-            keys=_PRED_KEY, transform=self.transforms, orig_keys=IMAGE_KEY, nearest_interp=True, to_tensor=True
+        self.subset_dice, self.subset_dice_source = load_subset_dice(
+            self.ckpt_path, {**self.segmenter.checkpoint, "weights_sha256": self.segmenter.weights_sha256}
         )
         # what decides the label maps besides the inputs (the weights by content, not by file name or date): a re-run
         # reuses an output only when this and the inputs' content are unchanged (see _case_settings)
-        weights = self.ckpt.get("weights_sha256") or weights_hash(self.ckpt["model"])
         self.settings = hashlib.sha1(
             json.dumps(
-                [weights, self.convention.name, self.roi_size, self.overlap, self.threshold, self.amp]
+                [self.segmenter.weights_sha256, self.convention.name, self.roi_size, self.overlap, self.threshold, amp]
                 + ([average, postprocess] if (average, postprocess) != ("logits", "none") else [])
+                + ([grid] if grid is not None else [])
             ).encode()
         ).hexdigest()[:12]
 
@@ -409,45 +468,18 @@ class BatchInference:
         row = self.subset_dice.get(subset, {}) if subset else {}
         return {f"expected_dice_{r}": (float(row[r]) if r in row and row[r] is not None else None) for r in REGIONS}
 
-    @torch.no_grad()
-    def predict_case(self, case: InferenceCase, work_dir: Path) -> tuple[np.ndarray, nib.Nifti1Image, list[str]]:
-        """Label map of one case on its reference grid.
+    def predict_case(self, case: InferenceCase) -> Segmentation:
+        """Label map of one case on its reference grid (:class:`~lckd_med.inference.Segmenter`), with the region
+        probabilities when ``save_probabilities``."""
+        return self.segmenter(
+            case.paths, name=printable(case.case_id), probabilities=self.save_probabilities, progress=self.progress
+        )
 
-        Returns:
-            ``(labels, reference_image, notes)``: uint8 ``(H, W, D)`` labels, the nibabel image of the reference
-            sequence (whose grid and header the output takes) and the geometry notes.
-        """
-        aligned, notes = check_and_align(case.paths, work_dir=work_dir)
-        ref_mod = reference_modality(case.present)
-        ref_img = nib.load(aligned[ref_mod])  # header only: check_and_align has validated the voxels
-        ref_shape = tuple(int(s) for s in ref_img.shape[:3])
-        sample = {CASE_KEY: case.case_id, **{m: (str(aligned[m]) if aligned.get(m) else None) for m in MODALITIES}}
-        d = self.transforms(sample)
-        image, mask = d[IMAGE_KEY], d[MASK_KEY]
-        bad = [m for i, m in enumerate(MODALITIES) if bool(mask[i]) and not torch.isfinite(image[i]).all()]
-        if bad:  # huge finite intensities overflow the z-score: an all-zero "ok" segmentation would be silent
-            files = ", ".join(str(case.paths[m]) for m in bad)
-            raise ValueError(
-                f"non-finite values after intensity normalisation of {files}: intensities too large for the float32 "
-                "z-score; rescale these images"
-            )
-        logits = self.predictor(image.as_tensor()[None], [case.subset], available=mask[None])
-        regions = (torch.sigmoid(logits[0, 0]) > self.threshold).float()  # (3, h, w, d), ET, TC, WT
-        d[_PRED_KEY] = MetaTensor(regions)
-        inverted = np.asarray(self.inverter(d)[_PRED_KEY].detach().cpu().numpy()) > 0.5
-        if inverted.shape[1:] != tuple(ref_shape):
-            raise RuntimeError(
-                f"prediction inverted to shape {inverted.shape[1:]} but reference {ref_mod} file "
-                f"{aligned[ref_mod]} has shape {tuple(ref_shape)}"
-            )
-        et, tc, wt = (inverted[REGIONS.index(r)] for r in ("ET", "TC", "WT"))
-        labels = self.convention.regions_to_labels(et, tc, wt)
-        if self.postprocess == "reference":  # the reference sequence is T1ce whenever the case has it
-            t1ce = np.asarray(ref_img.dataobj).reshape(ref_shape) if ref_mod == "t1ce" else None
-            labels = reference_postprocess(labels, t1ce, self.convention, voxel_spacing(ref_img.affine)).astype(
-                labels.dtype
-            )
-        return labels, ref_img, notes
+    def extra_outputs(self, case: InferenceCase) -> list[str]:
+        """Names (relative to ``output_dir``) of the picture and probability files asked for this case."""
+        return ([f"{case.case_id}.png"] if self.png else []) + (
+            [f"{PROBABILITIES_DIR}/{case.case_id}.nii.gz"] if self.save_probabilities else []
+        )
 
     def _case_settings(self, case: InferenceCase) -> str:
         """What the case's label map depends on: :attr:`settings` and the SHA-256 of every input file (in modality
@@ -458,16 +490,18 @@ class BatchInference:
             return ""
         return hashlib.sha1(json.dumps([self.settings, inputs]).encode()).hexdigest()[:16]
 
-    def _up_to_date(self, case: InferenceCase, key: str) -> bool:
+    def _up_to_date(self, case: InferenceCase, key: str, owned: OwnedFiles) -> bool:
         """The earlier run's output of this case is listed as ok and was made from inputs of the same content with
-        the same settings (``key`` from :meth:`_case_settings`)."""
+        the same settings (``key`` from :meth:`_case_settings`), and the picture and probabilities asked for are
+        there, as lckd_med wrote them."""
         prev = self._previous.get(printable(case.case_id))
         if self.overwrite or prev is None or prev.get("status") != "ok" or case.error is not None:
             return False
-        return bool(key) and prev.get("settings") == key
+        return bool(key) and prev.get("settings") == key and all(owned.owns(f) for f in self.extra_outputs(case))
 
     def run_case(self, case: InferenceCase) -> dict[str, Any]:
-        """Segment one case and write its label map; never raises for a bad case (the row says why)."""
+        """Segment one case and write its label map (and picture, probabilities); never raises for a bad case (the
+        row says why)."""
         t0 = time.perf_counter()
         key = self._case_settings(case) if case.error is None else ""
         row: dict[str, Any] = {
@@ -480,6 +514,7 @@ class BatchInference:
             "settings": key,
         }
         target = self.output_dir / f"{case.case_id}.nii.gz"
+        owned = OwnedFiles(self.output_dir, overwrite=False, flag=None)  # files of the user's: never replaced
         exists = target.exists() or target.is_symlink()
         if exists and target.name not in self._owned:  # the user's file: never overwritten
             row["message"] = (
@@ -488,28 +523,28 @@ class BatchInference:
             )
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return row
-        if exists and self._up_to_date(case, key):
-            row = {**self._previous[printable(case.case_id)], **self._expected_dice(case.subset)}  # typed values
+        if exists and self._up_to_date(case, key, owned):
+            previous = self._previous[printable(case.case_id)]
+            row = {**previous, **self._expected_dice(case.subset)}
             row["message"] = (
                 "up to date: made from inputs of the same content with the same settings, not recomputed "
                 "(overwrite=True redoes it)"
             )
-            row["seconds"] = round(time.perf_counter() - t0, 3)
+            row["seconds"] = _seconds(previous.get("seconds"))  # the time it took to make, not the skip's
             return row
         notes = list(case.notes)
         try:
             if case.error is not None:
                 raise ValueError(case.error)
-            problems = case_file_problems(case.paths)
-            if problems:  # one scan given twice, or two patients' files: a segmentation would be silently wrong
-                raise ValueError("; ".join(why for _, why in problems))
-            work = make_work_dir(self.output_dir, _WORK_PREFIX)
-            try:
-                labels, ref_img, geometry_notes = self.predict_case(case, work)
-                save_label_map(labels, ref_img, target)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            row.update(status="ok", message="; ".join([*geometry_notes, *notes]), output=printable(str(target)))
+            owned.check(*self.extra_outputs(case))
+            seg = self.predict_case(case)
+            save_label_map(seg.labels, seg.reference_image, target)
+            self._write_extras(case, seg, owned)
+            row.update(
+                status="ok",
+                message="; ".join([*seg.notes, *(f"warning: {w}" for w in seg.warnings), *notes]),
+                output=printable(str(target)),
+            )
         except Exception as e:  # one bad case must not stop the batch: report it and go on
             msg = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             if target.exists():  # ours, from an earlier run: kept (this run may fail for a passing reason)
@@ -518,6 +553,20 @@ class BatchInference:
             row["message"] = printable("; ".join([msg, *notes]))
         row["seconds"] = round(time.perf_counter() - t0, 3)
         return row
+
+    def _write_extras(self, case: InferenceCase, seg: Segmentation, owned: OwnedFiles) -> None:
+        """The picture and the probabilities of one case, when asked for, recorded as lckd_med's."""
+        written = []
+        if self.png:
+            seg.save_png(self.output_dir / f"{case.case_id}.png", title=printable(case.case_id))
+            written.append(f"{case.case_id}.png")
+        if self.save_probabilities:
+            rel = f"{PROBABILITIES_DIR}/{case.case_id}.nii.gz"
+            (self.output_dir / PROBABILITIES_DIR).mkdir(exist_ok=True)
+            save_nifti_atomic(seg.probability_image(), self.output_dir / rel)
+            written.append(rel)
+        if written:
+            owned.record(*written)
 
     def _make_output_dir(self) -> None:
         """Create ``output_dir`` and check it is writable (before any case runs).
@@ -590,7 +639,10 @@ class BatchInference:
         cases = self.cases()
         if not cases:
             where = self.manifest if self.manifest is not None else self.input_dir
-            raise ValueError(f"no cases found in {where}: expected one sub-folder per case or manifest rows")
+            raise ValueError(
+                f"no cases found in {where}: expected case folders (at any depth, named as BraTS ships them, e.g. "
+                "<case>/<case>_t1ce.nii.gz or <case>/<case>-t1c.nii.gz) or manifest rows"
+            )
         self._make_output_dir()
         with folder_lock(self.output_dir, "inference"):  # two runs would interleave their report and outputs
             return self._run_locked(cases)
@@ -607,6 +659,12 @@ class BatchInference:
             self.threshold,
             self.convention.name,
         )
+        if not self.subset_dice:
+            logger.info(
+                "the expected_dice_* columns stay empty: no per-subset Dice was measured with these weights (the "
+                "evaluate bundle writes %s beside the checkpoint; inference then fills them)",
+                SUBSET_DICE_NAME,
+            )
         rows = []
         done: dict[str, dict[str, Any]] = {}
         t0 = time.perf_counter()

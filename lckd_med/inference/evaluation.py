@@ -30,26 +30,25 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from monai.data import DataLoader, Dataset, MetaTensor
-from monai.transforms import Invertd
+from monai.data import DataLoader, Dataset
 
-from lckd_med.constants import AFFINE_ATOL_MM, NUM_REGIONS, REGIONS, LabelConvention, label_convention
+from lckd_med.constants import AFFINE_ATOL_MM, REGIONS, LabelConvention
 from lckd_med.data.datalist import SPLITS
-from lckd_med.data.pipelines import eval_transforms, recipe_intensity
-from lckd_med.data.transforms import IMAGE_KEY
 from lckd_med.data.validation import case_file_problems, label_file_problems
 from lckd_med.data.volume import read_nifti
-from lckd_med.engines.checkpoint import CHECKPOINT_NAME, build_network, load_checkpoint, weights_hash
+from lckd_med.engines.checkpoint import CHECKPOINT_NAME
 from lckd_med.engines.workflow import datalist_meta, load_split
 from lckd_med.inference.batch import check_case_id
+from lckd_med.inference.geometry import REFERENCE_PRIORITY
+from lckd_med.inference.segmenter import Segmenter
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.metrics import HD95_METHODS
 from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
-from lckd_med.modalities import ModalitySpec, spec_of
-from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, SubsetPredictor, resolve_device, resolve_roi_size
+from lckd_med.modalities import BRATS, ModalitySpec, spec_of
+from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, resolve_device
 from lckd_med.reports import REPORT_FILES, format_table, read_summary, summarize, write_reports
 from lckd_med.reports.folder_scores import score_folder, voxel_spacing
+from lckd_med.reports.overlay import save_overlay
 from lckd_med.reports.subset_report import check_reports_writable
 from lckd_med.utils.io import save_label_map, write_text_atomic
 from lckd_med.utils.outputs import OWNER_MARKER, OwnedFiles, check_output_folder, make_work_dir, remove_stale_work_dirs
@@ -58,6 +57,7 @@ from lckd_med.utils.progress import progress_bar
 __all__ = [
     "SUBSET_DICE_NAME",
     "POSTPROCESSED_DIR",
+    "PNG_DIR",
     "SubsetEvaluator",
     "read_subset_dice",
     "voxel_spacing",
@@ -65,7 +65,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_PRED_KEY = "pred"
+#: Sub-folder of ``output_dir`` holding one picture per case (``png``).
+PNG_DIR = "png"
 #: Sub-folder of ``output_dir`` holding the reports of the reference post-processing (``postprocess="reference"``).
 POSTPROCESSED_DIR = "postprocessed"
 #: Prefix of the staging folders the predictions are written to before scoring (see :func:`make_work_dir`).
@@ -124,6 +125,11 @@ class SubsetEvaluator:
         overwrite: replace report files, a ``predictions/`` folder and a ``subset_dice.json`` that lckd_med did not
             write (by default they are refused before anything is predicted; see
             :class:`~lckd_med.utils.outputs.OwnedFiles`).
+        png: also write ``png/<case_id>.png`` per case: three orthogonal slices through the tumour predicted from
+            the largest evaluated subset the case has, on its T1ce (else FLAIR, T2, T1), labels overlaid (3-D BraTS).
+
+    Prediction goes through :class:`~lckd_med.inference.Segmenter` (the checkpoint's normalisation, window, threshold
+    and labels), the path ``lckd-med predict`` and batch inference take.
 
     Every case is checked before any prediction: its label (readable, 3-D, values of the label convention) and its
     sequences (each an MRI of a head, see :func:`lckd_med.data.validation.head_mri_problem`; no scan given twice, no
@@ -154,6 +160,7 @@ class SubsetEvaluator:
         num_workers: int = 2,
         modalities: ModalitySpec | Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        png: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be 'training', 'validation' or 'testing', got {split!r}")
@@ -182,6 +189,11 @@ class SubsetEvaluator:
             raise ValueError("postprocess='reference' post-processes 3-D BraTS label maps; use 'none'")
         if sw_average not in WINDOW_AVERAGES:
             raise ValueError(f"sw_average must be one of {WINDOW_AVERAGES}, got {sw_average!r}")
+        if not isinstance(png, bool):
+            raise TypeError(f"png must be a bool, got {png!r}")
+        if png and self.spec != BRATS:
+            raise ValueError("png=True draws 3-D BraTS cases; use png=False for other modality specs")
+        self.png = png
         self.postprocess = postprocess
         self.sw_average = sw_average
         self.ckpt_path = Path(ckpt_dir) / CHECKPOINT_NAME
@@ -225,6 +237,14 @@ class SubsetEvaluator:
                 )
         if self.postprocess == "reference":
             check_reports_writable(self.output_dir / POSTPROCESSED_DIR, self.overwrite, flag)
+        if self.png and not self.overwrite:
+            foreign = owned.foreign_in_tree(PNG_DIR)
+            if foreign:
+                raise FileExistsError(
+                    f"{self.output_dir / PNG_DIR} holds {len(foreign)} file(s) lckd_med did not write (e.g. "
+                    f"{foreign[0]}); it was left untouched: move it away, choose another output_dir or pass {flag} "
+                    "to replace them"
+                )
         if self.write_subset_dice:
             target = self.ckpt_path.with_name(SUBSET_DICE_NAME)
             if target.exists() and not _is_subset_dice_file(target):
@@ -261,30 +281,23 @@ class SubsetEvaluator:
         meta = datalist_meta(self.datalist)
         datalist_spec = spec_of(meta.get("modality_spec"))
         datalist_spec.check_same(self.spec, f"datalist {self.datalist}", f"the evaluator ({self.spec.name})")
-        ckpt = load_checkpoint(self.ckpt_path, map_location="cpu", modalities=self.spec)
-        net = build_network(ckpt).to(self.device).eval()
-        predictor = SubsetPredictor(
-            net,
-            resolve_roi_size(self.roi_size, ckpt, net, where=str(self.ckpt_path)),
-            overlap=self.overlap,
-            mode=self.sw_mode,
-            amp=self.amp,
+        segmenter = Segmenter.from_checkpoint(
+            self.ckpt_path,
+            flag="ckpt_dir",
             device=self.device,
-            output_device="cpu",
-            modalities=self.spec,
+            amp=self.amp,
+            roi_size=self.roi_size,
+            overlap=self.overlap,
+            threshold=self.threshold,
+            label_convention=meta.get("label_convention"),
+            mode=self.sw_mode,
             average=self.sw_average,
+            modalities=self.spec,
         )
-        conv = label_convention(meta.get("label_convention", ckpt["label_convention"]))
+        conv = segmenter.convention
         entries = load_split(self.datalist, self.split, max_cases=self.max_cases)
         for entry in entries:  # case ids name prediction files: "../x" must not write outside output_dir
             check_case_id(str(entry.get("case_id", "")), f"datalist {self.datalist}")
-        transform = eval_transforms(
-            convention=conv,
-            with_label=False,
-            modalities=self.spec,
-            intensity=recipe_intensity(ckpt.get("train_config")),
-        )
-        inverter = Invertd(keys=_PRED_KEY, transform=transform, orig_keys=IMAGE_KEY, nearest_interp=True)
         skipped: list[str] = []
         todo = []
         todo_entries: list[dict[str, Any]] = []
@@ -307,7 +320,9 @@ class SubsetEvaluator:
             raise ValueError(f"no case of the {self.split!r} split of {self.datalist} can be evaluated ({reasons})")
         by_id = {e["case_id"]: e for e in entries}
         # workers load and preprocess the next cases while the current one is swept
-        loader = DataLoader(Dataset(todo, transform), batch_size=1, num_workers=self.num_workers, collate_fn=_single)
+        loader = DataLoader(
+            Dataset(todo, segmenter.transforms), batch_size=1, num_workers=self.num_workers, collate_fn=_single
+        )
         # predict into a fresh staging folder and score exactly that; it becomes predictions/ (replacing an
         # earlier run's, so no stale file is ever mistaken for this run's) or, without save_predictions, goes away
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +333,7 @@ class SubsetEvaluator:
         t_start = time.perf_counter()
         try:
             for sample in progress_bar(loader, desc=f"evaluate {self.split}", total=len(todo), enabled=self.progress):
-                self._predict_case(sample, by_id[sample["case_id"]], predictor, inverter, conv, stage, suffix, stage_pp)
+                self._predict_case(sample, by_id[sample["case_id"]], segmenter, stage, suffix, stage_pp)
             labels = {e["case_id"]: e["label"] for e in todo_entries}
             scores = score_folder(
                 stage,
@@ -357,7 +372,7 @@ class SubsetEvaluator:
         n_cases = df["case_id"].nunique()
         caption = (
             f"{n_cases} case(s) of the {self.split} split of {self.datalist.name}; checkpoint at iteration "
-            f"{ckpt.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
+            f"{segmenter.checkpoint.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
             f"(legacy BraTS rules for empty regions; HD95 {self.hd95_method}); windows blended {self.sw_mode}; "
             "ET post-processed: predicted ET < "
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
@@ -373,7 +388,7 @@ class SubsetEvaluator:
             flag="--overwrite True",
         )
         if self.write_subset_dice:
-            self._write_subset_dice(ckpt, df)
+            self._write_subset_dice(segmenter, df)
         logger.info(
             "evaluated %d case(s) x %d subset(s) in %.1f s -> %s", n_cases, len(self.subsets), elapsed, self.output_dir
         )
@@ -383,36 +398,54 @@ class SubsetEvaluator:
         self,
         sample: dict[str, Any],
         entry: dict[str, Any],
-        predictor: SubsetPredictor,
-        inverter: Invertd,
-        conv: LabelConvention,
+        segmenter: Segmenter,
         pred_root: Path,
         suffix: str,
         pp_root: Path | None = None,
     ) -> None:
         """Write ``pred_root/<subset>/<case_id><suffix>`` for every subset the case allows, on its input grid (and
-        the reference post-processing of each to ``pp_root/<subset>/`` when given)."""
+        the reference post-processing of each to ``pp_root/<subset>/`` when given, the picture when ``png``)."""
         case_id = sample["case_id"]
         subsets = self._case_subsets(entry)
-        logits = predictor(sample[IMAGE_KEY].unsqueeze(0), subsets)
-        pred = (torch.sigmoid(logits[0]) > self.threshold).to(torch.uint8)  # (K, 3, *S)
-        k = len(subsets)
-        # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
-        sample[_PRED_KEY] = MetaTensor(pred.reshape(k * NUM_REGIONS, *pred.shape[2:]))
-        inverted = inverter(sample)[_PRED_KEY]
-        inverted = np.asarray(torch.as_tensor(inverted).cpu().numpy() > 0.5)
-        inverted = inverted.reshape(k, NUM_REGIONS, *inverted.shape[1:])
-        ref = _spatial_reference(nib.load(next(entry[m] for m in self.spec.names if entry.get(m))), inverted.ndim - 2)
+        labels, _ = segmenter.predict_sample(sample, subsets, progress=str(case_id) if self.progress else None)
+        ref = _spatial_reference(nib.load(next(entry[m] for m in self.spec.names if entry.get(m))), labels.ndim - 1)
+        conv = segmenter.convention
         t1ce = self._t1ce(entry, ref) if pp_root is not None and any("t1ce" in s.split("+") for s in subsets) else None
         for i, subset in enumerate(subsets):
-            regions = dict(zip(REGIONS, inverted[i], strict=True))
-            labels = conv.regions_to_labels(regions["ET"], regions["TC"], regions["WT"])
-            save_label_map(labels, ref, pred_root / subset / f"{case_id}{suffix}")
+            save_label_map(labels[i], ref, pred_root / subset / f"{case_id}{suffix}")
             if pp_root is not None:  # T1ce only for subsets that had it: the reference reads it from disk
                 processed = reference_postprocess(
-                    labels, t1ce if "t1ce" in subset.split("+") else None, conv, voxel_spacing(ref.affine)
+                    labels[i], t1ce if "t1ce" in subset.split("+") else None, conv, voxel_spacing(ref.affine)
                 )
                 save_label_map(processed, ref, pp_root / subset / f"{case_id}{suffix}")
+        if self.png:
+            self._save_png(entry, subsets, labels, ref, conv)
+
+    def _save_png(
+        self,
+        entry: Mapping[str, Any],
+        subsets: list[str],
+        labels: np.ndarray,
+        ref: nib.Nifti1Image,
+        conv: LabelConvention,
+    ) -> None:
+        """``png/<case_id>.png``: the prediction of the largest subset on the case's T1ce (else FLAIR, T2, T1)."""
+        best = max(range(len(subsets)), key=lambda i: (len(subsets[i].split("+")), -i))
+        shown = next(m for m in REFERENCE_PRIORITY if entry.get(m))
+        image = nib.load(entry[shown])
+        rel = f"{PNG_DIR}/{entry['case_id']}.png"
+        (self.output_dir / PNG_DIR).mkdir(parents=True, exist_ok=True)
+        save_overlay(
+            self.output_dir / rel,
+            np.asarray(image.dataobj, dtype=np.float32).reshape(image.shape[:3]),
+            labels[best],
+            ref.affine,
+            sequences=subsets[best].split("+"),
+            background_name=shown,
+            convention=conv,
+            title=f"{entry['case_id']} ({self.split} split)",
+        )
+        OwnedFiles(self.output_dir, self.overwrite, "--overwrite True").record(rel)
 
     @staticmethod
     def _t1ce(entry: Mapping[str, Any], ref: nib.Nifti1Image) -> np.ndarray | None:
@@ -446,7 +479,7 @@ class SubsetEvaluator:
         for problem in scores.problems:
             logger.warning("post-processed scores: left out %s", problem)
 
-    def _write_subset_dice(self, ckpt: dict[str, Any], df: pd.DataFrame) -> None:
+    def _write_subset_dice(self, segmenter: Segmenter, df: pd.DataFrame) -> None:
         summary = summarize(df, allow_partial=True, modalities=self.spec)
         subset_dice = {}
         for _, row in summary.iterrows():
@@ -457,8 +490,8 @@ class SubsetEvaluator:
             "split": self.split,
             "datalist": str(self.datalist),
             "n_cases": int(df["case_id"].nunique()),
-            "iteration": int(ckpt.get("iteration", 0)),
-            "weights_sha256": ckpt.get("weights_sha256") or weights_hash(ckpt["model"]),
+            "iteration": int(segmenter.checkpoint.get("iteration", 0)),
+            "weights_sha256": segmenter.weights_sha256,
         }
         payload = {"subset_dice": subset_dice, "source": source}
         write_text_atomic(self.ckpt_path.with_name(SUBSET_DICE_NAME), json.dumps(payload, indent=2) + "\n")

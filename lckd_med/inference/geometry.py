@@ -8,9 +8,11 @@ Co-registration is a fact about *world* space (millimetres in scanner coordinate
 space onto the reference grid, and refuses only sequences whose geometry is unrelated (fields of view that barely
 or never meet), with a message naming the files and the difference.
 
-Reference sequence: the first present of ``t1ce, flair, t2, t1`` (:data:`REFERENCE_PRIORITY`): T1ce carries the
-enhancing tumour and is the sequence most often acquired at the highest resolution; FLAIR is the next most
-informative for the whole tumour. Outputs are written on the reference grid.
+Reference sequence, by default: the first present of ``t1ce, flair, t2, t1`` (:data:`REFERENCE_PRIORITY`): T1ce
+carries the enhancing tumour and is the sequence most often acquired at the highest resolution; FLAIR is the next
+most informative for the whole tumour. ``grid`` chooses another (a sequence, or the coarsest / finest voxels:
+:func:`choose_reference`); a 1 mm T1ce with a 2 mm T2 on the coarsest grid has 8 times fewer voxels to segment.
+Outputs are written on the reference grid.
 
 Rule (:func:`compare_geometry`), with the field of view of a volume taken as the world-space axis-aligned box
 around its voxels (voxel edges, i.e. centres +- half a voxel, mapped through the affine):
@@ -40,7 +42,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, ResampleToMatch
 
-from lckd_med.constants import AFFINE_ATOL_MM, MODALITIES
+from lckd_med.constants import AFFINE_ATOL_MM, GRID_RULES, MODALITIES
 from lckd_med.data.volume import read_nifti
 
 __all__ = [
@@ -55,6 +57,12 @@ __all__ = [
     "overlap_fraction",
     "compare_geometry",
     "check_and_align",
+    "GRID_RULES",
+    "Alignment",
+    "align_volumes",
+    "choose_reference",
+    "image_like",
+    "voxel_volume",
 ]
 
 #: Order in which the reference sequence (the grid every other sequence is resampled onto) is chosen.
@@ -228,7 +236,7 @@ def compare_geometry(
         diffs.append(f"shape {moving.shape} vs {reference.shape}")
     if not same_affine:
         delta = float(np.abs(moving.affine - reference.affine).max())
-        diffs.append(f"affines differ by up to {delta:.4g}")
+        diffs.append(f"affines differ by up to {delta:.4g} mm")
     share = overlap_fraction(moving, reference, tolerance_mm)
     diffs.append(f"fields of view overlap {share:.0%} in world space")
     if share < min_overlap:
@@ -236,15 +244,147 @@ def compare_geometry(
     return "close", "; ".join(diffs)
 
 
-def _write_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
-    """Write float32 ``data`` on the reference grid, copying its qform/sform and their codes."""
+def image_like(data: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """float32 ``data`` as an image on the reference grid, with its qform/sform, their codes and units."""
     out = nib.Nifti1Image(data.astype(np.float32, copy=False), reference.affine)
     q, q_code = reference.header.get_qform(coded=True)
     s, s_code = reference.header.get_sform(coded=True)
     out.header.set_qform(q, int(q_code) if q is not None else None)
     out.header.set_sform(s, int(s_code) if s is not None else None)
     out.header.set_xyzt_units(*reference.header.get_xyzt_units())
-    nib.save(out, path)
+    return out
+
+
+def voxel_volume(image: nib.spatialimages.SpatialImage) -> float:
+    """Volume of one voxel in mm^3 (the absolute determinant of the affine's 3x3 part)."""
+    return float(abs(np.linalg.det(np.asarray(image.affine, dtype=float)[:3, :3])))
+
+
+def choose_reference(images: Mapping[str, nib.spatialimages.SpatialImage], grid: str | None = None) -> str:
+    """The sequence whose grid the case is segmented on (and the output written on).
+
+    Args:
+        images: modality key -> image (header) of the present sequences.
+        grid: ``None`` for the default rule (the first present of :data:`REFERENCE_PRIORITY`), a modality key, or one
+            of :data:`GRID_RULES`: ``"coarsest"`` (largest voxels: fewest voxels to segment, fastest) or
+            ``"finest"`` (smallest voxels); ties go by :data:`REFERENCE_PRIORITY`.
+
+    Raises:
+        GeometryError: no known modality, an unknown ``grid``, or a ``grid`` naming a sequence that is not present.
+    """
+    present = [m for m in REFERENCE_PRIORITY if m in images]
+    if grid is None:
+        return reference_modality(list(images))
+    if not present:
+        raise GeometryError(f"no sequences: expected at least one of {MODALITIES}")
+    if grid in MODALITIES:
+        if grid not in images:
+            raise GeometryError(
+                f"grid {grid}: no {grid} sequence was given (present: {', '.join(present)}); name one of them, "
+                f"or {' / '.join(GRID_RULES)}"
+            )
+        return grid
+    if grid not in GRID_RULES:
+        raise GeometryError(f"grid must be a sequence ({', '.join(MODALITIES)}) or one of {GRID_RULES}, got {grid!r}")
+    sizes = {m: voxel_volume(images[m]) for m in present}
+    pick = max if grid == "coarsest" else min
+    best = pick(sizes.values())
+    return next(m for m in present if np.isclose(sizes[m], best, rtol=1e-3))
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A case's sequences on one grid (see :func:`align_volumes`).
+
+    Attributes:
+        reference: modality key whose grid the others were put on.
+        images: modality key -> image on that grid (in memory; the reference's own image unchanged), present only.
+        data: modality key -> float32 voxels ``(H, W, D)`` of those images.
+        notes: what was resampled or re-oriented, and why (units named).
+    """
+
+    reference: str
+    images: dict[str, nib.Nifti1Image]
+    data: dict[str, np.ndarray]
+    notes: tuple[str, ...]
+
+
+def align_volumes(
+    volumes: Mapping[str, tuple[nib.Nifti1Image, np.ndarray]],
+    sources: Mapping[str, str] | None = None,
+    grid: str | None = None,
+    tolerance_mm: float = CENTRE_TOLERANCE_MM,
+    min_overlap: float = MIN_OVERLAP_FRACTION,
+    atol: float = AFFINE_ATOL,
+) -> Alignment:
+    """Put the read and checked sequences of one case on one grid, in memory.
+
+    Sequences on the reference grid are kept as they are; sequences whose field of view overlaps the reference's in
+    world space (see the module docstring), whatever their orientation, voxel size or shape, are re-oriented exactly
+    or resampled with MONAI ``ResampleToMatch`` (trilinear, zero outside the source field of view).
+
+    Args:
+        volumes: modality key -> ``(image, float32 voxels (H, W, D))`` of each present sequence.
+        sources: modality key -> how messages name it (a file path); default ``"<key> image"``.
+        grid: which grid to use, see :func:`choose_reference`.
+        tolerance_mm, min_overlap, atol: see :func:`compare_geometry`.
+
+    Raises:
+        GeometryError: unknown modality key, no sequence, a bad ``grid``, or grids too far apart (the message names
+            the files, both grids and the difference).
+    """
+    unknown = [k for k in volumes if k not in MODALITIES]
+    if unknown:
+        raise GeometryError(f"unknown modality keys {unknown}; expected keys from {MODALITIES}")
+    names = {m: (sources or {}).get(m) or f"{m} image" for m in volumes}
+    ref_mod = choose_reference({m: img for m, (img, _) in volumes.items()}, grid)
+
+    def geometry(m: str) -> VolumeGeometry:
+        img, data = volumes[m]
+        return VolumeGeometry(Path(names[m]), tuple(data.shape), np.asarray(img.affine, dtype=float))
+
+    ref_geom = geometry(ref_mod)
+    verdicts = {m: compare_geometry(geometry(m), ref_geom, atol, tolerance_mm, min_overlap) for m in volumes}
+    far = {m: reason for m, (verdict, reason) in verdicts.items() if verdict == "far"}
+    if far:
+        lines = [
+            f"{m} file {names[m]} ({geometry(m).describe()}) vs reference {ref_mod} file {names[ref_mod]} "
+            f"({ref_geom.describe()}): {reason}"
+            for m, reason in far.items()
+        ]
+        raise GeometryError(
+            "sequences do not overlap in world space, too far apart to resample (not one co-registered case?): "
+            + " | ".join(lines)
+        )
+    ref_img, ref_data = volumes[ref_mod]
+    images = {m: img for m, (img, _) in volumes.items()}
+    data = {m: np.asarray(d, dtype=np.float32) for m, (_, d) in volumes.items()}
+    notes: list[str] = []
+    close = [m for m in MODALITIES if m in volumes and verdicts[m][0] == "close"]
+    if not close:
+        return Alignment(ref_mod, images, data, ())
+    dst = MetaTensor(torch.zeros((1, *ref_data.shape)), affine=torch.as_tensor(ref_geom.affine))
+    resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=np.float32)
+    # flips and axis permutations first: exact voxel reordering, so a re-oriented copy of the reference (RAS vs
+    # LPS, same world grid) comes back bit-identical instead of through float32 interpolation
+    reorient = Orientation(axcodes="".join(ref_geom.axcodes), labels=_NIBABEL_AXIS_LABELS)
+    for m in close:
+        src_data = data[m]
+        src = reorient(MetaTensor(torch.from_numpy(src_data[None]), affine=torch.as_tensor(geometry(m).affine)))
+        src_affine = np.asarray(src.affine, dtype=float)
+        if tuple(src.shape[1:]) == tuple(ref_data.shape) and np.allclose(src_affine, ref_geom.affine, 0.0, atol):
+            out = np.asarray(src.as_tensor().numpy()[0], dtype=np.float32)
+            how = "re-oriented (exact voxel reordering)"
+        else:
+            out = np.asarray(resampler(src, dst).detach().cpu().numpy()[0], dtype=np.float32)
+            # grid_sample's float32 coordinates leave ~1e-7-weighted bleed into background voxels, which would
+            # widen the brain box (voxels > 0) that the pipeline crops to: zero what is rounding noise
+            out[np.abs(out) < _NOISE_FRACTION * float(np.abs(src_data).max())] = 0.0
+            how = "resampled (trilinear)"
+        images[m] = image_like(out, ref_img)
+        data[m] = out
+        notes.append(f"resampled {m} onto {ref_mod} grid: {how}, {verdicts[m][1]}")
+    return Alignment(ref_mod, images, data, tuple(notes))
 
 
 def check_and_align(
@@ -253,25 +393,26 @@ def check_and_align(
     tolerance_mm: float = CENTRE_TOLERANCE_MM,
     min_overlap: float = MIN_OVERLAP_FRACTION,
     atol: float = AFFINE_ATOL,
+    grid: str | None = None,
 ) -> tuple[dict[str, Path | None], list[str]]:
-    """Validate the sequence files of one case and put them on one grid.
+    """Validate the sequence files of one case and put them on one grid, as files.
 
-    Every present file is read (see :func:`read_volume`). Sequences on the reference grid are returned unchanged;
-    sequences whose field of view overlaps the reference's in world space (see the module docstring), whatever
-    their orientation, voxel size or shape, are resampled onto it with MONAI ``ResampleToMatch`` (trilinear, zero
-    outside the source field of view) and written as float32 NIfTI files in ``work_dir``.
+    Every present file is read (see :func:`read_volume`) and aligned by :func:`align_volumes`. Sequences on the
+    reference grid are returned unchanged; the others are written as float32 NIfTI files in ``work_dir``
+    (``<key>_on_<reference>_grid.nii.gz``). Prediction aligns in memory (:class:`lckd_med.inference.Segmenter`);
+    this is for callers that need the files.
 
     Args:
         paths: modality key (from ``MODALITIES``) -> file, or None when the sequence is missing.
         work_dir: folder for resampled files; the caller deletes it. None creates one with
-            :func:`tempfile.mkdtemp` only when something is resampled (its path is the parent of the resampled
-            files and is named in the notes).
+            :func:`tempfile.mkdtemp` only when something is resampled (the parent of the returned files).
         tolerance_mm, min_overlap, atol: see :func:`compare_geometry`.
+        grid: see :func:`choose_reference`.
 
     Returns:
         ``(aligned, notes)``: the same keys mapped to files on one grid (None kept for missing sequences), and
-        human-readable notes such as ``"resampled t2 onto t1ce grid (orientation RAS vs LPS; ...; fields of view
-        overlap 100% in world space; files in ...)"``.
+        human-readable notes such as ``"resampled t2 onto t1ce grid: resampled (trilinear), orientation RAS vs LPS;
+        ...; fields of view overlap 100% in world space"``.
 
     Raises:
         GeometryError: unknown modality key, no sequence, a bad file, or grids too far apart (the message names
@@ -281,60 +422,16 @@ def check_and_align(
     if unknown:
         raise GeometryError(f"unknown modality keys {unknown}; expected keys from {MODALITIES}")
     present = {m: Path(p) for m, p in paths.items() if p is not None and str(p) != ""}
-    ref_mod = reference_modality(list(present))
-
-    loaded: dict[str, tuple[nib.Nifti1Image, np.ndarray]] = {}
-    for m in MODALITIES:
-        if m in present:
-            loaded[m] = read_volume(present[m], m)
-
-    def geometry(m: str) -> VolumeGeometry:
-        img, data = loaded[m]
-        return VolumeGeometry(present[m], tuple(data.shape), np.asarray(img.affine, dtype=float))
-
-    ref_geom = geometry(ref_mod)
-    verdicts = {m: compare_geometry(geometry(m), ref_geom, atol, tolerance_mm, min_overlap) for m in loaded}
-    far = {m: reason for m, (verdict, reason) in verdicts.items() if verdict == "far"}
-    if far:
-        lines = [
-            f"{m} file {present[m]} ({geometry(m).describe()}) vs reference {ref_mod} file {present[ref_mod]} "
-            f"({ref_geom.describe()}): {reason}"
-            for m, reason in far.items()
-        ]
-        raise GeometryError(
-            "sequences do not overlap in world space, too far apart to resample (not one co-registered case?): "
-            + " | ".join(lines)
-        )
-
-    aligned: dict[str, Path | None] = {m: (present.get(m)) for m in paths}
-    notes: list[str] = []
-    close = [m for m, (verdict, _) in verdicts.items() if verdict == "close"]
-    if not close:
-        return aligned, notes
-
-    out_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="lckd_align_"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ref_img, ref_data = loaded[ref_mod]
-    dst = MetaTensor(torch.zeros((1, *ref_data.shape)), affine=torch.as_tensor(ref_geom.affine))
-    resampler = ResampleToMatch(mode="bilinear", padding_mode="zeros", dtype=np.float32)
-    # flips and axis permutations first: exact voxel reordering, so a re-oriented copy of the reference (RAS vs
-    # LPS, same world grid) comes back bit-identical instead of through float32 interpolation
-    reorient = Orientation(axcodes="".join(ref_geom.axcodes), labels=_NIBABEL_AXIS_LABELS)
-    for m in close:
-        img, data = loaded[m]
-        src = reorient(MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(geometry(m).affine)))
-        src_affine = np.asarray(src.affine, dtype=float)
-        if tuple(src.shape[1:]) == tuple(ref_data.shape) and np.allclose(src_affine, ref_geom.affine, 0.0, atol):
-            out = np.asarray(src.as_tensor().numpy()[0], dtype=np.float32)
-            how = "re-oriented (exact voxel reordering)"
-        else:
-            out = np.asarray(resampler(src, dst).detach().cpu().numpy()[0], dtype=np.float32)
-            # grid_sample's float32 coordinates leave ~1e-7-weighted bleed into background voxels, which would
-            # widen the brain box (voxels > 0) that the pipeline crops to: zero what is rounding noise
-            out[np.abs(out) < _NOISE_FRACTION * float(np.abs(data).max())] = 0.0
-            how = "resampled (trilinear)"
-        target = out_dir / f"{m}_on_{ref_mod}_grid.nii.gz"
-        _write_like(out, ref_img, target)
-        aligned[m] = target
-        notes.append(f"resampled {m} onto {ref_mod} grid: {how}, {verdicts[m][1]}; files in {out_dir}")
-    return aligned, notes
+    reference_modality(list(present))
+    volumes = {m: read_volume(present[m], m) for m in MODALITIES if m in present}
+    alignment = align_volumes(volumes, {m: str(p) for m, p in present.items()}, grid, tolerance_mm, min_overlap, atol)
+    aligned: dict[str, Path | None] = {m: present.get(m) for m in paths}
+    moved = [m for m in MODALITIES if m in present and alignment.images[m] is not volumes[m][0]]
+    if moved:
+        out_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="lckd_align_"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for m in moved:
+            target = out_dir / f"{m}_on_{alignment.reference}_grid.nii.gz"
+            nib.save(alignment.images[m], target)
+            aligned[m] = target
+    return aligned, list(alignment.notes)

@@ -19,11 +19,13 @@ from lckd_med.prediction.device import resolve_device
 from lckd_med.prediction.sweep import BLEND_MODES, WINDOW_AVERAGES, sweep_subsets
 from lckd_med.utils.checks import fraction, positive_int
 from lckd_med.utils.memory import check_fits
+from lckd_med.utils.progress import progress_bar, progress_enabled
 
 __all__ = [
     "SubsetPredictor",
     "resolve_roi_size",
     "estimate_sweep_memory",
+    "count_windows",
     "ACTIVATION_FACTOR",
     "STITCHING_FACTOR",
     "FALLBACK_BYTES_PER_WINDOW_VOXEL",
@@ -118,6 +120,21 @@ def estimate_sweep_memory(
     return stitching, window * _window_bytes_per_voxel(network)
 
 
+def count_windows(spatial_shape: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Windows :func:`monai.inferers.sliding_window_inference` runs over one image of ``spatial_shape``.
+
+    The image is padded to at least one window per axis; the scan interval per axis is the window less the overlap
+    (the whole window where image and window are equal), as MONAI computes it; the window starts are MONAI's
+    ``dense_patch_slices``.
+    """
+    from monai.data.utils import dense_patch_slices
+
+    size = [max(int(s), int(r)) for s, r in zip(spatial_shape, roi_size, strict=True)]
+    roi = [int(r) for r in roi_size]
+    interval = [r if r == s else max(int(r * (1 - overlap)), 1) for s, r in zip(size, roi, strict=True)]
+    return len(dense_patch_slices(size, roi, interval))
+
+
 class SubsetPredictor:
     """Whole-volume subset logits of one network: sliding window, each window encoded once.
 
@@ -176,13 +193,23 @@ class SubsetPredictor:
         self.device = resolve_device(device)
         self.output_device = self.device if output_device is None else torch.device(output_device)
 
+    def count_windows(self, spatial_shape: Sequence[int]) -> int:
+        """Windows one image of ``spatial_shape`` takes with this window and overlap (:func:`count_windows`)."""
+        return count_windows(spatial_shape, self.roi_size, self.overlap)
+
     @torch.no_grad()
     def __call__(
-        self, image: torch.Tensor, subsets: Sequence[str], available: torch.Tensor | None = None
+        self,
+        image: torch.Tensor,
+        subsets: Sequence[str],
+        available: torch.Tensor | None = None,
+        progress: str | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, C, *S)`` under ``subsets``.
 
         ``available`` ``(B, M)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
+        ``progress``: label of a bar counting the windows (drawn on a terminal only, see
+        :func:`lckd_med.utils.progress.progress_enabled`; it disappears when the sweep ends).
 
         Raises:
             NotEnoughMemoryError: the sweep's memory estimate (:func:`estimate_sweep_memory`) exceeds what the
@@ -198,18 +225,27 @@ class SubsetPredictor:
         else:
             check_fits(stitching, what, fix, self.output_device)
             check_fits(windows, what, fix, self.device)
-        return sweep_subsets(
-            self.network,
-            torch.as_tensor(image).as_subclass(torch.Tensor),
-            self.roi_size,
-            subsets=subsets,
-            available=available,
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            mode=self.mode,
-            amp=self.amp,
-            sw_device=self.device,
-            device=self.output_device,
-            modalities=self.modalities,
-            average=self.average,
-        )
+        bar = None
+        if progress is not None and progress_enabled():
+            total = int(image.shape[0]) * self.count_windows(tuple(image.shape[2:]))
+            bar = progress_bar(desc=progress, total=total, unit="window", leave=False)
+        try:
+            return sweep_subsets(
+                self.network,
+                torch.as_tensor(image).as_subclass(torch.Tensor),
+                self.roi_size,
+                subsets=subsets,
+                available=available,
+                overlap=self.overlap,
+                sw_batch_size=self.sw_batch_size,
+                mode=self.mode,
+                amp=self.amp,
+                sw_device=self.device,
+                device=self.output_device,
+                modalities=self.modalities,
+                average=self.average,
+                on_windows=bar.update if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()

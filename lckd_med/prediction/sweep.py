@@ -11,7 +11,7 @@ encoding plus 15 light decodes per window instead of 15 full forward passes. Wit
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -62,13 +62,19 @@ class SubsetSweepPredictor:
         masks: ``(K, M)`` boolean availability masks in modality order.
         amp: bf16 autocast when the window is on CUDA.
         average: ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`): the latter returns sigmoids.
+        on_windows: called with the number of windows after each call (e.g. a progress bar's ``update``).
 
     Calling it on a window ``(B, C, *S)`` returns float32 logits (or probabilities) ``(B, K * 3, *S)``:
     subset-major, regions in ET, TC, WT order inside each subset.
     """
 
     def __init__(
-        self, network: torch.nn.Module, masks: torch.Tensor, amp: bool = True, average: str = "logits"
+        self,
+        network: torch.nn.Module,
+        masks: torch.Tensor,
+        amp: bool = True,
+        average: str = "logits",
+        on_windows: Callable[[int], object] | None = None,
     ) -> None:
         if average not in WINDOW_AVERAGES:
             raise ValueError(f"average must be one of {WINDOW_AVERAGES}, got {average!r}")
@@ -82,12 +88,15 @@ class SubsetSweepPredictor:
         self.masks = masks
         self.amp = amp
         self.average = average
+        self.on_windows = on_windows
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
         masks = self.masks.to(window.device)
         with autocast_context(window.device, self.amp):
             feats = self.network.encode(window)
             out = self.network.decode_subsets(feats, masks)
+        if self.on_windows is not None:
+            self.on_windows(int(window.shape[0]))
         b, k = out.shape[:2]
         out = out.float().reshape(b, k * out.shape[2], *out.shape[3:])
         return torch.sigmoid(out) if self.average == "probabilities" else out
@@ -108,6 +117,7 @@ def sweep_subsets(
     device: torch.device | str | None = None,
     modalities: ModalitySpec = BRATS,
     average: str = "logits",
+    on_windows: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
     """Whole-volume logits of every subset, each modality encoded once per window.
 
@@ -127,6 +137,7 @@ def sweep_subsets(
             large volumes).
         modalities: the modality spec of ``image`` and the subset names (default BraTS).
         average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`).
+        on_windows: called with the number of windows done after each network call (progress).
 
     Returns:
         float32 logits ``(B, K, 3, *S)`` (with ``"probabilities"``: the logit of the averaged sigmoids), subsets in
@@ -148,7 +159,7 @@ def sweep_subsets(
                 raise ValueError(
                     f"sample {b} has only {spec.mask_to_subset(available[b])}; cannot evaluate subsets {lacking}"
                 )
-    predictor = SubsetSweepPredictor(network, masks, amp=amp, average=average)
+    predictor = SubsetSweepPredictor(network, masks, amp=amp, average=average, on_windows=on_windows)
     out = sliding_window_inference(
         image,
         roi_size=tuple(int(r) for r in roi_size),

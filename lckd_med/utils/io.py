@@ -26,6 +26,7 @@ __all__ = [
     "save_label_map",
     "remove_stale_temporaries",
     "printable",
+    "zip_entries",
 ]
 
 _MULTI_SUFFIXES = (".nii.gz", ".tar.gz")
@@ -39,6 +40,17 @@ def _suffix(path: Path) -> str:
         if name.endswith(s):
             return s
     return path.suffix
+
+
+def zip_entries(path: str | os.PathLike) -> list[str] | None:
+    """Names inside a zip archive (what ``torch.save`` and TorchScript write), or None when ``path`` is not one."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
 
 
 def printable(name: str) -> str:

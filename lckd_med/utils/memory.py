@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported when a device is asked about, not at start-up
+    import torch
 
 __all__ = ["available_memory", "format_bytes", "check_fits", "NotEnoughMemoryError"]
 
@@ -34,6 +36,8 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
     CPU: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else ``os.sysconf`` free pages; CUDA: the free bytes
     ``torch.cuda.mem_get_info`` reports.
     """
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         try:
@@ -69,6 +73,6 @@ def check_fits(estimate: float, what: str, fix: str, device: str | torch.device 
     available = available_memory(device)
     if available is not None and estimate > available:
         raise NotEnoughMemoryError(
-            f"{what} needs about {format_bytes(estimate)} of memory on {torch.device(device)}, but only "
+            f"{what} needs about {format_bytes(estimate)} of memory on {device}, but only "
             f"{format_bytes(available)} are available; {fix}"
         )

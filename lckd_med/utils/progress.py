@@ -1,7 +1,8 @@
 """One progress bar (count, rate, ETA) for long loops over cases, quiet in CI and in logs.
 
 Every long loop of the toolkit (data preparation, evaluation, batch inference, scoring a folder) shows one tqdm bar
-on the terminal; training logs its own line with an ETA (:class:`lckd_med.engines.progress.ProgressHandler`). A bar
+on the terminal, and prediction one more over each case's sliding windows
+(:class:`lckd_med.prediction.SubsetPredictor`); training logs its own line with an ETA (:class:`lckd_med.engines.progress.ProgressHandler`). A bar
 is pointless, and clutters the log, when nobody watches: it is off when standard error is not a terminal, when the
 ``CI`` environment variable is set (GitHub Actions, GitLab CI and most others set it), or when
 ``LCKD_MED_PROGRESS=0``. ``LCKD_MED_PROGRESS=1`` forces it on.
@@ -9,6 +10,7 @@ is pointless, and clutters the log, when nobody watches: it is off when standard
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable
@@ -16,7 +18,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-__all__ = ["PROGRESS_ENV", "progress_enabled", "progress_bar"]
+__all__ = ["PROGRESS_ENV", "progress_enabled", "progress_bar", "ProgressLogHandler"]
 
 #: Environment variable forcing bars on (``1``) or off (``0``).
 PROGRESS_ENV = "LCKD_MED_PROGRESS"
@@ -58,6 +60,7 @@ def progress_bar(
     total: int | None = None,
     unit: str = "case",
     enabled: bool = True,
+    leave: bool = True,
 ) -> tqdm:
     """A tqdm bar (count, rate, elapsed and ETA) drawn only when :func:`progress_enabled` says so.
 
@@ -67,5 +70,30 @@ def progress_bar(
         total: number of items (taken from ``len(iterable)`` when it has one).
         unit: item name.
         enabled: the caller's switch, see :func:`progress_enabled`.
+        leave: keep the finished bar on the screen (False for a bar inside another one, e.g. windows of a case).
     """
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=not progress_enabled(enabled), dynamic_ncols=True)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=not progress_enabled(enabled),
+        dynamic_ncols=True,
+        leave=leave,
+    )
+
+
+class ProgressLogHandler(logging.Handler):
+    """A logging handler that prints each message (``%(message)s``) on standard output through ``tqdm.write``, so
+    lines and progress bars on one terminal do not overwrite each other. The stream is looked up at each message
+    (whatever ``sys.stdout`` is then)."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:  # a closed stream must not break the command
+            self.handleError(record)

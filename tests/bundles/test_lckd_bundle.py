@@ -75,6 +75,7 @@ def test_training_writes_model_and_election_record(work, trained):
     assert (ckpt["iteration"], ckpt["phase"]) == (8, 2)
     assert ckpt["network"]["hparams"]["filters"] == [4, 8, 16] and ckpt["train_config"]["roi_size"] == [16, 16, 16]
     assert ckpt["method_state"]["teachers"] and ckpt["label_convention"] == "brats2018"
+    assert ckpt["train_config"]["voxel_spacing_mm"] == [4.0, 4.0, 4.0]  # the training data's, for prediction's warning
     election = pd.read_csv(work / "out" / "teacher_election.csv")
     assert list(election.columns) == list(ELECTION_COLUMNS)
     # the reference schedule: after the first iteration (interval 0: no periodic ones, no phase-switch election by

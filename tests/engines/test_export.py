@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -67,6 +68,19 @@ def test_wrapper_load_state_dict_says_what_to_fix():
         wrapper.load_state_dict(LCKDNet(filters=(4, 8)).state_dict())
 
 
+def readme_command(bundle: str, start: str) -> list[str]:
+    """The command of ``bundles/<bundle>/README.md`` that begins with ``start``, as argv (continuation lines
+    joined)."""
+    lines = (REPO / "bundles" / bundle / "README.md").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    text = ""
+    for line in lines[first:]:
+        text += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            break
+    return shlex.split(text)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", method_bundles())
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
@@ -77,18 +91,14 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name
     ts = models / "model.ts"
-    # the command documented in bundles/<bundle>/README.md (every method exports with LCKD's inference.json, which
-    # rebuilds the network the checkpoint describes), with --ckpt_dir pointing at this checkpoint's folder
+    # the command documented in bundles/<bundle>/README.md, exactly as written there, with only its folder of
+    # models pointing at this test's (both export with LCKD's inference.json, which rebuilds the network the
+    # --ckpt_file checkpoint describes; no --ckpt_dir needed)
+    documented = readme_command(bundle, "python -m monai.bundle ckpt_export")
+    assert "--ckpt_dir" not in documented
     cmd = [
-        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
-        "--config_file", "bundles/lckd/inference.json",
-        "--meta_file", f"bundles/{bundle}/metadata.json",
-        "--ckpt_dir", str(models),
-        "--ckpt_file", str(models / "model.pt"),
-        "--key_in_ckpt", "model",
-        "--use_trace", "True",
-        "--filepath", str(ts),
-    ]  # fmt: skip
+        sys.executable if a == "python" else a.replace(f"bundles/{bundle}/runs/models", str(models)) for a in documented
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

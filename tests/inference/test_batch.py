@@ -527,10 +527,10 @@ def test_rerun_skips_up_to_date_outputs_and_redoes_changed_or_forced(ckpt, tmp_p
 class _KilledAfterFirstCase(BatchInference):
     """Stops the batch like Ctrl-C would, after one finished case (KeyboardInterrupt is not caught per case)."""
 
-    def predict_case(self, case, work_dir):
+    def predict_case(self, case):
         if case.case_id == "b":
             raise KeyboardInterrupt
-        return super().predict_case(case, work_dir)
+        return super().predict_case(case)
 
 
 def test_report_is_written_after_every_case_and_stale_temporaries_are_removed(ckpt, tmp_path):

@@ -231,12 +231,14 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def test_reference_postprocess_is_scored_beside_the_raw_predictions(setup, tmp_path, monkeypatch):
     """postprocess="reference": post-processed predictions scored into postprocessed/; T1ce read only for subsets
     that hold it; the intensity normalisation is the checkpoint's (train_config)."""
-    import lckd_med.inference.evaluation as evaluation
+    import lckd_med.inference.segmenter as segmenter  # evaluation predicts through the Segmenter
     from lckd_med.metrics.postprocess import reference_postprocess
 
     seen = []
-    original = evaluation.eval_transforms
-    monkeypatch.setattr(evaluation, "eval_transforms", lambda **kw: seen.append(kw["intensity"]) or original(**kw))
+    original = segmenter.eval_transforms
+    monkeypatch.setattr(
+        segmenter, "eval_transforms", lambda *a, **kw: seen.append(kw["intensity"]) or original(*a, **kw)
+    )
     models = tmp_path / "models"
     payload = torch.load(_checkpoint(models), weights_only=True)
     payload["train_config"]["intensity"] = "reference"
@@ -366,3 +368,22 @@ def test_bad_labels_and_garbage_sequences_are_reported_once_before_predicting(se
     assert "segmentation values [7]" in warnings[0] and str(bad_label) in warnings[0]
     assert "does not look like an MRI of a head" in warnings[1] and str(flat) in warnings[1]
     assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_one_picture_per_case_and_a_users_picture_is_never_replaced(setup, tmp_path):
+    """png=True: png/<case_id>.png per case (the largest evaluated subset over the case's T1ce), recorded as
+    lckd_med's; a file of the user's in png/ is refused before anything is predicted."""
+    out = tmp_path / "out"
+    kwargs = {"subsets": ["flair", "flair+t1ce"], "write_subset_dice": False, "device": "cpu", "amp": False}
+    kwargs |= {"progress": False, "num_workers": 0, "png": True, "max_cases": 2}
+    SubsetEvaluator(setup["root"] / "models", setup["datalist"], out, **kwargs).run()
+    pictures = sorted(p.name for p in (out / "png").iterdir())
+    assert len(pictures) == 2 and all(p.endswith(".png") for p in pictures)
+    assert all(0 < (out / "png" / p).stat().st_size < 200_000 for p in pictures)
+    SubsetEvaluator(setup["root"] / "models", setup["datalist"], out, **kwargs).run()  # its own: replaced freely
+    (out / "png" / pictures[0]).write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="png holds 1 file"):
+        SubsetEvaluator(setup["root"] / "models", setup["datalist"], out, **kwargs).run()
+    assert (out / "png" / pictures[0]).read_bytes() == b"mine"
+    with pytest.raises(TypeError, match="png must be a bool"):
+        SubsetEvaluator(setup["root"] / "models", setup["datalist"], out, png="yes")

@@ -263,7 +263,9 @@ def test_check_and_align_default_work_dir_is_created(tmp_path):
     }
     aligned, notes = check_and_align(paths)
     assert aligned["flair"] == paths["flair"]
-    assert aligned["t1"].exists() and str(aligned["t1"].parent) in notes[0]
+    assert aligned["t1"].exists()
+    # notes name what was done, with units, never a temporary folder (gone when the note is read)
+    assert str(aligned["t1"].parent) not in notes[0] and "differ by up to 1 mm" in notes[0]
     for f in aligned["t1"].parent.iterdir():
         f.unlink()
     aligned["t1"].parent.rmdir()
