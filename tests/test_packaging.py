@@ -129,7 +129,7 @@ def _changelog_versions() -> list[str]:
 
 def test_the_bundles_require_the_package_version_and_the_changelogs_agree():
     """metadata.json's required lckd_med is the package's own version; CHANGELOG.md and each metadata.json list the
-    same versions, newest first, the newest being the package's."""
+    same versions (a bundle those since its first release), newest first, the newest being the package's."""
     import json
 
     import lckd_med
@@ -140,7 +140,8 @@ def test_the_bundles_require_the_package_version_and_the_changelogs_agree():
     for name in BUNDLES:
         meta = json.loads((REPO / "bundles" / name / "metadata.json").read_text(encoding="utf-8"))
         assert meta["required_packages_version"]["lckd_med"] == lckd_med.__version__, name
-        assert list(meta["changelog"]) == versions, name
+        # a bundle lists every version since its first release (HeMIS's is 0.4.0)
+        assert meta["changelog"] and list(meta["changelog"]) == versions[: len(meta["changelog"])], name
         assert meta["version"] == versions[0], name
     pyproject = _pyproject()
     assert "version" in pyproject["project"]["dynamic"]
