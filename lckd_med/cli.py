@@ -10,7 +10,9 @@ Each sub-command is a thin wrapper over the library call the bundles use:
 * ``lckd-med evaluate-folder``: score a folder of label maps against BraTS labels
   (:func:`lckd_med.reports.folder_scores.score_folder`);
 * ``lckd-med export-safetensors`` / ``import-safetensors``: network weights of ``model.pt`` to and from a
-  ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`).
+  ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`);
+* ``lckd-med export-torchscript``: MONAI's ``ckpt_export`` of ``model.pt`` (:mod:`lckd_med.engines.export`) after
+  this command's checks.
 
 Declared in ``pyproject.toml`` (``[project.scripts] lckd-med = "lckd_med.cli:main"``); ``python -m lckd_med.cli``
 is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 bad arguments, 130 Ctrl-C.
@@ -40,7 +42,7 @@ from typing import Any
 from lckd_med.constants import GRID_RULES, MODALITIES, label_convention
 from lckd_med.utils.errors import EXIT_INTERRUPTED
 from lckd_med.utils.errors import run_guarded as guarded
-from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_float, parse_int, parse_text
+from lckd_med.utils.parse import OneLineArgumentParser, arg_type, parse_float, parse_int, parse_int_list, parse_text
 
 __all__ = [
     "build_parser",
@@ -105,6 +107,16 @@ EXPORT_EXAMPLE = """example:
 The .safetensors file holds the network weights and, as text metadata, the network name and hyper-parameters,
 modality/region order and label convention: enough to rebuild the network, and no code can ride along.
 lckd-med predict --ckpt takes it as it is."""
+
+TORCHSCRIPT_EXAMPLE = """example:
+  lckd-med export-torchscript --ckpt bundles/lckd/runs/models/model.pt
+
+writes model.ts beside the checkpoint (-o names another file).
+
+Runs MONAI's ckpt_export on the lckd bundle's network_def (python -m monai.bundle ckpt_export network_def ...
+--use_trace True, the command in bundles/lckd/README.md) with its checks first: one input (B, 4, H, W, D) in
+modality order, a sequence missing when its channel is all zeros; the bundle's metadata.json and inference.json
+ride inside the .ts file. --input_shape traces at another size (a multiple of the network's size divisor)."""
 
 IMPORT_EXAMPLE = """example:
   lckd-med import-safetensors --weights model.safetensors -o bundles/lckd/runs/imported/model.pt
@@ -313,6 +325,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--ckpt", required=True, help="checkpoint (model.pt)")
     ex.add_argument("-o", "--output", default=None, help="file to write (default: beside --ckpt, .safetensors)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --output (never --ckpt)")
+    ts = _command(
+        sub,
+        "export-torchscript",
+        "write model.pt as a TorchScript file (MONAI ckpt_export)",
+        "Export an lckd_med checkpoint to TorchScript with MONAI's ckpt_export, checking the files first.",
+        TORCHSCRIPT_EXAMPLE,
+    )
+    ts.add_argument("--ckpt", required=True, help="checkpoint (model.pt)")
+    ts.add_argument("-o", "--output", default=None, help="file to write (default: beside --ckpt, .ts)")
+    ts.add_argument(
+        "--input_shape",
+        type=arg_type(parse_int_list, "--input_shape", length=5, minimum=1),
+        default=None,
+        help="trace input shape B,C,H,W,D (default: from the bundle's metadata.json)",
+    )
+    ts.add_argument("--overwrite", action="store_true", help="replace an existing --output (never --ckpt)")
     im = _command(
         sub,
         "import-safetensors",
@@ -547,11 +575,46 @@ def prepare(argv: Sequence[str]) -> int:
     return brats.main(list(argv))
 
 
+def _torchscript(args: argparse.Namespace) -> Path:
+    """MONAI's ``ckpt_export`` on the lckd bundle's ``network_def`` after this command's own checks, so a missing
+    or wrong file is one line (MONAI checks ``--ckpt_file`` with a traceback before any config code runs)."""
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt} {'is a folder' if ckpt.is_dir() else 'does not exist'}")
+    out = Path(args.output) if args.output else ckpt.with_suffix(".ts")
+    if out.suffix != ".ts":
+        raise ValueError(f"--output {out} must end in .ts")
+    from monai.bundle import ckpt_export
+
+    from lckd_med.utils.outputs import check_output_file
+
+    check_output_file(out, inputs=[ckpt], overwrite=args.overwrite, what="--output")
+
+    from lckd_med.engines.workflow import bundle_dir
+
+    bundle = Path(bundle_dir("lckd"))
+    options: dict[str, Any] = {"input_shape": args.input_shape} if args.input_shape else {}
+    ckpt_export(
+        "network_def",
+        filepath=str(out),
+        ckpt_file=str(ckpt),
+        meta_file=str(bundle / "metadata.json"),
+        config_file=str(bundle / "inference.json"),
+        key_in_ckpt="model",
+        use_trace=True,
+        overwrite=args.overwrite,
+        **options,
+    )
+    return out
+
+
 def _export(args: argparse.Namespace) -> int:
     from lckd_med.engines.safetensors_io import export_safetensors, import_safetensors
 
     if args.command == "export-safetensors":
         out = export_safetensors(args.ckpt, args.output, overwrite=args.overwrite)
+    elif args.command == "export-torchscript":
+        out = _torchscript(args)
     else:
         out = import_safetensors(args.weights, args.output, overwrite=args.overwrite)
     print(f"wrote {out}")

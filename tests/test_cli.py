@@ -23,7 +23,7 @@ from tests.testkit import save_tiny_checkpoint, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 22, 16)
-COMMANDS = ("predict", "prepare", "evaluate-folder", "export-safetensors", "import-safetensors")
+COMMANDS = ("predict", "prepare", "evaluate-folder", "export-safetensors", "export-torchscript", "import-safetensors")
 
 
 def lps_affine() -> np.ndarray:
@@ -205,6 +205,20 @@ def test_safetensors_round_trip_through_cli(ckpt, tmp_path, capsys):
     x = torch.randn(1, 4, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(build_network(a).eval()(x), build_network(b).eval()(x), rtol=0, atol=0)
+
+
+def test_export_torchscript_reproduces_the_network_with_sequences_missing(ckpt, tmp_path, capsys):
+    from lckd_med.engines.checkpoint import build_network, load_checkpoint
+
+    ts = tmp_path / "model.ts"
+    assert main(["export-torchscript", "--ckpt", str(ckpt), "-o", str(ts), "--input_shape", "1,4,16,16,16"]) == 0
+    assert f"wrote {ts}" in capsys.readouterr().out
+    x = torch.randn(1, 4, 16, 16, 16)
+    x[:, 1] = 0  # T1 missing: an all-zero channel
+    mask = torch.tensor([[True, False, True, True]])
+    with torch.no_grad():
+        expected = build_network(load_checkpoint(ckpt)).eval()(x, mask)
+        torch.testing.assert_close(torch.jit.load(str(ts))(x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_prepare_runs_data_prep(tmp_path, capsys):

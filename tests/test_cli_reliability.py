@@ -108,6 +108,14 @@ FLAGS: dict[str, tuple[list[str], dict[str, tuple[list[str], int, str]]]] = {
         ["--ckpt", "CKPT", "-o", "OUT/m.safetensors"],
         {"--ckpt": ([F], 1, "is a folder"), "--output": (["OUT/m.pt"], 1, "must end in .safetensors")},
     ),
+    "export-torchscript": (
+        ["--ckpt", "CKPT", "-o", "OUT/m.ts"],
+        {
+            "--ckpt": ([F], 1, "is a folder"),
+            "--output": (["OUT/m.pt"], 1, "must end in .ts"),
+            "--input_shape": (["1,4,16"], 2, "argument --input_shape: must be a list of 5 whole numbers"),
+        },
+    ),
     "import-safetensors": (
         ["--weights", "OUT/none.safetensors", "-o", "OUT/m.pt"],
         {"--weights": ([F], 1, "is a folder"), "--output": ([F], 1, "is a folder")},
@@ -245,6 +253,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_export_torchscript_never_replaces_a_file_it_did_not_write(files, tmp_path, capsys):
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(files["ckpt"], ckpt)
+    default = ckpt.with_suffix(".ts")
+    kept = _user_file(default)
+    assert cli.main(["export-torchscript", "--ckpt", str(ckpt)]) == 1
+    assert "left untouched" in _one_error_line(capsys.readouterr().err) and default.read_bytes() == kept
+    # MONAI's ckpt_export checks the checkpoint itself with a traceback; the command checks first
+    assert cli.main(["export-torchscript", "--ckpt", str(tmp_path / "none.pt")]) == 1
+    assert "does not exist" in _one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("report", sorted(REPORT_FILES.values()))
