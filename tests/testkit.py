@@ -16,12 +16,13 @@ import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from lckd_med.networks import LCKDNet
+from lckd_med.networks import LCKDNet, RFNet
 
 __all__ = [
     "mri_like",
     "write_nifti",
     "tiny_lckd_net",
+    "tiny_rfnet",
     "checkpoint_payload",
     "save_tiny_checkpoint",
     "config_expressions",
@@ -59,6 +60,13 @@ def tiny_lckd_net(seed: int = 0, filters: tuple[int, ...] = TINY_FILTERS) -> LCK
     return LCKDNet(filters=filters)
 
 
+def tiny_rfnet(seed: int = 0) -> RFNet:
+    """An untrained two-level RFNet (a softmax over the four BraTS classes, output kind ``"classes"``), the same for
+    the same ``seed``; inputs must be multiples of 2 and at least 4 per axis."""
+    torch.manual_seed(seed)
+    return RFNet(filters=(4, 8), fusion_hidden=4, region_hidden=4)
+
+
 def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
     """What ``model.pt`` holds for ``net`` (weights, network name and hyper-parameters, modality and region order,
     BraTS 2018 labels), with ``fields`` added or replacing those (``train_config``, ``method_state``, ...)."""
@@ -73,11 +81,11 @@ def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
     }
 
 
-def save_tiny_checkpoint(path: Path, seed: int = 0, **fields: Any) -> Path:
-    """``path`` holding :func:`tiny_lckd_net` trained with a 16^3 crop (``train_config.roi_size``), ``fields``
-    added or replacing as in :func:`checkpoint_payload`."""
+def save_tiny_checkpoint(path: Path, seed: int = 0, net: torch.nn.Module | None = None, **fields: Any) -> Path:
+    """``path`` holding ``net`` (default :func:`tiny_lckd_net`) trained with a 16^3 crop (``train_config.roi_size``),
+    ``fields`` added or replacing as in :func:`checkpoint_payload`."""
     fields = {"train_config": {"roi_size": [16, 16, 16]}, **fields}
-    return save_checkpoint(path, checkpoint_payload(tiny_lckd_net(seed), **fields))
+    return save_checkpoint(path, checkpoint_payload(tiny_lckd_net(seed) if net is None else net, **fields))
 
 
 def config_expressions(node: Any) -> Iterator[str]:
