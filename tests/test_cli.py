@@ -23,7 +23,15 @@ from tests.testkit import save_tiny_checkpoint, write_nifti
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (24, 22, 16)
-COMMANDS = ("predict", "prepare", "evaluate-folder", "export-safetensors", "export-torchscript", "import-safetensors")
+COMMANDS = (
+    "predict",
+    "prepare",
+    "evaluate-folder",
+    "export-safetensors",
+    "export-torchscript",
+    "import-safetensors",
+    "import-checkpoint",
+)
 
 
 def lps_affine() -> np.ndarray:

@@ -161,3 +161,50 @@ def test_probability_averaging_is_the_mean_of_window_sigmoids(net, image, swept)
     )
     with pytest.raises(ValueError, match="average"):
         SubsetSweepPredictor(net, masks, average="median")
+
+
+def test_a_softmax_network_averages_its_class_probabilities_over_windows(image):
+    """A network whose output kind is ``"classes"`` (RFNet): with ``average="probabilities"`` the sweep averages the
+    windows' region probabilities, which equals averaging the class probabilities (the published RFNet / mmFormer
+    predict); the averaged classes come back exactly from the regions, so their argmax is the published label map."""
+    from lckd_med.networks.outputs import class_probabilities
+    from tests.testkit import tiny_rfnet
+
+    net = tiny_rfnet(seed=5).eval()
+    chosen = ["t2", "flair+t1+t1ce+t2"]
+    out = sweep_subsets(net, image, ROI, subsets=chosen, amp=False, average="probabilities")
+    assert out.shape == (1, 2, NUM_REGIONS, *SHAPE)
+    masks = subset_masks(chosen)
+
+    def softmax_windows(w: torch.Tensor) -> torch.Tensor:  # the published averaging: class probabilities
+        feats = net.encode(w)
+        return torch.softmax(net.decode_subsets(feats, masks), dim=2).flatten(1, 2)
+
+    with torch.no_grad():
+        classes = sliding_window_inference(image, ROI, 1, softmax_windows, overlap=1 / 3, mode="constant")
+    classes = classes.reshape(1, 2, 4, *SHAPE)
+    torch.testing.assert_close(class_probabilities(torch.sigmoid(out), dim=2), classes, rtol=0, atol=2e-5)
+    ties = (classes.topk(2, dim=2).values.diff(dim=2).abs() < 1e-4).squeeze(2)
+    same = torch.argmax(class_probabilities(torch.sigmoid(out), dim=2), dim=2) == torch.argmax(classes, dim=2)
+    assert bool((same | ties).all())
+
+
+@pytest.mark.parametrize(
+    "size, roi", [(128, 80), (129, 80), (155, 80), (160, 80), (240, 80), (128, 128), (155, 128), (240, 128)]
+)
+def test_monai_windows_at_overlap_half_are_the_published_ones(size, roi):
+    """RFNet's and mmFormer's predict (predict.py:155-168 in both): windows start at 0, roi/2, 2 roi/2, ...
+    (ceil((n - roi) / (roi / 2)) of them) and at n - roi. MONAI's sliding window with overlap 0.5 takes the same
+    starts, so a recorded overlap of 0.5 reproduces the published grid (and uniform blending its averaging)."""
+    import math
+
+    published = [i * int(roi * (1 - 0.5)) for i in range(math.ceil((size - roi) / (roi * (1 - 0.5))))] + [size - roi]
+    starts: list[int] = []
+
+    def record(window: torch.Tensor) -> torch.Tensor:
+        starts.extend(int(v) for v in window[:, 0, 0, 0, 0])
+        return window[:, :1].clone()
+
+    coords = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1, 1).expand(1, 1, size, 4, 4).clone()
+    sliding_window_inference(coords, (roi, 4, 4), 1, record, overlap=0.5, mode="constant")
+    assert sorted(set(starts)) == sorted(set(published))
