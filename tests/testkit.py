@@ -22,6 +22,9 @@ __all__ = [
     "mri_like",
     "write_nifti",
     "tiny_lckd_net",
+    "TINY_NETWORKS",
+    "tiny_method_network",
+    "tiny_size",
     "checkpoint_payload",
     "save_tiny_checkpoint",
     "config_expressions",
@@ -57,6 +60,32 @@ def tiny_lckd_net(seed: int = 0, filters: tuple[int, ...] = TINY_FILTERS) -> LCK
     """An untrained LCKDNet, the same for the same ``seed``."""
     torch.manual_seed(seed)
     return LCKDNet(filters=filters)
+
+
+#: Registered method name -> (network preset, options) of its tiny network; methods not listed use the U-Net preset
+#: ``fullres`` with :data:`TINY_FILTERS`. mmFormer's window (``img_size``) is the smallest it takes, 32^3.
+TINY_NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rfnet": ("published", {"filters": TINY_FILTERS, "fusion_hidden": 8, "region_hidden": 4}),
+    "mmformer": (
+        "published",
+        {"img_size": 32, "base_filters": 2, "embed_dim": 8, "mlp_dim": 16, "num_heads": 2, "dropout": 0.0},
+    ),
+}
+
+
+def tiny_method_network(name: str, seed: int = 0, **options: Any) -> torch.nn.Module:
+    """The untrained tiny network of registered method ``name`` (:data:`TINY_NETWORKS`), the same for the same
+    ``seed``; ``options`` replace the table's."""
+    from lckd_med.methods import build_network
+
+    preset, table = TINY_NETWORKS.get(name, ("fullres", {"filters": TINY_FILTERS}))
+    torch.manual_seed(seed)
+    return build_network(name, preset, **{**table, **options})
+
+
+def tiny_size(name: str, default: int = 16) -> int:
+    """The cube side of an input of :func:`tiny_method_network` (mmFormer: its window; else ``default``)."""
+    return TINY_NETWORKS[name][1].get("img_size", default) if name in TINY_NETWORKS else default
 
 
 def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
