@@ -205,5 +205,5 @@ def make_lr_scheduler(
             raise ValueError("phase2_overlap needs lr_schedule 'two_phase_poly'")
         if epoch_length is None:
             raise ValueError("lr_schedule 'epoch_poly' needs epoch_length")
-        return EpochPolyLR(optimizer, int(num_iterations), int(epoch_length), power)
+        return EpochPolyLR(optimizer, int(num_iterations), epoch_length, power)
     raise ValueError(f"unknown lr schedule {name!r}; use one of {LR_SCHEDULES}")
