@@ -217,14 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--overlap",
         type=arg_type(parse_float, "--overlap", low=0.0, high=1.0, high_open=True),
-        default=1 / 3,
-        help="sliding-window overlap in [0, 1) (default 1/3)",
+        default=None,
+        help="sliding-window overlap in [0, 1) (default: the checkpoint's recorded one, else 1/3)",
     )
     pr.add_argument(
         "--threshold",
         type=arg_type(parse_float, "--threshold", low=0.0, high=1.0, low_open=True, high_open=True),
         default=0.5,
-        help="sigmoid threshold per region, in (0, 1) (default 0.5)",
+        help="threshold per region probability, in (0, 1) (default 0.5; a softmax model decides by argmax)",
     )
     pr.add_argument(
         "--roi_size",

@@ -16,7 +16,7 @@ import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from lckd_med.networks import LCKDNet
+from lckd_med.networks import LCKDNet, RFNet
 
 __all__ = [
     "mri_like",
@@ -25,6 +25,7 @@ __all__ = [
     "TINY_NETWORKS",
     "tiny_method_network",
     "tiny_size",
+    "tiny_rfnet",
     "checkpoint_payload",
     "save_tiny_checkpoint",
     "config_expressions",
@@ -88,6 +89,13 @@ def tiny_size(name: str, default: int = 16) -> int:
     return TINY_NETWORKS[name][1].get("img_size", default) if name in TINY_NETWORKS else default
 
 
+def tiny_rfnet(seed: int = 0) -> RFNet:
+    """An untrained two-level RFNet (a softmax over the four BraTS classes, output kind ``"classes"``), the same for
+    the same ``seed``; inputs must be multiples of 2 and at least 4 per axis."""
+    torch.manual_seed(seed)
+    return RFNet(filters=(4, 8), fusion_hidden=4, region_hidden=4)
+
+
 def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
     """What ``model.pt`` holds for ``net`` (weights, network name and hyper-parameters, modality and region order,
     BraTS 2018 labels), with ``fields`` added or replacing those (``train_config``, ``method_state``, ...)."""
@@ -102,11 +110,11 @@ def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:
     }
 
 
-def save_tiny_checkpoint(path: Path, seed: int = 0, **fields: Any) -> Path:
-    """``path`` holding :func:`tiny_lckd_net` trained with a 16^3 crop (``train_config.roi_size``), ``fields``
-    added or replacing as in :func:`checkpoint_payload`."""
+def save_tiny_checkpoint(path: Path, seed: int = 0, net: torch.nn.Module | None = None, **fields: Any) -> Path:
+    """``path`` holding ``net`` (default :func:`tiny_lckd_net`) trained with a 16^3 crop (``train_config.roi_size``),
+    ``fields`` added or replacing as in :func:`checkpoint_payload`."""
     fields = {"train_config": {"roi_size": [16, 16, 16]}, **fields}
-    return save_checkpoint(path, checkpoint_payload(tiny_lckd_net(seed), **fields))
+    return save_checkpoint(path, checkpoint_payload(tiny_lckd_net(seed) if net is None else net, **fields))
 
 
 def config_expressions(node: Any) -> Iterator[str]:

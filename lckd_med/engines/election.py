@@ -36,6 +36,7 @@ from lckd_med.engines.checkpoint import unwrap_model
 from lckd_med.methods.lckd import TeacherState
 from lckd_med.metrics import legacy_dice
 from lckd_med.modalities import ModalitySpec, spec_of
+from lckd_med.networks.outputs import default_decision, output_kind, region_masks
 from lckd_med.prediction import BLEND_MODES, SubsetPredictor
 from lckd_med.utils.io import write_text_atomic
 from lckd_med.utils.outputs import OwnedFiles
@@ -94,7 +95,8 @@ def single_modality_dice(
             ``modality_mask`` ``(B, M)``: a case is scored only for the subsets whose sequences it has.
         subsets: subset names to score (default: the single modalities, modality order).
         overlap, mode: sliding-window overlap and blending (``"constant"``: uniform, the reference's).
-        threshold: sigmoid threshold of the ``"legacy"`` score.
+        threshold: region-probability threshold of the ``"legacy"`` score (a network whose output kind is
+            ``"classes"`` decides by argmax instead, :func:`~lckd_med.networks.outputs.default_decision`).
         score: ``"soft"`` (reference soft Dice of the probabilities) or ``"legacy"`` (hard legacy BraTS Dice).
         modalities: the modality spec of the images and subset names (``None`` = BraTS).
 
@@ -108,6 +110,7 @@ def single_modality_dice(
     subsets = spec.single_subsets if subsets is None else subsets
     predictor = SubsetPredictor(network, roi_size, overlap=overlap, mode=mode, amp=amp, device=device, modalities=spec)
     needs = [torch.from_numpy(spec.subset_to_mask(s)) for s in subsets]
+    decision = default_decision(output_kind(network))  # threshold for region sigmoids, argmax for classes
     was_training = network.training
     network.eval()
     sums = torch.zeros(len(subsets), NUM_REGIONS, dtype=torch.float64)
@@ -127,13 +130,14 @@ def single_modality_dice(
                 if not scored:
                     continue
                 logits = predictor(image[b : b + 1], [subsets[k] for k in scored])[0]
-                prob = torch.sigmoid(logits)
+                prob = torch.sigmoid(logits)  # region probabilities, whatever the network's output kind
                 for i, k in enumerate(scored):
                     if score == "soft":
                         sums[k] += soft_dice(prob[i], label[b]).cpu()
                     else:
+                        masks = region_masks(prob[i], decision, threshold, dim=0)
                         for r in range(NUM_REGIONS):
-                            sums[k, r] += legacy_dice(prob[i, r] > threshold, label[b, r])
+                            sums[k, r] += legacy_dice(masks[r], label[b, r])
                     counts[k] += 1
     finally:
         network.train(was_training)

@@ -7,7 +7,8 @@ checkpoint's description travels as safetensors text metadata, so the file alone
 ``format``             ``"lckd_med.safetensors/1"``
 ``network``            JSON ``{"name": ..., "hparams": {...}}``
 ``modalities``/``regions``  JSON lists (channel and output order), ``label_convention`` its name
-``method``, ``method_state``, ``train_config``, ``subset_dice``, ``iteration``  JSON, when the checkpoint has them
+``method``, ``method_state``, ``train_config``, ``subset_dice``, ``iteration``, ``inference`` (recorded inference
+                       defaults), ``published`` (an imported published model's provenance)  JSON, when present
 ``weights_sha256``     content hash of the weights (:func:`lckd_med.engines.checkpoint.weights_hash`), verified on read
 
 Optimiser, scheduler and RNG states are left out: the file is for inference and sharing, not for resuming. An
@@ -53,6 +54,8 @@ _JSON_KEYS = (
     "train_config",
     "subset_dice",
     "iteration",
+    "inference",
+    "published",
 )
 _REQUIRED = ("format", "network", "modalities", "regions", "label_convention")
 
@@ -118,7 +121,7 @@ def _check_metadata(ckpt: dict[str, Any], source: str) -> None:
         raise bad("iteration", f"must be a whole number, got {ckpt['iteration']!r}")
     if "method" in ckpt and ckpt["method"] not in METHODS:
         raise bad("method", f"names an unknown method {ckpt['method']!r} (registered: {list(METHODS)})")
-    for key in ("method_state", "train_config", "subset_dice"):
+    for key in ("method_state", "train_config", "subset_dice", "inference", "published"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             raise bad(key, "must be a dictionary")
     for subset, row in ckpt.get("subset_dice", {}).items():

@@ -327,9 +327,11 @@ class BatchInference:
         manifest: optional CSV ``case_id,flair,t1,t1ce,t2`` used instead of scanning ``input_dir``.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: bf16 autocast on CUDA.
-        roi_size: sliding-window size; None takes ``ckpt["train_config"]["roi_size"]``.
-        overlap: sliding-window overlap in [0, 1).
-        threshold: sigmoid probability above which a voxel belongs to a region, in (0, 1).
+        roi_size: sliding-window size; None takes the checkpoint's (``inference.roi_size``, else
+            ``train_config.roi_size``).
+        overlap: sliding-window overlap in [0, 1); None takes the checkpoint's (``inference.overlap``), else 1/3.
+        threshold: region probability above which a voxel belongs to a region, in (0, 1) (the ``"threshold"``
+            decision; a softmax network's checkpoint decides by argmax, see :class:`~lckd_med.inference.Segmenter`).
         progress: show progress bars over cases and over each case's windows (drawn on a terminal only, see
             :mod:`lckd_med.utils.progress`).
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
@@ -337,7 +339,8 @@ class BatchInference:
         sw_batch_size: windows per network call.
         overwrite: redo cases whose output (listed in an earlier report) was made from the same inputs with the same
             settings; False skips them. Files this tool did not write are never overwritten either way.
-        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's).
+        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's);
+            None takes the checkpoint's (``inference.average``), else ``"logits"``.
         postprocess: ``"none"`` or ``"reference"`` (the LCKD reference's ``postprocess.py``, k-means step only when
             the case has T1ce; :func:`lckd_med.metrics.postprocess.reference_postprocess`).
         grid: the grid each case is segmented on and written on: None (t1ce, else flair, t2, t1), a sequence name,
@@ -363,13 +366,13 @@ class BatchInference:
         device: str | torch.device = "auto",
         amp: bool = True,
         roi_size: int | Sequence[int] | None = None,
-        overlap: float = 1 / 3,
+        overlap: float | None = None,
         threshold: float = 0.5,
         progress: bool = True,
         label_convention: int | str | LabelConvention | None = None,
         sw_batch_size: int = 1,
         overwrite: bool = False,
-        average: str = "logits",
+        average: str | None = None,
         postprocess: str = "none",
         grid: str | None = None,
         png: bool = False,
@@ -422,6 +425,7 @@ class BatchInference:
             grid=grid,
         )
         self.device = self.segmenter.device
+        average = self.segmenter.average
         self.amp = amp
         self.overlap = self.segmenter.overlap
         self.threshold = self.segmenter.threshold
@@ -441,6 +445,7 @@ class BatchInference:
             json.dumps(
                 [self.segmenter.weights_sha256, self.convention.name, self.roi_size, self.overlap, self.threshold, amp]
                 + ([average, postprocess] if (average, postprocess) != ("logits", "none") else [])
+                + ([self.segmenter.decision] if self.segmenter.decision != "threshold" else [])
                 + ([grid] if grid is not None else [])
             ).encode()
         ).hexdigest()[:12]

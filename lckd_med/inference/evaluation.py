@@ -104,18 +104,22 @@ class SubsetEvaluator:
         split: ``"testing"`` (held out, default), ``"validation"`` or ``"training"``.
         save_predictions: write every subset's prediction as a NIfTI label file.
         subsets: subset names to evaluate (default all 15, canonical order; all of the spec's for another spec).
-        roi_size: sliding-window size; ``None`` uses the training crop stored in the checkpoint.
-        overlap: sliding-window overlap (1/3 as the reference recipe).
-        sw_mode: window blending, ``"constant"`` (uniform averaging, the reference's) or ``"gaussian"``.
+        roi_size: sliding-window size; ``None`` uses the checkpoint's (recorded ``inference.roi_size``, else the
+            training crop).
+        overlap: sliding-window overlap; ``None`` uses the checkpoint's recorded one, else 1/3 (the reference
+            recipe).
+        sw_mode: window blending, ``"constant"`` (uniform averaging, the reference's) or ``"gaussian"``; ``None``:
+            the checkpoint's, else ``"constant"``.
         hd95_method: ``"pooled"`` (legacy BraTS scoring, default) or ``"directed_max"`` (see
             :mod:`lckd_med.metrics.brats`).
-        threshold: sigmoid threshold of each region channel.
+        threshold: threshold of each region probability (the ``"threshold"`` decision; a softmax network's
+            checkpoint decides by argmax, see :class:`~lckd_med.inference.Segmenter`).
         postprocess_min_et: ET post-processing threshold in 1 mm voxels (mm^3; peers' 500), scaled to each
             case's voxel size, reported beside the raw scores; 0 disables.
         postprocess: ``"none"`` or ``"reference"``: also score the LCKD reference's post-processing, reports under
             ``output_dir/postprocessed/`` (3-D BraTS only; see the module docstring).
         sw_average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the reference's final
-            inference).
+            inference); ``None``: the checkpoint's, else ``"logits"``.
         write_subset_dice: write the per-subset mean Dice to ``subset_dice.json`` beside ``model.pt`` so batch
             inference can tell users what to expect for the sequences they have.
         max_cases: evaluate only the first cases of the split (smoke runs).
@@ -145,12 +149,12 @@ class SubsetEvaluator:
         save_predictions: bool = False,
         subsets: Sequence[str] | None = None,
         roi_size: Sequence[int] | None = None,
-        overlap: float = 1 / 3,
+        overlap: float | None = None,
         threshold: float = 0.5,
         postprocess_min_et: int = 500,
         postprocess: str = "none",
-        sw_average: str = "logits",
-        sw_mode: str = "constant",
+        sw_average: str | None = None,
+        sw_mode: str | None = None,
         hd95_method: str = "pooled",
         write_subset_dice: bool = True,
         max_cases: int | None = None,
@@ -171,13 +175,13 @@ class SubsetEvaluator:
         for s in subsets:
             if "+".join(self.spec.parse_subset(s)) != s:
                 raise ValueError(f"subset {s!r} is not a canonical name; use one of {self.spec.subset_names}")
-        if not 0 <= overlap < 1:
+        if overlap is not None and not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if sw_mode not in BLEND_MODES:
+        if sw_mode is not None and sw_mode not in BLEND_MODES:
             raise ValueError(f"sw_mode must be one of {BLEND_MODES}, got {sw_mode!r}")
         if hd95_method not in HD95_METHODS:
             raise ValueError(f"hd95_method must be one of {HD95_METHODS}, got {hd95_method!r}")
@@ -187,7 +191,7 @@ class SubsetEvaluator:
             raise ValueError(f"postprocess must be one of {POSTPROCESSINGS}, got {postprocess!r}")
         if postprocess == "reference" and self.spec.spatial_dims != 3:
             raise ValueError("postprocess='reference' post-processes 3-D BraTS label maps; use 'none'")
-        if sw_average not in WINDOW_AVERAGES:
+        if sw_average is not None and sw_average not in WINDOW_AVERAGES:
             raise ValueError(f"sw_average must be one of {WINDOW_AVERAGES}, got {sw_average!r}")
         if not isinstance(png, bool):
             raise TypeError(f"png must be a bool, got {png!r}")
@@ -373,7 +377,7 @@ class SubsetEvaluator:
         caption = (
             f"{n_cases} case(s) of the {self.split} split of {self.datalist.name}; checkpoint at iteration "
             f"{segmenter.checkpoint.get('iteration', '?')}; {self.device.type.upper()}, {elapsed:.0f} s. Dice in %, HD95 in mm "
-            f"(legacy BraTS rules for empty regions; HD95 {self.hd95_method}); windows blended {self.sw_mode}; "
+            f"(legacy BraTS rules for empty regions; HD95 {self.hd95_method}); windows blended {segmenter.mode}; "
             "ET post-processed: predicted ET < "
             f"{self.postprocess_min_et} mm^3 relabelled NCR."
             + (f" The LCKD reference post-processing is scored in {POSTPROCESSED_DIR}/." if stage_pp else "")

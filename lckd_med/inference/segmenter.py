@@ -15,8 +15,13 @@ Steps of one call: read and check every sequence (an array with its affine, a ni
 cannot be an MRI of a head is refused, :func:`lckd_med.data.validation.head_mri_problem`) -> put them on one grid
 (:func:`~lckd_med.inference.geometry.align_volumes`, in memory) -> the evaluation transform chain
 (:func:`~lckd_med.data.pipelines.eval_transforms` with the checkpoint's normalisation) -> sliding-window logits of the
-subset present (:class:`~lckd_med.prediction.SubsetPredictor`) -> :func:`region_probabilities` -> threshold ->
-``Invertd`` back to the reference grid -> ``LabelConvention.regions_to_labels``.
+subset present (:class:`~lckd_med.prediction.SubsetPredictor`, region logits whatever the network's output kind)
+-> region probabilities -> the decision (threshold, or argmax over the four classes for a softmax network, see
+:mod:`lckd_med.networks.outputs`) -> ``Invertd`` back to the reference grid -> ``LabelConvention.regions_to_labels``.
+
+A checkpoint may record its inference defaults under ``inference`` (:data:`INFERENCE_KEYS`, e.g. an imported
+published model's window, overlap, window averaging and decision, see :func:`checkpoint_inference`); an argument
+left ``None`` takes the checkpoint's value, else this project's default.
 
 The network is built from the checkpoint in one place, :meth:`Segmenter.__init__`, by
 :func:`lckd_med.engines.checkpoint.build_network`.
@@ -52,6 +57,15 @@ from lckd_med.inference.geometry import (
 )
 from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
 from lckd_med.modalities import ModalitySpec, spec_of
+from lckd_med.networks.outputs import (
+    DECISIONS,
+    OUTPUT_KINDS,
+    check_decision,
+    default_decision,
+    output_kind,
+    region_masks,
+    region_probabilities,
+)
 from lckd_med.prediction import BLEND_MODES, WINDOW_AVERAGES, SubsetPredictor, resolve_device, resolve_roi_size
 from lckd_med.reports.folder_scores import voxel_spacing
 from lckd_med.reports.overlay import save_overlay
@@ -59,6 +73,10 @@ from lckd_med.utils.checks import fraction, positive_int
 
 __all__ = [
     "OUTPUT_KINDS",
+    "DECISIONS",
+    "INFERENCE_KEY",
+    "INFERENCE_KEYS",
+    "checkpoint_inference",
     "MIN_BACKGROUND_FRACTION",
     "MAX_SPACING_RATIO",
     "SPACING_KEY",
@@ -72,9 +90,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _PRED_KEY = "pred"
 
-#: What a network's output is, for :func:`region_probabilities`: ``"regions"`` = one logit per region (ET, TC, WT),
-#: three independent sigmoids (LCKD, OMD).
-OUTPUT_KINDS: tuple[str, ...] = ("regions",)
+#: Key of a checkpoint's recorded inference defaults (:func:`checkpoint_inference`).
+INFERENCE_KEY = "inference"
+#: What ``checkpoint["inference"]`` may hold: window ``roi_size`` (list of ints), ``overlap`` in [0, 1), ``average``
+#: (:data:`~lckd_med.prediction.WINDOW_AVERAGES`), ``mode`` (:data:`~lckd_med.prediction.BLEND_MODES`) and
+#: ``decision`` (:data:`DECISIONS`).
+INFERENCE_KEYS: tuple[str, ...] = ("roi_size", "overlap", "average", "mode", "decision")
 #: Skull-stripped BraTS images are zero outside the brain, about 80 % of their voxels (1 mm, 240x240x155); a
 #: sequence with fewer zero voxels than this share is probably not skull-stripped (warned, not refused).
 MIN_BACKGROUND_FRACTION: float = 0.3
@@ -86,20 +107,37 @@ SPACING_KEY = "voxel_spacing_mm"
 SequenceInput = np.ndarray | nib.spatialimages.SpatialImage | str | os.PathLike | None
 
 
-def region_probabilities(output: torch.Tensor, kind: str = "regions") -> torch.Tensor:
-    """Network output -> region probabilities, ``(..., 3, *S)`` in ``REGIONS`` order (ET, TC, WT).
-
-    The one place that knows what a network's output means: ``"regions"`` (LCKD, OMD) are three logits whose
-    sigmoids are the regions. A network with another output (e.g. a softmax over the four BraTS classes: ET = p(ET),
-    TC = p(NCR) + p(ET), WT = 1 - p(background)) adds its kind here, and everything downstream (threshold, inversion
-    to the input grid, labels) stays as it is.
+def checkpoint_inference(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """The inference defaults a checkpoint records (``checkpoint["inference"]``, absent = none), checked.
 
     Raises:
-        ValueError: an unknown ``kind``.
+        ValueError: not a mapping, an unknown key or a bad value (naming ``source`` and the key).
     """
-    if kind == "regions":
-        return torch.sigmoid(output)
-    raise ValueError(f"unknown network output kind {kind!r}; known: {OUTPUT_KINDS}")
+    raw = checkpoint.get(INFERENCE_KEY)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: {INFERENCE_KEY!r} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(INFERENCE_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown {INFERENCE_KEY!r} keys {unknown}; known: {list(INFERENCE_KEYS)}")
+    out = dict(raw)
+    try:
+        if "roi_size" in out:
+            if not isinstance(out["roi_size"], (list, tuple)):
+                raise ValueError(f"roi_size must be a list of positive ints, got {out['roi_size']!r}")
+            out["roi_size"] = [positive_int(v, "roi_size") for v in out["roi_size"]]
+        if "overlap" in out:
+            out["overlap"] = fraction(out["overlap"], "overlap")
+        if "average" in out and out["average"] not in WINDOW_AVERAGES:
+            raise ValueError(f"average must be one of {WINDOW_AVERAGES}, got {out['average']!r}")
+        if "mode" in out and out["mode"] not in BLEND_MODES:
+            raise ValueError(f"mode must be one of {BLEND_MODES}, got {out['mode']!r}")
+        if "decision" in out:
+            check_decision(out["decision"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: recorded {INFERENCE_KEY} defaults: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
@@ -263,14 +301,22 @@ class Segmenter:
         source: how messages name the checkpoint.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         amp: bf16 autocast on CUDA.
-        roi_size: sliding-window size; None takes the checkpoint's training crop (``train_config.roi_size``).
-        overlap: sliding-window overlap in [0, 1).
-        threshold: region probability above which a voxel belongs to the region, in (0, 1).
+        roi_size: sliding-window size; None takes the checkpoint's (``inference.roi_size``, else the training crop
+            ``train_config.roi_size``).
+        overlap: sliding-window overlap in [0, 1); None takes the checkpoint's (``inference.overlap``), else 1/3.
+        threshold: region probability above which a voxel belongs to the region, in (0, 1) (the ``"threshold"``
+            decision).
+        decision: ``"threshold"`` or ``"argmax"`` (:data:`DECISIONS`); None takes the checkpoint's
+            (``inference.decision``), else the network's output kind's
+            (:func:`~lckd_med.networks.outputs.default_decision`: threshold for region sigmoids, argmax for a softmax
+            over the classes).
         label_convention: labels to write (``"brats2018"`` ET=4, ``"brats2023"`` ET=3, or a year); None takes the
             checkpoint's.
         sw_batch_size: windows per network call.
-        mode: window blending (:data:`~lckd_med.prediction.BLEND_MODES`).
-        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's).
+        mode: window blending (:data:`~lckd_med.prediction.BLEND_MODES`); None takes the checkpoint's, else
+            ``"constant"``.
+        average: what overlapping windows average, ``"logits"`` or ``"probabilities"`` (the LCKD reference's);
+            None takes the checkpoint's, else ``"logits"``.
         postprocess: ``"none"`` or ``"reference"`` (:func:`lckd_med.metrics.postprocess.reference_postprocess`,
             k-means step only when T1ce is present).
         grid: default output grid of :meth:`__call__` (None: t1ce, else flair, t2, t1; a sequence name;
@@ -290,18 +336,24 @@ class Segmenter:
         device: str | torch.device = "auto",
         amp: bool = True,
         roi_size: int | Sequence[int] | None = None,
-        overlap: float = 1 / 3,
+        overlap: float | None = None,
         threshold: float = 0.5,
         label_convention: int | str | LabelConvention | None = None,
         sw_batch_size: int = 1,
-        mode: str = "constant",
-        average: str = "logits",
+        mode: str | None = None,
+        average: str | None = None,
         postprocess: str = "none",
+        decision: str | None = None,
         grid: str | None = None,
         modalities: ModalitySpec | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(amp, bool):
             raise TypeError(f"amp must be a bool, got {amp!r}")
+        recorded = checkpoint_inference(checkpoint, source)
+        overlap = recorded.get("overlap", 1 / 3) if overlap is None else overlap
+        mode = recorded.get("mode", "constant") if mode is None else mode
+        average = recorded.get("average", "logits") if average is None else average
+        roi_size = recorded.get("roi_size") if roi_size is None else roi_size
         fraction(overlap, "overlap")
         fraction(threshold, "threshold", low_open=True)
         positive_int(sw_batch_size, "sw_batch_size")
@@ -311,6 +363,8 @@ class Segmenter:
             raise ValueError(f"mode (window blending) must be one of {BLEND_MODES}, got {mode!r}")
         if average not in WINDOW_AVERAGES:
             raise ValueError(f"average must be one of {WINDOW_AVERAGES}, got {average!r}")
+        if decision is not None:
+            check_decision(decision)
         self.spec = spec_of(modalities)
         self.source = source
         self.device = resolve_device(device)
@@ -320,7 +374,6 @@ class Segmenter:
         self.postprocess = postprocess
         self.average = average
         self.grid = grid
-        self.output_kind = "regions"
         self.weights_sha256 = checkpoint.get("weights_sha256") or weights_hash(checkpoint["model"])
         # the description without the weights (they live in the network) and without training state
         self.checkpoint = {
@@ -328,6 +381,11 @@ class Segmenter:
         }
         self.convention = label_convention_of(checkpoint, label_convention)
         self.network = build_network(checkpoint).eval().to(self.device)
+        #: what the network outputs (:mod:`lckd_med.networks.outputs`); the sweep turns it into region logits
+        self.output_kind = output_kind(self.network)
+        #: how region probabilities become region masks (``"threshold"`` or ``"argmax"``)
+        self.decision: str = decision or recorded.get("decision") or default_decision(self.output_kind)
+        self.mode = mode
         self.predictor = SubsetPredictor(
             self.network,
             resolve_roi_size(roi_size, checkpoint, self.network, where=source),
@@ -507,7 +565,8 @@ class Segmenter:
 
         Returns:
             ``(labels, probs)``: uint8 ``(K, *S_in)`` label maps of the segmenter's convention, and float32
-            ``(K, 3, *S_in)`` probabilities (ET, TC, WT) or None.
+            ``(K, 3, *S_in)`` probabilities (ET, TC, WT) or None. Labels follow :attr:`decision` (threshold, or argmax
+            over the classes recovered from the regions).
 
         Raises:
             ValueError: non-finite values after normalisation (intensities too large for the float32 z-score).
@@ -523,18 +582,18 @@ class Segmenter:
                     "float32 z-score; rescale these images"
                 )
         logits = self.predictor(torch.as_tensor(image).unsqueeze(0), subsets, available=available, progress=progress)
-        regions = region_probabilities(logits[0], self.output_kind)  # (K, 3, *S)
+        # the sweep returns region logits whatever the network's output kind
+        regions = region_probabilities(logits[0], "regions", dim=1)  # (K, 3, *S)
         k, r = regions.shape[:2]
         if probabilities:
             sample[_PRED_KEY] = MetaTensor(regions.reshape(k * r, *regions.shape[2:]))
             inverted = torch.as_tensor(self.inverter(sample)[_PRED_KEY]).cpu().numpy().astype(np.float32)
             probs = inverted.reshape(k, r, *inverted.shape[1:])
-            above = probs > self.threshold
+            above = region_masks(torch.from_numpy(probs), self.decision, self.threshold, dim=1).numpy()
         else:
             # Invertd only inverts a MetaTensor (a plain tensor is skipped with a warning)
-            sample[_PRED_KEY] = MetaTensor(
-                (regions > self.threshold).to(torch.uint8).reshape(k * r, *regions.shape[2:])
-            )
+            masks = region_masks(regions, self.decision, self.threshold, dim=1)
+            sample[_PRED_KEY] = MetaTensor(masks.to(torch.uint8).reshape(k * r, *regions.shape[2:]))
             inverted = torch.as_tensor(self.inverter(sample)[_PRED_KEY]).cpu().numpy() > 0.5
             above, probs = inverted.reshape(k, r, *inverted.shape[1:]), None
         index = {name: REGIONS.index(name) for name in ("ET", "TC", "WT")}

@@ -48,7 +48,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -353,6 +353,9 @@ class MMFormerNet(nn.Module):
     """
 
     spatial_dims: int = 3
+    #: The output is a softmax over the BraTS classes (:mod:`lckd_med.networks.outputs`): inference turns it into
+    #: region probabilities and decides by argmax, as the published code.
+    output_kind: ClassVar[str] = "classes"
     #: ``decode_subsets`` voxel budgets per pass (the same as the other networks').
     SUBSET_BATCH_VOXELS: int = MissingModalityNet.SUBSET_BATCH_VOXELS
     SUBSET_BATCH_VOXELS_CPU: int = MissingModalityNet.SUBSET_BATCH_VOXELS_CPU

@@ -2,7 +2,9 @@
 
 Shapes and orders: input ``x`` ``(B, M, H, W, D)`` with channel ``i`` = :data:`~lckd_med.constants.MODALITIES`
 ``[i]`` (FLAIR, T1, T1ce, T2); availability masks ``(B, M)`` bool in the same order (``(M,)`` broadcasts); logits
-``(B, 3, H, W, D)`` of independent sigmoid channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT).
+``(B, 3, H, W, D)`` of independent sigmoid channels in :data:`~lckd_med.constants.REGIONS` order (ET, TC, WT), or,
+for a network whose class declares ``output_kind = "classes"`` (RFNet, mmFormer), ``(B, 4, H, W, D)`` logits of a
+softmax over the BraTS classes; :mod:`lckd_med.networks.outputs` maps either to region probabilities.
 Features: one ``(B, M, C_l, H_l, W_l, D_l)`` tensor per level, full resolution first. With another
 :class:`~lckd_med.modalities.ModalitySpec` the input has ``spec.total_channels`` channels (``M`` modalities of
 ``spec.channels`` each) and ``spec.spatial_dims`` spatial axes.

@@ -16,7 +16,9 @@ from types import MappingProxyType
 from torch import nn
 
 from lckd_med.networks.lckd_net import LCKDNet
+from lckd_med.networks.mmformer import MMFormerNet
 from lckd_med.networks.omd_net import OMDNet
+from lckd_med.networks.rfnet import RFNet
 
 __all__ = ["NETWORKS"]
 
@@ -25,5 +27,7 @@ NETWORKS: Mapping[str, type[nn.Module]] = MappingProxyType(
     {
         "LCKDNet": LCKDNet,
         "OMDNet": OMDNet,
+        "RFNet": RFNet,
+        "MMFormerNet": MMFormerNet,
     }
 )

@@ -417,6 +417,9 @@ class RFNet(nn.Module):
         "in_channels",
         "spatial_dims",
     )
+    #: The output is a softmax over the BraTS classes (:mod:`lckd_med.networks.outputs`): inference turns it into
+    #: region probabilities and decides by argmax, as the published code.
+    output_kind: ClassVar[str] = "classes"
     #: Voxel budgets of one :meth:`decode_subsets` pass (those of the other networks).
     SUBSET_BATCH_VOXELS: int = MissingModalityNet.SUBSET_BATCH_VOXELS
     SUBSET_BATCH_VOXELS_CPU: int = MissingModalityNet.SUBSET_BATCH_VOXELS_CPU

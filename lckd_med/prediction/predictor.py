@@ -205,7 +205,9 @@ class SubsetPredictor:
         available: torch.Tensor | None = None,
         progress: str | None = None,
     ) -> torch.Tensor:
-        """Logits ``(B, K, 3, *S)`` (float32, on ``output_device``) of ``image`` ``(B, C, *S)`` under ``subsets``.
+        """Region logits ``(B, K, 3, *S)`` (float32, on ``output_device``; their sigmoid is the region probabilities
+        whatever the network's output kind, see :func:`~lckd_med.prediction.sweep.sweep_subsets`) of ``image``
+        ``(B, C, *S)`` under ``subsets``.
 
         ``available`` ``(B, M)``: the sequences on disk; a subset needing a missing one raises ``ValueError``.
         ``progress``: label of a bar counting the windows (drawn on a terminal only, see

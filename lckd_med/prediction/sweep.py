@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 
 from lckd_med.constants import NUM_REGIONS
 from lckd_med.modalities import BRATS, ModalitySpec
+from lckd_med.networks.outputs import output_kind, region_logits, region_probabilities
 
 __all__ = [
     "BLEND_MODES",
@@ -34,7 +35,10 @@ __all__ = [
 BLEND_MODES: tuple[str, ...] = ("constant", "gaussian")
 #: What overlapping windows average: ``"logits"`` (default; the reference's validation, hence its teacher election)
 #: or ``"probabilities"`` (the sigmoids; the reference's final inference, ``eval.py``). Either way the result is
-#: returned as logits (the logit of the averaged probabilities), so thresholding its sigmoid is unchanged.
+#: returned as region logits (the logit of the averaged probabilities), so thresholding its sigmoid is unchanged.
+#: A network whose output kind is ``"classes"`` (:mod:`lckd_med.networks.outputs`) has its softmax turned into
+#: region probabilities per window: ``"probabilities"`` then averages them (equal to averaging its class
+#: probabilities, the published RFNet / mmFormer inference); ``"logits"`` averages their logits.
 WINDOW_AVERAGES: tuple[str, ...] = ("logits", "probabilities")
 
 
@@ -58,14 +62,16 @@ class SubsetSweepPredictor:
     """Predictor for :func:`monai.inferers.sliding_window_inference`: encode once, decode ``K`` masks.
 
     Args:
-        network: a network with ``encode(x) -> features`` and ``decode_subsets(features, masks) -> (B, K, 3, *S)``.
+        network: a network with ``encode(x) -> features`` and ``decode_subsets(features, masks) -> (B, K, C, *S)``
+            (``C`` = 3 region logits, or 4 class logits when its ``output_kind`` is ``"classes"``).
         masks: ``(K, M)`` boolean availability masks in modality order.
         amp: bf16 autocast when the window is on CUDA.
-        average: ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`): the latter returns sigmoids.
+        average: ``"logits"`` or ``"probabilities"`` (:data:`WINDOW_AVERAGES`): the latter returns region
+            probabilities (:func:`~lckd_med.networks.outputs.region_probabilities` of the network's output kind).
         on_windows: called with the number of windows after each call (e.g. a progress bar's ``update``).
 
-    Calling it on a window ``(B, C, *S)`` returns float32 logits (or probabilities) ``(B, K * 3, *S)``:
-    subset-major, regions in ET, TC, WT order inside each subset.
+    Calling it on a window ``(B, C, *S)`` returns float32 region logits (or probabilities) ``(B, K * 3, *S)``:
+    subset-major, regions in ET, TC, WT order inside each subset, whatever the network's output kind.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class SubsetSweepPredictor:
         self.amp = amp
         self.average = average
         self.on_windows = on_windows
+        self.output_kind = output_kind(network)
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
         masks = self.masks.to(window.device)
@@ -98,8 +105,9 @@ class SubsetSweepPredictor:
         if self.on_windows is not None:
             self.on_windows(int(window.shape[0]))
         b, k = out.shape[:2]
-        out = out.float().reshape(b, k * out.shape[2], *out.shape[3:])
-        return torch.sigmoid(out) if self.average == "probabilities" else out
+        convert = region_probabilities if self.average == "probabilities" else region_logits
+        out = convert(out.float(), self.output_kind, dim=2)  # (B, K, 3, *S)
+        return out.reshape(b, k * out.shape[2], *out.shape[3:])
 
 
 @torch.no_grad()
@@ -140,8 +148,9 @@ def sweep_subsets(
         on_windows: called with the number of windows done after each network call (progress).
 
     Returns:
-        float32 logits ``(B, K, 3, *S)`` (with ``"probabilities"``: the logit of the averaged sigmoids), subsets in
-        the given order, regions ET, TC, WT.
+        float32 region logits ``(B, K, 3, *S)`` (with ``"probabilities"``: the logit of the averaged region
+        probabilities), subsets in the given order, regions ET, TC, WT; ``sigmoid`` of it is the region probabilities
+        whatever the network's output kind.
     """
     spec = modalities
     if image.ndim != 2 + spec.spatial_dims or image.shape[1] != spec.total_channels:

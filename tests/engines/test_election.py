@@ -392,3 +392,45 @@ def test_a_user_file_named_like_the_election_record_is_refused_at_start(tmp_path
     engine.run(range(2), max_epochs=1)  # then an earlier run's record (its header) is continued
     engine.run(range(2), max_epochs=1)
     assert record.read_text().startswith("iteration,modality,region,dice,elected")
+
+
+class ClassNet(ThresholdNet):
+    """:class:`ThresholdNet`'s rule as a softmax over the four BraTS classes (output kind ``"classes"``): enhancing
+    tumour where the mean of the available channels > 0.5, background elsewhere."""
+
+    output_kind = "classes"
+
+    def decode_subsets(self, features: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        logit = super().decode_subsets(features, masks)[:, :, 0]  # (B, K, *S): 20 (mean - 0.5)
+        zero = torch.zeros_like(logit)
+        return torch.stack([-logit, zero, zero, logit], dim=2)  # (B, K, 4, *S): bg, NCR, ED, ET
+
+
+class BackgroundFirstNet(ThresholdNet):
+    """Class probabilities 0.4, 0.2, 0.2, 0.2 everywhere: argmax says background, a 0.5 threshold on WT (0.6) says
+    tumour."""
+
+    output_kind = "classes"
+
+    def decode_subsets(self, features: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        shape = super().decode_subsets(features, masks)[:, :, :1].shape
+        return torch.log(torch.tensor([0.4, 0.2, 0.2, 0.2])).view(1, 1, 4, 1, 1, 1).expand(*shape[:2], 4, *shape[3:])
+
+
+def test_a_softmax_network_is_scored_on_its_region_probabilities_with_argmax():
+    """A network whose output kind is ``"classes"``: the sweep gives region probabilities (ET, TC, WT from the
+    softmax), the soft Dice reads them and the legacy Dice decides by argmax, as the published code."""
+    sums, counts = single_modality_dice(
+        ClassNet(), [_case()], roi_size=(SIZE,) * 3, device="cpu", amp=False, score="legacy"
+    )
+    torch.testing.assert_close(sums / counts[:, None], _expected_mean_dice(), rtol=0, atol=1e-6)
+    legacy, _ = single_modality_dice(
+        BackgroundFirstNet(), [_case()], roi_size=(SIZE,) * 3, device="cpu", amp=False, score="legacy"
+    )
+    assert float(legacy.abs().max()) == 0.0  # argmax: background everywhere, no region found
+    soft, _ = single_modality_dice(BackgroundFirstNet(), [_case()], roi_size=(SIZE,) * 3, device="cpu", amp=False)
+    wt = _regions()[2].float()
+    want = 2 * 0.6 * wt.sum() / (0.6 * wt.numel() + wt.sum() + 1)  # soft Dice of WT = 0.6 everywhere
+    torch.testing.assert_close(
+        soft[:, 2], torch.full((NUM_MODALITIES,), float(want), dtype=torch.float64), atol=1e-5, rtol=0
+    )

@@ -25,7 +25,7 @@ from lckd_med.inference.segmenter import (
     open_checkpoint,
     region_probabilities,
 )
-from tests.testkit import mri_like, save_tiny_checkpoint, write_nifti
+from tests.testkit import mri_like, save_tiny_checkpoint, tiny_rfnet, write_nifti
 
 SHAPE = (24, 22, 16)
 BOX = (slice(3, 21), slice(3, 19), slice(2, 14))
@@ -216,6 +216,7 @@ def test_region_probabilities_of_an_unknown_output_kind():
         ({"device": "tpu"}, ValueError, "device"),
         ({"roi_size": (18, 16, 16)}, ValueError, "divisible"),
         ({"label_convention": "brats1999"}, ValueError, "release"),
+        ({"decision": "vote"}, ValueError, "decision must be one of"),
     ],
 )
 def test_constructor_bad_arguments(ckpt, kwargs, error, match):
@@ -247,3 +248,57 @@ def test_the_readme_example_runs(ckpt, tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.startswith("flair+t1ce (60, 60, 39) (4.0, 4.0, 4.0) (3, 60, 60, 39)")
     assert nib.load(tmp_path / "seg.nii.gz").get_data_dtype() == np.uint8 and (tmp_path / "seg.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def rfnet_ckpt(tmp_path_factory) -> Path:
+    """A tiny RFNet (softmax over the four classes) recording published-style inference defaults."""
+    return save_tiny_checkpoint(
+        tmp_path_factory.mktemp("rf") / "model.pt",
+        net=tiny_rfnet(seed=2),
+        inference={"roi_size": [8, 8, 8], "overlap": 0.5, "average": "probabilities", "decision": "argmax"},
+    )
+
+
+def test_a_softmax_network_segments_with_its_recorded_inference_defaults(rfnet_ckpt):
+    """An RFNet checkpoint: the recorded window, overlap, averaging and argmax decision are applied; labels are BraTS
+    labels; the argmax labels are the argmax over the class probabilities recovered from the region probabilities."""
+    from lckd_med.networks.outputs import CLASS_LABELS, class_probabilities
+
+    seg = Segmenter.from_checkpoint(rfnet_ckpt, device="cpu")
+    assert (seg.output_kind, seg.decision, seg.roi_size, seg.overlap, seg.average) == (
+        "classes",
+        "argmax",
+        (8, 8, 8),
+        0.5,
+        "probabilities",
+    )
+    out = seg({"flair": volume(1), "t2": volume(4)}, affine=lps(), probabilities=True)
+    assert set(np.unique(out.labels)) <= {0, 1, 2, 4}
+    classes = torch.argmax(class_probabilities(torch.from_numpy(out.probabilities), dim=0), dim=0).numpy()
+    np.testing.assert_array_equal(out.labels, np.asarray(CLASS_LABELS)[classes])
+    assert len(np.unique(out.labels)) > 1  # a random net still separates something
+    # a .safetensors export carries the recorded defaults (and the network's kind) along
+    export = export_safetensors(rfnet_ckpt, rfnet_ckpt.with_name("x.safetensors"))
+    again = Segmenter.from_checkpoint(export, device="cpu")
+    assert (again.decision, again.roi_size, again.overlap, again.average) == ("argmax", (8, 8, 8), 0.5, "probabilities")
+    # arguments given explicitly win over the recorded defaults
+    other = Segmenter.from_checkpoint(rfnet_ckpt, device="cpu", overlap=0.25, decision="threshold", roi_size=16)
+    assert (other.decision, other.overlap, other.roi_size) == ("threshold", 0.25, (16, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "inference, match",
+    [
+        ([0.5], "'inference' must be a mapping"),
+        ({"window": 8}, "unknown 'inference' keys"),
+        ({"overlap": 1.5}, "overlap must be a number"),
+        ({"decision": "vote"}, "decision must be one of"),
+        ({"average": "median"}, "average must be one of"),
+        ({"roi_size": 8}, "roi_size"),
+    ],
+)
+def test_bad_recorded_inference_defaults_are_one_line_errors(tmp_path, inference, match):
+    path = save_tiny_checkpoint(tmp_path / "model.pt", net=tiny_rfnet(), inference=inference)
+    with pytest.raises(ValueError, match=match):
+        Segmenter.from_checkpoint(path, device="cpu")

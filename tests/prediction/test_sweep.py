@@ -161,3 +161,29 @@ def test_probability_averaging_is_the_mean_of_window_sigmoids(net, image, swept)
     )
     with pytest.raises(ValueError, match="average"):
         SubsetSweepPredictor(net, masks, average="median")
+
+
+def test_a_softmax_network_averages_its_class_probabilities_over_windows(image):
+    """A network whose output kind is ``"classes"`` (RFNet): with ``average="probabilities"`` the sweep averages the
+    windows' region probabilities, which equals averaging the class probabilities (the published RFNet / mmFormer
+    predict); the averaged classes come back exactly from the regions, so their argmax is the published label map."""
+    from lckd_med.networks.outputs import class_probabilities
+    from tests.testkit import tiny_rfnet
+
+    net = tiny_rfnet(seed=5).eval()
+    chosen = ["t2", "flair+t1+t1ce+t2"]
+    out = sweep_subsets(net, image, ROI, subsets=chosen, amp=False, average="probabilities")
+    assert out.shape == (1, 2, NUM_REGIONS, *SHAPE)
+    masks = subset_masks(chosen)
+
+    def softmax_windows(w: torch.Tensor) -> torch.Tensor:  # the published averaging: class probabilities
+        feats = net.encode(w)
+        return torch.softmax(net.decode_subsets(feats, masks), dim=2).flatten(1, 2)
+
+    with torch.no_grad():
+        classes = sliding_window_inference(image, ROI, 1, softmax_windows, overlap=1 / 3, mode="constant")
+    classes = classes.reshape(1, 2, 4, *SHAPE)
+    torch.testing.assert_close(class_probabilities(torch.sigmoid(out), dim=2), classes, rtol=0, atol=2e-5)
+    ties = (classes.topk(2, dim=2).values.diff(dim=2).abs() < 1e-4).squeeze(2)
+    same = torch.argmax(class_probabilities(torch.sigmoid(out), dim=2), dim=2) == torch.argmax(classes, dim=2)
+    assert bool((same | ties).all())
