@@ -92,8 +92,10 @@ def regions_to_classes(regions: torch.Tensor) -> torch.Tensor:
     (:data:`~lckd_med.constants.REGIONS` order) -> ``(B, 1, *S)`` int64 class indices, 0 background, 1 NCR/NET,
     2 ED, 3 ET (BraTS label 4, or 3 from 2023; the published ``seg[seg == 4] = 3``).
 
-    The regions nest (ET in TC in WT), so: ET -> 3; TC outside ET -> 1 (NCR/NET); WT outside TC -> 2 (ED); else 0.
-    The one place where training targets of RFNet and mmFormer are made.
+    The regions nest (ET in TC in WT), so: ET -> 3; TC outside ET -> 1 (NCR/NET); WT outside TC -> 2 (ED); else 0:
+    the channel order of a ``"classes"`` network output (:data:`lckd_med.networks.outputs.CLASS_NAMES`), whose
+    :func:`~lckd_med.networks.outputs.region_probabilities` is the inverse. The one place where training targets of
+    RFNet and mmFormer are made.
 
     Raises:
         ValueError: not a ``(B, 3, *S)`` tensor.

@@ -54,7 +54,8 @@ class AuxiliarySoftmaxMethod(TrainingMethod):
     per-modality logits, auxiliary probabilities)``).
 
     Args:
-        fusion_start_iteration: the fused term has weight 0 in iterations ``1 .. fusion_start_iteration``.
+        fusion_start_iteration: the fused term has weight 0 while the batch's iteration is at most this (iterations
+            ``1 .. fusion_start_iteration``, and a batch outside a trainer, iteration 0); 0: always weight 1.
 
     Raises:
         ValueError: ``fusion_start_iteration`` is not an int >= 0.
@@ -93,7 +94,8 @@ class AuxiliarySoftmaxMethod(TrainingMethod):
         fuse = self.logit_loss(fused.float(), target)
         sep = torch.stack([self.logit_loss(p.float(), target) for p in per_modality]).sum()
         aux = torch.stack([self.prob_loss(p.float(), target) for p in auxiliary]).sum()
-        weight = 0.0 if batch.iteration <= self.fusion_start_iteration else 1.0
+        off = bool(self.fusion_start_iteration) and batch.iteration <= self.fusion_start_iteration
+        weight = 0.0 if off else 1.0
         loss = fuse * weight + sep + aux
         return loss, fused, {"fuse_loss": fuse, "sep_loss": sep, "aux_loss": aux}
 

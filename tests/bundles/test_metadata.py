@@ -14,6 +14,7 @@ from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.demo import method_bundles
 from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.methods import METHODS
+from lckd_med.networks.outputs import CLASS_NAMES
 from tests.testkit import checkpoint_payload, tiny_method_network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,12 +52,11 @@ TENSOR_KEYS = (
     "channel_def",
 )
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
-#: Output channels of the bundles whose networks give four softmax classes (RFNet, mmFormer): the published order.
-SOFTMAX_CLASSES = ("background", "NCR", "ED", "ET")
 
 
 def output_order(bundle: str) -> tuple[str, ...]:
-    return SOFTMAX_CLASSES if bundle in ("rfnet", "mmformer") else REGIONS
+    """The output channels of the bundle's network: regions, or the softmax classes (RFNet, mmFormer)."""
+    return CLASS_NAMES if getattr(METHODS[bundle].network_class, "output_kind", "regions") == "classes" else REGIONS
 
 
 def metadata(bundle: str) -> dict:
