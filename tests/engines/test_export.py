@@ -19,7 +19,7 @@ from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.export import ExportableSegmenter
 from lckd_med.methods import METHODS
 from lckd_med.networks import LCKDNet
-from tests.testkit import checkpoint_payload
+from tests.testkit import checkpoint_payload, tiny_method_network, tiny_size
 
 REPO = Path(__file__).resolve().parents[2]
 #: one registered method per network class (the tiny networks are built the way the registry's tests build them)
@@ -27,7 +27,12 @@ BY_NETWORK = {cls.network_class.__name__: name for name, cls in reversed(METHODS
 
 
 def _tiny(method: str) -> torch.nn.Module:
-    return METHODS[method].build_network("fullres", filters=[4, 8, 16])
+    return tiny_method_network(method)
+
+
+def _window(method: str) -> tuple[int, int, int] | None:
+    """The fixed window of the method's tiny network (mmFormer's position embeddings), else None."""
+    return (tiny_size(method),) * 3 if method == "mmformer" else None
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,9 +53,11 @@ def test_wrapper_equals_network_and_trace_generalises(name):
     torch.manual_seed(0)
     net = _tiny(BY_NETWORK[name]).eval()
     wrapper = ExportableSegmenter(net).eval()
+    window = _window(BY_NETWORK[name])
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, torch.rand(1, 4, 16, 16, 16))  # traced at another size and batch
-        x, mask = inputs()
+        # traced at another size (a fixed window: the same) and batch
+        traced = torch.jit.trace(wrapper, torch.rand(1, 4, *(window or (16, 16, 16))))
+        x, mask = inputs((2, 4, *window) if window else (2, 4, 16, 32, 16))
         eager = net(x, mask)
         torch.testing.assert_close(wrapper(x), eager, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(traced(x), eager, rtol=1e-4, atol=1e-4)
@@ -86,7 +93,9 @@ def readme_command(bundle: str, start: str) -> list[str]:
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     name = METHODS[bundle].network_class.__name__
     torch.manual_seed(1)
-    net = _tiny(bundle).eval()
+    # mmFormer's window is fixed: its tiny network has the published 128^3, what ckpt_export traces (metadata.json)
+    big = {"img_size": 128} if bundle == "mmformer" else {}
+    net = tiny_method_network(bundle, seed=1, **big).eval()
     models = tmp_path / "models"
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name
@@ -104,7 +113,9 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TracerWarning" not in done.stderr
     loaded = torch.jit.load(str(ts))
-    x, mask = inputs()
+    x, mask = inputs((2, 4, 128, 128, 128) if big else (2, 4, 16, 32, 16))
+    if big:  # one sample at 128^3 keeps the test short (the wrapper test traces mmFormer with both samples)
+        x, mask = x[1:], mask[1:]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x, mask), rtol=1e-4, atol=1e-4)
     with zipfile.ZipFile(ts) as z:
