@@ -93,9 +93,7 @@ def readme_command(bundle: str, start: str) -> list[str]:
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     name = METHODS[bundle].network_class.__name__
     torch.manual_seed(1)
-    # mmFormer's window is fixed: its tiny network has the published 128^3, what ckpt_export traces (metadata.json)
-    big = {"img_size": 128} if bundle == "mmformer" else {}
-    net = tiny_method_network(bundle, seed=1, **big).eval()
+    net = tiny_method_network(bundle, seed=1).eval()
     models = tmp_path / "models"
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name
@@ -108,14 +106,16 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     cmd = [
         sys.executable if a == "python" else a.replace(f"bundles/{bundle}/runs/models", str(models)) for a in documented
     ]
+    window = _window(bundle)
+    if window:  # mmFormer: the documented --input_shape is the published window; the tiny network's is smaller
+        assert "[1,4,128,128,128]" in cmd
+        cmd = [a.replace("[1,4,128,128,128]", f"[1,4,{','.join(map(str, window))}]") for a in cmd]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TracerWarning" not in done.stderr
     loaded = torch.jit.load(str(ts))
-    x, mask = inputs((2, 4, 128, 128, 128) if big else (2, 4, 16, 32, 16))
-    if big:  # one sample at 128^3 keeps the test short (the wrapper test traces mmFormer with both samples)
-        x, mask = x[1:], mask[1:]
+    x, mask = inputs((2, 4, *window) if window else (2, 4, 16, 32, 16))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x, mask), rtol=1e-4, atol=1e-4)
     with zipfile.ZipFile(ts) as z:
