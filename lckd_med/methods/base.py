@@ -139,8 +139,9 @@ class TrainingMethod(ABC):
             phase: 1 (all sequences) or 2 (modality dropout).
 
         Returns:
-            the scalar loss to back-propagate; the prediction ``(B, 3, *S)`` logits (or deep-supervision list) under
-            ``batch.mask``; named scalar loss terms (detached by the trainer) for the logs.
+            the scalar loss to back-propagate; the prediction under ``batch.mask``: ``(B, 3, *S)`` region logits (or
+            a deep-supervision list), or ``(B, 4, *S)`` class logits for a network of output kind ``"classes"``
+            (RFNet, mmFormer); named scalar loss terms (detached by the trainer) for the logs.
         """
 
 
