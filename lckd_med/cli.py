@@ -10,7 +10,9 @@ Each sub-command is a thin wrapper over the library call the bundles use:
 * ``lckd-med evaluate-folder``: score a folder of label maps against BraTS labels
   (:func:`lckd_med.reports.folder_scores.score_folder`);
 * ``lckd-med export-safetensors`` / ``import-safetensors``: network weights of ``model.pt`` to and from a
-  ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`).
+  ``.safetensors`` file (:mod:`lckd_med.engines.safetensors_io`);
+* ``lckd-med import-checkpoint --from rfnet|mmformer FILE -o model.pt``: a released RFNet or mmFormer checkpoint
+  as this project's checkpoint (:mod:`lckd_med.engines.published_import`).
 
 Declared in ``pyproject.toml`` (``[project.scripts] lckd-med = "lckd_med.cli:main"``); ``python -m lckd_med.cli``
 is the same. Exit status: 0 success, 1 the work failed (message on stderr), 2 bad arguments, 130 Ctrl-C.
@@ -49,6 +51,7 @@ __all__ = [
     "predict",
     "evaluate_folder",
     "prepare",
+    "import_checkpoint",
     "run_guarded",
 ]
 
@@ -113,6 +116,20 @@ Writes an inference checkpoint (model.pt: network weights and description, no op
 ckpt_dir (evaluation, inference); training does not resume from it. lckd-med predict takes the .safetensors file
 directly."""
 
+IMPORT_CHECKPOINT_EXAMPLE = """example:
+  lckd-med import-checkpoint --from rfnet model_last.pth -o models/rfnet_brats2018/model.pt
+  lckd-med predict --flair F.nii.gz --t1ce C.nii.gz -o seg.nii.gz --ckpt models/rfnet_brats2018/model.pt
+
+FILE is a checkpoint as the authors of RFNet (github.com/dyh127/RFNet) or mmFormer (github.com/YaoZhang93/mmFormer)
+released it ({'epoch', 'state_dict', 'optim_dict'}, 'module.' keys; read with torch.load(weights_only=True)).
+model.pt records what their code assumed and predict, batch inference and evaluation apply it: modality order,
+their normalisation (brain box widened to 128, z-score over the brain mask on every voxel), the window (RFNet 80^3,
+mmFormer 128^3) at overlap 0.5 with averaged class probabilities, argmax over the four classes, labels 0/1/2/4."""
+
+#: ``--from`` values of ``import-checkpoint`` (lckd_med.engines.published_import.PUBLISHED_MODELS, kept here so that
+#: parsing the flags imports no torch).
+PUBLISHED_SOURCES: tuple[str, ...] = ("rfnet", "mmformer")
+
 
 _DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
@@ -145,6 +162,13 @@ def _png(text: str, name: str) -> str:
     value = parse_text(text, name).strip()
     if not value.lower().endswith(".png"):
         raise ValueError(f"{name}: must name a .png file, got {text!r}")
+    return value
+
+
+def _published_source(text: str, name: str) -> str:
+    value = parse_text(text, name).strip().lower()
+    if value not in PUBLISHED_SOURCES:
+        raise ValueError(f"{name}: must be one of {' / '.join(PUBLISHED_SOURCES)}, got {text!r}")
     return value
 
 
@@ -327,6 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing --output (a training checkpoint there loses its optimiser and election state)",
     )
+    ic = _command(
+        sub,
+        "import-checkpoint",
+        "make a checkpoint from a released RFNet or mmFormer checkpoint",
+        "Write an lckd_med checkpoint (model.pt) from a checkpoint released by the RFNet or mmFormer authors.",
+        IMPORT_CHECKPOINT_EXAMPLE,
+    )
+    ic.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        type=arg_type(_published_source, "--from"),
+        metavar="|".join(PUBLISHED_SOURCES),
+        help="which method released FILE",
+    )
+    ic.add_argument("file", metavar="FILE", help="the released checkpoint (.pth)")
+    ic.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt, e.g. model.pt)")
+    ic.add_argument("--overwrite", action="store_true", help="replace an existing --output (never FILE)")
     return p
 
 
@@ -558,6 +600,15 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def import_checkpoint(args: argparse.Namespace) -> int:
+    """``lckd-med import-checkpoint``: a released RFNet / mmFormer checkpoint -> model.pt."""
+    from lckd_med.engines.published_import import import_published_checkpoint
+
+    out = import_published_checkpoint(args.source, args.file, args.output, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def run_guarded(work: Callable[[], int]) -> int:
     """Run a command's ``work``: an input or environment error becomes one ``lckd-med: error:`` line (exit status 1),
     Ctrl-C one line (exit status 130); ``LCKD_DEBUG=1`` lets the exception through."""
@@ -585,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_guarded(lambda: predict(args))
     if args.command == "evaluate-folder":
         return run_guarded(lambda: evaluate_folder(args))
+    if args.command == "import-checkpoint":
+        return run_guarded(lambda: import_checkpoint(args))
     return run_guarded(lambda: _export(args))
 
 

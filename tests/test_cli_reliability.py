@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 import data_prep.brats
 import data_prep.synthetic
@@ -25,7 +26,7 @@ from lckd_med.engines.checkpoint import load_checkpoint
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME
 from lckd_med.reports.subset_report import REPORT_FILES
 from lckd_med.utils.outputs import OWNER_MARKER
-from tests.testkit import mri_like, save_tiny_checkpoint, write_nifti
+from tests.testkit import mri_like, published_rfnet_checkpoint, save_tiny_checkpoint, tiny_rfnet, write_nifti
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,7 +51,11 @@ def files(tmp_path_factory) -> dict[str, Path]:
     write_nifti(labels / "a_seg.nii.gz", gt, AFFINE)
     write_nifti(root / "preds" / "a.nii.gz", gt, AFFINE)
     write_dataset(root / "brats", 3, seed=1, spacing=4.0, release=2021)
+    released = root / "released" / "rfnet_model_last.pth"
+    released.parent.mkdir()
+    torch.save(published_rfnet_checkpoint(tiny_rfnet()), released)
     return {
+        "released": released,
         "root": root,
         "ckpt": ckpt,
         "t1": write_nifti(root / "in" / "x_t1.nii.gz", volume(1), AFFINE),
@@ -111,6 +116,13 @@ FLAGS: dict[str, tuple[list[str], dict[str, tuple[list[str], int, str]]]] = {
     "import-safetensors": (
         ["--weights", "OUT/none.safetensors", "-o", "OUT/m.pt"],
         {"--weights": ([F], 1, "is a folder"), "--output": ([F], 1, "is a folder")},
+    ),
+    "import-checkpoint": (
+        ["--from", "rfnet", "RELEASED", "-o", "OUT/m.pt"],
+        {
+            "--from": (["nnunet"], 2, "argument --from: must be one of rfnet / mmformer"),
+            "--output": (["OUT/m.pth"], 1, "--output must end in .pt"),
+        },
     ),
     "data_prep.brats": (
         ["--dataset_dir", "BRATS", "--output", "OUT/dl.json", "--workers", "1"],
@@ -183,6 +195,7 @@ def test_a_bad_value_of_every_flag_is_one_line(files, tmp_path, capsys, command,
     subst = {
         "T1": str(files["t1"]),
         "CKPT": str(files["ckpt"]),
+        "RELEASED": str(files["released"]),
         "PREDS": str(files["preds"]),
         "LABELS": str(files["labels"]),
         "BRATS": str(files["brats"]),
@@ -238,6 +251,23 @@ def test_safetensors_commands_never_replace_a_file_they_did_not_write(files, tmp
     assert load_checkpoint(ckpt)["imported_from"] == str(default.resolve())
     assert cli.main(["import-safetensors", "--weights", str(default), "-o", str(default), "--overwrite"]) == 1
     assert "is also an input" in _one_error_line(capsys.readouterr().err)
+    capsys.readouterr()
+
+
+def test_import_checkpoint_never_replaces_a_file_it_did_not_write(files, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    kept = _user_file(out)
+    argv = ["import-checkpoint", "--from", "rfnet", str(files["released"]), "-o", str(out)]
+    assert cli.main(argv) == 1
+    assert "model.pt exists; it was left untouched" in _one_error_line(capsys.readouterr().err)
+    assert out.read_bytes() == kept
+    assert cli.main([*argv, "--overwrite"]) == 0 and load_checkpoint(out)["network"]["name"] == "RFNet"
+    # the output is the input: refused even with --overwrite, the released file untouched
+    released = tmp_path / "released.pt"
+    shutil.copy(files["released"], released)
+    before = released.read_bytes()
+    assert cli.main(["import-checkpoint", "--from", "rfnet", str(released), "-o", str(released), "--overwrite"]) == 1
+    assert "is also an input" in _one_error_line(capsys.readouterr().err) and released.read_bytes() == before
     capsys.readouterr()
 
 

@@ -16,7 +16,7 @@ import torch
 
 from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from lckd_med.networks import LCKDNet, RFNet
+from lckd_med.networks import LCKDNet, MMFormerNet, RFNet
 
 __all__ = [
     "mri_like",
@@ -29,6 +29,9 @@ __all__ = [
     "published_softmax_losses",
     "run_bundle",
     "tiny_rfnet",
+    "tiny_mmformer",
+    "published_rfnet_checkpoint",
+    "published_mmformer_checkpoint",
     "checkpoint_payload",
     "save_tiny_checkpoint",
     "config_expressions",
@@ -159,10 +162,75 @@ def run_bundle(run_id: str, bundle: str, *args: str, cwd: Path, configs: tuple[s
 
 
 def tiny_rfnet(seed: int = 0) -> RFNet:
-    """An untrained two-level RFNet (a softmax over the four BraTS classes, output kind ``"classes"``), the same for
-    the same ``seed``; inputs must be multiples of 2 and at least 4 per axis."""
+    """An untrained RFNet with the published four levels, narrow (a softmax over the four BraTS classes, output kind
+    ``"classes"``), the same for the same ``seed``; inputs must be multiples of 8 and at least 16 per axis."""
     torch.manual_seed(seed)
-    return RFNet(filters=(4, 8), fusion_hidden=4, region_hidden=4)
+    return RFNet(filters=(4, 8, 8, 8), fusion_hidden=4, region_hidden=4)
+
+
+def tiny_mmformer(seed: int = 0) -> MMFormerNet:
+    """An untrained mmFormer with a 32^3 window (the smallest), 2 base filters and 8-wide tokens in 8 heads (the
+    published head count, which an imported checkpoint assumes), the same for the same ``seed``."""
+    torch.manual_seed(seed)
+    return MMFormerNet(img_size=32, base_filters=2, embed_dim=8, mlp_dim=16, num_heads=8)
+
+
+def _published_wrapper(state: dict[str, torch.Tensor], prefix: str, wrapper: bool) -> dict[str, Any]:
+    """The released form: ``module.`` keys in ``{'epoch', 'state_dict', 'optim_dict'}``."""
+    state = {f"{prefix}{k}": v.detach().clone() for k, v in state.items()}
+    return {"epoch": 299, "state_dict": state, "optim_dict": {"state": {}, "param_groups": []}} if wrapper else state
+
+
+def published_rfnet_checkpoint(net: RFNet, prefix: str = "module.", wrapper: bool = True) -> dict[str, Any]:
+    """``net``'s weights in the layout the RFNet authors saved (``dyh127/RFNet`` train.py:211-216): published key
+    names (the inverse of :func:`lckd_med.networks.rfnet_import.published_key_map`; 1x1x1 convolutions for the
+    modality-weight layers, input blocks and rows in the published modality order), ``prefix`` on every key, inside
+    the ``{'epoch', 'state_dict', 'optim_dict'}`` wrapper unless ``wrapper`` is False."""
+    from lckd_med.networks.rfnet_import import PUBLISHED_MODALITIES, published_key_map
+
+    ours_to_pub = {ours: (pub, kind) for pub, (ours, kind) in published_key_map(net.out_channels).items()}
+    to_published = [MODALITIES.index(m) for m in PUBLISHED_MODALITIES]  # our modality index of each published slot
+
+    def blocks(value: torch.Tensor, extra: int) -> torch.Tensor:  # input-channel blocks: ours -> published order
+        c = (value.shape[1] - extra) // len(MODALITIES)
+        index = [i for m in to_published for i in range(m * c, (m + 1) * c)] + list(
+            range(value.shape[1] - extra, value.shape[1])
+        )
+        return value[:, index]
+
+    state = {}
+    for key, value in net.state_dict().items():
+        pub, kind = ours_to_pub[key]
+        if kind == "permute_in":
+            value = blocks(value, 0)
+        elif kind == "linear_in":
+            value = blocks(value, 1).reshape(*value.shape, 1, 1, 1)
+        elif kind == "linear_out":
+            value = value[to_published]
+            value = value.reshape(*value.shape, 1, 1, 1) if value.dim() == 2 else value
+        state[pub] = value
+    return _published_wrapper(state, prefix, wrapper)
+
+
+def published_mmformer_checkpoint(net: MMFormerNet, prefix: str = "module.", wrapper: bool = True) -> dict[str, Any]:
+    """``net``'s weights in the layout the mmFormer authors saved (``YaoZhang93/mmFormer`` train.py:212-217): every
+    key of the committed manifest (``tests/fixtures/mmformer/manifest.json``) named as published, shaped as ``net``'s
+    counterpart; the four ``*_decode_conv`` convolutions the published forward never calls get zeros."""
+    import json
+
+    from lckd_med.networks.mmformer_import import UNUSED_PUBLISHED_KEYS, published_key_map
+
+    manifest = json.loads((Path(__file__).parent / "fixtures" / "mmformer" / "manifest.json").read_text())
+    ours = net.state_dict()
+    state = {}
+    for key, _, _ in manifest["keys"]:
+        bare = key.removeprefix("module.")
+        if UNUSED_PUBLISHED_KEYS.match(bare):
+            shape = (net.filters[-1], net.embed_dim, 1, 1, 1) if bare.endswith("weight") else (net.filters[-1],)
+            state[bare] = torch.zeros(shape)
+        else:
+            state[bare] = ours[published_key_map(bare)]
+    return _published_wrapper(state, prefix, wrapper)
 
 
 def checkpoint_payload(net: torch.nn.Module, **fields: Any) -> dict[str, Any]:

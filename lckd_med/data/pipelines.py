@@ -14,7 +14,10 @@ reference's, see ``docs/reproduce.md``):
 
 * ``intensity`` (:data:`INTENSITY_NORMS`): ``"brainbox"`` -- crop to the box of voxels > 0 in any sequence, z-score
   each sequence over its non-zero voxels; ``"reference"`` -- the LCKD reference's (:mod:`lckd_med.data.intensity`):
-  histogram-tail clip and z-score over the voxels that differ from the corner voxel, on the whole volume. Training,
+  histogram-tail clip and z-score over the voxels that differ from the corner voxel, on the whole volume;
+  ``"published"`` -- RFNet's and mmFormer's (their ``preprocess.py``, :mod:`lckd_med.data.intensity`): the array in
+  BraTS's stored orientation (:data:`PUBLISHED_AXCODES`), the brain box widened to 128 voxels per axis, z-score over
+  the brain mask applied to every voxel (what an imported published checkpoint records). Training,
   election, evaluation and inference must use the same one (the bundles store it in the checkpoint's
   ``train_config``; :func:`recipe_intensity` reads it back).
 * ``crop`` (:data:`CROP_SAMPLINGS`): ``"posneg"`` -- MONAI ``RandCropByPosNegLabeld`` (``pos`` : ``neg`` patches
@@ -46,7 +49,7 @@ from monai.transforms import (
 from lckd_med.constants import LabelConvention, label_convention
 from lckd_med.data.augment import reference_augmentation
 from lckd_med.data.crop import REFERENCE_MARGINS, ReferenceCropd
-from lckd_med.data.intensity import CornerZScored, HistogramTailClipd
+from lckd_med.data.intensity import CornerZScored, HistogramTailClipd, PublishedBrainCropd, PublishedZScored
 from lckd_med.data.transforms import (
     IMAGE_KEY,
     LABEL_KEY,
@@ -59,6 +62,7 @@ from lckd_med.modalities import BRATS, ModalitySpec, spec_of
 
 __all__ = [
     "AXCODES",
+    "PUBLISHED_AXCODES",
     "INTENSITY_NORMS",
     "CROP_SAMPLINGS",
     "AUGMENTATIONS",
@@ -71,8 +75,13 @@ __all__ = [
 
 #: Working orientation of every pipeline (BraTS files are LPS on disk).
 AXCODES = "RAS"
-#: Intensity normalisations (library default first): brain-box crop + non-zero z-score, or the reference's.
-INTENSITY_NORMS: tuple[str, ...] = ("brainbox", "reference")
+#: Orientation of the ``"published"`` chain: BraTS files are stored LPS and the RFNet / mmFormer code reads their
+#: arrays as stored (medpy, ``preprocess.py:59-64``), so their networks learnt that voxel order; reorienting to it
+#: is a no-op on BraTS files and puts other files in the order the weights expect.
+PUBLISHED_AXCODES = "LPS"
+#: Intensity normalisations (library default first): brain-box crop + non-zero z-score, the LCKD reference's, or
+#: RFNet's / mmFormer's (``"published"``).
+INTENSITY_NORMS: tuple[str, ...] = ("brainbox", "reference", "published")
 #: Patch samplers (library default first): MONAI's positive / negative centres, or the reference's law.
 CROP_SAMPLINGS: tuple[str, ...] = ("posneg", "reference")
 #: Training augmentations (library default first): flips + intensity jitter, or the reference's chain.
@@ -131,6 +140,8 @@ def _loading(
 
     ``"brainbox"``: reorient, crop to the brain box, z-score brain voxels per channel. ``"reference"``: clip and
     z-score per channel on the file's own voxel order (the corner voxel is the file's first), then reorient; no crop.
+    ``"published"``: reorient to :data:`PUBLISHED_AXCODES` (LPS, not RAS), crop to the published brain box, z-score
+    over the brain mask, every voxel.
     """
     keys = [IMAGE_KEY, LABEL_KEY] if with_label else [IMAGE_KEY]
     chain: list = [
@@ -139,7 +150,8 @@ def _loading(
     if intensity == "reference":
         chain += [HistogramTailClipd(keys=IMAGE_KEY), CornerZScored(keys=IMAGE_KEY)]
     # None: axis labels from the MetaTensor space; a 2-D image takes the first two axis codes
-    chain.append(Orientationd(keys=keys, axcodes=AXCODES[: modalities.spatial_dims], labels=None))
+    axcodes = PUBLISHED_AXCODES if intensity == "published" else AXCODES
+    chain.append(Orientationd(keys=keys, axcodes=axcodes[: modalities.spatial_dims], labels=None))
     if intensity == "brainbox":
         chain += [
             # brain box = voxels > 0 in any sequence (MRI intensities are non-negative before normalisation)
@@ -148,6 +160,8 @@ def _loading(
             ),
             NormalizeIntensityd(keys=IMAGE_KEY, nonzero=True, channel_wise=True),
         ]
+    if intensity == "published":
+        chain += [PublishedBrainCropd(keys=keys, source_key=IMAGE_KEY), PublishedZScored(keys=IMAGE_KEY)]
     if with_label:
         chain.append(
             LabelToRegionsd(
@@ -202,7 +216,7 @@ def train_transforms_split(
             ``intensity_shift``) or ``"reference"`` (the LCKD reference's chain; 3-D only).
         crop: ``"posneg"`` (``pos`` / ``neg``) or ``"reference"`` (the LCKD reference's law, margins 15 / 10 / 0 on
             ``H, W, D``).
-        intensity: ``"brainbox"`` or ``"reference"`` (see the module docstring).
+        intensity: ``"brainbox"``, ``"reference"`` or ``"published"`` (see the module docstring).
 
     Returns:
         ``(prefix, suffix)``; ``Compose([*prefix.transforms, *suffix.transforms])`` is the full chain.
@@ -301,7 +315,7 @@ def eval_transforms(
         allow_missing: accept cases with missing sequences.
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` of the files (``None`` = BraTS): one file per
             modality with its channels, 2-D or 3-D (see :class:`~lckd_med.data.transforms.LoadModalities`).
-        intensity: ``"brainbox"`` or ``"reference"`` (:data:`INTENSITY_NORMS`).
+        intensity: ``"brainbox"``, ``"reference"`` or ``"published"`` (:data:`INTENSITY_NORMS`).
     """
     if not isinstance(with_label, bool):
         raise TypeError(f"with_label must be a bool, got {with_label!r}")

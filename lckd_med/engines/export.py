@@ -29,6 +29,7 @@ import torch
 
 from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.engines.settings import export_target
+from lckd_med.networks.outputs import output_kind, region_logits
 from lckd_med.utils.outputs import check_output_file
 from lckd_med.utils.parse import parse_bool
 
@@ -88,15 +89,19 @@ class ExportableSegmenter(torch.nn.Module):
         return cls(build_network(ckpt, load_weights=load_weights)).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, 3, H, W, D)`` (ET, TC, WT) of ``x`` ``(B, 4, H, W, D)``; all-zero channels are missing."""
+        """Region logits ``(B, 3, H, W, D)`` (ET, TC, WT) of ``x`` ``(B, 4, H, W, D)``; all-zero channels are missing.
+        A softmax network's class logits (output kind ``"classes"``, RFNet, mmFormer) become the logits of its region
+        probabilities (:func:`~lckd_med.networks.outputs.region_logits`), so the output means the same for every
+        network."""
         mask = x.flatten(2).abs().amax(dim=2) > 0  # (B, M): a channel with any non-zero voxel is present
+        kind = output_kind(self.network)
         if not torch.jit.is_tracing():
-            return self._decode(self.network.encode(x), mask)
+            return region_logits(self._decode(self.network.encode(x), mask), kind, dim=1)
         # the networks' argument checks read tensors as Python bools; they pass on the trace input and drop out of
         # the graph, which is right here because the mask itself flows through the graph as a tensor
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return self._decode(self.network.encode(x), mask)
+            return region_logits(self._decode(self.network.encode(x), mask), kind, dim=1)
 
     def _decode(self, features: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Decode an encoding of every channel without branching on which sequences are present.

@@ -219,11 +219,12 @@ SETTINGS: Mapping[str, Setting] = {
     "fusion_start_iteration": _int(0),
     "progress_state": Setting(parse_str_list, ("[1,2]", 3)),
     # sliding window, evaluation, inference
-    "sw_overlap": _float(low=0.0, high=1.0, high_open=True),
-    "sw_mode": _choice(BLEND_MODES),
+    # null (evaluation, inference): the checkpoint's recorded inference default, else the project's
+    "sw_overlap": Setting(optional(_p(parse_float, low=0.0, high=1.0, high_open=True)), ("abc", "nan", "inf", -1.0)),
+    "sw_mode": Setting(optional(_p(parse_choice, choices=BLEND_MODES)), ("no_such_choice", 3)),
     "hd95_method": _choice(HD95_METHODS),
     "postprocess_min_et": _int(0),
-    "sw_average": _choice(WINDOW_AVERAGES),
+    "sw_average": Setting(optional(_p(parse_choice, choices=WINDOW_AVERAGES)), ("no_such_choice", 3)),
     "postprocess": _choice(POSTPROCESSINGS),
     "save_predictions": _bool(),
     "overwrite": _bool(),

@@ -28,10 +28,20 @@ import torch
 from lckd_med.constants import MODALITIES
 from lckd_med.networks.mmformer import PUBLISHED_FUSION_ORDER, PUBLISHED_MODALITY_ORDER, MMFormerNet
 
-__all__ = ["mmformer_state_dict_from_published", "published_key_map", "PUBLISHED_SOURCE", "UNUSED_PUBLISHED_KEYS"]
+__all__ = [
+    "mmformer_state_dict_from_published",
+    "mmformer_hparams_from_published",
+    "published_key_map",
+    "PUBLISHED_SOURCE",
+    "PUBLISHED_NUM_HEADS",
+    "UNUSED_PUBLISHED_KEYS",
+]
 
 #: The code the mapping was written from and checked against (tests/fixtures/mmformer/).
 PUBLISHED_SOURCE = "YaoZhang93/mmFormer@b18663adbfd0323656083e0470420c8c715c1782"
+
+#: Attention heads of the published transformers (``mmformer.py``: ``num_heads=8``); the weights do not record it.
+PUBLISHED_NUM_HEADS = 8
 
 _MODALITY = "|".join(PUBLISHED_MODALITY_ORDER)
 #: Published keys without a counterpart: parameters of convolutions the published ``forward`` never calls.
@@ -136,6 +146,52 @@ def _unwrap(obj: Any) -> tuple[dict[str, Any], str]:
         raise ValueError(f"mmFormer checkpoint mixes 'module.'-prefixed and bare keys (e.g. {odd!r})")
     prefix = "module." if all(prefixed) else ""
     return {k.removeprefix(prefix): v for k, v in obj.items()}, prefix
+
+
+def mmformer_hparams_from_published(obj: Any) -> dict[str, Any]:
+    """:attr:`MMFormerNet.hparams` of the network a published-layout checkpoint fits, read from its shapes: window
+    ``img_size`` (a cube of ``16 g`` with ``g^3`` tokens in ``flair_pos``), ``embed_dim`` (its width),
+    ``base_filters`` (``flair_encoder.e1_c1``), ``mlp_dim`` and ``depth`` (the FLAIR transformer's feed-forward
+    width and number of layers), ``out_channels`` (``decoder_fuse.seg_layer``). The published file gives the
+    published configuration (``MMFormerNet()``); a smaller network saved in the published layout gives its own.
+    ``num_heads`` is not in the weights: :data:`PUBLISHED_NUM_HEADS`. A size whose key is absent keeps the published
+    value (the conversion then names the missing key).
+
+    Raises:
+        ValueError: not an mmFormer checkpoint, or shapes that fit no :class:`MMFormerNet` (one line).
+    """
+    state, _ = _unwrap(obj)
+    defaults = MMFormerNet.__init__.__kwdefaults__ or {}
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        value = state.get(key)
+        return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+    hparams: dict[str, Any] = {}
+    pos = shape("flair_pos")
+    if pos is not None and len(pos) == 3:
+        grid = round(pos[1] ** (1 / 3))
+        if grid**3 != pos[1]:
+            raise ValueError(f"mmFormer key 'flair_pos' has {pos[1]} tokens, not a cube: no cubic window fits it")
+        hparams.update(img_size=16 * grid, embed_dim=pos[2])
+    entry = shape("flair_encoder.e1_c1.weight")
+    if entry is not None:
+        hparams["base_filters"] = entry[0]
+    ffn = shape("flair_transformer.cross_ffn_list.0.fn.fn.net.0.weight")
+    if ffn is not None:
+        hparams["mlp_dim"] = ffn[0]
+    layers = {int(m[1]) for k in state if (m := re.match(r"^flair_transformer\.cross_attention_list\.(\d+)\.", k))}
+    if layers:
+        hparams["depth"] = max(layers) + 1
+    head = shape("decoder_fuse.seg_layer.weight")
+    if head is not None:
+        hparams["out_channels"] = head[0]
+    hparams["num_heads"] = PUBLISHED_NUM_HEADS
+    try:
+        with torch.device("meta"):
+            return MMFormerNet(**{**defaults, **hparams}).hparams
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"mmFormer checkpoint: its shapes fit no MMFormerNet ({e})") from None
 
 
 def mmformer_state_dict_from_published(obj: Any, hparams: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:

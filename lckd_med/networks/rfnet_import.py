@@ -132,11 +132,36 @@ def _num_classes(state: Mapping[str, torch.Tensor]) -> int:
     return int(head.shape[0])
 
 
+#: Published keys whose first axis gives a width: ``filters`` per level (the FLAIR encoder's entry convolutions),
+#: ``fusion_hidden`` and ``region_hidden``.
+_WIDTH_KEYS = {
+    "filters": tuple(f"flair_encoder.e{level + 1}_c1.conv.weight" for level in range(len(RFNET_FILTERS))),
+    "fusion_hidden": "decoder_fuse.RFM1.modal_fusion.0.weight_layer.0.weight",
+    "region_hidden": "decoder_fuse.prm_generator1.prm_layer.0.conv.weight",
+}
+
+
 def rfnet_hparams_from_published(obj: Any) -> dict[str, Any]:
-    """:attr:`RFNet.hparams <lckd_med.networks.rfnet.RFNet.hparams>` of the network a published checkpoint fits
-    (the published architecture; the number of classes read from the class head: 4, or 5 for BraTS2015)."""
-    with torch.device("meta"):  # the defaults are the published architecture; meta tensors allocate nothing
-        return RFNet(out_channels=_num_classes(_published_state(obj))).hparams
+    """:attr:`RFNet.hparams <lckd_med.networks.rfnet.RFNet.hparams>` of the network a published-layout checkpoint
+    fits: the number of classes read from the class head (4, or 5 for BraTS2015), the channels per level and the two
+    hidden widths from the first axis of :data:`_WIDTH_KEYS` (the published file gives the published architecture;
+    a smaller network saved in the published layout gives its own sizes). A width whose key is absent keeps the
+    published value (the conversion then names the missing key)."""
+    state = _published_state(obj)
+    num_classes = _num_classes(state)
+
+    def width(key: str, default: int) -> int:
+        value = state.get(key)
+        return int(value.shape[0]) if isinstance(value, torch.Tensor) and value.dim() >= 1 else default
+
+    filters = [width(k, d) for k, d in zip(_WIDTH_KEYS["filters"], RFNET_FILTERS, strict=True)]
+    with torch.device("meta"):  # meta tensors allocate nothing
+        return RFNet(
+            out_channels=num_classes,
+            filters=filters,
+            fusion_hidden=width(_WIDTH_KEYS["fusion_hidden"], 128),
+            region_hidden=width(_WIDTH_KEYS["region_hidden"], 16),
+        ).hparams
 
 
 def _block_index(channels: int, extra: int) -> torch.Tensor:
@@ -172,8 +197,8 @@ def rfnet_state_dict_from_published(obj: Any) -> dict[str, torch.Tensor]:
             or a bare state dict, keys with or without ``module.``. Only ``state_dict`` is read.
 
     Returns:
-        Tensors keyed as in ``RFNet(**rfnet_hparams_from_published(obj)).state_dict()`` (that order); load them with
-        ``strict=True``.
+        Tensors keyed as in ``RFNet(**rfnet_hparams_from_published(obj)).state_dict()`` (that order; shapes checked
+        against that network); load them with ``strict=True``.
 
     Raises:
         ValueError: not an RFNet checkpoint, an unexpected or missing key, or a shape that does not match (one line
@@ -181,6 +206,10 @@ def rfnet_state_dict_from_published(obj: Any) -> dict[str, torch.Tensor]:
     """
     state = _published_state(obj)
     num_classes = _num_classes(state)
+    try:
+        hparams = rfnet_hparams_from_published(obj)
+    except ValueError as e:  # widths that no RFNet has (e.g. odd channels)
+        raise ValueError(f"published RFNet checkpoint: its layer widths fit no RFNet ({e})") from None
     table = published_key_map(num_classes)
     unexpected = [k for k in state if k not in table]
     missing = [k for k in table if k not in state]
@@ -189,7 +218,7 @@ def rfnet_state_dict_from_published(obj: Any) -> dict[str, torch.Tensor]:
             more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
             raise ValueError(f"published RFNet checkpoint: {what} key {keys[0]!r}{more}")
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RFNet(out_channels=num_classes).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in RFNet(**hparams).state_dict().items()}
     out: dict[str, torch.Tensor] = {}
     for pub, (ours, kind) in table.items():
         value = state[pub]

@@ -120,7 +120,14 @@ def test_sliding_window_is_one_third_overlap_uniform_blend():
     assert (round(election.overlap, 4), election.mode) == (0.3333, "constant")
     evaluate = ConfigParser()
     evaluate.read_config(str(BUNDLE / "evaluate.json"))
-    assert (evaluate["sw_mode"], evaluate["hd95_method"]) == ("constant", "pooled")
+    assert (evaluate["sw_mode"], evaluate["hd95_method"]) == (None, "pooled")
+    # null: the checkpoint's recorded window settings (an imported published model's), else the project's defaults
+    assert (evaluate["sw_overlap"], evaluate["sw_average"]) == (None, None)
+    from lckd_med.inference.segmenter import Segmenter
+    from tests.testkit import checkpoint_payload, tiny_lckd_net
+
+    seg = Segmenter(checkpoint_payload(tiny_lckd_net(), train_config={"roi_size": [16, 16, 16]}), device="cpu")
+    assert (round(seg.overlap, 4), seg.mode, seg.average, seg.decision) == (0.3333, "constant", "logits", "threshold")
 
 
 def test_crop_batch_and_iterations_are_the_reference():

@@ -227,9 +227,45 @@ def test_reference_training_chain(tmp_path):
             assert torch.count_nonzero(sample[IMAGE_KEY][3]) == 0  # re-zeroed after the intensity augmentation
 
 
+def test_published_intensity_is_rfnet_mmformer_preprocess_and_inverts(tmp_path):
+    """intensity="published": the file's LPS voxel order kept, the brain box widened to 128 (the whole of this small
+    volume), z-score over the brain mask (sum of the sequences > 0) applied to every voxel -- by hand from the files;
+    a copy of the case stored RAS gives the same network input; the prediction inverts onto the input grid."""
+    entry, label = make_case(tmp_path, missing=("t1",))
+    chain = eval_transforms(intensity="published")
+    out = chain(entry)
+    raw = np.stack(
+        [
+            np.zeros(SHAPE, np.float32) if entry[m] is None else nib.load(entry[m]).get_fdata(dtype=np.float32)
+            for m in MODALITIES
+        ]
+    )
+    mask = raw.sum(0) > 0
+    want = np.stack([(x - x[mask].mean()) / x[mask].std() if x[mask].std() > 0 else 0 * x for x in raw])
+    assert out[IMAGE_KEY].shape == (4, *SHAPE)
+    np.testing.assert_allclose(out[IMAGE_KEY].numpy(), want, rtol=1e-6, atol=1e-6)
+    assert torch.count_nonzero(out[IMAGE_KEY][1]) == 0  # the missing sequence stays zero
+    ras = {**entry}
+    for m in MODALITIES:
+        if entry[m] is not None:
+            img = nib.load(entry[m])
+            flipped = nib.Nifti1Image(
+                img.get_fdata(dtype=np.float32)[::-1, ::-1].copy(),
+                img.affine @ np.array([[-1, 0, 0, SHAPE[0] - 1], [0, -1, 0, SHAPE[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]),
+            )
+            ras[m] = str(tmp_path / f"ras_{m}.nii.gz")
+            nib.save(flipped, ras[m])
+    assert nib.aff2axcodes(nib.load(ras["flair"]).affine) == ("R", "A", "S")
+    np.testing.assert_allclose(chain(ras)[IMAGE_KEY].numpy(), out[IMAGE_KEY].numpy(), rtol=1e-6, atol=1e-6)
+    out["pred"] = out[LABEL_KEY].clone()
+    pred = Invertd(keys="pred", transform=chain, orig_keys=IMAGE_KEY, nearest_interp=True)(out)["pred"]
+    np.testing.assert_array_equal(pred.numpy(), _regions(label))
+
+
 def test_recipe_intensity_defaults_to_the_former_normalisation():
     assert recipe_intensity(None) == recipe_intensity({}) == "brainbox"
     assert recipe_intensity({"intensity": "reference"}) == "reference"
+    assert recipe_intensity({"intensity": "published"}) == "published"
     with pytest.raises(ValueError, match="intensity"):
         recipe_intensity({"intensity": "zscore"})
 

@@ -123,3 +123,19 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
         meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/metadata.json"))))
     assert {"metadata.json", "inference.json"} <= names
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 4
+
+
+def test_a_softmax_network_exports_region_logits():
+    """RFNet (output kind ``"classes"``) through the wrapper: ``(B, 3, ...)`` logits whose sigmoid is its region
+    probabilities (ET, TC, WT from the softmax), the documented output of every export."""
+    from lckd_med.networks.outputs import region_probabilities
+    from tests.testkit import tiny_rfnet
+
+    net = tiny_rfnet(seed=2).eval()
+    x = torch.randn(1, 4, 16, 16, 16)
+    x[:, 1] = 0  # T1 missing
+    with torch.no_grad():
+        out = ExportableSegmenter(net)(x)
+        want = region_probabilities(net(x, torch.tensor([[True, False, True, True]])), "classes", dim=1)
+    assert out.shape == (1, 3, 16, 16, 16)
+    torch.testing.assert_close(torch.sigmoid(out), want, rtol=0, atol=1e-5)

@@ -256,7 +256,7 @@ def rfnet_ckpt(tmp_path_factory) -> Path:
     return save_tiny_checkpoint(
         tmp_path_factory.mktemp("rf") / "model.pt",
         net=tiny_rfnet(seed=2),
-        inference={"roi_size": [8, 8, 8], "overlap": 0.5, "average": "probabilities", "decision": "argmax"},
+        inference={"roi_size": [16, 16, 16], "overlap": 0.5, "average": "probabilities", "decision": "argmax"},
     )
 
 
@@ -269,7 +269,7 @@ def test_a_softmax_network_segments_with_its_recorded_inference_defaults(rfnet_c
     assert (seg.output_kind, seg.decision, seg.roi_size, seg.overlap, seg.average) == (
         "classes",
         "argmax",
-        (8, 8, 8),
+        (16, 16, 16),
         0.5,
         "probabilities",
     )
@@ -281,10 +281,15 @@ def test_a_softmax_network_segments_with_its_recorded_inference_defaults(rfnet_c
     # a .safetensors export carries the recorded defaults (and the network's kind) along
     export = export_safetensors(rfnet_ckpt, rfnet_ckpt.with_name("x.safetensors"))
     again = Segmenter.from_checkpoint(export, device="cpu")
-    assert (again.decision, again.roi_size, again.overlap, again.average) == ("argmax", (8, 8, 8), 0.5, "probabilities")
+    assert (again.decision, again.roi_size, again.overlap, again.average) == (
+        "argmax",
+        (16, 16, 16),
+        0.5,
+        "probabilities",
+    )
     # arguments given explicitly win over the recorded defaults
-    other = Segmenter.from_checkpoint(rfnet_ckpt, device="cpu", overlap=0.25, decision="threshold", roi_size=16)
-    assert (other.decision, other.overlap, other.roi_size) == ("threshold", 0.25, (16, 16, 16))
+    other = Segmenter.from_checkpoint(rfnet_ckpt, device="cpu", overlap=0.25, decision="threshold", roi_size=24)
+    assert (other.decision, other.overlap, other.roi_size) == ("threshold", 0.25, (24, 24, 24))
 
 
 @pytest.mark.parametrize(

@@ -187,3 +187,24 @@ def test_a_softmax_network_averages_its_class_probabilities_over_windows(image):
     ties = (classes.topk(2, dim=2).values.diff(dim=2).abs() < 1e-4).squeeze(2)
     same = torch.argmax(class_probabilities(torch.sigmoid(out), dim=2), dim=2) == torch.argmax(classes, dim=2)
     assert bool((same | ties).all())
+
+
+@pytest.mark.parametrize(
+    "size, roi", [(128, 80), (129, 80), (155, 80), (160, 80), (240, 80), (128, 128), (155, 128), (240, 128)]
+)
+def test_monai_windows_at_overlap_half_are_the_published_ones(size, roi):
+    """RFNet's and mmFormer's predict (predict.py:155-168 in both): windows start at 0, roi/2, 2 roi/2, ...
+    (ceil((n - roi) / (roi / 2)) of them) and at n - roi. MONAI's sliding window with overlap 0.5 takes the same
+    starts, so a recorded overlap of 0.5 reproduces the published grid (and uniform blending its averaging)."""
+    import math
+
+    published = [i * int(roi * (1 - 0.5)) for i in range(math.ceil((size - roi) / (roi * (1 - 0.5))))] + [size - roi]
+    starts: list[int] = []
+
+    def record(window: torch.Tensor) -> torch.Tensor:
+        starts.extend(int(v) for v in window[:, 0, 0, 0, 0])
+        return window[:, :1].clone()
+
+    coords = torch.arange(size, dtype=torch.float32).view(1, 1, size, 1, 1).expand(1, 1, size, 4, 4).clone()
+    sliding_window_inference(coords, (roi, 4, 4), 1, record, overlap=0.5, mode="constant")
+    assert sorted(set(starts)) == sorted(set(published))
