@@ -14,7 +14,6 @@ from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.demo import method_bundles
 from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.methods import METHODS
-from lckd_med.networks.outputs import CLASS_NAMES
 from tests.testkit import checkpoint_payload, tiny_method_network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +53,6 @@ TENSOR_KEYS = (
 VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-def output_order(bundle: str) -> tuple[str, ...]:
-    """The output channels of the bundle's network: regions, or the softmax classes (RFNet, mmFormer)."""
-    return CLASS_NAMES if getattr(METHODS[bundle].network_class, "output_kind", "regions") == "classes" else REGIONS
-
-
 def metadata(bundle: str) -> dict:
     return json.loads((REPO / "bundles" / bundle / "metadata.json").read_text(encoding="utf-8"))
 
@@ -90,9 +84,10 @@ def test_monai_version_satisfies_the_project_pin():
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
-@pytest.mark.parametrize("side, name", [("inputs", "image"), ("outputs", "pred")])
-def test_tensor_specifiers(bundle, side, name):
-    order = MODALITIES if side == "inputs" else output_order(bundle)
+@pytest.mark.parametrize("side, name, order", [("inputs", "image", MODALITIES), ("outputs", "pred", REGIONS)])
+def test_tensor_specifiers(bundle, side, name, order):
+    """The exported network (network_def) gives region logits for every method, RFNet's and mmFormer's softmax
+    included (lckd_med.engines.export)."""
     spec = metadata(bundle)["network_data_format"][side][name]
     assert [k for k in TENSOR_KEYS if k not in spec] == []
     assert spec["num_channels"] == len(order)

@@ -72,7 +72,7 @@ def test_tiny_training_then_the_15_subset_evaluation(tmp_path: Path):
     log = run_bundle(
         "training", "mmformer", *common,
         "--base_filters", "2", "--embed_dim", "8", "--mlp_dim", "16", "--num_heads", "2", "--roi_size", "[32,32,32]",
-        "--num_iterations", "2", "--epoch_length", "1", "--num_workers", "0", "--log_every", "1",
+        "--num_iterations", "2", "--epoch_length", "1", "--num_workers", "0", "--log_every", "1", "--intensity", "brainbox",
         cwd=tmp_path,
     )  # fmt: skip
     assert "iter 2/2" in log and "fuse_loss=" in log and "aux_loss=" in log
