@@ -26,6 +26,7 @@ __all__ = [
     "tiny_method_network",
     "tiny_size",
     "brats_label_batch",
+    "PUBLISHED_WINDOW",
     "published_softmax_losses",
     "run_bundle",
     "tiny_rfnet",
@@ -93,6 +94,17 @@ def tiny_method_network(name: str, seed: int = 0, **options: Any) -> torch.nn.Mo
 def tiny_size(name: str, default: int = 16) -> int:
     """The cube side of an input of :func:`tiny_method_network` (mmFormer: its window; else ``default``)."""
     return TINY_NETWORKS[name][1].get("img_size", default) if name in TINY_NETWORKS else default
+
+
+#: What the RFNet and mmFormer bundles record as a trained checkpoint's inference defaults besides the window
+#: (``roi_size`` = the training crop): the published predict.py's overlap 0.5, mean of the windows' probabilities,
+#: argmax.
+PUBLISHED_WINDOW: dict[str, Any] = {
+    "overlap": 0.5,
+    "average": "probabilities",
+    "mode": "constant",
+    "decision": "argmax",
+}
 
 
 def brats_label_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

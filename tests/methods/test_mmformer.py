@@ -25,7 +25,14 @@ from lckd_med.methods import METHODS, TrainBatch, build_method
 from lckd_med.methods.mmformer import MMFormerMethod
 from lckd_med.networks.mmformer import MMFormerNet
 from lckd_med.reports import REPORT_FILES
-from tests.testkit import brats_label_batch, published_softmax_losses, run_bundle, tiny_method_network, tiny_size
+from tests.testkit import (
+    PUBLISHED_WINDOW,
+    brats_label_batch,
+    published_softmax_losses,
+    run_bundle,
+    tiny_method_network,
+    tiny_size,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +85,7 @@ def test_tiny_training_then_the_15_subset_evaluation(tmp_path: Path):
     assert "iter 2/2" in log and "fuse_loss=" in log and "aux_loss=" in log
     ckpt = load_checkpoint(tmp_path / "models" / "model.pt")
     assert (ckpt["method"], ckpt["network"]["name"], ckpt["iteration"]) == ("mmformer", "MMFormerNet", 2)
+    assert ckpt["inference"] == PUBLISHED_WINDOW | {"roi_size": [32, 32, 32]}  # the published predict.py's
     hparams = ckpt["network"]["hparams"]
     assert hparams["img_size"] == [32, 32, 32] and hparams["embed_dim"] == 8 and hparams["dropout"] == 0.1
     assert (ckpt["train_config"]["lr_schedule"], ckpt["train_config"]["batch_size"]) == ("epoch_poly", 8)

@@ -26,7 +26,7 @@ from lckd_med.methods import METHODS, TrainBatch, build_method
 from lckd_med.methods.rfnet import RFNET_FUSION_START_ITERATION, RFNetMethod
 from lckd_med.networks.rfnet import PUBLISHED_RECIPE, RFNet
 from lckd_med.reports import REPORT_FILES
-from tests.testkit import brats_label_batch, published_softmax_losses, run_bundle, tiny_method_network
+from tests.testkit import PUBLISHED_WINDOW, brats_label_batch, published_softmax_losses, run_bundle, tiny_method_network
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,6 +155,8 @@ def test_tiny_training_then_the_15_subset_evaluation(rfnet_run):
         assert loss == pytest.approx((it > 2) * fuse + sep + aux, abs=2e-4), (it, values)
     ckpt = load_checkpoint(root / "models" / "model.pt")
     assert (ckpt["method"], ckpt["network"]["name"], ckpt["iteration"]) == ("rfnet", "RFNet", 3)
+    # the published sliding window (predict.py:131-190), applied by evaluation and inference
+    assert ckpt["inference"] == PUBLISHED_WINDOW | {"roi_size": [32, 32, 32]}
     assert ckpt["network"]["hparams"]["filters"] == [4, 8, 16] and ckpt["method_state"] == {}
     config = ckpt["train_config"]
     assert (config["optimizer"], config["amsgrad"], config["lr_schedule"], config["fusion_start_iteration"]) == (
