@@ -655,13 +655,14 @@ class BatchInference:
     def _run_locked(self, cases: list[InferenceCase]) -> pd.DataFrame:
         self._prepare_output_dir()
         logger.info(
-            "segmenting %d case(s) from %s into %s on %s (roi %s, threshold %g, labels %s)",
+            "segmenting %d case(s) from %s into %s on %s (roi %s, overlap %.3g, %s, labels %s)",
             len(cases),
             self.manifest or self.input_dir,
             self.output_dir,
             self.device,
             self.roi_size,
-            self.threshold,
+            self.overlap,
+            "argmax over the classes" if self.segmenter.decision == "argmax" else f"threshold {self.threshold:g}",
             self.convention.name,
         )
         if not self.subset_dice:

@@ -41,6 +41,7 @@ __all__ = [
     "check_decision",
     "region_probabilities",
     "region_logits",
+    "LOGIT_EPS",
     "class_probabilities",
     "region_masks",
 ]
@@ -72,7 +73,9 @@ def output_kind(network: nn.Module) -> str:
         ValueError: the network declares an unknown kind.
     """
     while True:  # unwrap DDP / DataParallel / torch.compile (engines.checkpoint.unwrap_model sits a layer above)
-        inner = getattr(network, "module", None) or getattr(network, "_orig_mod", None)
+        inner = getattr(network, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(network, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             break
         network = inner
@@ -129,15 +132,21 @@ def region_probabilities(output: torch.Tensor, kind: str = "regions", dim: int =
     return torch.stack([et, tc, tc + ed], dim=dim).clamp(0.0, 1.0)
 
 
-def region_logits(output: torch.Tensor, kind: str = "regions", dim: int = -4) -> torch.Tensor:
-    """Network output -> region logits: ``sigmoid(region_logits(o, k)) == region_probabilities(o, k)``.
+#: Region probabilities are clamped to ``[eps, 1 - eps]`` before :func:`region_logits` takes their logit, so that
+#: averaging the logits of overlapping windows never meets ``+inf`` and ``-inf`` at one voxel (a NaN).
+LOGIT_EPS: float = 1e-7
 
-    ``"regions"`` outputs are returned as they are; ``"classes"`` outputs become ``logit`` of their region
-    probabilities (``+-inf`` where a probability is exactly 0 or 1, which the sigmoid maps back).
+
+def region_logits(output: torch.Tensor, kind: str = "regions", dim: int = -4) -> torch.Tensor:
+    """Network output -> region logits: ``sigmoid(region_logits(o, k)) == region_probabilities(o, k)`` (for
+    ``"classes"`` within :data:`LOGIT_EPS`).
+
+    ``"regions"`` outputs are returned as they are; ``"classes"`` outputs become the (finite) logit of their region
+    probabilities, clamped to ``[LOGIT_EPS, 1 - LOGIT_EPS]``.
     """
     if _check_kind(kind) == "regions":
         return output
-    return torch.logit(region_probabilities(output, kind, dim))
+    return torch.logit(region_probabilities(output, kind, dim), eps=LOGIT_EPS)
 
 
 def class_probabilities(regions: torch.Tensor, dim: int = -4) -> torch.Tensor:

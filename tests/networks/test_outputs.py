@@ -69,6 +69,7 @@ def test_region_probabilities_are_nested_and_in_unit_interval():
     torch.testing.assert_close(masks[:, 0], cls == 3)
     torch.testing.assert_close(masks[:, 2], cls > 0)
     torch.testing.assert_close(torch.sigmoid(region_logits(logits, "classes")), p, rtol=0, atol=1e-6)
+    assert bool(torch.isfinite(region_logits(logits, "classes")).all())  # saturated softmaxes: finite logits
 
 
 def test_regions_kind_is_the_sigmoid_and_2d_axes():
