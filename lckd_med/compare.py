@@ -12,7 +12,10 @@ bundle with ``method_name`` set; the short budget scales each recipe (:func:`def
 * a method that never drops sequences (all4) stays in that phase (missing sequences at test time are mean-filled
   by its network);
 * a method that elects teachers (it takes the ``teacher_state`` the election updates: LCKD) elects once, at the
-  switch; on LCKD's bundle, the other methods run without the election.
+  switch; on LCKD's bundle, the other methods run without the election;
+* a method whose network has its own presets (RFNet, mmFormer: ``published``) builds its default preset in place of
+  the budget's U-Net preset (mmFormer's window is the budget's crop), and a fused-term start
+  (``fusion_start_iteration``, RFNet's 3000 of 45000) is scaled to the same fraction of the budget.
 
 Every model is evaluated on the 15 subsets of the held-out ``testing`` split (the bundles' SubsetEvaluator), and
 the per-subset mean Dice of the runs is written as one Markdown table (``comparison.md``) and one figure
@@ -46,6 +49,7 @@ from lckd_med.data.datalist import read_datalist, split_counts
 from lckd_med.demo import BASE_BUNDLE, bundle_command, demo_configs, method_bundles
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.methods import METHODS, method_parameters
+from lckd_med.networks.presets import PRESETS as UNET_PRESETS
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
 
@@ -118,12 +122,17 @@ def _elects(method: str) -> bool:
     return "teacher_state" in method_parameters(method)
 
 
+def _bundle_value(bundle: str, key: str) -> Any:
+    """``key`` of ``bundle``'s training config (LCKD's unless its overlay sets it; None if neither does)."""
+    value = json.loads((Path(bundle_dir(BASE_BUNDLE)) / "train.json").read_text()).get(key)
+    if bundle != BASE_BUNDLE:
+        value = json.loads((Path(bundle_dir(bundle)) / "train.json").read_text()).get(key, value)
+    return value
+
+
 def _bundle_phase1(bundle: str) -> int:
     """``phase1_iterations`` of ``bundle``'s training config (LCKD's unless its overlay sets it)."""
-    value = json.loads((Path(bundle_dir(BASE_BUNDLE)) / "train.json").read_text())["phase1_iterations"]
-    if bundle != BASE_BUNDLE:
-        value = json.loads((Path(bundle_dir(bundle)) / "train.json").read_text()).get("phase1_iterations", value)
-    return int(value)
+    return int(_bundle_value(bundle, "phase1_iterations"))
 
 
 def default_runs(iterations: int) -> list[RunSpec]:
@@ -157,6 +166,11 @@ def default_runs(iterations: int) -> list[RunSpec]:
             }
         elif bundle == BASE_BUNDLE:
             over["method_handlers"] = []  # LCKD's bundle elects teachers; this method has none
+        if set(cls.presets).isdisjoint(UNET_PRESETS):  # its own network presets (RFNet, mmFormer)
+            over["network_preset"] = cls.default_preset
+        start = _bundle_value(bundle, "fusion_start_iteration")
+        if start and "fusion_start_iteration" in method_parameters(name):  # the same fraction of the budget
+            over["fusion_start_iteration"] = int(iterations * int(start) / int(_bundle_value(bundle, "num_iterations")))
         runs.append(RunSpec(name, cls.label, bundle, over))
     return runs
 

@@ -62,6 +62,10 @@ def test_default_runs_are_one_per_registered_method():
             assert run.overrides["method_handlers"] == []
     assert runs["lckd"].overrides["phase1_iterations"] == runs["lckd_nokd"].overrides["phase1_iterations"] == 50
     assert runs["omd"].bundle == "omd" and runs["omd"].overrides["phase1_iterations"] == 0  # one stage
+    # RFNet and mmFormer build their published network; RFNet's fused term starts at 3000 / 45000 of the budget
+    assert runs["rfnet"].overrides["network_preset"] == runs["mmformer"].overrides["network_preset"] == "published"
+    assert "network_preset" not in runs["lckd"].overrides and "fusion_start_iteration" not in runs["mmformer"].overrides
+    assert runs["rfnet"].overrides["fusion_start_iteration"] == 6  # 100 x 3000 / 45000
 
 
 def test_caption_describes_each_run():

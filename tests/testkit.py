@@ -22,6 +22,13 @@ __all__ = [
     "mri_like",
     "write_nifti",
     "tiny_lckd_net",
+    "TINY_NETWORKS",
+    "tiny_method_network",
+    "tiny_size",
+    "brats_label_batch",
+    "PUBLISHED_WINDOW",
+    "published_softmax_losses",
+    "run_bundle",
     "tiny_rfnet",
     "tiny_mmformer",
     "published_rfnet_checkpoint",
@@ -61,6 +68,109 @@ def tiny_lckd_net(seed: int = 0, filters: tuple[int, ...] = TINY_FILTERS) -> LCK
     """An untrained LCKDNet, the same for the same ``seed``."""
     torch.manual_seed(seed)
     return LCKDNet(filters=filters)
+
+
+#: Registered method name -> (network preset, options) of its tiny network; methods not listed use the U-Net preset
+#: ``fullres`` with :data:`TINY_FILTERS`. mmFormer's window (``img_size``) is the smallest it takes, 32^3.
+TINY_NETWORKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rfnet": ("published", {"filters": TINY_FILTERS, "fusion_hidden": 8, "region_hidden": 4}),
+    "mmformer": (
+        "published",
+        {"img_size": 32, "base_filters": 2, "embed_dim": 8, "mlp_dim": 16, "num_heads": 2, "dropout": 0.0},
+    ),
+}
+
+
+def tiny_method_network(name: str, seed: int = 0, **options: Any) -> torch.nn.Module:
+    """The untrained tiny network of registered method ``name`` (:data:`TINY_NETWORKS`), the same for the same
+    ``seed``; ``options`` replace the table's."""
+    from lckd_med.methods import build_network
+
+    preset, table = TINY_NETWORKS.get(name, ("fullres", {"filters": TINY_FILTERS}))
+    torch.manual_seed(seed)
+    return build_network(name, preset, **{**table, **options})
+
+
+def tiny_size(name: str, default: int = 16) -> int:
+    """The cube side of an input of :func:`tiny_method_network` (mmFormer: its window; else ``default``)."""
+    return TINY_NETWORKS[name][1].get("img_size", default) if name in TINY_NETWORKS else default
+
+
+#: What the RFNet and mmFormer bundles record as a trained checkpoint's inference defaults besides the window
+#: (``roi_size`` = the training crop): the published predict.py's overlap 0.5, mean of the windows' probabilities,
+#: argmax.
+PUBLISHED_WINDOW: dict[str, Any] = {
+    "overlap": 0.5,
+    "average": "probabilities",
+    "mode": "constant",
+    "decision": "argmax",
+}
+
+
+def brats_label_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels (B, 1, *S) int64 BraTS 2018 labels 0/1/2/4, regions (B, 3, *S) float32)``: a random label map with
+    every label present and its region target made by the data pipeline's :class:`LabelToRegions`."""
+    from lckd_med.data.transforms import LabelToRegions
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 1, 2, 4])[torch.randint(0, 4, (batch, 1, size, size, size), generator=g)]
+    regions = torch.stack([torch.as_tensor(LabelToRegions("brats2018")(lab)) for lab in labels]).float()
+    return labels, regions
+
+
+def published_softmax_losses(
+    fused_logits: torch.Tensor,
+    per_modality_logits: Any,
+    auxiliary_probs: Any,
+    labels: torch.Tensor,
+) -> tuple[float, float, float]:
+    """``(fuse, sep, aux)`` as the published RFNet / mmFormer ``train.py`` computes them (RFNet train.py:165-182,
+    mmFormer train.py:167-183): targets from the BraTS labels by ``seg[seg == 4] = 3`` and a one-hot; each term
+    ``criterions.softmax_weighted_loss(p, t) + criterions.dice_loss(p, t)`` on *probabilities*, written out here
+    from utils/criterions.py:11-36 of both (the functions themselves are pinned to the published values in
+    ``tests/losses/test_softmax_seg.py``); the per-modality and auxiliary terms summed."""
+    classes = labels.clone()
+    classes[classes == 4] = 3
+    target = torch.nn.functional.one_hot(classes[:, 0], 4).permute(0, 4, 1, 2, 3).double()
+
+    def criterions(p: torch.Tensor) -> float:
+        p = p.detach().double()
+        cross = 0.0
+        dice = 0.0
+        for c in range(4):
+            t, q = target[:, c], p[:, c]
+            w = 1.0 - t.flatten(1).sum(1) / t.flatten(1).shape[1]  # per sample: 1 - class voxels / all voxels
+            cross += -(w.view(-1, 1, 1, 1) * t * torch.log(q.clamp(0.005, 1))).mean()
+            dice += 2 * (q * t).sum() / (q.sum() + t.sum() + 1e-7)
+        return float(cross + 1.0 - dice / 4)
+
+    fuse = criterions(torch.softmax(fused_logits.double(), 1))
+    sep = sum(criterions(torch.softmax(p.double(), 1)) for p in per_modality_logits)
+    aux = sum(criterions(p) for p in auxiliary_probs)
+    return fuse, sep, aux
+
+
+def run_bundle(run_id: str, bundle: str, *args: str, cwd: Path, configs: tuple[str, ...] = ()) -> str:
+    """``python -m monai.bundle run <run_id>`` of ``bundle`` (LCKD's config for the run, then the bundle's overlay,
+    then ``configs`` files of ``bundles/``) with ``args``, one thread; returns its log. Fails the test on an error."""
+    import os
+    import subprocess
+    import sys
+
+    from lckd_med.engines.workflow import bundle_dir
+
+    name = {"training": "train.json", "evaluate": "evaluate.json", "inference": "inference.json"}[run_id]
+    files = [Path(bundle_dir("lckd")) / name, Path(bundle_dir(bundle)) / name]
+    files += [Path(bundle_dir(c.split("/")[0])) / c.split("/")[1] for c in configs]
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", run_id,
+        "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]",
+        "--meta_file", str(Path(bundle_dir(bundle)) / "metadata.json"), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
 def tiny_rfnet(seed: int = 0) -> RFNet:

@@ -33,7 +33,7 @@ from lckd_med.benchmarks.train_step import PEER, make_batch, training_loss
 from lckd_med.methods import get_method
 from lckd_med.prediction.sweep import subset_masks
 
-__all__ = ["count_flops", "flops_per_voxel", "saved_activation_bytes", "encodes_once"]
+__all__ = ["count_flops", "flops_per_voxel", "fit_window", "saved_activation_bytes", "encodes_once"]
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -67,6 +67,16 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+def fit_window(net: torch.nn.Module, roi: Sequence[int]) -> torch.nn.Module:
+    """``net``, or, for a network whose position embeddings fix its input size (mmFormer's ``img_size``) to another
+    size than ``roi``, the same architecture built untrained for ``roi`` (the benchmarks count and time untrained
+    networks; the parameter count changes by the position embeddings only)."""
+    size = getattr(net, "img_size", None)
+    if size is None or tuple(size) == tuple(roi):
+        return net
+    return type(net).from_hparams({**net.hparams, "img_size": [int(r) for r in roi]})
+
+
 def flops_per_voxel(
     net: torch.nn.Module, kind: str, roi: Sequence[int], batch: int = 1, phase2: bool = True
 ) -> dict[str, float]:
@@ -75,10 +85,12 @@ def flops_per_voxel(
     Args:
         net: the network, on CPU (counting does not need a device).
         kind: a registered method name or ``"peer"`` (see :func:`~lckd_med.benchmarks.train_step.training_loss`).
-        roi: crop, divisible by the network's size divisor.
+        roi: crop, divisible by the network's size divisor (a fixed-window network is rebuilt for it,
+            :func:`fit_window`).
         batch: samples per training step (the inference figures use one sample).
         phase2: also count ``train_phase2`` (methods that drop sequences) and take it into ``train``.
     """
+    net = fit_window(net, roi)
     voxels = math.prod(roi)
     x, y = make_batch(batch, roi, "cpu")
     was_training = net.training

@@ -32,12 +32,12 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import DynUNet, SegResNet
 
-from lckd_med.benchmarks.flops import encodes_once, flops_per_voxel, saved_activation_bytes
+from lckd_med.benchmarks.flops import encodes_once, fit_window, flops_per_voxel, saved_activation_bytes
 from lckd_med.benchmarks.sweep import separate_passes, time_call
 from lckd_med.benchmarks.train_step import PEER, benchmark_step, make_batch, training_loss
 from lckd_med.constants import FULL_SUBSET, NUM_MODALITIES, NUM_REGIONS, SUBSET_NAMES
 from lckd_med.methods import METHODS
-from lckd_med.networks import DEFAULT_NORM, DEFAULT_PRESET, PRESETS
+from lckd_med.networks import DEFAULT_NORM
 from lckd_med.prediction import autocast_context, resolve_device, subset_masks, sweep_subsets
 from lckd_med.utils.io import write_text_atomic
 
@@ -82,9 +82,9 @@ def _project(preset: str, method: str) -> Callable[[], torch.nn.Module]:
 #: the registered method name, or ``"peer"``; builder).
 MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module]]] = {
     **{
-        f"{cls.label} {preset}{' (default)' if preset == DEFAULT_PRESET else ''}": (name, _project(preset, name))
+        f"{cls.label} {preset}{' (default)' if preset == cls.default_preset else ''}": (name, _project(preset, name))
         for name, cls in METHODS.items()
-        for preset in PRESETS
+        for preset in cls.presets
     },
     BASELINE: (PEER, _dynunet),
     "SegResNet (model zoo)": (PEER, _segresnet),
@@ -229,6 +229,7 @@ def run_suite(
         results["bf16_peak_tflops"] = round(measure_bf16_peak(device) / 1e12, 1)
     for name, (kind, net) in build_models(models).items():
         print(f"[suite] {name}", flush=True)
+        net = fit_window(net, roi)  # mmFormer: its window is the crop
         row: dict[str, Any] = {"kind": kind, "params_m": round(sum(p.numel() for p in net.parameters()) / 1e6, 2)}
         if hasattr(net, "hparams"):
             row["hparams"] = net.hparams
@@ -254,7 +255,8 @@ def run_suite(
         if encodes_once(net):
             row["window"] = window_sweep_seconds(net, roi, device, amp, repeats)
         if case_shape:
-            row["case"] = whole_case_seconds(net, kind, case_shape, sw_roi or roi, device, amp, repeats)
+            sw_net = fit_window(net, sw_roi or roi)
+            row["case"] = whole_case_seconds(sw_net, kind, case_shape, sw_roi or roi, device, amp, repeats)
         results["models"][name] = row
         net.to("cpu")
         if cuda:

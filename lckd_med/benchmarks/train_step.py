@@ -22,7 +22,7 @@ import torch
 from lckd_med.constants import NUM_MODALITIES, NUM_REGIONS
 from lckd_med.engines.workflow import make_optimizer
 from lckd_med.losses import segmentation_loss
-from lckd_med.methods import METHODS, TeacherState, TrainBatch, build_method, get_method
+from lckd_med.methods import METHODS, TeacherState, TrainBatch, build_method, build_network, get_method
 from lckd_med.networks import DEFAULT_PRESET, PRESETS
 from lckd_med.prediction import autocast_context, resolve_device
 
@@ -122,7 +122,13 @@ def benchmark_step(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lckd_med.benchmarks.train_step", description=__doc__)
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    presets = sorted({*PRESETS, *(q for cls in METHODS.values() for q in cls.presets)})
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=presets,
+        help=f"network preset (default: the method's, {DEFAULT_PRESET} for LCKD)",
+    )
     p.add_argument("--method", default="lckd", choices=list(METHODS))
     p.add_argument("--filters", type=int, nargs="+", default=None, help="override the preset's channels")
     p.add_argument("--roi", type=int, nargs=3, default=[160, 160, 80])
@@ -136,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "roi": args.roi,
         "batch": args.batch,
-        "preset": args.preset,
+        "preset": args.preset or get_method(args.method).default_preset,
         "method": args.method,
     }
     for prec in args.precision:
@@ -145,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[prec] = "skipped: bf16 autocast is used on CUDA only"
             continue
         torch.manual_seed(0)
-        net = get_method(args.method).build_network(args.preset, filters=args.filters)
+        # img_size: the window of a fixed-window network (mmFormer) is the crop; the others ignore it
+        net = build_network(args.method, args.preset, filters=args.filters, img_size=args.roi)
         results[prec] = benchmark_step(net, args.method, args.roi, args.batch, device, bf16, args.steps)
     print(json.dumps(results, indent=2))
     return 0

@@ -109,6 +109,10 @@ class TrainingCheckpointHandler:
         resume: load ``model.pt`` at start when it exists (a finished run is not re-run).
         modalities: the :class:`~lckd_med.modalities.ModalitySpec` stored in the checkpoint (``modality_spec``);
             ``None`` = the spec of the trainer's modality dropout. It must match the network's channels and dims.
+        inference: inference defaults stored as the checkpoint's ``inference`` (window ``roi_size``, ``overlap``,
+            ``average``, ``mode``, ``decision``; checked where a checkpoint is loaded for inference,
+            :func:`lckd_med.inference.segmenter.checkpoint_inference`), e.g. RFNet's and mmFormer's published
+            sliding window; ``None`` = none recorded (the bundles' own defaults apply).
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class TrainingCheckpointHandler:
         save_every: int = 1,
         resume: bool = True,
         modalities: ModalitySpec | Mapping[str, Any] | None = None,
+        inference: Mapping[str, Any] | None = None,
     ) -> None:
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1 epoch, got {save_every}")
@@ -129,6 +134,9 @@ class TrainingCheckpointHandler:
         self.scheduler = scheduler
         self.label_convention = _convention(label_convention).name
         self.train_config = dict(train_config or {})
+        if inference is not None and not isinstance(inference, Mapping):
+            raise TypeError(f"inference must be a mapping or None, got {type(inference).__name__}")
+        self.inference = None if inference is None else dict(inference)
         self.save_every = int(save_every)
         self.resume = resume
         self._pending_rng: Mapping[str, Any] | None = None
@@ -257,6 +265,8 @@ class TrainingCheckpointHandler:
         }
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler.state_dict()
+        if self.inference is not None:
+            out["inference"] = self.inference
         return out
 
     def save(self, engine: Engine) -> None:

@@ -25,10 +25,18 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler, PolynomialLR
 
-__all__ = ["LR_SCHEDULES", "TwoPhasePolyLR", "two_phase_poly_factor", "make_lr_scheduler"]
+__all__ = [
+    "LR_SCHEDULES",
+    "TwoPhasePolyLR",
+    "EpochPolyLR",
+    "two_phase_poly_factor",
+    "epoch_poly_lr",
+    "make_lr_scheduler",
+]
 
-#: ``"two_phase_poly"``: the reference's (default of the LCKD bundle); ``"poly"``: one poly decay over all iterations.
-LR_SCHEDULES: tuple[str, ...] = ("two_phase_poly", "poly")
+#: ``"two_phase_poly"``: the reference's (default of the LCKD bundle); ``"poly"``: one poly decay over all iterations;
+#: ``"epoch_poly"``: RFNet's and mmFormer's poly decay set once per epoch (:class:`EpochPolyLR`).
+LR_SCHEDULES: tuple[str, ...] = ("two_phase_poly", "poly", "epoch_poly")
 
 
 def two_phase_poly_factor(
@@ -105,6 +113,61 @@ class TwoPhasePolyLR(LRScheduler):
         return [base * f for base in self.base_lrs]
 
 
+def epoch_poly_lr(base_lr: float, step: int, epoch_length: int, num_epochs: int, power: float = 0.9) -> float:
+    """RFNet's and mmFormer's published LR (``utils/lr_scheduler.py:12-16`` of both): ``round(base_lr * (1 - epoch /
+    num_epochs) ** power, 8)`` with ``epoch = step // epoch_length`` for the 0-based ``step`` (engine iteration - 1),
+    so the LR is constant within an epoch; 0 from epoch ``num_epochs`` on."""
+    epoch = min(step // epoch_length, num_epochs)
+    return round(base_lr * (1.0 - epoch / num_epochs) ** power, 8)
+
+
+class EpochPolyLR(LRScheduler):
+    """The published per-epoch poly schedule of RFNet and mmFormer in iteration steps (:func:`epoch_poly_lr`).
+
+    The published loops set the LR at the start of each epoch of ``iter_per_epoch`` iterations (RFNet: 150; mmFormer:
+    ``len(train_loader)``, 190 for its BraTS2018 split); stepped every iteration (MONAI's ``LrScheduleHandler(
+    epoch_level=False)``), this gives the same LR at every iteration when ``epoch_length`` is that count.
+
+    Args:
+        optimizer: wrapped optimizer (its ``lr`` is the base LR).
+        total_iters: iterations of the whole training; ``num_epochs = ceil(total_iters / epoch_length)``.
+        epoch_length: iterations per published epoch (``>= 1``).
+        power: poly exponent (``> 0``).
+        last_epoch: as in :class:`torch.optim.lr_scheduler.LRScheduler`.
+
+    Raises:
+        ValueError: an argument out of range.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        epoch_length: int,
+        power: float = 0.9,
+        last_epoch: int = -1,
+    ) -> None:
+        for name, value in (("total_iters", total_iters), ("epoch_length", epoch_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not power > 0:
+            raise ValueError(f"power must be > 0, got {power!r}")
+        self.total_iters = total_iters
+        self.epoch_length = epoch_length
+        self.num_epochs = -(-total_iters // epoch_length)
+        self.power = float(power)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        return self._get_closed_form_lr()
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return [
+            epoch_poly_lr(base, self.last_epoch, self.epoch_length, self.num_epochs, self.power)
+            for base in self.base_lrs
+        ]
+
+
 def make_lr_scheduler(
     name: str,
     optimizer: torch.optim.Optimizer,
@@ -112,6 +175,7 @@ def make_lr_scheduler(
     phase1_iterations: int,
     power: float = 0.9,
     phase2_overlap: int = 0,
+    epoch_length: int | None = None,
 ) -> Any:
     """The schedule named ``name`` (one of :data:`LR_SCHEDULES`).
 
@@ -122,7 +186,8 @@ def make_lr_scheduler(
         num_iterations: total training iterations.
         phase1_iterations: iterations of phase 1 (ignored by ``"poly"``).
         power: poly exponent.
-        phase2_overlap: ``"two_phase_poly"`` only (see :func:`two_phase_poly_factor`); must be 0 for ``"poly"``.
+        phase2_overlap: ``"two_phase_poly"`` only (see :func:`two_phase_poly_factor`); must be 0 for the others.
+        epoch_length: ``"epoch_poly"`` only (:class:`EpochPolyLR`, required there): iterations per published epoch.
 
     Raises:
         ValueError: unknown name or bad numbers.
@@ -135,4 +200,10 @@ def make_lr_scheduler(
         if phase2_overlap:
             raise ValueError("phase2_overlap needs lr_schedule 'two_phase_poly'")
         return PolynomialLR(optimizer, total_iters=int(num_iterations), power=power)
+    if name == "epoch_poly":
+        if phase2_overlap:
+            raise ValueError("phase2_overlap needs lr_schedule 'two_phase_poly'")
+        if epoch_length is None:
+            raise ValueError("lr_schedule 'epoch_poly' needs epoch_length")
+        return EpochPolyLR(optimizer, int(num_iterations), epoch_length, power)
     raise ValueError(f"unknown lr schedule {name!r}; use one of {LR_SCHEDULES}")

@@ -27,6 +27,7 @@ from lckd_med.data.pipelines import AUGMENTATIONS, CROP_SAMPLINGS, INTENSITY_NOR
 from lckd_med.data.transforms import DROPOUT_DISTRIBUTIONS, DROPOUT_GRANULARITIES
 from lckd_med.engines.election import ELECTION_SCORES
 from lckd_med.engines.schedules import LR_SCHEDULES
+from lckd_med.engines.workflow import OPTIMIZERS
 from lckd_med.losses.distillation import KD_DISTANCES, KD_REDUCTIONS
 from lckd_med.losses.segmentation import BCE_REDUCTIONS
 from lckd_med.methods.registry import METHODS
@@ -151,13 +152,27 @@ SETTINGS: Mapping[str, Setting] = {
     "amp": _bool(),
     "dist_backend": _choice(("nccl", "gloo")),
     # network
-    "network_preset": _choice([*PRESETS, *NETWORK_PRESETS]),
+    "network_preset": _choice(
+        [
+            *PRESETS,
+            *NETWORK_PRESETS,
+            *dict.fromkeys(p for cls in METHODS.values() for p in cls.presets if p not in PRESETS),
+        ]
+    ),
     "filters": _ints(minimum=1, nullable=True),
     "share_encoder": Setting(optional(parse_bool), ("maybe", 2)),  # null: the preset's choice
     "fill_levels": _choice(FILL_LEVELS),
     "restore_levels": _choice(RESTORE_LEVELS),
     "restore_kernel_size": _int(1),
     "translate_kernel_size": _int(1),
+    "fusion_hidden": _int(1, nullable=True),
+    "region_hidden": _int(1, nullable=True),
+    "base_filters": _int(1, nullable=True),
+    "embed_dim": _int(1, nullable=True),
+    "mlp_dim": _int(1, nullable=True),
+    "num_heads": _int(1, nullable=True),
+    "depth": _int(1, nullable=True),
+    "transformer_dropout": _float(low=0.0, high=1.0, high_open=True),
     # schedule and optimiser
     "roi_size": _ints(length=3, minimum=1, nullable=True),
     "batch_size": _int(1),
@@ -165,7 +180,8 @@ SETTINGS: Mapping[str, Setting] = {
     "num_iterations": _int(1),
     "phase1_iterations": _int(0),
     "epoch_length": _int(1),
-    "optimizer_name": _choice(("sgd", "adamw")),
+    "optimizer_name": _choice(OPTIMIZERS),
+    "amsgrad": _bool(),
     "learning_rate": _float(low=0.0, low_open=True),
     "momentum": _float(low=0.0, high=1.0, high_open=True),
     "weight_decay": _float(low=0.0),
@@ -200,6 +216,7 @@ SETTINGS: Mapping[str, Setting] = {
     "mmd_kernel_num": _int(1),
     "mmd_kernel_mul": _float(low=0.0, low_open=True),
     "mmd_max_samples": _int(1),
+    "fusion_start_iteration": _int(0),
     "progress_state": Setting(parse_str_list, ("[1,2]", 3)),
     # sliding window, evaluation, inference
     # null (evaluation, inference): the checkpoint's recorded inference default, else the project's

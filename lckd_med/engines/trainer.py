@@ -136,7 +136,7 @@ class MethodTrainer(SupervisedTrainer):
         dropped, mask = image, available
         if phase == 2:
             dropped, mask = drop_modalities_batch(image, available, self.dropout)
-        batch = TrainBatch(image, dropped, label, available, mask)
+        batch = TrainBatch(image, dropped, label, available, mask, int(engine.state.iteration))
         engine.state.phase = phase
         self._show_status(engine)
         engine.state.output = {Keys.IMAGE: dropped, Keys.LABEL: label}

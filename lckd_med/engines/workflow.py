@@ -30,6 +30,7 @@ __all__ = [
     "recipe_of",
     "ensure_synthetic",
     "make_optimizer",
+    "OPTIMIZERS",
     "epochs_for",
     "setup_logging",
     "install_error_hook",
@@ -272,6 +273,10 @@ def ensure_synthetic(
     return str(path)
 
 
+#: Optimizer names :func:`make_optimizer` builds.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "adam")
+
+
 def make_optimizer(
     name: str,
     params: Iterable[torch.nn.Parameter],
@@ -279,8 +284,11 @@ def make_optimizer(
     momentum: float = 0.99,
     weight_decay: float = 3e-5,
     nesterov: bool = True,
+    amsgrad: bool = False,
 ) -> torch.optim.Optimizer:
-    """SGD (``"sgd"``, Nesterov by default, the reference recipe) or AdamW (``"adamw"``)."""
+    """SGD (``"sgd"``, Nesterov by default, the reference recipe), AdamW (``"adamw"``) or Adam (``"adam"``: betas
+    (0.9, 0.999), eps 1e-8, ``weight_decay`` as L2 added to the gradient, ``amsgrad`` as given; RFNet's and
+    mmFormer's published optimiser with ``amsgrad=True``)."""
     if lr <= 0:
         raise ValueError(f"learning rate must be positive, got {lr}")
     key = name.lower()
@@ -288,7 +296,9 @@ def make_optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if key == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; use 'sgd' or 'adamw'")
+    if key == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay, amsgrad=amsgrad)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {list(OPTIMIZERS)}")
 
 
 def epochs_for(num_iterations: int, epoch_length: int) -> int:

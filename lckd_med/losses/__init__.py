@@ -6,7 +6,12 @@ from __future__ import annotations
 from lckd_med.losses.adaptation import FeatureMMDLoss, MultiKernelMMDLoss, TemperatureKLLoss, gaussian_mmd
 from lckd_med.losses.distillation import CrossModalDistillationLoss, teacher_mask
 from lckd_med.losses.segmentation import SEGMENTATION_LOSS_DEFAULTS, DiceBCELoss, segmentation_loss
-from lckd_med.losses.softmax_seg import SoftmaxSegLoss, soft_dice_loss, softmax_weighted_cross_entropy
+from lckd_med.losses.softmax_seg import (
+    SoftmaxSegLoss,
+    regions_to_classes,
+    soft_dice_loss,
+    softmax_weighted_cross_entropy,
+)
 
 __all__ = [
     "CrossModalDistillationLoss",
@@ -21,4 +26,5 @@ __all__ = [
     "SoftmaxSegLoss",
     "softmax_weighted_cross_entropy",
     "soft_dice_loss",
+    "regions_to_classes",
 ]

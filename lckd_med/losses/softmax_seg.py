@@ -26,7 +26,16 @@ from monai.losses import DiceLoss
 from monai.networks.utils import one_hot
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["SoftmaxSegLoss", "softmax_weighted_cross_entropy", "soft_dice_loss", "PROB_CLAMP_MIN", "DICE_EPS"]
+from lckd_med.constants import NUM_REGIONS, REGIONS
+
+__all__ = [
+    "SoftmaxSegLoss",
+    "softmax_weighted_cross_entropy",
+    "soft_dice_loss",
+    "regions_to_classes",
+    "PROB_CLAMP_MIN",
+    "DICE_EPS",
+]
 
 #: Lower clamp of the probabilities inside the log (criterions.py:32).
 PROB_CLAMP_MIN = 0.005
@@ -76,6 +85,28 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = DICE_
     _check_pair(probs, target)
     dice = DiceLoss(include_background=True, batch=True, smooth_nr=0.0, smooth_dr=eps, reduction="mean")
     return dice(probs, target.to(probs.dtype))
+
+
+def regions_to_classes(regions: torch.Tensor) -> torch.Tensor:
+    """This project's region targets as the published softmax classes: ``(B, 3, *S)`` binary ET, TC, WT
+    (:data:`~lckd_med.constants.REGIONS` order) -> ``(B, 1, *S)`` int64 class indices, 0 background, 1 NCR/NET,
+    2 ED, 3 ET (BraTS label 4, or 3 from 2023; the published ``seg[seg == 4] = 3``).
+
+    The regions nest (ET in TC in WT), so: ET -> 3; TC outside ET -> 1 (NCR/NET); WT outside TC -> 2 (ED); else 0:
+    the channel order of a ``"classes"`` network output (:data:`lckd_med.networks.outputs.CLASS_NAMES`), whose
+    :func:`~lckd_med.networks.outputs.region_probabilities` is the inverse. The one place where training targets of
+    RFNet and mmFormer are made.
+
+    Raises:
+        ValueError: not a ``(B, 3, *S)`` tensor.
+    """
+    if not isinstance(regions, torch.Tensor) or regions.dim() < 3 or regions.shape[1] != NUM_REGIONS:
+        shape = tuple(regions.shape) if isinstance(regions, torch.Tensor) else type(regions).__name__
+        raise ValueError(f"region targets must be (B, {NUM_REGIONS}, *S) in the order {REGIONS}, got {shape}")
+    inside = regions > 0.5
+    et, tc, wt = (inside[:, REGIONS.index(r)] for r in ("ET", "TC", "WT"))
+    classes = torch.where(et, 3, torch.where(tc, 1, torch.where(wt, 2, 0)))
+    return classes.unsqueeze(1).long()
 
 
 def _check_nonnegative(value: object, name: str) -> float:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from lckd_med.networks.presets import DEFAULT_PRESET, build_preset
+from lckd_med.networks.presets import DEFAULT_PRESET, PRESETS, build_preset
 
 __all__ = ["TrainBatch", "TrainingMethod", "SegmentationMethod", "float_logits"]
 
@@ -35,6 +35,8 @@ class TrainBatch(NamedTuple):
         label: ``(B, 3, *S)`` region targets (ET, TC, WT).
         available: ``(B, M)`` bool, the sequences the case has.
         mask: ``(B, M)`` bool, the sequences kept after the dropout (a subset of ``available``).
+        iteration: the trainer's 1-based iteration of this batch (0 outside a trainer), for losses whose weights
+            follow the schedule (RFNet's fused term from its published epoch on).
     """
 
     image: torch.Tensor
@@ -42,6 +44,7 @@ class TrainBatch(NamedTuple):
     label: torch.Tensor
     available: torch.Tensor
     mask: torch.Tensor
+    iteration: int = 0
 
 
 def float_logits(logits: Any) -> Any:
@@ -67,6 +70,11 @@ class TrainingMethod(ABC):
     other_networks: ClassVar[tuple[type[torch.nn.Module], ...]] = ()
     #: ``False``: the trainer never enters the modality-dropout phase (the "all sequences only" baseline).
     drops_modalities: ClassVar[bool] = True
+    #: The network presets :meth:`build_network` builds (the benchmark suite counts each; the bundles' setting
+    #: ``network_preset`` takes any of them), and the one it builds by default. A method whose network has no
+    #: U-Net presets (RFNet, mmFormer) names its own.
+    presets: ClassVar[tuple[str, ...]] = tuple(PRESETS)
+    default_preset: ClassVar[str] = DEFAULT_PRESET
 
     def __init__(self) -> None:
         self.network: torch.nn.Module | None = None
@@ -131,8 +139,9 @@ class TrainingMethod(ABC):
             phase: 1 (all sequences) or 2 (modality dropout).
 
         Returns:
-            the scalar loss to back-propagate; the prediction ``(B, 3, *S)`` logits (or deep-supervision list) under
-            ``batch.mask``; named scalar loss terms (detached by the trainer) for the logs.
+            the scalar loss to back-propagate; the prediction under ``batch.mask``: ``(B, 3, *S)`` region logits (or
+            a deep-supervision list), or ``(B, 4, *S)`` class logits for a network of output kind ``"classes"``
+            (RFNet, mmFormer); named scalar loss terms (detached by the trainer) for the logs.
         """
 
 

@@ -27,8 +27,9 @@ from lckd_med.methods.base import TrainingMethod
 from lckd_med.methods.baselines import FullModalityMethod, NoDistillationMethod
 from lckd_med.methods.hemis import HeMISMethod
 from lckd_med.methods.lckd import LCKDMethod
+from lckd_med.methods.mmformer import MMFormerMethod
 from lckd_med.methods.omd import OMDMethod
-from lckd_med.networks.presets import DEFAULT_PRESET
+from lckd_med.methods.rfnet import RFNetMethod
 from lckd_med.networks.registry import NETWORKS
 
 __all__ = [
@@ -51,6 +52,8 @@ METHODS: Mapping[str, type[TrainingMethod]] = MappingProxyType(
         "all4": FullModalityMethod,
         "omd": OMDMethod,
         "hemis": HeMISMethod,
+        "rfnet": RFNetMethod,
+        "mmformer": MMFormerMethod,
     }
 )
 
@@ -101,15 +104,16 @@ def build_method(name: str, **settings: Any) -> TrainingMethod:
     return get_method(name)(**{k: v for k, v in settings.items() if k in accepted})
 
 
-def build_network(method: str, preset: str = DEFAULT_PRESET, **options: Any) -> nn.Module:
-    """The untrained network method ``method`` trains, from network preset ``preset`` (what ``network_def`` of the
-    bundles calls); see :meth:`~lckd_med.methods.base.TrainingMethod.build_network` (options the network does not
-    take are ignored).
+def build_network(method: str, preset: str | None = None, **options: Any) -> nn.Module:
+    """The untrained network method ``method`` trains, from network preset ``preset`` (``None``: the method's
+    ``default_preset``; what ``network_def`` of the bundles calls); see
+    :meth:`~lckd_med.methods.base.TrainingMethod.build_network` (options the network does not take are ignored).
 
     Raises:
         ValueError: unknown method or preset, or a bad option value.
     """
-    return get_method(method).build_network(preset, **options)
+    cls = get_method(method)
+    return cls.build_network(cls.default_preset if preset is None else preset, **options)
 
 
 def network_classes() -> dict[str, type[nn.Module]]:

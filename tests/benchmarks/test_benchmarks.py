@@ -13,6 +13,7 @@ import torch
 from lckd_med.benchmarks import flops, suite, sweep, train_step
 from lckd_med.methods import METHODS
 from lckd_med.networks import build_preset
+from tests.testkit import TINY_NETWORKS, tiny_method_network
 
 #: Smallest crop of the 5-level lean network's size divisor (32, 32, 16): per-voxel counts are exact at any crop.
 CROP = (32, 32, 16)
@@ -119,23 +120,35 @@ def test_sweep_benchmark_outputs_agree(tmp_path, capsys):
 
 
 def test_suite_covers_every_registered_method_under_every_preset():
+    """Every preset of every method (the U-Net presets; RFNet's and mmFormer's one, ``published``), its default
+    marked."""
     kinds = [kind for kind, _ in suite.MODELS.values()]
-    assert all(kinds.count(name) == len(suite.PRESETS) for name in METHODS)
+    assert all(kinds.count(name) == len(cls.presets) for name, cls in METHODS.items())
+    for name, cls in METHODS.items():
+        assert f"{cls.label} {cls.default_preset} (default)" in suite.MODELS, name
     assert set(kinds) == {*METHODS, train_step.PEER}
+
+
+#: Crop of the tiny benchmark runs per method: mmFormer's window (rebuilt to the crop) takes multiples of 16, >= 32.
+TINY_ROI = {"mmformer": (32, 32, 32)}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_step_is_counted(method):
     """FLOPs of each method's own training step (its compute_loss) at tiny widths: both phases, inference, sweep."""
-    net = METHODS[method].build_network("lean", filters=[4, 8])
-    res = flops.flops_per_voxel(net, method, (8, 8, 4))
+    if method in TINY_NETWORKS:  # their own tiny networks (tests/testkit.py)
+        net = tiny_method_network(method, **({} if method == "mmformer" else {"filters": [4, 8]}))
+    else:
+        net = METHODS[method].build_network("lean", filters=[4, 8])
+    res = flops.flops_per_voxel(net, method, TINY_ROI.get(method, (8, 8, 4)))
     assert res["train"] > res["infer"] > 0 and res["sweep15"] <= res["passes15"]
     assert ("train_phase2" in res) is METHODS[method].drops_modalities
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_step_benchmark(capsys, method):
-    argv = ["--filters", "4", "8", "--roi", "8", "8", "8", "--steps", "1", "--device", "cpu", "--method", method]
+    roi = [str(r) for r in TINY_ROI.get(method, (8, 8, 8))]
+    argv = ["--filters", "4", "8", "--roi", *roi, "--steps", "1", "--device", "cpu", "--method", method]
     assert train_step.main(argv) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["fp32"]["step_s"] > 0

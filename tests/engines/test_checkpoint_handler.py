@@ -232,6 +232,13 @@ def test_save_every_must_be_positive(tmp_path):
         TrainingCheckpointHandler(tmp_path, save_every=0)
 
 
+@pytest.mark.parametrize("inference", ["overlap=0.5", [0.5], 3])
+def test_inference_defaults_must_be_a_mapping(tmp_path, inference):
+    """What RFNet's and mmFormer's bundles record (their published window); checked when inference loads it."""
+    with pytest.raises(TypeError, match="inference must be a mapping or None"):
+        TrainingCheckpointHandler(tmp_path, inference=inference)
+
+
 def test_resume_of_a_checkpoint_saved_before_modality_specs(tmp_path):
     """hparams without ``in_channels`` / ``spatial_dims`` and no ``modality_spec``: BraTS, resumable."""
     _trainer(tmp_path, max_epochs=1).run()

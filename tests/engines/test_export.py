@@ -19,7 +19,8 @@ from lckd_med.engines.checkpoint import load_checkpoint, save_checkpoint
 from lckd_med.engines.export import ExportableSegmenter
 from lckd_med.methods import METHODS
 from lckd_med.networks import LCKDNet
-from tests.testkit import checkpoint_payload
+from lckd_med.networks.outputs import output_kind, region_probabilities
+from tests.testkit import checkpoint_payload, tiny_method_network, tiny_size
 
 REPO = Path(__file__).resolve().parents[2]
 #: one registered method per network class (the tiny networks are built the way the registry's tests build them)
@@ -27,7 +28,12 @@ BY_NETWORK = {cls.network_class.__name__: name for name, cls in reversed(METHODS
 
 
 def _tiny(method: str) -> torch.nn.Module:
-    return METHODS[method].build_network("fullres", filters=[4, 8, 16])
+    return tiny_method_network(method)
+
+
+def _window(method: str) -> tuple[int, int, int] | None:
+    """The fixed window of the method's tiny network (mmFormer's position embeddings), else None."""
+    return (tiny_size(method),) * 3 if method == "mmformer" else None
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,17 +49,31 @@ def inputs(shape=(2, 4, 16, 32, 16)) -> tuple[torch.Tensor, torch.Tensor]:
     return x * mask[:, :, None, None, None], mask
 
 
+def assert_same_export(exported: torch.Tensor, eager: torch.Tensor, net: torch.nn.Module) -> None:
+    """The export's region logits equal the network's output: its logits, or for a softmax network (RFNet, mmFormer)
+    its region probabilities (compared as probabilities: the logit of WT = 1 - p(background) near 1 magnifies float
+    round-off)."""
+    kind = output_kind(net)
+    if kind == "regions":
+        torch.testing.assert_close(exported, eager, rtol=1e-4, atol=1e-4)
+    else:
+        want = region_probabilities(eager, kind, dim=1)
+        torch.testing.assert_close(torch.sigmoid(exported), want, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(BY_NETWORK))
 def test_wrapper_equals_network_and_trace_generalises(name):
     torch.manual_seed(0)
     net = _tiny(BY_NETWORK[name]).eval()
     wrapper = ExportableSegmenter(net).eval()
+    window = _window(BY_NETWORK[name])
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, torch.rand(1, 4, 16, 16, 16))  # traced at another size and batch
-        x, mask = inputs()
+        # traced at another size (a fixed window: the same) and batch
+        traced = torch.jit.trace(wrapper, torch.rand(1, 4, *(window or (16, 16, 16))))
+        x, mask = inputs((2, 4, *window) if window else (2, 4, 16, 32, 16))
         eager = net(x, mask)
-        torch.testing.assert_close(wrapper(x), eager, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(traced(x), eager, rtol=1e-4, atol=1e-4)
+        assert_same_export(wrapper(x), eager, net)
+        assert_same_export(traced(x), eager, net)
     assert wrapper.state_dict().keys() == net.state_dict().keys()
 
 
@@ -86,7 +106,7 @@ def readme_command(bundle: str, start: str) -> list[str]:
 def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     name = METHODS[bundle].network_class.__name__
     torch.manual_seed(1)
-    net = _tiny(bundle).eval()
+    net = tiny_method_network(bundle, seed=1).eval()
     models = tmp_path / "models"
     save_checkpoint(models / "model.pt", checkpoint_payload(net))
     assert load_checkpoint(models / "model.pt")["network"]["name"] == name
@@ -99,14 +119,18 @@ def test_bundle_ckpt_export_reproduces_eager_output(bundle, tmp_path):
     cmd = [
         sys.executable if a == "python" else a.replace(f"bundles/{bundle}/runs/models", str(models)) for a in documented
     ]
+    window = _window(bundle)
+    if window:  # mmFormer: the documented --input_shape is the published window; the tiny network's is smaller
+        assert "[1,4,128,128,128]" in cmd
+        cmd = [a.replace("[1,4,128,128,128]", f"[1,4,{','.join(map(str, window))}]") for a in cmd]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TracerWarning" not in done.stderr
     loaded = torch.jit.load(str(ts))
-    x, mask = inputs()
+    x, mask = inputs((2, 4, *window) if window else (2, 4, 16, 32, 16))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x, mask), rtol=1e-4, atol=1e-4)
+        assert_same_export(loaded(x), net(x, mask), net)
     with zipfile.ZipFile(ts) as z:
         names = {Path(n).name for n in z.namelist()}
         meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/metadata.json"))))

@@ -1,11 +1,19 @@
-"""Learning-rate schedules: the reference's two-phase poly, the single-poly option, bad arguments, state round trip."""
+"""Learning-rate schedules: the reference's two-phase poly, the single-poly option, RFNet's / mmFormer's per-epoch
+poly, bad arguments, state round trip."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from lckd_med.engines.schedules import TwoPhasePolyLR, make_lr_scheduler, two_phase_poly_factor
+from lckd_med.engines.schedules import (
+    EpochPolyLR,
+    TwoPhasePolyLR,
+    epoch_poly_lr,
+    make_lr_scheduler,
+    two_phase_poly_factor,
+)
 
 
 def _optimizer(lr: float = 0.01) -> torch.optim.Optimizer:
@@ -90,3 +98,56 @@ def test_bad_arguments(kwargs, match):
 def test_unknown_schedule_name():
     with pytest.raises(ValueError, match="unknown lr schedule"):
         make_lr_scheduler("cosine", _optimizer(), 10, 5)
+
+
+def _published_epoch_lr(base_lr: float, epoch: int, num_epochs: int) -> float:
+    """RFNet's / mmFormer's ``LR_Scheduler.__call__`` (utils/lr_scheduler.py:12-16), float32 ratio as published."""
+    return round(base_lr * np.power(1 - np.float32(epoch) / np.float32(num_epochs), 0.9), 8)
+
+
+@pytest.mark.parametrize(
+    "base_lr, epoch_length, total, steps",
+    [
+        (2e-4, 150, 45000, [0, 1, 149, 150, 151, 2999, 3000, 44849, 44850, 44999]),  # RFNet: 300 epochs x 150
+        (2e-4, 190, 190000, [0, 189, 190, 95000, 189809, 189810, 189999]),  # mmFormer: 1000 epochs x 190
+        (1e-3, 4, 10, [0, 3, 4, 8, 9]),  # a last epoch cut short: ceil(10 / 4) = 3 epochs
+    ],
+)
+def test_epoch_poly_is_the_published_per_epoch_lr(base_lr, epoch_length, total, steps):
+    num_epochs = -(-total // epoch_length)
+    for step in steps:
+        expected = _published_epoch_lr(base_lr, step // epoch_length, num_epochs)
+        assert epoch_poly_lr(base_lr, step, epoch_length, num_epochs) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    sched = make_lr_scheduler(
+        "epoch_poly",
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=base_lr),
+        total,
+        0,
+        epoch_length=epoch_length,
+    )
+    lrs = _lrs(sched, min(total, 3 * epoch_length))
+    assert lrs == pytest.approx([epoch_poly_lr(base_lr, i, epoch_length, num_epochs) for i in range(len(lrs))])
+    assert len(set(lrs[:epoch_length])) == 1  # constant within an epoch
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "needs epoch_length"),
+        ({"epoch_length": 0}, "epoch_length must be an int >= 1"),
+        ({"epoch_length": 2.5}, "epoch_length must be an int >= 1"),
+        ({"epoch_length": 5, "phase2_overlap": 1}, "phase2_overlap needs"),
+    ],
+)
+def test_epoch_poly_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_lr_scheduler("epoch_poly", _optimizer(), 20, 0, **kwargs)
+
+
+def test_epoch_poly_state_round_trips():
+    sched = EpochPolyLR(_optimizer(), 20, 4)
+    _lrs(sched, 9)
+    fresh = EpochPolyLR(_optimizer(), 20, 4)
+    fresh.load_state_dict(sched.state_dict())
+    fresh.optimizer.param_groups[0]["lr"] = fresh.get_last_lr()[0]  # the optimizer's own state holds it on resume
+    assert _lrs(fresh, 5) == pytest.approx(_lrs(sched, 5))

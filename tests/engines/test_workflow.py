@@ -120,10 +120,17 @@ def test_ensure_synthetic_writes_once_and_never_touches_existing(tmp_path):
 
 @pytest.mark.parametrize(
     "name, cls, extra",
-    [("sgd", torch.optim.SGD, {"nesterov": True, "momentum": 0.99}), ("AdamW", torch.optim.AdamW, {})],
+    [
+        ("sgd", torch.optim.SGD, {"nesterov": True, "momentum": 0.99}),
+        ("AdamW", torch.optim.AdamW, {}),
+        ("adam", torch.optim.Adam, {"amsgrad": False, "betas": (0.9, 0.999), "eps": 1e-8}),
+        # RFNet's and mmFormer's published optimiser (train.py:89-91 of both)
+        ("adam", torch.optim.Adam, {"amsgrad": True, "betas": (0.9, 0.999), "eps": 1e-8}),
+    ],
 )
 def test_make_optimizer(name, cls, extra):
-    opt = make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], lr=0.01)
+    amsgrad = {"amsgrad": extra["amsgrad"]} if "amsgrad" in extra else {}
+    opt = make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], lr=0.01, **amsgrad)
     assert isinstance(opt, cls)
     group = opt.param_groups[0]
     assert group["lr"] == 0.01 and group["weight_decay"] == 3e-5
@@ -131,7 +138,7 @@ def test_make_optimizer(name, cls, extra):
         assert group[k] == v
 
 
-@pytest.mark.parametrize("name, lr, match", [("adam", 0.01, "unknown optimizer"), ("sgd", 0.0, "positive")])
+@pytest.mark.parametrize("name, lr, match", [("adamax", 0.01, "unknown optimizer"), ("sgd", 0.0, "positive")])
 def test_make_optimizer_bad(name, lr, match):
     with pytest.raises(ValueError, match=match):
         make_optimizer(name, [torch.nn.Parameter(torch.zeros(2))], lr=lr)

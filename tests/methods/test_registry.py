@@ -30,7 +30,7 @@ from lckd_med.methods import (
 )
 from lckd_med.methods import build_network as method_network
 from lckd_med.networks import NETWORKS, LCKDNet, OMDNet
-from tests.testkit import checkpoint_payload
+from tests.testkit import checkpoint_payload, tiny_method_network, tiny_size
 
 SIZE = 16
 FILTERS = [4, 8, 16]
@@ -40,29 +40,29 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(name: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return method_network(name, "fullres", filters=FILTERS)
+    """The method's tiny network (``fullres`` with :data:`FILTERS`, or its own table entry in ``tests/testkit.py``)."""
+    return tiny_method_network(name, seed)
 
 
-def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+def _batches(n: int = 2, size: int = SIZE) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     return [
         {
-            "image": torch.rand(2, NUM_MODALITIES, SIZE, SIZE, SIZE, generator=g),
-            "label": (torch.rand(2, NUM_REGIONS, SIZE, SIZE, SIZE, generator=g) > 0.7).float(),
+            "image": torch.rand(2, NUM_MODALITIES, size, size, size, generator=g),
+            "label": (torch.rand(2, NUM_REGIONS, size, size, size, generator=g) > 0.7).float(),
             "modality_mask": torch.ones(2, NUM_MODALITIES, dtype=torch.bool),
         }
         for _ in range(n)
     ]
 
 
-def _trainer(method: object, net: torch.nn.Module, phase1: int = 0) -> MethodTrainer:
+def _trainer(method: object, net: torch.nn.Module, phase1: int = 0, size: int = SIZE) -> MethodTrainer:
     dropout = ModalityDropout(prob=1.0, max_kept=3)
     dropout.set_random_state(0)
     return MethodTrainer(
         device="cpu",
         max_epochs=1,
-        train_data_loader=_batches(),
+        train_data_loader=_batches(size=size),
         network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=1e-3),
         seg_loss=segmentation_loss(),
@@ -123,11 +123,11 @@ def test_trainer_needs_a_method():
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_trains_on_the_one_trainer(name):
     method = build_method(name, teacher_state=TeacherState(["t1ce"]))
-    trainer = _trainer(method, _net(name))
+    trainer = _trainer(method, _net(name), size=tiny_size(name))
     torch.manual_seed(0)
     trainer.run()
     logged = loss_terms(trainer.state.output)
-    assert {"loss", "seg_loss"} <= set(logged) and all(torch.isfinite(torch.tensor(v)) for v in logged.values())
+    assert "loss" in logged and len(logged) > 1 and all(torch.isfinite(torch.tensor(v)) for v in logged.values())
     assert trainer.state.phase == (2 if method.drops_modalities else 1)
     assert trainer.state.status_keys == tuple(method.status())
 
@@ -173,18 +173,23 @@ def test_a_method_without_state_refuses_one():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_network_is_exact_under_the_encode_once_sweep(name):
-    """forward(x with garbage in the missing channels, mask) == decode_subsets(encode(x)) slice, all 15 subsets."""
-    net = _net(name).eval()
+    """forward(x with garbage in the missing channels, mask) == decode_subsets(encode(x)) slice, all 15 subsets.
+
+    In float64: in float32 a different batch composition (the sweep decodes masks together) moves RFNet's logits by
+    ~2e-5 (kernels chosen per batch size, amplified by its instance norms); in float64 round-off is far below the
+    tolerance, so a real dependence on a missing channel would show."""
+    net, size = _net(name).double().eval(), tiny_size(name)
     torch.manual_seed(1)
-    x = torch.randn(2, NUM_MODALITIES, SIZE, SIZE, SIZE)
+    x = torch.randn(2, NUM_MODALITIES, size, size, size, dtype=torch.float64)
     with torch.no_grad():
         sweep = net.decode_subsets(net.encode(x), ALL_MASKS)
-        assert sweep.shape == (2, len(SUBSET_NAMES), NUM_REGIONS, SIZE, SIZE, SIZE)
+        channels = getattr(net, "out_channels", NUM_REGIONS)  # 3 regions, or 4 softmax classes (RFNet, mmFormer)
+        assert sweep.shape == (2, len(SUBSET_NAMES), channels, size, size, size)
         for k, subset in enumerate(SUBSET_NAMES):
             garbage = x.clone()
             garbage[:, ~ALL_MASKS[k]] = torch.randn_like(garbage[:, ~ALL_MASKS[k]]) * 7
             out = net(garbage, ALL_MASKS[k].expand(2, -1))
-            torch.testing.assert_close(out, sweep[:, k], rtol=0, atol=1e-5, msg=subset)
+            torch.testing.assert_close(out, sweep[:, k], rtol=0, atol=1e-9, msg=subset)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -193,6 +198,7 @@ def test_each_method_network_is_rebuilt_from_a_checkpoint(name):
     ckpt = json.loads(json.dumps({"network": checkpoint_payload(net)["network"]}))  # as stored: plain JSON
     rebuilt = build_network({**checkpoint_payload(net), **ckpt}).eval()
     assert type(rebuilt) is type(net) and network_name(rebuilt) == type(net).__name__
-    x = torch.randn(1, NUM_MODALITIES, SIZE, SIZE, SIZE)
+    size = tiny_size(name)
+    x = torch.randn(1, NUM_MODALITIES, size, size, size)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), net(x))

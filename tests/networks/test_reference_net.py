@@ -21,7 +21,7 @@ from lckd_med.engines.election import single_modality_dice
 from lckd_med.engines.export import ExportableSegmenter
 from lckd_med.losses import CrossModalDistillationLoss, segmentation_loss
 from lckd_med.methods import METHODS, TeacherState, TrainBatch, build_method, network_class
-from lckd_med.networks import LCKDNet, OMDNet, ReferenceLCKDNet, build_preset
+from lckd_med.networks import PRESETS, LCKDNet, OMDNet, ReferenceLCKDNet, build_preset
 from lckd_med.networks.reference_net import REFERENCE_PARAMETERS
 from lckd_med.prediction.sweep import subset_masks
 from tests.testkit import checkpoint_payload
@@ -195,6 +195,9 @@ def test_every_method_builds_the_reference_network_or_refuses_it_in_one_line(met
         else:
             with pytest.raises(ValueError) as info:
                 cls.build_network("reference", filters=None, share_encoder=None)
-            assert "stands in for LCKDNet only" in str(info.value) and "\n" not in str(info.value)
+            # a U-Net method: the reference stands in for LCKDNet only; RFNet, mmFormer: their one preset
+            own = cls.presets != tuple(PRESETS)
+            expected = f"builds network preset {list(cls.presets)} only" if own else "stands in for LCKDNet only"
+            assert expected in str(info.value) and "\n" not in str(info.value)
     assert network_class("ReferenceLCKDNet") is ReferenceLCKDNet
     assert {m for m, c in METHODS.items() if ReferenceLCKDNet in c.other_networks} == {"lckd", "lckd_nokd", "all4"}
