@@ -42,6 +42,7 @@ from lckd_med.compare import comparison_table, default_runs, hardware_descriptio
 from lckd_med.constants import REGIONS
 from lckd_med.demo import bundle_command
 from lckd_med.engines.workflow import bundle_dir, ensure_synthetic, prepare_datalist
+from lckd_med.metrics import paired_bootstrap
 from lckd_med.networks import LCKDNet, build_preset
 from lckd_med.reports import REPORT_FILES, read_summary
 from lckd_med.utils.io import write_text_atomic
@@ -113,7 +114,6 @@ def paired_differences(
         return pd.concat(frames) * 100.0
 
     base = per_case(metrics[baseline])
-    rng = np.random.default_rng(0)
     rows = []
     for run, tables in metrics.items():
         if run == baseline:
@@ -123,17 +123,16 @@ def paired_differences(
             raise ValueError(f"run {run!r} was scored on other cases than {baseline!r}")
         for region in REGIONS:
             diff = (other[region] - base.loc[other.index, region]).to_numpy()
-            draws = rng.integers(0, len(diff), size=(resamples, len(diff)))
-            boot = np.nanmean(diff[draws], axis=1)
+            mean, low, high = paired_bootstrap(diff, resamples=resamples)
             rows.append(
                 {
                     "run": run,
                     "region": region,
                     "baseline_dice": float(np.nanmean(base[region])),
                     "run_dice": float(np.nanmean(other[region])),
-                    "difference": float(np.nanmean(diff)),
-                    "ci_low": float(np.nanpercentile(boot, 2.5)),
-                    "ci_high": float(np.nanpercentile(boot, 97.5)),
+                    "difference": mean,
+                    "ci_low": low,
+                    "ci_high": high,
                     "cases": int(np.isfinite(diff).sum()),
                 }
             )
