@@ -145,7 +145,7 @@ def test_dry_run_prints_the_bundle_commands_and_writes_nothing(tmp_path, capsys)
         for name in included:  # one folder per seed and method
             assert any(f"--ckpt_dir {work / f'seed{seed}' / name / 'models'}" in c for c in commands), name
             assert any(f"--output_dir {work / f'seed{seed}' / name / 'output'}" in c for c in commands), name
-        assert sum(f"--seed {seed} " in c for c in commands) == len(included)
+        assert sum(f"--seed {seed} " in c for c in commands) == 2 * len(included)  # train and evaluate
     for bundle in set(method_bundles()) & set(included) - {"lckd"}:
         assert sum(f"bundles/{bundle}/train.json" in c for c in commands) == 2, bundle
     cpu = PRESETS["cpu"]
@@ -256,3 +256,26 @@ def test_report_only_with_nothing_finished_is_one_line(tmp_path, capsys):
 def test_unknown_run_name_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         main(["--dry_run", "--runs", "lckd", "nope", "--work_dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_tiny_compare_trains_evaluates_reports_and_reuses(tmp_path, capsys, monkeypatch):
+    """The CI smoke of compare: one tiny LCKD run through the real bundles (train, elect, evaluate), the page with
+    its sections, then a second call that reuses the finished run instead of training again."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    argv = [
+        "--preset", "cpu", "--cases", "6", "--spacing", "4", "--iterations", "4", "--roi", "16", "16", "16",
+        "--filters", "4", "8", "16", "--max_eval_cases", "1", "--seeds", "3", "--runs", "lckd",
+        "--work_dir", str(work), "--docs_dir", str(docs),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((work / "seed3" / "lckd" / "run.json").read_text())
+    assert record["seed"] == 3 and record["train_overrides"]["num_iterations"] == 4 and record["train_s"] > 0
+    text = (docs / COMPARISON_MD).read_text()
+    assert "Where the data carries each region" in text and "teacher elections" in text
+    assert "3 of 3 region elections" in text or "of 3 region elections" in text
+    capsys.readouterr()
+    assert main([*argv, "--reuse_finished"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3 lckd: finished before" in out and "run training" not in out
