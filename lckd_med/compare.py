@@ -485,7 +485,7 @@ def comparison_report(
         f"WT; 8 of the 15 subsets each), per seed and averaged over seeds. Bars (issue 19): {bars} on every seed.",
         "",
     ]
-    table, passed = informative_table(metrics, labels, seeds)
+    table, passed = informative_table({n: metrics.get(n, {}) for n in names}, labels, seeds)
     parts.append(table)
     elections = {}
     for name in names:
@@ -713,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = [r.name for r in runs if r.name in records]
     labels = {r.name: r.label for r in runs}
-    summaries, stats_md, passed = comparison_report(work, seeds, names, labels, records)
+    summaries, stats_md, passed = comparison_report(work, seeds, [r.name for r in runs], labels, records)
     wall = time.perf_counter() - t_start
     first_seed = next(s for s in seeds if any(s in records[n] for n in names))
     n_test = int(summaries[names[0]]["n_cases"].iloc[-1])
