@@ -511,12 +511,20 @@ def comparison_report(
         common = [s for s in seeds if s in metrics["lckd"] and s in metrics["lckd_nokd"]]
         if common:
             effect = kd_effect({s: metrics["lckd"][s] for s in common}, {s: metrics["lckd_nokd"][s] for s in common})
+            units = int(effect["units"].max())
             parts += [
                 "## Distillation: LCKD minus LCKD without KD",
                 "",
                 f"Difference of mean Dice (points) per subset, paired over the test cases of seeds {common} "
-                f"({int(effect['units'].max())} case-seed pairs); 95 % paired bootstrap interval (2,000 resamples, "
-                "`lckd_med.metrics.paired_bootstrap`); bold = the interval excludes 0. The pooled rows average each "
+                f"({units} case-seed pairs); 95 % paired bootstrap interval (2,000 resamples, "
+                "`lckd_med.metrics.paired_bootstrap`); bold = the interval excludes 0"
+                + (
+                    f" (with {units} pairs a percentile bootstrap interval is too narrow: read bold cells as "
+                    "indications, not findings)"
+                    if units < 30
+                    else ""
+                )
+                + ". The pooled rows average each "
                 "case's Dice over the subsets that lack / contain the region's teacher sequence (T1ce for ET and TC, "
                 'FLAIR for WT): "distillation helps where the teacher is missing" is the first pooled row.',
                 "",
