@@ -477,7 +477,7 @@ def comparison_report(
     for name, by_seed in metrics.items():
         pooled = pd.concat([t.assign(case_id=f"{s}:" + t["case_id"].astype(str)) for s, t in by_seed.items()])
         summaries[name] = summarize(pooled)
-    bars = ", ".join(f"{r} >= {v:g}" for r, v in THRESHOLDS.items())
+    bars = ", ".join(f"{r} >= {100 * v:g} %" for r, v in THRESHOLDS.items())
     parts = [
         "## Where the data carries each region",
         "",
