@@ -440,7 +440,7 @@ def comparison_report(
     names: Sequence[str],
     labels: Mapping[str, str],
     records: Mapping[str, Mapping[int, Mapping[str, Any]]],
-) -> tuple[dict[str, pd.DataFrame], str, dict[str, bool]]:
+) -> tuple[dict[str, pd.DataFrame], str, dict[str, bool], list[int]]:
     """Pooled per-subset summaries and the statistics sections (Markdown) of the finished runs in ``work``.
 
     Args:
@@ -451,9 +451,11 @@ def comparison_report(
         records: method -> seed -> run record, for the finished runs only.
 
     Returns:
-        ``(summaries, markdown, passed)``: method -> :func:`lckd_med.reports.summarize` of its cases pooled over its
-        finished seeds (case ids prefixed with the seed); the sections (informative-subset means against the bars,
-        LCKD's elections, the KD effect); method -> whether it met every bar on every seed.
+        ``(summaries, markdown, passed, table_seeds)``: method -> :func:`lckd_med.reports.summarize` of its cases
+        pooled over ``table_seeds`` (case ids prefixed with the seed): the seeds every method with a finished run
+        has, or, when there is none, each method's own finished seeds (``table_seeds`` empty); the sections
+        (informative-subset means against the bars, LCKD's elections, the KD effect, from every finished seed);
+        method -> whether it met every bar on every seed.
     """
     from lckd_med.engines.election import ELECTION_FILE
     from lckd_med.reports import summarize
@@ -473,9 +475,12 @@ def comparison_report(
                 table = _read_csv(work / f"seed{seed}" / name / "output" / REPORT_FILES["metrics_csv"])
                 if table is not None:
                     metrics.setdefault(name, {})[seed] = table
+    # the per-subset table compares the methods on the same cases: the seeds every method with a run finished
+    common = [s for s in seeds if metrics and all(s in by_seed for by_seed in metrics.values())]
     summaries = {}
     for name, by_seed in metrics.items():
-        pooled = pd.concat([t.assign(case_id=f"{s}:" + t["case_id"].astype(str)) for s, t in by_seed.items()])
+        use = common or list(by_seed)
+        pooled = pd.concat([by_seed[s].assign(case_id=f"{s}:" + by_seed[s]["case_id"].astype(str)) for s in use])
         summaries[name] = summarize(pooled)
     bars = ", ".join(f"{r} >= {100 * v:g} %" for r, v in THRESHOLDS.items())
     parts = [
@@ -530,7 +535,7 @@ def comparison_report(
                 "",
                 kd_table(effect),
             ]
-    return summaries, "\n".join(parts), passed
+    return summaries, "\n".join(parts), passed, common
 
 
 def run_settings(
@@ -721,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = [r.name for r in runs if r.name in records]
     labels = {r.name: r.label for r in runs}
-    summaries, stats_md, passed = comparison_report(work, seeds, [r.name for r in runs], labels, records)
+    summaries, stats_md, passed, table_seeds = comparison_report(work, seeds, [r.name for r in runs], labels, records)
     wall = time.perf_counter() - t_start
     first_seed = next(s for s in seeds if any(s in records[n] for n in names))
     n_test = int(summaries[names[0]]["n_cases"].iloc[-1])
@@ -746,8 +751,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"generator seed = run seed) at {budget['spacing']:g} mm"
     )
     caption = (
-        f"Mean Dice (%) over the held-out test cases of every finished seed pooled ({n_test} case-seed pairs for "
-        f"{labels[names[0]]}) for each set of available sequences; bold = best run per row and region. {data_note}; "
+        (
+            f"Mean Dice (%) over the held-out test cases of seeds {table_seeds} pooled (the seeds every method "
+            f"finished; {n_test} case-seed pairs) "
+            if table_seeds
+            else f"Mean Dice (%) over the held-out test cases of each method's finished seeds pooled (no seed has "
+            f"every method: the columns are not on the same cases; {n_test} case-seed pairs for {labels[names[0]]}) "
+        )
+        + f"for each set of available sequences; bold = best run per row and region; the sections below use every "
+        f"finished seed. {data_note}; "
         f"split of seed {first_seed}: {_split_counts(work / f'seed{first_seed}' / 'datalist.json')} (5 folds, seed = "
         f"run seed). Seeds asked for: {seeds}; finished: {ran}"
         + (f"; **not finished: {', '.join(missing)}**" if missing else "")

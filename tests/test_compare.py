@@ -241,6 +241,7 @@ def test_report_only_writes_the_page_from_finished_runs_and_says_what_did_not_ru
     assert "seed 7 all4: not finished with these settings" in out and (stale / "run.json").is_file()
     text = (docs / COMPARISON_MD).read_text()
     assert "Seeds asked for: [7, 8, 9]" in text and "not finished: LCKD seed 9" in text
+    assert "test cases of seeds [7, 8] pooled (the seeds every method finished; 4 case-seed pairs)" in text
     assert "Not every method met every bar" in text and "seeds [9] not run" in text
     all4 = [line for line in text.splitlines() if line.startswith("| All-4 only |")]
     assert len(all4) == 1 and "seeds [7, 8, 9] not run" in all4[0]  # a method with no finished run is listed too
@@ -281,3 +282,15 @@ def test_tiny_compare_trains_evaluates_reports_and_reuses(tmp_path, capsys, monk
     assert main([*argv, "--reuse_finished"]) == 0
     out = capsys.readouterr().out
     assert "seed 3 lckd: finished before" in out and "run training" not in out
+
+
+def test_report_only_without_a_seed_every_method_finished_says_the_columns_differ(tmp_path):
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    runs = {r.name: r for r in default_runs(PRESETS["cpu"]["iterations"])}
+    _fake_finished(work, 7, runs["lckd"])
+    _fake_finished(work, 8, runs["lckd_nokd"])
+    argv = ["--preset", "cpu", "--seeds", "7", "8", "--work_dir", str(work), "--docs_dir", str(docs)]
+    assert main([*argv, "--runs", "lckd", "lckd_nokd", "--report_only"]) == 0
+    text = (docs / COMPARISON_MD).read_text()
+    assert "no seed has every method: the columns are not on the same cases" in text
+    assert "LCKD minus LCKD without KD" not in text  # no seed pairs them
