@@ -476,10 +476,10 @@ def comparison_report(
                 if table is not None:
                     metrics.setdefault(name, {})[seed] = table
     # the per-subset table compares the methods on the same cases: the seeds every method with a run finished
-    common = [s for s in seeds if metrics and all(s in by_seed for by_seed in metrics.values())]
+    table_seeds = [s for s in seeds if metrics and all(s in by_seed for by_seed in metrics.values())]
     summaries = {}
     for name, by_seed in metrics.items():
-        use = common or list(by_seed)
+        use = table_seeds or list(by_seed)
         pooled = pd.concat([by_seed[s].assign(case_id=f"{s}:" + by_seed[s]["case_id"].astype(str)) for s in use])
         summaries[name] = summarize(pooled)
     bars = ", ".join(f"{r} >= {100 * v:g} %" for r, v in THRESHOLDS.items())
@@ -535,7 +535,7 @@ def comparison_report(
                 "",
                 kd_table(effect),
             ]
-    return summaries, "\n".join(parts), passed, common
+    return summaries, "\n".join(parts), passed, table_seeds
 
 
 def run_settings(
