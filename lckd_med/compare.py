@@ -17,11 +17,24 @@ bundle with ``method_name`` set; the short budget scales each recipe (:func:`def
   the budget's U-Net preset (mmFormer's window is the budget's crop), and a fused-term start
   (``fusion_start_iteration``, RFNet's 3000 of 45000) is scaled to the same fraction of the budget.
 
-Every model is evaluated on the 15 subsets of the held-out ``testing`` split (the bundles' SubsetEvaluator), and
-the per-subset mean Dice of the runs is written as one Markdown table (``comparison.md``) and one figure
-(``comparison_dice.png``) in ``--docs_dir``. The caption states the data, number of cases, spacing, iterations,
-hardware, wall time and the exact command. On CPU the default budget is short: such numbers show that the
-pipelines run and how the methods move relative to each other on synthetic data, not how they do on BraTS.
+A method runs in a budget when its network can be built in the budget's network size, or at its own default preset
+when it has only its own (RFNet, mmFormer) (:func:`preset_methods`); one that cannot is left out of that budget and
+the page says why.
+
+``--seeds 7 8 9`` repeats everything per seed, each seed with its own synthetic dataset, split and training seed, in
+``<work_dir>/seed<N>/`` (``data/``, ``datalist.json``, one folder per method with ``train.log``, ``evaluate.log``,
+``output/`` and ``run.json``, the record of a finished run: its settings, commands and times). ``--reuse_finished``
+keeps every run whose record holds the same settings; ``--report_only`` trains nothing and writes the page from the
+finished runs (the others are listed as not run).
+
+Every model is evaluated on the 15 subsets of the held-out ``testing`` split (the bundles' SubsetEvaluator). The
+per-subset mean Dice, pooled over the seeds' test cases, is written as one Markdown table (``comparison.md``) and
+one figure (``comparison_dice.png``) in ``--docs_dir``; the page then gives, from
+:mod:`lckd_med.reports.comparison_stats`, each method's mean Dice over the subsets that contain the sequence
+carrying each region (against the bars of the CPU comparison), LCKD's election record and LCKD minus
+LCKD-without-KD per subset with a paired bootstrap interval over cases and seeds. The caption states the data,
+seeds, spacing, iterations, hardware, wall times and the exact command. On CPU the budget is short and the data
+synthetic: the numbers show whether each method learns what the data lets it learn, not how it does on BraTS.
 """
 
 from __future__ import annotations
@@ -50,13 +63,18 @@ from lckd_med.demo import BASE_BUNDLE, bundle_command, demo_configs, method_bund
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.methods import METHODS, method_parameters
 from lckd_med.networks.presets import PRESETS as UNET_PRESETS
-from lckd_med.reports import MEAN_ROW, REPORT_FILES, read_summary, subset_label
+from lckd_med.reports import MEAN_ROW, REPORT_FILES, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
 
 __all__ = [
     "RunSpec",
     "default_runs",
     "PRESETS",
+    "RUN_RECORD",
+    "preset_methods",
+    "finished_run",
+    "run_settings",
+    "comparison_report",
     "comparison_table",
     "plot_comparison",
     "write_comparison",
@@ -71,18 +89,20 @@ COMPARISON_PNG = "comparison_dice.png"
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "cases": 24,
-        "spacing": 3.0,
-        "iterations": 300,
-        "roi": [32, 32, 32],
-        # the lean default scaled to the CPU; the lean stem with filters 8-64 (a 4-channel head) did not learn TC
-        # or ET in this budget (docs/performance.md)
+        "spacing": 2.0,
+        "iterations": 600,
+        "roi": [48, 48, 48],
+        # the lean default scaled to the CPU; at 3 mm with 32^3 crops and 300 iterations it learned neither ET nor TC
+        # (docs/performance.md); the demo's 48^3 crops at 2 mm do
         "network_preset": "lean_small",
         "filters": None,
+        # pinned: the demo overlay's value (mean-fill of missing sequences at every level), whatever bundle defaults
+        "fill_levels": "all",
         "batch_size": 2,
         "optimizer": "adamw",
         "learning_rate": 0.003,
         "weight_decay": 1e-5,
-        "val_max_cases": 2,
+        "val_max_cases": 4,
     },
     "gpu": {
         "cases": 60,
@@ -91,6 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "roi": [64, 64, 64],
         "network_preset": "lean",
         "filters": [16, 32, 64, 128, 256],
+        "fill_levels": None,  # the bundles' own
         "batch_size": 2,
         "optimizer": "adamw",
         "learning_rate": 0.003,
@@ -355,7 +376,221 @@ def _run(cmd: list[str], log: Path, dry_run: bool) -> float:
 
 
 def _split_counts(datalist: Path) -> str:
-    return ", ".join(f"{c['total']} {split}" for split, c in split_counts(read_datalist(datalist)).items())
+    try:
+        return ", ".join(f"{c['total']} {split}" for split, c in split_counts(read_datalist(datalist)).items())
+    except (OSError, ValueError) as err:  # a report of finished runs whose datalist is gone or unreadable
+        return f"unknown ({type(err).__name__} reading {datalist})"
+
+
+def preset_methods(budget: Mapping[str, Any], names: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The registered methods a budget runs, and why each other one is left out.
+
+    The rule (one per method, no names): a method runs when its network can be built in the budget's network size,
+    i.e. :meth:`~lckd_med.methods.base.TrainingMethod.build_network` accepts the budget's ``network_preset`` (and
+    ``filters``/``fill_levels``); a method whose network has only its own presets (RFNet, mmFormer: ``published``)
+    is built at its default preset, as :func:`default_runs` runs it (not at equal cost: the page gives each run's
+    wall time). A method whose network cannot be built is left out of that budget, with the reason.
+
+    Args:
+        budget: a :data:`PRESETS` entry (after command-line overrides).
+        names: the methods asked for (default: all of :data:`lckd_med.methods.METHODS`, in its order).
+
+    Returns:
+        ``(included, excluded)``: names in registry order, and name -> one-line reason.
+    """
+    included, excluded = [], {}
+    for name in names or list(METHODS):
+        cls = METHODS[name]
+        preset = str(budget["network_preset"])
+        options = {k: budget[k] for k in ("filters", "fill_levels") if budget.get(k) is not None}
+        if set(cls.presets).isdisjoint(UNET_PRESETS):  # its own presets (RFNet, mmFormer): as default_runs builds it
+            preset, options = cls.default_preset, {}
+        try:
+            cls.build_network(preset, **options)
+        except (ValueError, TypeError) as err:
+            excluded[name] = f"its network has no {preset!r} size ({err})"
+            continue
+        included.append(name)
+    return included, excluded
+
+
+#: Per-run record written after a run's evaluation finished; ``--reuse_finished`` reuses a run only when the record
+#: holds the same training and evaluation settings.
+RUN_RECORD = "run.json"
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def finished_run(run_dir: Path, train_over: Mapping[str, Any], eval_over: Mapping[str, Any]) -> dict | None:
+    """The run record of ``run_dir`` when that run finished with exactly these settings, else None."""
+    record_path = run_dir / RUN_RECORD
+    summary = run_dir / "output" / REPORT_FILES["summary_csv"]
+    if not (record_path.is_file() and summary.is_file()):
+        return None
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("train_overrides") != _normalise(dict(train_over)):
+        return None
+    if record.get("eval_overrides") != _normalise(dict(eval_over)):
+        return None
+    return record
+
+
+def _parse_seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def comparison_report(
+    work: Path,
+    seeds: Sequence[int],
+    names: Sequence[str],
+    labels: Mapping[str, str],
+    records: Mapping[str, Mapping[int, Mapping[str, Any]]],
+) -> tuple[dict[str, pd.DataFrame], str, dict[str, bool], list[int]]:
+    """Pooled per-subset summaries and the statistics sections (Markdown) of the finished runs in ``work``.
+
+    Args:
+        work: the comparison's folder (``seed<N>/<method>/output/`` under it).
+        seeds: the seeds asked for.
+        names: the methods asked for, in order.
+        labels: method -> label.
+        records: method -> seed -> run record, for the finished runs only.
+
+    Returns:
+        ``(summaries, markdown, passed, table_seeds)``: method -> :func:`lckd_med.reports.summarize` of its cases
+        pooled over ``table_seeds`` (case ids prefixed with the seed): the seeds every method with a finished run
+        has, or, when there is none, each method's own finished seeds (``table_seeds`` empty); the sections
+        (informative-subset means against the bars, LCKD's elections, the KD effect, from every finished seed);
+        method -> whether it met every bar on every seed.
+    """
+    from lckd_med.engines.election import ELECTION_FILE
+    from lckd_med.reports import summarize
+    from lckd_med.reports.comparison_stats import (
+        THRESHOLDS,
+        election_rows,
+        election_table,
+        informative_table,
+        kd_effect,
+        kd_table,
+    )
+
+    metrics: dict[str, dict[int, pd.DataFrame]] = {}
+    for name in names:
+        for seed in seeds:
+            if seed in records.get(name, {}):
+                table = _read_csv(work / f"seed{seed}" / name / "output" / REPORT_FILES["metrics_csv"])
+                if table is not None:
+                    metrics.setdefault(name, {})[seed] = table
+    # the per-subset table compares the methods on the same cases: the seeds every method with a run finished
+    table_seeds = [s for s in seeds if metrics and all(s in by_seed for by_seed in metrics.values())]
+    summaries = {}
+    for name, by_seed in metrics.items():
+        use = table_seeds or list(by_seed)
+        pooled = pd.concat([by_seed[s].assign(case_id=f"{s}:" + by_seed[s]["case_id"].astype(str)) for s in use])
+        summaries[name] = summarize(pooled)
+    bars = ", ".join(f"{r} >= {100 * v:g} %" for r, v in THRESHOLDS.items())
+    parts = [
+        "## Where the data carries each region",
+        "",
+        "Mean Dice (%) over the subsets that contain the sequence carrying the region (T1ce for ET and TC, FLAIR for "
+        f"WT; 8 of the 15 subsets each), per seed and averaged over seeds. Bars (issue 19): {bars} on every seed.",
+        "",
+    ]
+    table, passed = informative_table({n: metrics.get(n, {}) for n in names}, labels, seeds)
+    parts.append(table)
+    elections = {}
+    for name in names:
+        if "teacher_state" not in method_parameters(name):
+            continue
+        for seed in metrics.get(name, {}):
+            found = _read_csv(work / f"seed{seed}" / name / "output" / ELECTION_FILE)
+            if found is not None:
+                elections[seed] = found
+        if elections:
+            rows = election_rows(elections)
+            agree = int(rows["as_expected"].sum())
+            parts += [
+                f"## {labels[name]}'s teacher elections",
+                "",
+                f"{agree} of {len(rows)} region elections picked the informative sequence (T1ce for ET and TC, FLAIR "
+                "for WT). Scores: soft Dice of each sequence alone on the validation cases at the election.",
+                "",
+                election_table(rows),
+            ]
+        break
+    if "lckd" in metrics and "lckd_nokd" in metrics:
+        common = [s for s in seeds if s in metrics["lckd"] and s in metrics["lckd_nokd"]]
+        if common:
+            effect = kd_effect({s: metrics["lckd"][s] for s in common}, {s: metrics["lckd_nokd"][s] for s in common})
+            units = int(effect["units"].max())
+            parts += [
+                "## Distillation: LCKD minus LCKD without KD",
+                "",
+                f"Difference of mean Dice (points) per subset, paired over the test cases of seeds {common} "
+                f"({units} case-seed pairs); 95 % paired bootstrap interval (2,000 resamples, "
+                "`lckd_med.metrics.paired_bootstrap`); bold = the interval excludes 0"
+                + (
+                    f" (with {units} pairs a percentile bootstrap interval is too narrow: read bold cells as "
+                    "indications, not findings)"
+                    if units < 30
+                    else ""
+                )
+                + ". The pooled rows average each "
+                "case's Dice over the subsets that lack / contain the region's teacher sequence (T1ce for ET and TC, "
+                'FLAIR for WT): "distillation helps where the teacher is missing" is the first pooled row.',
+                "",
+                kd_table(effect),
+            ]
+    return summaries, "\n".join(parts), passed, table_seeds
+
+
+def run_settings(
+    run: RunSpec,
+    seed: int,
+    dataset: Path,
+    datalist: Path,
+    run_dir: Path,
+    common: Mapping[str, Any],
+    budget: Mapping[str, Any],
+    max_eval_cases: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training and evaluation overrides of one run (what its :data:`RUN_RECORD` must hold to be reused)."""
+    ckpt_dir, out_dir = run_dir / "models", run_dir / "output"
+    train_over = {
+        "dataset_dir": str(dataset),
+        "datalist": str(datalist),
+        "seed": seed,
+        **common,
+        **run.overrides,
+        "ckpt_dir": str(ckpt_dir),
+        "output_dir": str(out_dir),
+    }
+    if _elects(run.name):
+        train_over["val_max_cases"] = int(budget["val_max_cases"])
+    eval_over = {
+        "dataset_dir": str(dataset),
+        "datalist": str(datalist),
+        "seed": seed,  # the datalist was made with it; evaluate checks
+        "ckpt_dir": str(ckpt_dir),
+        "output_dir": str(out_dir),
+        "roi_size": list(budget["roi"]),
+        "max_cases": max_eval_cases,
+    }
+    return train_over, eval_over
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto", help="budget (auto: gpu if CUDA)")
     parser.add_argument("--work_dir", default=None, help="runs folder (default bundles/omd/runs/compare)")
     parser.add_argument("--docs_dir", default=None, help="where comparison.md/.png go (default <repo>/docs)")
-    parser.add_argument("--dataset_dir", default=None, help="BraTS folder (default: synthetic data in work_dir)")
+    parser.add_argument("--dataset_dir", default=None, help="BraTS folder (default: synthetic data per seed)")
     parser.add_argument("--cases", type=int, default=None, help="synthetic cases to write")
     parser.add_argument("--spacing", type=float, default=None, help="synthetic voxel size in mm")
     parser.add_argument("--iterations", type=int, default=None, help="training iterations of every run")
@@ -373,8 +608,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument("--max_eval_cases", type=int, default=None, help="evaluate only the first test cases")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_parse_seed, default=0, help="the seed when --seeds is not given")
+    parser.add_argument(
+        "--seeds", type=_parse_seed, nargs="+", default=None, help="seeds (data, split, training), one dataset each"
+    )
     parser.add_argument("--runs", nargs="+", default=None, help=f"subset of the methods {' '.join(METHODS)}")
+    parser.add_argument(
+        "--reuse_finished",
+        action="store_true",
+        help=f"keep a run whose {RUN_RECORD} records the same settings instead of training it again",
+    )
+    parser.add_argument(
+        "--report_only",
+        action="store_true",
+        help="train nothing: write the docs from the runs already finished with these settings (others: 'not run')",
+    )
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
 
@@ -394,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if value is not None:
             budget[key] = value
+    seeds = list(dict.fromkeys(args.seeds if args.seeds else [args.seed]))
     repo = Path(__file__).resolve().parents[1]
     work = Path(args.work_dir) if args.work_dir else repo / "bundles" / "omd" / "runs" / "compare"
     docs = Path(args.docs_dir) if args.docs_dir else repo / "docs"
@@ -402,33 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(args.runs) - {r.name for r in runs})
         if unknown:
             parser.error(f"unknown runs {unknown}; choose from {[r.name for r in runs]}")
-        runs = [r for r in runs if r.name in args.runs]
+    included, excluded = preset_methods(budget, [r.name for r in runs if not args.runs or r.name in args.runs])
+    runs = [r for r in runs if r.name in included]
+    for name, reason in excluded.items():
+        print(f"left out of the {preset_name} budget: {name}: {reason}", flush=True)
     command = "python -m lckd_med.compare" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+    reuse = args.reuse_finished or args.report_only
 
     t_start = time.perf_counter()
-    if args.dataset_dir:
-        dataset = Path(args.dataset_dir)
-        data_note = f"Data: {dataset}"
-    else:
-        dataset = work / "data"
-        data_note = (
-            f"Data: {budget['cases']} synthetic BraTS2018-layout cases (`lckd_med.data.synthetic`, seed {args.seed}) "
-            f"at {budget['spacing']:g} mm"
-        )
-        if not args.dry_run:
-            from lckd_med.engines.workflow import ensure_synthetic
-
-            ensure_synthetic(dataset, cases=int(budget["cases"]), spacing=float(budget["spacing"]), seed=args.seed)
-    datalist = work / "datalist.json"
-    if not args.dry_run and not datalist.is_file():
-        from lckd_med.engines.workflow import prepare_datalist
-
-        prepare_datalist(dataset, datalist, seed=args.seed)
-
     common = {
-        "dataset_dir": str(dataset),
-        "datalist": str(datalist),
-        "seed": args.seed,
         "num_iterations": int(budget["iterations"]),
         "epoch_length": max(1, min(50, int(budget["iterations"]) // 2)),
         "roi_size": list(budget["roi"]),
@@ -442,64 +673,140 @@ def main(argv: Sequence[str] | None = None) -> int:
         "save_every_epochs": 1000,
         "log_every": max(1, int(budget["iterations"]) // 10),
     }
-    summaries: dict[str, pd.DataFrame] = {}
-    timings: dict[str, tuple[float, float]] = {}
-    for run in runs:
-        ckpt_dir, out_dir = work / run.name / "models", work / run.name / "output"
-        if not args.dry_run:
-            shutil.rmtree(work / run.name, ignore_errors=True)
-        train_over = {**common, **run.overrides, "ckpt_dir": str(ckpt_dir), "output_dir": str(out_dir)}
-        if _elects(run.name):
-            train_over["val_max_cases"] = int(budget["val_max_cases"])
-        train_cmd = bundle_command(
-            "training", run.bundle, demo_configs(run.bundle, "training"), overrides_argv(train_over)
-        )
-        eval_over = {
-            "dataset_dir": str(dataset),
-            "datalist": str(datalist),
-            "ckpt_dir": str(ckpt_dir),
-            "output_dir": str(out_dir),
-            "roi_size": list(budget["roi"]),
-            "max_cases": args.max_eval_cases,
-        }
-        eval_cmd = bundle_command(
-            "evaluate", run.bundle, demo_configs(run.bundle, "evaluate"), overrides_argv(eval_over)
-        )
-        t_train = _run(train_cmd, work / run.name / "train.log", args.dry_run)
-        t_eval = _run(eval_cmd, work / run.name / "evaluate.log", args.dry_run)
-        timings[run.name] = (t_train, t_eval)
-        if not args.dry_run:
-            summaries[run.name] = read_summary(out_dir / REPORT_FILES["summary_csv"])
+    if budget.get("fill_levels") is not None:
+        common["fill_levels"] = str(budget["fill_levels"])
+    records: dict[str, dict[int, dict[str, Any]]] = {}
+    data_notes: dict[int, str] = {}
+    for seed in seeds:
+        seed_dir = work / f"seed{seed}"
+        if args.dataset_dir:
+            dataset = Path(args.dataset_dir)
+            data_notes[seed] = f"{dataset}"
+        else:
+            dataset = seed_dir / "data"
+            data_notes[seed] = f"synthetic seed {seed}"
+            if not (args.dry_run or args.report_only):
+                from lckd_med.engines.workflow import ensure_synthetic
+
+                ensure_synthetic(dataset, cases=int(budget["cases"]), spacing=float(budget["spacing"]), seed=seed)
+        datalist = seed_dir / "datalist.json"
+        if not (args.dry_run or args.report_only or datalist.is_file()):
+            from lckd_med.engines.workflow import prepare_datalist
+
+            prepare_datalist(dataset, datalist, seed=seed)
+        for run in runs:
+            run_dir = seed_dir / run.name
+            train_over, eval_over = run_settings(
+                run, seed, dataset, datalist, run_dir, common, budget, args.max_eval_cases
+            )
+            train_cmd = bundle_command(
+                "training", run.bundle, demo_configs(run.bundle, "training"), overrides_argv(train_over)
+            )
+            eval_cmd = bundle_command(
+                "evaluate", run.bundle, demo_configs(run.bundle, "evaluate"), overrides_argv(eval_over)
+            )
+            found = finished_run(run_dir, train_over, eval_over) if reuse else None
+            if found is not None:
+                print(f"seed {seed} {run.name}: finished before ({run_dir / RUN_RECORD}), reused", flush=True)
+                records.setdefault(run.name, {})[seed] = found
+                continue
+            if args.report_only:
+                print(f"seed {seed} {run.name}: not finished with these settings, left out", flush=True)
+                continue
+            if not args.dry_run:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            t_train = _run(train_cmd, run_dir / "train.log", args.dry_run)
+            t_eval = _run(eval_cmd, run_dir / "evaluate.log", args.dry_run)
+            if args.dry_run:
+                continue
+            record = {
+                "method": run.name,
+                "label": run.label,
+                "seed": seed,
+                "preset": preset_name,
+                "budget": _normalise(budget),
+                "data": data_notes[seed],
+                "train_overrides": _normalise(train_over),
+                "eval_overrides": _normalise(eval_over),
+                "train_command": " ".join(shlex.quote(c) for c in train_cmd),
+                "eval_command": " ".join(shlex.quote(c) for c in eval_cmd),
+                "compare_command": command,
+                "train_s": round(t_train, 1),
+                "eval_s": round(t_eval, 1),
+                "hardware": hardware_description(),
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            }
+            write_text_atomic(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
+            records.setdefault(run.name, {})[seed] = record
     if args.dry_run:
         return 0
+    if not records:
+        print("no finished run to report", file=sys.stderr)
+        return 1
 
-    wall = time.perf_counter() - t_start
+    names = [r.name for r in runs if r.name in records]
     labels = {r.name: r.label for r in runs}
-    first = summaries[runs[0].name]
-    n_test = int(first["n_cases"].iloc[-1])
-    per_run = "; ".join(f"{labels[n]} {t:.0f} s + {e:.0f} s" for n, (t, e) in timings.items())
+    summaries, stats_md, passed, table_seeds = comparison_report(work, seeds, [r.name for r in runs], labels, records)
+    wall = time.perf_counter() - t_start
+    first_seed = next(s for s in seeds if any(s in records[n] for n in names))
+    n_test = int(summaries[names[0]]["n_cases"].iloc[-1])
+    per_run = "; ".join(
+        f"{labels[n]} "
+        + ", ".join(f"seed {s}: {r['train_s']:.0f} s + {r['eval_s']:.0f} s" for s, r in records[n].items())
+        for n in names
+    )
+    ran = "; ".join(f"{labels[n]}: seeds {sorted(records[n])}" for n in names)
+    missing = [f"{labels[r.name]} seed {s}" for r in runs for s in seeds if s not in records.get(r.name, {})]
+    hardware = sorted({r["hardware"] for n in names for r in records[n].values()})
     short = (
-        " **Short CPU budget: a smoke comparison, not a measure of the methods on BraTS.**"
-        if (preset_name == "cpu")
+        " **Short CPU budget on synthetic data: it shows whether each method learns what the data lets it learn, "
+        "not how the methods do on BraTS.**"
+        if preset_name == "cpu"
         else ""
     )
-    caption = (
-        f"Mean Dice (%) over the {n_test} held-out test case(s) for each set of available sequences; bold = best "
-        f"run per row and region. {data_note}; split {_split_counts(datalist)} (5 folds, seed {args.seed}). "
-        f"Every run: {budget['iterations']} iterations, batch {budget['batch_size']}, crop "
-        f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), network preset {budget['network_preset']}"
-        f"{'' if budget['filters'] is None else ' with filters ' + str(budget['filters'])}, "
-        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with the "
-        f"bundles' poly schedule (LCKD's bundle: the reference's two-phase poly), seed {args.seed}. "
-        + "; ".join(_recipe(r) for r in runs)
-        + f". Hardware: {hardware_description()}. Wall time {wall / 60:.1f} min "
-        f"(train + evaluate: {per_run}). Legacy BraTS rules for empty regions; ET not post-processed. "
-        f"Command: `{command}`.{short}"
+    data_note = (
+        f"Data: {args.dataset_dir}"
+        if args.dataset_dir
+        else f"Data: {budget['cases']} synthetic BraTS2018-layout cases per seed (`lckd_med.data.synthetic`, "
+        f"generator seed = run seed) at {budget['spacing']:g} mm"
     )
-    title = " vs ".join(r.label for r in runs) + ": mean Dice (%) per available-sequence subset"
+    caption = (
+        (
+            f"Mean Dice (%) over the held-out test cases of seeds {table_seeds} pooled (the seeds every method "
+            f"finished; {n_test} case-seed pairs) "
+            if table_seeds
+            else f"Mean Dice (%) over the held-out test cases of each method's finished seeds pooled (no seed has "
+            f"every method: the columns are not on the same cases; {n_test} case-seed pairs for {labels[names[0]]}) "
+        )
+        + f"for each set of available sequences; bold = best run per row and region; the sections below use every "
+        f"finished seed. {data_note}; "
+        f"split of seed {first_seed}: {_split_counts(work / f'seed{first_seed}' / 'datalist.json')} (5 folds, seed = "
+        f"run seed). Seeds asked for: {seeds}; finished: {ran}"
+        + (f"; **not finished: {', '.join(missing)}**" if missing else "")
+        + f". Every run: {budget['iterations']} iterations, batch {budget['batch_size']}, crop "
+        f"{'x'.join(map(str, budget['roi']))} (also the evaluation window), network preset {budget['network_preset']}"
+        f"{'' if budget['filters'] is None else ' with filters ' + str(budget['filters'])}"
+        f"{'' if budget.get('fill_levels') is None else ', fill_levels ' + str(budget['fill_levels'])}, "
+        f"{budget['optimizer']} lr {budget['learning_rate']:g} (weight decay {budget['weight_decay']:g}) with the "
+        f"bundles' poly schedule (LCKD's bundle: the reference's two-phase poly). "
+        + "; ".join(_recipe(r) for r in runs if r.name in names)
+        + (". Left out of this budget: " + "; ".join(f"{n}: {why}" for n, why in excluded.items()) if excluded else "")
+        + f". Hardware: {', '.join(hardware)}. Train + evaluate per run: {per_run}. Legacy BraTS rules for empty "
+        f"regions; ET not post-processed. Command (re-running it with `--report_only` rewrites this page from the "
+        f"finished runs in `{work}`): `{command}`.{short}"
+    )
+    title = " vs ".join(labels[n] for n in names) + ": mean Dice (%) per available-sequence subset"
     if preset_name == "cpu":
         title += " (synthetic data, short CPU budget)"
-    paths = write_comparison(summaries, labels, docs, caption, title=title)
+    verdict = (
+        "**Every method met every bar on every seed asked for.**"
+        if all(passed.get(r.name, False) for r in runs)
+        else "**Not every method met every bar on every seed asked for (see the table below); the comparison's goal "
+        "is not reached with these runs.**"
+    )
+    paths = write_comparison(summaries, {n: labels[n] for n in summaries}, docs, caption, title=title)
+    text = paths["md"].read_text()
+    write_text_atomic(paths["md"], text + "\n" + verdict + "\n\n" + stats_md)
     print(f"\nwrote {paths['md']} and {paths['png']} in {wall / 60:.1f} min")
     print(paths["md"].read_text())
     return 0

@@ -31,6 +31,7 @@ __all__ = [
     "NUM_MODALITIES",
     "REGIONS",
     "NUM_REGIONS",
+    "INFORMATIVE_SEQUENCE",
     "SUBSETS",
     "SUBSET_NAMES",
     "SUBSET_SEPARATOR",
@@ -66,6 +67,11 @@ NUM_MODALITIES: int = len(MODALITIES)
 #: Region names in output-channel order.
 REGIONS: tuple[str, ...] = ("ET", "TC", "WT")
 NUM_REGIONS: int = len(REGIONS)
+
+#: The sequence that carries each region (BraTS, and the synthetic data by construction): enhancement is seen in
+#: T1ce, so ET and the tumour core; oedema in FLAIR, so the whole tumour. LCKD's election is expected to pick these
+#: teachers (Wang et al., MICCAI 2023); the comparison scores each region over the subsets that contain it.
+INFORMATIVE_SEQUENCE: dict[str, str] = {"ET": "t1ce", "TC": "t1ce", "WT": "flair"}
 
 SUBSET_SEPARATOR = "+"
 

@@ -13,11 +13,13 @@ import pytest
 from lckd_med.compare import (
     COMPARISON_MD,
     COMPARISON_PNG,
+    PRESETS,
     _recipe,
     comparison_table,
     default_runs,
     main,
     overrides_argv,
+    preset_methods,
     write_comparison,
 )
 from lckd_med.constants import REGIONS, SUBSET_NAMES
@@ -136,20 +138,168 @@ def test_table_refuses_incomplete_input(summaries):
 
 def test_dry_run_prints_the_bundle_commands_and_writes_nothing(tmp_path, capsys):
     work = tmp_path / "work"
-    assert main(["--dry_run", "--preset", "cpu", "--work_dir", str(work), "--docs_dir", str(tmp_path / "docs")]) == 0
+    argv = ["--dry_run", "--preset", "cpu", "--work_dir", str(work), "--docs_dir", str(tmp_path / "docs")]
+    assert main([*argv, "--seeds", "7", "8"]) == 0
     out = capsys.readouterr().out
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
-    assert len(commands) == 2 * len(METHODS)  # train + evaluate for each registered method
-    assert sum("run training" in c for c in commands) == sum("run evaluate" in c for c in commands) == len(METHODS)
-    for name in LABELS:
-        assert any(f"--ckpt_dir {work / name / 'models'}" in c for c in commands), name
-        assert any(f"--output_dir {work / name / 'output'}" in c for c in commands), name
-    for bundle in set(method_bundles()) - {"lckd"}:
-        assert sum(f"bundles/{bundle}/train.json" in c for c in commands) == 1, bundle
-    assert all("--num_iterations 300" in c for c in commands if "run training" in c)
+    included, _ = preset_methods(PRESETS["cpu"])
+    assert len(commands) == 2 * 2 * len(included)  # train + evaluate for each method the budget runs, per seed
+    assert sum("run training" in c for c in commands) == sum("run evaluate" in c for c in commands) == 2 * len(included)
+    for seed in (7, 8):
+        for name in included:  # one folder per seed and method
+            assert any(f"--ckpt_dir {work / f'seed{seed}' / name / 'models'}" in c for c in commands), name
+            assert any(f"--output_dir {work / f'seed{seed}' / name / 'output'}" in c for c in commands), name
+        assert sum(f"--seed {seed} " in c for c in commands) == 2 * len(included)  # train and evaluate
+    for bundle in set(method_bundles()) & set(included) - {"lckd"}:
+        assert sum(f"bundles/{bundle}/train.json" in c for c in commands) == 2, bundle
+    cpu = PRESETS["cpu"]
+    assert all(f"--num_iterations {cpu['iterations']}" in c for c in commands if "run training" in c)
+    assert all(f"--fill_levels {cpu['fill_levels']}" in c for c in commands if "run training" in c)  # pinned
     assert not work.exists() and not (tmp_path / "docs").exists()
+
+
+def test_every_method_runs_in_the_cpu_budget_and_the_rule_leaves_out_what_it_cannot_size():
+    """The CPU preset runs each registered method whose network comes in its size; the rule names no method."""
+    included, excluded = preset_methods(PRESETS["cpu"])
+    assert included == [n for n in METHODS if n not in excluded]
+    for name, reason in excluded.items():  # only a network without the preset's size is left out, with the reason
+        assert "has no 'lean_small' size" in reason, name
+    assert {"lckd", "lckd_nokd"} <= set(included)
+    inc, exc = preset_methods({**PRESETS["cpu"], "network_preset": "no_such_size"}, ["lckd"])
+    assert inc == [] and "no_such_size" in exc["lckd"]
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_a_bad_seed_is_one_line(bad, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--dry_run", "--seeds", "7", bad])
+    assert err.value.code == 2 and "must be a whole number >= 0" in capsys.readouterr().err
+
+
+def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None):
+    """A run folder as a finished compare run leaves it: metrics, summary, election record (LCKD) and run.json."""
+    from lckd_med.compare import RUN_RECORD, run_settings
+
+    budget = PRESETS["cpu"]
+    common = _common(budget)
+    run_dir = work / f"seed{seed}" / run.name
+    out = run_dir / "output"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    rows = [
+        {"case_id": c, "subset": s, "region": r, "dice": float(np.clip(0.7 + shift + rng.normal(0, 0.05), 0, 1)),
+         "hd95": 1.0}
+        for c in cases
+        for s in SUBSET_NAMES
+        for r in REGIONS
+    ]  # fmt: skip
+    metrics = pd.DataFrame(rows)
+    metrics.to_csv(out / "subset_metrics.csv", index=False)
+    summarize(metrics).to_csv(out / "subset_summary.csv", index=False)
+    if run.name == "lckd":
+        pd.DataFrame(
+            [{"iteration": 300, "modality": m, "region": r, "dice": 0.5, "elected": str(m == {"ET": "t1ce",
+              "TC": "t1ce", "WT": "flair"}[r]).lower()} for m in ("flair", "t1", "t1ce", "t2") for r in REGIONS]
+        ).to_csv(out / "teacher_election.csv", index=False)  # fmt: skip
+    seed_dir = work / f"seed{seed}"
+    train, ev = settings or run_settings(
+        run, seed, seed_dir / "data", seed_dir / "datalist.json", run_dir, common, budget
+    )
+    (seed_dir / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "testing": []}))
+    record = {"train_overrides": train, "eval_overrides": ev, "train_s": 1.0, "eval_s": 1.0, "hardware": "test"}
+    (run_dir / RUN_RECORD).write_text(json.dumps(record))
+    return run_dir
+
+
+def _common(budget):
+    """What main() passes every run (kept in step with it by the report_only test: a mismatch is not reused)."""
+    it = int(budget["iterations"])
+    common = {
+        "num_iterations": it,
+        "epoch_length": max(1, min(50, it // 2)),
+        "roi_size": list(budget["roi"]),
+        "network_preset": str(budget["network_preset"]),
+        "filters": None,
+        "batch_size": int(budget["batch_size"]),
+        "optimizer_name": str(budget["optimizer"]),
+        "learning_rate": float(budget["learning_rate"]),
+        "weight_decay": float(budget["weight_decay"]),
+        "num_workers": 0,
+        "save_every_epochs": 1000,
+        "log_every": max(1, it // 10),
+        "fill_levels": str(budget["fill_levels"]),
+    }
+    return common
+
+
+def test_report_only_writes_the_page_from_finished_runs_and_says_what_did_not_run(tmp_path, capsys):
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    runs = {r.name: r for r in default_runs(PRESETS["cpu"]["iterations"])}
+    for seed in (7, 8):
+        _fake_finished(work, seed, runs["lckd"], shift=0.05)
+        _fake_finished(work, seed, runs["lckd_nokd"])
+    stale = _fake_finished(work, 7, runs["all4"], settings=({"seed": 7}, {}))  # other settings: not reused
+    argv = ["--preset", "cpu", "--seeds", "7", "8", "9", "--work_dir", str(work), "--docs_dir", str(docs)]
+    assert main([*argv, "--runs", "lckd", "lckd_nokd", "all4", "--report_only"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 7 all4: not finished with these settings" in out and (stale / "run.json").is_file()
+    text = (docs / COMPARISON_MD).read_text()
+    assert "Seeds asked for: [7, 8, 9]" in text and "not finished: LCKD seed 9" in text
+    assert "test cases of seeds [7, 8] pooled (the seeds every method finished; 4 case-seed pairs)" in text
+    assert "Not every method met every bar" in text and "seeds [9] not run" in text
+    all4 = [line for line in text.splitlines() if line.startswith("| All-4 only |")]
+    assert len(all4) == 1 and "seeds [7, 8, 9] not run" in all4[0]  # a method with no finished run is listed too
+    assert "6 of 6 region elections picked the informative sequence" in text
+    assert "LCKD minus LCKD without KD" in text and "paired over the test cases of seeds [7, 8]" in text
+    assert "--report_only" in text and (docs / COMPARISON_PNG).is_file()
+    _fake_finished(work, 7, runs["omd"])  # OMD on seed 7 only: the table keeps seed 7
+    assert main([*argv, "--runs", "lckd", "lckd_nokd", "omd", "--report_only"]) == 0
+    text = (docs / COMPARISON_MD).read_text()
+    assert "test cases of seeds [7] pooled (the seeds every method finished; 2 case-seed pairs)" in text
+    assert "paired over the test cases of seeds [7, 8]" in text  # the sections still use every finished seed
+
+
+def test_report_only_with_nothing_finished_is_one_line(tmp_path, capsys):
+    argv = ["--preset", "cpu", "--seeds", "7", "--work_dir", str(tmp_path), "--docs_dir", str(tmp_path / "d")]
+    assert main([*argv, "--report_only"]) == 1
+    assert capsys.readouterr().err.strip() == "no finished run to report" and not (tmp_path / "d").exists()
 
 
 def test_unknown_run_name_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         main(["--dry_run", "--runs", "lckd", "nope", "--work_dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_tiny_compare_trains_evaluates_reports_and_reuses(tmp_path, capsys, monkeypatch):
+    """The CI smoke of compare: one tiny LCKD run through the real bundles (train, elect, evaluate), the page with
+    its sections, then a second call that reuses the finished run instead of training again."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    argv = [
+        "--preset", "cpu", "--cases", "6", "--spacing", "4", "--iterations", "4", "--roi", "16", "16", "16",
+        "--filters", "4", "8", "16", "--max_eval_cases", "1", "--seeds", "3", "--runs", "lckd",
+        "--work_dir", str(work), "--docs_dir", str(docs),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((work / "seed3" / "lckd" / "run.json").read_text())
+    assert record["seed"] == 3 and record["train_overrides"]["num_iterations"] == 4 and record["train_s"] > 0
+    text = (docs / COMPARISON_MD).read_text()
+    assert "Where the data carries each region" in text and "teacher elections" in text
+    assert "3 of 3 region elections" in text or "of 3 region elections" in text
+    capsys.readouterr()
+    assert main([*argv, "--reuse_finished"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 3 lckd: finished before" in out and "run training" not in out
+
+
+def test_report_only_without_a_seed_every_method_finished_says_the_columns_differ(tmp_path):
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    runs = {r.name: r for r in default_runs(PRESETS["cpu"]["iterations"])}
+    _fake_finished(work, 7, runs["lckd"])
+    _fake_finished(work, 8, runs["lckd_nokd"])
+    argv = ["--preset", "cpu", "--seeds", "7", "8", "--work_dir", str(work), "--docs_dir", str(docs)]
+    assert main([*argv, "--runs", "lckd", "lckd_nokd", "--report_only"]) == 0
+    text = (docs / COMPARISON_MD).read_text()
+    assert "no seed has every method: the columns are not on the same cases" in text
+    assert "LCKD minus LCKD without KD" not in text  # no seed pairs them

@@ -37,16 +37,30 @@ import pandas as pd
 import torch
 
 from lckd_med.benchmarks.train_step import benchmark_step
-from lckd_med.compare import PRESETS as BUDGETS
 from lckd_med.compare import comparison_table, default_runs, hardware_description, overrides_argv
 from lckd_med.constants import REGIONS
 from lckd_med.demo import bundle_command
 from lckd_med.engines.workflow import bundle_dir, ensure_synthetic, prepare_datalist
+from lckd_med.metrics import paired_bootstrap
 from lckd_med.networks import LCKDNet, build_preset
 from lckd_med.reports import REPORT_FILES, read_summary
 from lckd_med.utils.io import write_text_atomic
 
-__all__ = ["NETWORKS", "FULLRES_FILTERS", "step_time_ratio", "paired_differences", "main"]
+__all__ = ["BUDGET", "NETWORKS", "FULLRES_FILTERS", "step_time_ratio", "paired_differences", "main"]
+
+#: The budget of this benchmark: ``python -m lckd_med.compare``'s CPU preset at the time its table in
+#: docs/performance.md was measured (3 mm, 32^3 crops); the comparison's preset has moved on (issue 19) and this one
+#: is kept so that the documented command still runs what the table measured.
+BUDGET: dict[str, object] = {
+    "cases": 24,
+    "spacing": 3.0,
+    "roi": [32, 32, 32],
+    "batch_size": 2,
+    "optimizer": "adamw",
+    "learning_rate": 0.003,
+    "weight_decay": 1e-5,
+    "val_max_cases": 2,
+}
 
 #: Channels of the CPU-scaled previous default (``python -m lckd_med.compare``'s CPU budget before the presets).
 FULLRES_FILTERS = [8, 16, 32, 64]
@@ -113,7 +127,6 @@ def paired_differences(
         return pd.concat(frames) * 100.0
 
     base = per_case(metrics[baseline])
-    rng = np.random.default_rng(0)
     rows = []
     for run, tables in metrics.items():
         if run == baseline:
@@ -123,17 +136,16 @@ def paired_differences(
             raise ValueError(f"run {run!r} was scored on other cases than {baseline!r}")
         for region in REGIONS:
             diff = (other[region] - base.loc[other.index, region]).to_numpy()
-            draws = rng.integers(0, len(diff), size=(resamples, len(diff)))
-            boot = np.nanmean(diff[draws], axis=1)
+            mean, low, high = paired_bootstrap(diff, resamples=resamples)
             rows.append(
                 {
                     "run": run,
                     "region": region,
                     "baseline_dice": float(np.nanmean(base[region])),
                     "run_dice": float(np.nanmean(other[region])),
-                    "difference": float(np.nanmean(diff)),
-                    "ci_low": float(np.nanpercentile(boot, 2.5)),
-                    "ci_high": float(np.nanpercentile(boot, 97.5)),
+                    "difference": mean,
+                    "ci_low": low,
+                    "ci_high": high,
                     "cases": int(np.isfinite(diff).sum()),
                 }
             )
@@ -145,7 +157,7 @@ def _train_and_evaluate(args: argparse.Namespace, seed: int, work: Path) -> tupl
 
     Returns run name -> summary table, -> per-case metrics table, -> (train_s, eval_s), -> iterations.
     """
-    budget = dict(BUDGETS["cpu"])
+    budget = dict(BUDGET)
     filters = list(args.filters or FULLRES_FILTERS)
     roi, batch = list(budget["roi"]), int(budget["batch_size"])
     dataset = Path(ensure_synthetic(work / "data", cases=budget["cases"], spacing=budget["spacing"], seed=seed))
@@ -252,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="runs to (re)train; the others are read back from <work_dir>/<run>/timing.json and their reports",
     )
     args = p.parse_args(argv)
-    budget = dict(BUDGETS["cpu"])
+    budget = dict(BUDGET)
     filters = list(args.filters or FULLRES_FILTERS)
     roi, batch = list(budget["roi"]), int(budget["batch_size"])
     root = Path(args.work_dir) if args.work_dir else Path(bundle_dir("lckd")) / "runs" / "quality"

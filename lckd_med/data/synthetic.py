@@ -264,8 +264,8 @@ def _tumour(
     shape = tissue.shape
     brain = tissue != _BG
     if grade == "HGG":
-        r_core = rng.uniform(9.0, 22.0)
-        ed_mm = rng.uniform(6.0, 22.0)
+        r_core = rng.uniform(10.0, 22.0)
+        ed_mm = rng.uniform(4.0, 13.0)
     else:
         r_core = rng.uniform(8.0, 20.0)
         ed_mm = rng.uniform(4.0, 16.0)
@@ -307,7 +307,7 @@ def _tumour(
     if enhancing:
         if grade == "HGG":
             # necrotic centre, enhancing rim 2-10 mm thick and never more than 60 % of the core radius
-            rim_mm = rng.uniform(2.5, 7.0) * np.clip(1.0 + 0.25 * _smooth_field(rng, bshape, sp, 8.0), 0.5, 1.5)
+            rim_mm = rng.uniform(2.5, 7.5) * np.clip(1.0 + 0.25 * _smooth_field(rng, bshape, sp, 8.0), 0.5, 1.5)
             rim_mm = np.minimum(rim_mm, 0.6 * r_core)
             necrotic = core & (q < 1.0 - rim_mm / r_core)
             sub[core] = _ET
@@ -340,7 +340,8 @@ def generate_case(
         spacing: isotropic voxel size in mm, 1.0-4.0 (1 mm: 240x240x155; 2 mm: 120x120x78).
         grade: ``"HGG"`` or ``"LGG"``.
         release: BraTS year (2018-2022 legacy labels with ET=4; 2023+ ET=3).
-        enhancing: whether the tumour has an enhancing part. ``None``: always for HGG, 40 % of LGG.
+        enhancing: whether the tumour has an enhancing part. ``None``: always for HGG, 75 % of LGG (about a
+            quarter of LGG have no ET, ``docs/data.md``).
 
     Returns:
         dict with ``"flair"``, ``"t1"``, ``"t1ce"``, ``"t2"``: int16 arrays (H, W, D), 0 outside the brain and
@@ -357,7 +358,7 @@ def generate_case(
         raise TypeError(f"enhancing must be a bool or None, got {enhancing!r}")
     rng = _as_rng(rng_or_seed)
     if enhancing is None:
-        enhancing = grade == "HGG" or bool(rng.random() < 0.4)
+        enhancing = grade == "HGG" or bool(rng.random() < 0.75)
     conv = label_convention(year)
     shape = synthetic_shape(sp)
 
@@ -492,8 +493,8 @@ def write_dataset(
 ) -> list[dict[str, Any]]:
     """Write ``n_cases`` procedural cases in the release's BraTS layout (deterministic for a seed).
 
-    ``round(lgg_fraction * n_cases)`` cases are LGG; the first LGG case, and every second one after it, has no
-    enhancing tumour. ``round(missing_fraction * n_cases)`` cases lack one or two sequence files on disk (the
+    ``round(lgg_fraction * n_cases)`` cases are LGG; the first LGG case, and every fourth one after it, has no
+    enhancing tumour (about a quarter of LGG, ``docs/data.md``). ``round(missing_fraction * n_cases)`` cases lack one or two sequence files on disk (the
     segmentation is always written).
 
     Args:
@@ -547,7 +548,7 @@ def write_dataset(
         grade = "LGG" if i in lgg else "HGG"
         enhancing: bool | None = True
         if grade == "LGG":
-            enhancing = lgg_seen % 2 == 1
+            enhancing = lgg_seen % 4 != 0
             lgg_seen += 1
         missing: tuple[str, ...] = ()
         if i in missing_cases:

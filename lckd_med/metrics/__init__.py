@@ -1,7 +1,9 @@
-"""lckd_med.metrics: BraTS per-case metrics (legacy BraTS scoring: empty rules, pooled HD95) and ET post-processing."""
+"""lckd_med.metrics: BraTS per-case metrics (legacy BraTS scoring: empty rules, pooled HD95), ET post-processing and
+the paired bootstrap of a mean difference."""
 
 from __future__ import annotations
 
+from lckd_med.metrics.bootstrap import paired_bootstrap
 from lckd_med.metrics.brats import (
     HD95_METHODS,
     case_region_metrics,
@@ -22,4 +24,5 @@ __all__ = [
     "region_masks_from_labels",
     "case_region_metrics",
     "postprocess_et",
+    "paired_bootstrap",
 ]
