@@ -59,12 +59,14 @@ import pandas as pd
 
 from lckd_med.constants import REGIONS, SUBSET_NAMES
 from lckd_med.data.datalist import read_datalist, split_counts
+from lckd_med.data.synthetic import MAX_SPACING, MIN_SPACING
 from lckd_med.demo import BASE_BUNDLE, bundle_command, demo_configs, method_bundles
 from lckd_med.engines.workflow import bundle_dir
 from lckd_med.methods import METHODS, method_parameters
 from lckd_med.networks.presets import PRESETS as UNET_PRESETS
 from lckd_med.reports import MEAN_ROW, REPORT_FILES, subset_label
 from lckd_med.utils.io import atomic_path, write_text_atomic
+from lckd_med.utils.parse import arg_type, parse_float, parse_int
 
 __all__ = [
     "RunSpec",
@@ -417,6 +419,8 @@ def preset_methods(budget: Mapping[str, Any], names: Sequence[str] | None = None
 #: Per-run record written after a run's evaluation finished; ``--reuse_finished`` reuses a run only when the record
 #: holds the same training and evaluation settings.
 RUN_RECORD = "run.json"
+#: Marker of a run folder compare made: only such a folder is replaced when its run is trained again.
+RUN_MARKER = ".lckd_compare_run"
 
 
 def _normalise(value: Any) -> Any:
@@ -599,15 +603,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work_dir", default=None, help="runs folder (default bundles/omd/runs/compare)")
     parser.add_argument("--docs_dir", default=None, help="where comparison.md/.png go (default <repo>/docs)")
     parser.add_argument("--dataset_dir", default=None, help="BraTS folder (default: synthetic data per seed)")
-    parser.add_argument("--cases", type=int, default=None, help="synthetic cases to write")
-    parser.add_argument("--spacing", type=float, default=None, help="synthetic voxel size in mm")
-    parser.add_argument("--iterations", type=int, default=None, help="training iterations of every run")
-    parser.add_argument("--roi", type=int, nargs=3, default=None, help="training crop = evaluation window")
+    parser.add_argument(
+        "--cases", type=arg_type(parse_int, "--cases", minimum=3), default=None, help="synthetic cases to write"
+    )
+    parser.add_argument(
+        "--spacing",
+        type=arg_type(parse_float, "--spacing", low=MIN_SPACING, high=MAX_SPACING),
+        default=None,
+        help="synthetic voxel size in mm",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=arg_type(parse_int, "--iterations", minimum=2),
+        default=None,
+        help="training iterations of every run",
+    )
+    parser.add_argument(
+        "--roi",
+        type=arg_type(parse_int, "--roi", minimum=1),
+        nargs=3,
+        default=None,
+        help="training crop = evaluation window",
+    )
     parser.add_argument("--network_preset", default=None, help="network preset (lckd_med.networks.PRESETS)")
-    parser.add_argument("--filters", type=int, nargs="+", default=None, help="network channels per level")
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--learning_rate", type=float, default=None)
-    parser.add_argument("--max_eval_cases", type=int, default=None, help="evaluate only the first test cases")
+    parser.add_argument(
+        "--filters",
+        type=arg_type(parse_int, "--filters", minimum=1),
+        nargs="+",
+        default=None,
+        help="network channels per level",
+    )
+    parser.add_argument("--batch_size", type=arg_type(parse_int, "--batch_size", minimum=1), default=None)
+    parser.add_argument(
+        "--learning_rate", type=arg_type(parse_float, "--learning_rate", low=0, low_open=True), default=None
+    )
+    parser.add_argument(
+        "--max_eval_cases",
+        type=arg_type(parse_int, "--max_eval_cases", minimum=1),
+        default=None,
+        help="evaluate only the first test cases",
+    )
     parser.add_argument("--seed", type=_parse_seed, default=0, help="the seed when --seeds is not given")
     parser.add_argument(
         "--seeds", type=_parse_seed, nargs="+", default=None, help="seeds (data, split, training), one dataset each"
@@ -714,7 +749,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"seed {seed} {run.name}: not finished with these settings, left out", flush=True)
                 continue
             if not args.dry_run:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                if (
+                    run_dir.exists()
+                    and any(run_dir.iterdir())
+                    and not any((run_dir / f).is_file() for f in (RUN_MARKER, RUN_RECORD))
+                ):
+                    raise FileExistsError(
+                        f"{run_dir} exists and was not made by lckd_med.compare; it was left untouched: "
+                        "move it away or choose another --work_dir"
+                    )
+                shutil.rmtree(run_dir, ignore_errors=True)  # compare's own earlier run of these settings
+                run_dir.mkdir(parents=True)
+                (run_dir / RUN_MARKER).write_text("made by lckd_med.compare\n", encoding="utf-8")
             t_train = _run(train_cmd, run_dir / "train.log", args.dry_run)
             t_eval = _run(eval_cmd, run_dir / "evaluate.log", args.dry_run)
             if args.dry_run:
@@ -813,4 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lckd_med.utils.errors import run_guarded
+
+    raise SystemExit(
+        run_guarded(main, prefix="lckd_med.compare: error", errors=(ValueError, TypeError, OSError, RuntimeError))
+    )

@@ -303,3 +303,37 @@ def test_report_only_without_a_seed_every_method_finished_says_the_columns_diffe
     text = (docs / COMPARISON_MD).read_text()
     assert "no seed has every method: the columns are not on the same cases" in text
     assert "LCKD minus LCKD without KD" not in text  # no seed pairs them
+
+
+def test_a_run_folder_compare_did_not_make_is_never_replaced(tmp_path, capsys):
+    """A folder named like a run under --work_dir that compare did not make is refused before any training."""
+    work = tmp_path / "work"
+    user = work / "seed3" / "lckd" / "notes.txt"
+    user.parent.mkdir(parents=True)
+    user.write_text("mine")
+    argv = ["--preset", "cpu", "--cases", "6", "--spacing", "4", "--iterations", "2", "--seeds", "3", "--runs", "lckd"]
+    with pytest.raises(FileExistsError, match="was not made by lckd_med.compare; it was left untouched"):
+        main([*argv, "--work_dir", str(work), "--docs_dir", str(tmp_path / "docs")])
+    assert user.read_text() == "mine" and sorted(p.name for p in user.parent.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--cases", "0"),
+        ("--spacing", "nan"),
+        ("--spacing", "8"),
+        ("--iterations", "1"),
+        ("--roi", "0"),
+        ("--filters", "-4"),
+        ("--batch_size", "0"),
+        ("--learning_rate", "-1"),
+        ("--max_eval_cases", "x"),
+    ],
+)
+def test_a_bad_numeric_flag_is_one_line(flag, value, capsys):
+    values = [value] * 3 if flag == "--roi" else [value]
+    with pytest.raises(SystemExit) as err:
+        main(["--dry_run", flag, *values])
+    assert err.value.code == 2
+    assert f"argument {flag}: must be" in capsys.readouterr().err
