@@ -74,6 +74,7 @@ __all__ = [
     "PRESETS",
     "RUN_RECORD",
     "preset_methods",
+    "common_overrides",
     "finished_run",
     "run_settings",
     "comparison_report",
@@ -562,6 +563,27 @@ def comparison_report(
     return summaries, "\n".join(parts), passed, table_seeds
 
 
+def common_overrides(budget: Mapping[str, Any]) -> dict[str, Any]:
+    """The bundle overrides every run of ``budget`` (a :data:`PRESETS` entry after command-line overrides) gets."""
+    common = {
+        "num_iterations": int(budget["iterations"]),
+        "epoch_length": max(1, min(50, int(budget["iterations"]) // 2)),
+        "roi_size": list(budget["roi"]),
+        "network_preset": str(budget["network_preset"]),
+        "filters": list(budget["filters"]) if budget["filters"] is not None else None,
+        "batch_size": int(budget["batch_size"]),
+        "optimizer_name": str(budget["optimizer"]),
+        "learning_rate": float(budget["learning_rate"]),
+        "weight_decay": float(budget["weight_decay"]),
+        "num_workers": 0,
+        "save_every_epochs": 1000,
+        "log_every": max(1, int(budget["iterations"]) // 10),
+    }
+    if budget.get("fill_levels") is not None:
+        common["fill_levels"] = str(budget["fill_levels"])
+    return common
+
+
 def run_settings(
     run: RunSpec,
     seed: int,
@@ -694,22 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reuse = args.reuse_finished or args.report_only
 
     t_start = time.perf_counter()
-    common = {
-        "num_iterations": int(budget["iterations"]),
-        "epoch_length": max(1, min(50, int(budget["iterations"]) // 2)),
-        "roi_size": list(budget["roi"]),
-        "network_preset": str(budget["network_preset"]),
-        "filters": list(budget["filters"]) if budget["filters"] is not None else None,
-        "batch_size": int(budget["batch_size"]),
-        "optimizer_name": str(budget["optimizer"]),
-        "learning_rate": float(budget["learning_rate"]),
-        "weight_decay": float(budget["weight_decay"]),
-        "num_workers": 0,
-        "save_every_epochs": 1000,
-        "log_every": max(1, int(budget["iterations"]) // 10),
-    }
-    if budget.get("fill_levels") is not None:
-        common["fill_levels"] = str(budget["fill_levels"])
+    common = common_overrides(budget)
     records: dict[str, dict[int, dict[str, Any]]] = {}
     data_notes: dict[int, str] = {}
     for seed in seeds:

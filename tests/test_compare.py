@@ -15,6 +15,7 @@ from lckd_med.compare import (
     COMPARISON_PNG,
     PRESETS,
     _recipe,
+    common_overrides,
     comparison_table,
     default_runs,
     main,
@@ -181,7 +182,7 @@ def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None
     from lckd_med.compare import RUN_RECORD, run_settings
 
     budget = PRESETS["cpu"]
-    common = _common(budget)
+    common = common_overrides(budget)
     run_dir = work / f"seed{seed}" / run.name
     out = run_dir / "output"
     out.mkdir(parents=True)
@@ -209,27 +210,6 @@ def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None
     record = {"train_overrides": train, "eval_overrides": ev, "train_s": 1.0, "eval_s": 1.0, "hardware": "test"}
     (run_dir / RUN_RECORD).write_text(json.dumps(record))
     return run_dir
-
-
-def _common(budget):
-    """What main() passes every run (kept in step with it by the report_only test: a mismatch is not reused)."""
-    it = int(budget["iterations"])
-    common = {
-        "num_iterations": it,
-        "epoch_length": max(1, min(50, it // 2)),
-        "roi_size": list(budget["roi"]),
-        "network_preset": str(budget["network_preset"]),
-        "filters": None,
-        "batch_size": int(budget["batch_size"]),
-        "optimizer_name": str(budget["optimizer"]),
-        "learning_rate": float(budget["learning_rate"]),
-        "weight_decay": float(budget["weight_decay"]),
-        "num_workers": 0,
-        "save_every_epochs": 1000,
-        "log_every": max(1, it // 10),
-        "fill_levels": str(budget["fill_levels"]),
-    }
-    return common
 
 
 def test_report_only_writes_the_page_from_finished_runs_and_says_what_did_not_run(tmp_path, capsys):
