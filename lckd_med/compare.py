@@ -159,6 +159,12 @@ def _bundle_phase1(bundle: str) -> int:
     return int(_bundle_value(bundle, "phase1_iterations"))
 
 
+def _own_presets(method: str) -> bool:
+    """Whether ``method``'s network comes only in its own presets (RFNet, mmFormer: ``published``), none of the
+    U-Net presets a budget names."""
+    return set(METHODS[method].presets).isdisjoint(UNET_PRESETS)
+
+
 def default_runs(iterations: int) -> list[RunSpec]:
     """One run per registered method for a budget of ``iterations`` training iterations each (see the module
     docstring for how each recipe is scaled).
@@ -190,7 +196,7 @@ def default_runs(iterations: int) -> list[RunSpec]:
             }
         elif bundle == BASE_BUNDLE:
             over["method_handlers"] = []  # LCKD's bundle elects teachers; this method has none
-        if set(cls.presets).isdisjoint(UNET_PRESETS):  # its own network presets (RFNet, mmFormer)
+        if _own_presets(name):
             over["network_preset"] = cls.default_preset
         start = _bundle_value(bundle, "fusion_start_iteration")
         if start and "fusion_start_iteration" in method_parameters(name):  # the same fraction of the budget
@@ -406,7 +412,7 @@ def preset_methods(budget: Mapping[str, Any], names: Sequence[str] | None = None
         cls = METHODS[name]
         preset = str(budget["network_preset"])
         options = {k: budget[k] for k in ("filters", "fill_levels") if budget.get(k) is not None}
-        if set(cls.presets).isdisjoint(UNET_PRESETS):  # its own presets (RFNet, mmFormer): as default_runs builds it
+        if _own_presets(name):  # as default_runs builds it
             preset, options = cls.default_preset, {}
         try:
             cls.build_network(preset, **options)

@@ -38,7 +38,6 @@ import torch
 from lckd_med import __version__
 from lckd_med.constants import MODALITIES, REGIONS
 from lckd_med.engines.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from lckd_med.methods.registry import METHODS
 from lckd_med.networks.mmformer import PUBLISHED_MODALITY_ORDER, MMFormerNet
 from lckd_med.networks.mmformer_import import mmformer_hparams_from_published, mmformer_state_dict_from_published
 from lckd_med.networks.outputs import CLASS_LABELS, CLASS_NAMES
@@ -214,6 +213,7 @@ def published_checkpoint(obj: Any, source: str, file: str | os.PathLike | None =
         "model": {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()},
         "modalities": list(MODALITIES),
         "regions": list(REGIONS),
+        "method": model.name,  # the registered training method of the same name
         "label_convention": "brats2018",
         "train_config": {"intensity": "published", "roi_size": crop},
         "inference": {
@@ -236,8 +236,6 @@ def published_checkpoint(obj: Any, source: str, file: str | os.PathLike | None =
             "recipe": recipe_to_json(model.recipe),
         },
     }
-    if model.name in METHODS:  # the training method of the same name, once registered
-        payload["method"] = model.name
     if file is not None:
         payload["imported_from"] = str(Path(file).expanduser().resolve())
     return payload

@@ -26,14 +26,13 @@ from lckd_med.inference.geometry import (
     read_volume,
     reference_modality,
 )
-from lckd_med.inference.segmenter import Segmentation, Segmenter, region_probabilities
+from lckd_med.inference.segmenter import Segmentation, Segmenter
 from lckd_med.inference.subset_dice import SUBSET_DICE_NAME, read_subset_dice
 from lckd_med.prediction.sweep import SubsetSweepPredictor, autocast_context, subset_masks, sweep_subsets
 
 __all__ = [
     "Segmenter",
     "Segmentation",
-    "region_probabilities",
     "align_volumes",
     "choose_reference",
     "sweep_subsets",

@@ -58,8 +58,6 @@ from lckd_med.inference.geometry import (
 from lckd_med.metrics.postprocess import POSTPROCESSINGS, reference_postprocess
 from lckd_med.modalities import ModalitySpec, spec_of
 from lckd_med.networks.outputs import (
-    DECISIONS,
-    OUTPUT_KINDS,
     check_decision,
     default_decision,
     output_kind,
@@ -72,8 +70,6 @@ from lckd_med.reports.overlay import save_overlay
 from lckd_med.utils.checks import fraction, positive_int
 
 __all__ = [
-    "OUTPUT_KINDS",
-    "DECISIONS",
     "INFERENCE_KEY",
     "INFERENCE_KEYS",
     "checkpoint_inference",
@@ -82,7 +78,6 @@ __all__ = [
     "SPACING_KEY",
     "Segmentation",
     "Segmenter",
-    "region_probabilities",
     "open_checkpoint",
     "input_warnings",
 ]
@@ -94,7 +89,7 @@ _PRED_KEY = "pred"
 INFERENCE_KEY = "inference"
 #: What ``checkpoint["inference"]`` may hold: window ``roi_size`` (list of ints), ``overlap`` in [0, 1), ``average``
 #: (:data:`~lckd_med.prediction.WINDOW_AVERAGES`), ``mode`` (:data:`~lckd_med.prediction.BLEND_MODES`) and
-#: ``decision`` (:data:`DECISIONS`).
+#: ``decision`` (:data:`~lckd_med.networks.outputs.DECISIONS`).
 INFERENCE_KEYS: tuple[str, ...] = ("roi_size", "overlap", "average", "mode", "decision")
 #: Skull-stripped BraTS images are zero outside the brain, about 80 % of their voxels (1 mm, 240x240x155); a
 #: sequence with fewer zero voxels than this share is probably not skull-stripped (warned, not refused).
@@ -306,7 +301,7 @@ class Segmenter:
         overlap: sliding-window overlap in [0, 1); None takes the checkpoint's (``inference.overlap``), else 1/3.
         threshold: region probability above which a voxel belongs to the region, in (0, 1) (the ``"threshold"``
             decision).
-        decision: ``"threshold"`` or ``"argmax"`` (:data:`DECISIONS`); None takes the checkpoint's
+        decision: ``"threshold"`` or ``"argmax"`` (:data:`~lckd_med.networks.outputs.DECISIONS`); None takes the checkpoint's
             (``inference.decision``), else the network's output kind's
             (:func:`~lckd_med.networks.outputs.default_decision`: threshold for region sigmoids, argmax for a softmax
             over the classes).

@@ -31,6 +31,7 @@ from monai.networks.utils import one_hot
 from lckd_med.losses.softmax_seg import SoftmaxSegLoss, regions_to_classes
 from lckd_med.methods.base import TrainBatch, TrainingMethod
 from lckd_med.networks.rfnet import RFNet
+from lckd_med.utils.checks import non_negative_int
 
 __all__ = ["AuxiliarySoftmaxMethod", "RFNetMethod", "PUBLISHED_PRESET", "RFNET_FUSION_START_ITERATION"]
 
@@ -38,12 +39,6 @@ __all__ = ["AuxiliarySoftmaxMethod", "RFNetMethod", "PUBLISHED_PRESET", "RFNET_F
 PUBLISHED_PRESET = "published"
 #: ``region_fusion_start_epoch x iter_per_epoch`` of the published run (job.sh: 20 x 150).
 RFNET_FUSION_START_ITERATION = 20 * 150
-
-
-def _non_negative_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
 
 
 class AuxiliarySoftmaxMethod(TrainingMethod):
@@ -66,7 +61,7 @@ class AuxiliarySoftmaxMethod(TrainingMethod):
 
     def __init__(self, fusion_start_iteration: int = 0) -> None:
         super().__init__()
-        self.fusion_start_iteration = _non_negative_int(fusion_start_iteration, "fusion_start_iteration")
+        self.fusion_start_iteration = non_negative_int(fusion_start_iteration, "fusion_start_iteration")
         self.logit_loss = SoftmaxSegLoss(softmax=True)
         self.prob_loss = SoftmaxSegLoss(softmax=False)
 

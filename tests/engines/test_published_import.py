@@ -26,6 +26,7 @@ from lckd_med.engines.checkpoint import build_network, load_checkpoint
 from lckd_med.engines.published_import import PUBLISHED_MODELS, published_checkpoint
 from lckd_med.engines.workflow import prepare_datalist
 from lckd_med.inference import Segmenter, SubsetEvaluator
+from lckd_med.methods import METHODS
 from lckd_med.networks import MMFormerNet, RFNet
 from tests.testkit import (
     mri_like,
@@ -101,6 +102,7 @@ def test_the_recorded_facts(imported):
     for source, title in (("rfnet", "RFNet"), ("mmformer", "MMFormerNet")):
         ckpt = load_checkpoint(imported[source])
         assert ckpt["network"]["name"] == title and ckpt["modalities"] == list(MODALITIES)
+        assert ckpt["method"] == source and ckpt["method"] in METHODS  # the registered method of the same name
         assert ckpt["train_config"]["intensity"] == "published" and ckpt["label_convention"] == "brats2018"
         window = [80, 80, 80] if source == "rfnet" else [32, 32, 32]  # mmFormer: its img_size (128 published)
         assert ckpt["inference"] == {
