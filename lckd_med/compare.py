@@ -172,8 +172,8 @@ def default_runs(iterations: int) -> list[RunSpec]:
     docstring for how each recipe is scaled).
 
     LCKD's phase 1 (all sequences) takes the first half, as in the reference recipe's proportion (80k of 115k is
-    70 %; half keeps enough missing-sequence iterations in a short budget); teachers are elected once, at the phase
-    switch, on at most ``val_max_cases`` validation cases.
+    70 %; half keeps enough missing-sequence iterations in a short budget); teachers are elected at the phase switch,
+    halfway through phase 2 and at the end, on at most ``val_max_cases`` validation cases.
 
     Raises:
         ValueError: ``iterations`` is not an int >= 2.
@@ -537,11 +537,13 @@ def comparison_report(
         if elections:
             rows = election_rows(elections)
             agree = int(rows["as_expected"].sum())
+            last = rows[rows["iteration"] == rows.groupby("seed")["iteration"].transform("max")]
             parts += [
                 f"## {labels[name]}'s teacher elections",
                 "",
                 f"{agree} of {len(rows)} region elections picked the informative sequence (T1ce for ET and TC, FLAIR "
-                "for WT). Scores: soft Dice of each sequence alone on the validation cases at the election.",
+                f"for WT); at each seed's last election, {int(last['as_expected'].sum())} of {len(last)}. Scores: soft "
+                "Dice of each sequence alone on the validation cases at the election.",
                 "",
                 election_table(rows),
             ]
@@ -710,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             budget[key] = value
     seeds = list(dict.fromkeys(args.seeds if args.seeds else [args.seed]))
     repo = Path(__file__).resolve().parents[1]
-    work = Path(args.work_dir) if args.work_dir else repo / "bundles" / "omd" / "runs" / "compare"
+    # absolute: the run records hold the paths, so a relative --work_dir must match the same runs from any folder
+    work = Path(os.path.abspath(args.work_dir)) if args.work_dir else repo / "bundles" / "omd" / "runs" / "compare"
     docs = Path(args.docs_dir) if args.docs_dir else repo / "docs"
     runs = default_runs(int(budget["iterations"]))
     if args.runs:
@@ -731,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in seeds:
         seed_dir = work / f"seed{seed}"
         if args.dataset_dir:
-            dataset = Path(args.dataset_dir)
+            dataset = Path(os.path.abspath(args.dataset_dir))
             data_notes[seed] = f"{dataset}"
         else:
             dataset = seed_dir / "data"
