@@ -12,9 +12,10 @@ bundle with ``method_name`` set; the short budget scales each recipe (:func:`def
 * a method that never drops sequences (all4) stays in that phase (missing sequences at test time are mean-filled
   by its network);
 * a method that elects teachers (it takes the ``teacher_state`` the election updates: LCKD) elects at the switch,
-  halfway through the second phase and at the end (the reference elects every 5,000 of its 35,000 phase-2
-  iterations: a model trained on all four sequences scores every sequence alone near 0, so the switch's election
-  alone is a coin toss); on LCKD's bundle, the other methods run without the election;
+  and halfway through the second phase (the reference elects every 5,000 of its 35,000 phase-2 iterations: a model
+  trained on all four sequences scores every sequence alone near 0, so the switch's election alone is a coin toss),
+  and, as in the reference, not after the last step: training distils from every election's teachers; on LCKD's
+  bundle, the other methods run without the election;
 * a method whose network has its own presets (RFNet, mmFormer: ``published``) builds its default preset in place of
   the budget's U-Net preset (mmFormer's window is the budget's crop), and a fused-term start
   (``fusion_start_iteration``, RFNet's 3000 of 45000) is scaled to the same fraction of the budget.
@@ -172,8 +173,10 @@ def default_runs(iterations: int) -> list[RunSpec]:
     docstring for how each recipe is scaled).
 
     LCKD's phase 1 (all sequences) takes the first half, as in the reference recipe's proportion (80k of 115k is
-    70 %; half keeps enough missing-sequence iterations in a short budget); teachers are elected at the phase switch,
-    halfway through phase 2 and at the end, on at most ``val_max_cases`` validation cases.
+    70 %; half keeps enough missing-sequence iterations in a short budget); teachers are elected at the phase switch
+    and halfway through phase 2, on at most ``val_max_cases`` validation cases. As in the reference (elections after
+    the steps with ``i % 5000 == 0``, its last at 110,000 of 115,000), training follows every election and distils
+    from its teachers: no election after the last step, whose teachers nothing would use.
 
     Raises:
         ValueError: ``iterations`` is not an int >= 2.
@@ -189,13 +192,14 @@ def default_runs(iterations: int) -> list[RunSpec]:
             over["phase1_iterations"] = iterations
         else:
             over["phase1_iterations"] = iterations // 2 if _bundle_phase1(bundle) > 0 else 0
-        if _elects(name):  # at the switch, halfway through phase 2 and at the end (see the module docstring)
+        if _elects(name):  # at the switch and halfway through phase 2 (see the docstring)
             phase1 = over["phase1_iterations"]
             over |= {
-                "election_interval": max((iterations - phase1) // 2, 1),
-                "first_election": phase1 if phase1 > 0 else None,
-                "elect_at_phase_switch": True,
-                "validate#election#elect_at_end": True,
+                "election_interval": 0,
+                "first_election": phase1 + max((iterations - phase1) // 2, 1),
+                "elect_at_phase_switch": phase1 > 0,
+                # as in the reference, every election is followed by training that distils from its teachers
+                "validate#election#elect_at_end": False,
             }
         elif bundle == BASE_BUNDLE:
             over["method_handlers"] = []  # LCKD's bundle elects teachers; this method has none
@@ -219,7 +223,7 @@ def _recipe(run: RunSpec) -> str:
     else:
         phases = "random missing sequences from the first iteration"
     if _elects(run.name):
-        phases += ", teachers elected at the switch, halfway through the rest and at the end"
+        phases += ", teachers elected at the switch and halfway through the rest"
     doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
     doc = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", doc).replace("``", "`")  # reST roles -> Markdown
     return f"{run.label}: {phases} ({doc.rstrip('.')})"
@@ -542,7 +546,8 @@ def comparison_report(
                 f"## {labels[name]}'s teacher elections",
                 "",
                 f"{agree} of {len(rows)} region elections picked the informative sequence (T1ce for ET and TC, FLAIR "
-                f"for WT); at each seed's last election, {int(last['as_expected'].sum())} of {len(last)}. Scores: soft "
+                f"for WT); at each seed's last election (the rest of training distils from its teachers), "
+                f"{int(last['as_expected'].sum())} of {len(last)}. Scores: soft "
                 "Dice of each sequence alone on the validation cases at the election.",
                 "",
                 election_table(rows),

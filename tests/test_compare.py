@@ -57,11 +57,12 @@ def test_default_runs_are_one_per_registered_method():
         assert run.overrides.get("method_name", name) == name
         if not METHODS[name].drops_modalities:
             assert run.overrides["phase1_iterations"] == 100  # never drops: stays in phase 1
-        # only the method that distils from elected teachers elects (at the switch, halfway through phase 2 and at
-        # the end); on LCKD's bundle the others run without the election handler
+        # only the method that distils from elected teachers elects (at the switch and halfway through phase 2, not
+        # after the last step); on LCKD's bundle the others run without the election handler
         if name == "lckd":
-            assert run.overrides["elect_at_phase_switch"] is True and run.overrides["first_election"] == 50
-            assert run.overrides["election_interval"] == 25 and run.overrides["validate#election#elect_at_end"]
+            assert run.overrides["elect_at_phase_switch"] is True and run.overrides["first_election"] == 75
+            assert run.overrides["election_interval"] == 0
+            assert run.overrides["validate#election#elect_at_end"] is False
         elif run.bundle == "lckd":
             assert run.overrides["method_handlers"] == []
     assert runs["lckd"].overrides["phase1_iterations"] == runs["lckd_nokd"].overrides["phase1_iterations"] == 50
@@ -233,7 +234,7 @@ def test_report_only_writes_the_page_from_finished_runs_and_says_what_did_not_ru
     all4 = [line for line in text.splitlines() if line.startswith("| All-4 only |")]
     assert len(all4) == 1 and "seeds [7, 8, 9] not run" in all4[0]  # a method with no finished run is listed too
     assert "10 of 12 region elections picked the informative sequence" in text
-    assert "at each seed's last election, 6 of 6" in text
+    assert "at each seed's last election (the rest of training distils from its teachers), 6 of 6" in text
     assert "LCKD minus LCKD without KD" in text and "paired over the test cases of seeds [7, 8]" in text
     assert "--report_only" in text and (docs / COMPARISON_PNG).is_file()
     _fake_finished(work, 7, runs["omd"])  # OMD on seed 7 only: the table keeps seed 7
@@ -281,7 +282,7 @@ def test_tiny_compare_trains_evaluates_reports_and_reuses(tmp_path, capsys, monk
     assert record["seed"] == 3 and record["train_overrides"]["num_iterations"] == 4 and record["train_s"] > 0
     text = (docs / COMPARISON_MD).read_text()
     assert "Where the data carries each region" in text and "teacher elections" in text
-    assert "of 9 region elections" in text  # at the switch (2), halfway (3) and the end (4)
+    assert "of 6 region elections" in text  # at the switch (2) and halfway (3), none after the last step
     capsys.readouterr()
     assert main([*argv, "--reuse_finished"]) == 0
     out = capsys.readouterr().out
