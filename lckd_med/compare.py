@@ -194,9 +194,10 @@ def default_runs(iterations: int) -> list[RunSpec]:
             over["phase1_iterations"] = iterations // 2 if _bundle_phase1(bundle) > 0 else 0
         if _elects(name):  # at the switch and halfway through phase 2 (see the docstring)
             phase1 = over["phase1_iterations"]
+            halfway = phase1 + (iterations - phase1) // 2  # == phase1 (or the last step): no room for a second one
             over |= {
                 "election_interval": 0,
-                "first_election": phase1 + max((iterations - phase1) // 2, 1),
+                "first_election": halfway if phase1 < halfway < iterations else None,
                 "elect_at_phase_switch": phase1 > 0,
                 # as in the reference, every election is followed by training that distils from its teachers
                 "validate#election#elect_at_end": False,

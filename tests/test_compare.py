@@ -66,6 +66,10 @@ def test_default_runs_are_one_per_registered_method():
         elif run.bundle == "lckd":
             assert run.overrides["method_handlers"] == []
     assert runs["lckd"].overrides["phase1_iterations"] == runs["lckd_nokd"].overrides["phase1_iterations"] == 50
+    tiny = next(r for r in default_runs(3) if r.name == "lckd").overrides  # phase 2 is 2 steps: elect at 1 and 2
+    assert tiny["first_election"] == 2 and tiny["elect_at_phase_switch"] is True
+    tiny = next(r for r in default_runs(2) if r.name == "lckd").overrides  # halfway would be the last step: no election
+    assert tiny["first_election"] is None and tiny["elect_at_phase_switch"] is True
     assert runs["omd"].bundle == "omd" and runs["omd"].overrides["phase1_iterations"] == 0  # one stage
     # RFNet and mmFormer build their published network; RFNet's fused term starts at 3000 / 45000 of the budget
     assert runs["rfnet"].overrides["network_preset"] == runs["mmformer"].overrides["network_preset"] == "published"
