@@ -8,4 +8,4 @@ __all__ = ["constants", "__version__"]
 
 #: The package version; pyproject.toml reads it (``[tool.setuptools.dynamic]``), the bundles' metadata.json require it
 #: (``required_packages_version``) and CHANGELOG.md's newest entry names it (tests/test_packaging.py checks all three).
-__version__ = "0.5.2"
+__version__ = "0.5.3"
