@@ -43,7 +43,7 @@ def test_registered_with_its_network_fused_at_every_level():
 
 def test_bundle_drops_sequences_from_the_first_iteration_keeping_one_to_four():
     """HeMIS's recipe departs from LCKD's two phases (docs/methods.md): with all sequences first, its fusion at the
-    CPU budget's width never learned ET (docs/performance.md)."""
+    CPU budget's width did not learn ET on two of three fresh seeds (docs/performance.md)."""
     from monai.bundle import ConfigParser
 
     lckd, hemis = Path(bundle_dir("lckd")), Path(bundle_dir("hemis"))
