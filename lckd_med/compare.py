@@ -26,7 +26,7 @@ the page says why.
 
 ``--seeds 7 8 9`` repeats everything per seed, each seed with its own synthetic dataset, split and training seed, in
 ``<work_dir>/seed<N>/`` (``data/``, ``datalist.json``, one folder per method with ``train.log``, ``evaluate.log``,
-``output/`` and ``run.json``, the record of a finished run: its settings, commands and times). ``--reuse_finished``
+``output/`` and ``run.json``, the record of a finished run: its settings, commands, times and package version). ``--reuse_finished``
 keeps every run whose record holds the same settings; ``--report_only`` trains nothing and writes the page from the
 finished runs (the others are listed as not run).
 
@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lckd_med import __version__
 from lckd_med.constants import REGIONS, SUBSET_NAMES
 from lckd_med.data.datalist import read_datalist, split_counts
 from lckd_med.data.synthetic import MAX_SPACING, MIN_SPACING
@@ -805,6 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "train_s": round(t_train, 1),
                 "eval_s": round(t_eval, 1),
                 "hardware": hardware_description(),
+                # --reuse_finished matches settings, not code: the version says which release trained the run
+                "package_version": __version__,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             }
             write_text_atomic(run_dir / RUN_RECORD, json.dumps(record, indent=2) + "\n")
@@ -829,6 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ran = "; ".join(f"{labels[n]}: seeds {sorted(records[n])}" for n in names)
     missing = [f"{labels[r.name]} seed {s}" for r in runs for s in seeds if s not in records.get(r.name, {})]
     hardware = sorted({r["hardware"] for n in names for r in records[n].values()})
+    recorded = [r.get("package_version") for n in names for r in records[n].values()]
+    versions = ", ".join(sorted({v for v in recorded if v}))
+    trained_by = (f"Trained by lckd_med {versions}" if versions else "Package version") + (
+        "" if all(recorded) else (" and " if versions else " ") + "not recorded (older runs)"
+    )
     short = (
         " **Short CPU budget on synthetic data: it shows whether each method learns what the data lets it learn, "
         "not how the methods do on BraTS.**"
@@ -862,8 +870,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bundles' poly schedule (LCKD's bundle: the reference's two-phase poly). "
         + "; ".join(_recipe(r) for r in runs if r.name in names)
         + (". Left out of this budget: " + "; ".join(f"{n}: {why}" for n, why in excluded.items()) if excluded else "")
-        + f". Hardware: {', '.join(hardware)}. Train + evaluate per run: {per_run}. Legacy BraTS rules for empty "
-        f"regions; ET not post-processed. Command (re-running it with `--report_only` rewrites this page from the "
+        + f". Hardware: {', '.join(hardware)}. {trained_by}. Train + evaluate per run: {per_run}. Legacy BraTS "
+        f"rules for empty regions; ET not post-processed. Command (re-running it with `--report_only` rewrites this page from the "
         f"finished runs in `{work}`): `{command}`.{short}"
     )
     title = " vs ".join(labels[n] for n in names) + ": mean Dice (%) per available-sequence subset"

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import lckd_med
 from lckd_med.compare import (
     COMPARISON_MD,
     COMPARISON_PNG,
@@ -183,7 +184,7 @@ def test_a_bad_seed_is_one_line(bad, capsys):
     assert err.value.code == 2 and "must be a whole number >= 0" in capsys.readouterr().err
 
 
-def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None):
+def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None, version=None):
     """A run folder as a finished compare run leaves it: metrics, summary, election record (LCKD) and run.json."""
     from lckd_med.compare import RUN_RECORD, run_settings
 
@@ -216,6 +217,8 @@ def _fake_finished(work, seed, run, cases=("c0", "c1"), shift=0.0, settings=None
     )
     (seed_dir / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "testing": []}))
     record = {"train_overrides": train, "eval_overrides": ev, "train_s": 1.0, "eval_s": 1.0, "hardware": "test"}
+    if version:  # older runs recorded no package version
+        record["package_version"] = version
     (run_dir / RUN_RECORD).write_text(json.dumps(record))
     return run_dir
 
@@ -241,9 +244,11 @@ def test_report_only_writes_the_page_from_finished_runs_and_says_what_did_not_ru
     assert "at each seed's last election (the rest of training distils from its teachers), 6 of 6" in text
     assert "LCKD minus LCKD without KD" in text and "paired over the test cases of seeds [7, 8]" in text
     assert "--report_only" in text and (docs / COMPARISON_PNG).is_file()
-    _fake_finished(work, 7, runs["omd"])  # OMD on seed 7 only: the table keeps seed 7
+    assert "Package version not recorded (older runs)." in text
+    _fake_finished(work, 7, runs["omd"], version="0.9.1")  # OMD on seed 7 only: the table keeps seed 7
     assert main([*argv, "--runs", "lckd", "lckd_nokd", "omd", "--report_only"]) == 0
     text = (docs / COMPARISON_MD).read_text()
+    assert "Trained by lckd_med 0.9.1 and not recorded (older runs)." in text  # the page says runs differ
     assert "test cases of seeds [7] pooled (the seeds every method finished; 2 case-seed pairs)" in text
     assert "paired over the test cases of seeds [7, 8]" in text  # the sections still use every finished seed
 
@@ -284,7 +289,9 @@ def test_tiny_compare_trains_evaluates_reports_and_reuses(tmp_path, capsys, monk
     assert main(argv) == 0
     record = json.loads((work / "seed3" / "lckd" / "run.json").read_text())
     assert record["seed"] == 3 and record["train_overrides"]["num_iterations"] == 4 and record["train_s"] > 0
+    assert record["package_version"] == lckd_med.__version__  # reuse matches settings; this says which code trained
     text = (docs / COMPARISON_MD).read_text()
+    assert f"Trained by lckd_med {lckd_med.__version__}." in text
     assert "Where the data carries each region" in text and "teacher elections" in text
     assert "of 6 region elections" in text  # at the switch (2) and halfway (3), none after the last step
     capsys.readouterr()
