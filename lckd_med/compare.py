@@ -26,9 +26,9 @@ the page says why.
 
 ``--seeds 7 8 9`` repeats everything per seed, each seed with its own synthetic dataset, split and training seed, in
 ``<work_dir>/seed<N>/`` (``data/``, ``datalist.json``, one folder per method with ``train.log``, ``evaluate.log``,
-``output/`` and ``run.json``, the record of a finished run: its settings, commands, times and package version). ``--reuse_finished``
-keeps every run whose record holds the same settings; ``--report_only`` trains nothing and writes the page from the
-finished runs (the others are listed as not run).
+``output/`` and ``run.json``, the record of a finished run: its settings, commands, times and package version).
+``--reuse_finished`` keeps every run whose record holds the same settings; ``--report_only`` trains nothing and
+writes the page from the finished runs (the others are listed as not run).
 
 Every model is evaluated on the 15 subsets of the held-out ``testing`` split (the bundles' SubsetEvaluator). The
 per-subset mean Dice, pooled over the seeds' test cases, is written as one Markdown table (``comparison.md``) and
