@@ -834,9 +834,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     hardware = sorted({r["hardware"] for n in names for r in records[n].values()})
     recorded = [r.get("package_version") for n in names for r in records[n].values()]
     versions = ", ".join(sorted({v for v in recorded if v}))
-    trained_by = (f"Trained by lckd_med {versions}" if versions else "Package version") + (
-        "" if all(recorded) else (" and " if versions else " ") + "not recorded (older runs)"
-    )
+    if all(recorded):
+        trained_by = f"Trained by lckd_med {versions}"
+    elif versions:
+        trained_by = f"Trained by lckd_med {versions} and not recorded (older runs)"
+    else:
+        trained_by = "Package version not recorded (older runs)"
     short = (
         " **Short CPU budget on synthetic data: it shows whether each method learns what the data lets it learn, "
         "not how the methods do on BraTS.**"
@@ -871,8 +874,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "; ".join(_recipe(r) for r in runs if r.name in names)
         + (". Left out of this budget: " + "; ".join(f"{n}: {why}" for n, why in excluded.items()) if excluded else "")
         + f". Hardware: {', '.join(hardware)}. {trained_by}. Train + evaluate per run: {per_run}. Legacy BraTS "
-        f"rules for empty regions; ET not post-processed. Command (re-running it with `--report_only` rewrites this page from the "
-        f"finished runs in `{work}`): `{command}`.{short}"
+        f"rules for empty regions; ET not post-processed. Command (re-running it with `--report_only` rewrites this "
+        f"page from the finished runs in `{work}`): `{command}`.{short}"
     )
     title = " vs ".join(labels[n] for n in names) + ": mean Dice (%) per available-sequence subset"
     if preset_name == "cpu":

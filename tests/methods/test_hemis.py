@@ -62,9 +62,13 @@ def test_bundle_drops_sequences_from_the_first_iteration_keeping_one_to_four():
     singles = [1 << i for i in range(4)]
     assert row[15] == pytest.approx(0.25) and np.allclose(row[singles], 1 / 16) and row[0] == 0
     # the CPU demo keeps it (LCKD's demo overlay would set phase 1 back to 150 iterations)
-    demo = merged_config(
-        *(Path(bundle_dir(c.split("/")[0])) / c.split("/")[1] for c in demo_configs("hemis", "training"))
+    assert demo_configs("hemis", "training") == (
+        "lckd/train.json",
+        "hemis/train.json",
+        "lckd/demo.json",
+        "hemis/demo.json",
     )
+    demo = merged_config(lckd / "train.json", hemis / "train.json", lckd / "demo.json", hemis / "demo.json")
     assert (demo["phase1_iterations"], demo["dropout_max_kept"]) == (0, 4)
     # and the comparison runs it so, and says so
     run = next(r for r in default_runs(600) if r.name == "hemis")
